@@ -1,0 +1,111 @@
+"""Shared plumbing for readers on a serial port (USB-serial adapters, UARTs).
+
+Reads go through pyserial exactly as in the field. An unplugged adapter makes
+``read()`` raise ``SerialException`` and ``in_waiting`` raise ``OSError``;
+both are ``OSError``, so one handler closes the port and reconnects with
+exponential back-off and jitter (tenacity), reporting the outage once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from abc import abstractmethod
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import serial
+
+from drivers._base import Driver
+from drivers.codecs import Reject
+from gateway import backoff
+from gateway.config import ReaderConfig
+from gateway.model import ReaderState, Reading
+
+log = logging.getLogger("gateway.driver")
+
+
+class _Stopped(Exception):
+    pass
+
+
+class SerialDriver(Driver):
+    """Open, read, decode, reconnect. Subclasses name a decoder and map its frames."""
+
+    default_baud: ClassVar[int] = 9600
+    read_timeout_s: ClassVar[float] = 0.2
+
+    @classmethod
+    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
+        problems = []
+        if not cfg.port:
+            problems.append(("port", "missing key (expected the serial device path, "
+                                     "e.g. /dev/ttyUSB0 or /dev/serial/by-id/...)"))
+        for key in ("reconnect_max_s", "reconnect_initial_s"):
+            v = cfg.options.get(key)
+            if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v <= 0):
+                problems.append((key, "expected a number greater than 0"))
+        return problems
+
+    @abstractmethod
+    def new_decoder(self) -> Any:
+        """A fresh sans-I/O decoder (one per connection: no state crosses a replug)."""
+
+    @abstractmethod
+    def readings(self, frame: Any, now: float) -> Iterable[Reading]:
+        """Readings from one decoded frame."""
+
+    def on_open(self, port: serial.Serial) -> None:
+        """Hook for readers that must be told to start (commands to send)."""
+
+    def run(self, stop: threading.Event) -> None:
+        initial = float(self.cfg.options.get("reconnect_initial_s", 0.5))
+        cap = float(self.cfg.options.get("reconnect_max_s", 30.0))
+        self.sink.state(self.cfg.id, ReaderState.STARTING, self.cfg.port)
+        was_online = False
+
+        while not stop.is_set():
+            retry = backoff.retrying(stop, log, f"reader {self.cfg.id}: opening {self.cfg.port}",
+                                     initial, cap)
+            try:
+                port = retry(self._open)
+            except OSError:
+                return  # stop was set while retrying
+            if stop.is_set():
+                port.close()
+                return
+            self.sink.state(self.cfg.id, ReaderState.ONLINE, self.cfg.port)
+            if was_online:
+                log.info("reader %s: reconnected on %s", self.cfg.id, self.cfg.port)
+            was_online = True
+            try:
+                self.on_open(port)
+                self._read_loop(port, stop)
+            except OSError as e:  # SerialException is an OSError too
+                log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, self.cfg.port, e)
+                self.sink.state(self.cfg.id, ReaderState.OFFLINE, str(e))
+            finally:
+                with contextlib.suppress(OSError):
+                    port.close()
+        self.sink.state(self.cfg.id, ReaderState.OFFLINE, "stopped")
+
+    def _open(self) -> serial.Serial:
+        return serial.Serial(self.cfg.port, baudrate=self.cfg.baud or self.default_baud,
+                             timeout=self.read_timeout_s)
+
+    def _read_loop(self, port: serial.Serial, stop: threading.Event) -> None:
+        decoder = self.new_decoder()
+        rid = self.cfg.id
+        sink = self.sink
+        while not stop.is_set():
+            data = port.read(port.in_waiting or 1)
+            if not data:
+                continue
+            now = self.clock.now()
+            for item in decoder.feed(data):
+                if isinstance(item, Reject):
+                    sink.reject(rid, item.reason)
+                else:
+                    for r in self.readings(item, now):
+                        sink.reading(r)

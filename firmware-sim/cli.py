@@ -1,0 +1,187 @@
+"""`kidsafe-sim`: simulated readers for technicians, and the end-to-end demo."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from firmware_sim import scenario as scen
+from firmware_sim.rdm6300 import Rdm6300Sim
+from firmware_sim.vserial import VirtualSerial
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _say(msg: str) -> None:
+    print(f"[sim] {msg}", flush=True)
+
+
+def cmd_rdm6300(args: argparse.Namespace) -> int:
+    try:
+        sc = scen.load(args.scenario) if args.scenario else None
+    except scen.ScenarioError as e:
+        print(f"kidsafe-sim: {e}", file=sys.stderr)
+        return 2
+    port = VirtualSerial(args.link)
+    device = port.plug()
+    sim = Rdm6300Sim(port)
+    _say(f"RDM6300 reader simulator: device {device}" +
+         (f", link {args.link}" if args.link else ""))
+    _say(f'put  port = "{port.path}"  in the reader\'s [[readers]] section')
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if sc is not None:
+            while not stop.is_set():
+                _say(f"scenario {sc.name}: {len(sc.steps)} steps, {sc.duration:.1f} s")
+                sim.run(sc, stop)
+                if not args.loop:
+                    break
+            if not args.stay:
+                return 0
+        _say("by hand: type a tag id (10 hex digits) and Enter to present it; "
+             "'garbage', 'unplug', 'plug', 'quit'")
+        for line in sys.stdin:
+            word = line.strip()
+            if word in ("quit", "exit"):
+                break
+            if word == "garbage":
+                sim.garbage()
+            elif word == "unplug":
+                port.unplug()
+                _say("unplugged")
+            elif word == "plug":
+                _say(f"plugged in: {port.plug()}")
+            elif re.fullmatch(r"[0-9A-Fa-f]{10}", word):
+                sim.present(word.upper(), 0.5)
+                _say(f"presented {word.upper()}")
+            elif word:
+                _say(f"not understood: {word!r}")
+        else:
+            stop.wait()  # stdin closed (a service): keep the device until stopped
+    except KeyboardInterrupt:
+        pass
+    finally:
+        port.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Broker + simulated reader + gatewayd + a backend subscriber, all local."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from firmware_sim.broker import BrokerMissing, LocalBroker, free_port
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="kidsafe-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        broker = LocalBroker(str(work / "broker"), port=free_port()).start()
+    except BrokerMissing as e:
+        print(f"kidsafe-sim demo: {e}", file=sys.stderr)
+        return 2
+    _say(f"mosquitto listening on 127.0.0.1:{broker.port} (log {broker.log_path})")
+    link = str(work / "ttyRFID0")
+    port = VirtualSerial(link)
+    port.plug()
+    _say(f"simulated RDM6300 reader on {port.device}, linked as {link}")
+    text = (REPO / "config" / "demo.toml").read_text()
+    text = text.replace("/tmp/kidsafe-demo", str(work))
+    text = re.sub(r"(?m)^port = 18883$", f"port = {broker.port}", text)
+    cfg_path = work / "gateway.toml"
+    cfg_path.write_text(text)
+    sc = scen.load(str(REPO / "config" / "demo-scenario.toml"))
+    expected = sum(1 for s in sc.steps if s.action == "present" and s.args.get("enrolled", True))
+    got: list[dict[str, object]] = []
+    ready = threading.Event()
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            body = msg.payload.decode(errors="replace")
+        if isinstance(body, dict) and "/event/" in msg.topic:
+            got.append(body)
+            print(f"[backend] {msg.topic}  seq={body.get('seq')} child={body.get('child')} "
+                  f"reader={body.get('reader')} time={body.get('time')}", flush=True)
+        else:
+            print(f"[backend] {msg.topic}  {json.dumps(body)[:160]}", flush=True)
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-backend")
+    sub.on_message = on_message
+
+    def on_connect(client: mqtt.Client, *_: object) -> None:
+        client.subscribe("kidsafe/v1/#", qos=1)
+        ready.set()
+
+    sub.on_connect = on_connect
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    ready.wait(5)
+    _say(f"backend subscriber on kidsafe/v1/#; starting gatewayd with {cfg_path}")
+    gw = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg_path)],
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    rc = 0
+    try:
+        time.sleep(2.0)  # let the driver open the port (pyserial flushes input on open)
+        _say(f"scenario '{sc.name}': {len(sc.steps)} steps over {sc.duration:.0f} s "
+             f"({expected} presentations of enrolled cards)")
+        Rdm6300Sim(port).run(sc)
+        deadline = time.monotonic() + 5
+        while len(got) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _say(f"backend received {len(got)} gate events; the scenario presented "
+             f"{expected} enrolled cards")
+        rc = 0 if len(got) == expected else 1
+        if args.stay:
+            _say("still running: type tag ids into another 'kidsafe-sim' or press Ctrl-C")
+            while gw.poll() is None:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            gw.wait(10)
+        if gw.poll() is None:
+            gw.kill()
+        sub.loop_stop()
+        port.close()
+        broker.stop()
+    _say(f"done; files in {work}")
+    return rc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kidsafe-sim", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser("rdm6300", help="a simulated RDM6300 125 kHz reader on a pty")
+    r.add_argument("--link", default="/tmp/kidsafe/ttyRFID0",
+                   help="stable path to put in the config (default %(default)s)")
+    r.add_argument("--scenario", metavar="FILE", help="TOML scenario (see config/*scenario*)")
+    r.add_argument("--loop", action="store_true", help="repeat the scenario until stopped")
+    r.add_argument("--stay", action="store_true",
+                   help="after the scenario, keep the device and take tags by hand")
+    r.set_defaults(func=cmd_rdm6300)
+    d = sub.add_parser("demo", help="local broker + simulated reader + gatewayd + subscriber")
+    d.add_argument("--workdir", help="where to keep the demo's files (default: a temp dir)")
+    d.add_argument("--stay", action="store_true", help="keep running after the scenario")
+    d.set_defaults(func=cmd_demo)
+    args = p.parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""`gatewayd`: the one command line of the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway import config as configmod
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd, journald stamps the time itself; a terminal wants it in the line.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
+                        stream=sys.stderr)
+    logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+def _load(path: str) -> configmod.Config | None:
+    try:
+        return configmod.load(path)
+    except configmod.ConfigInvalid as e:
+        print(f"gatewayd: {path}: {len(e.errors)} error(s) in the configuration:", file=sys.stderr)
+        for err in e.errors:
+            print(f"  {err}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    _setup_logging(args.log_level)
+    from gateway import daemon
+
+    return daemon.run(cfg)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
+        return 2
+    b = cfg.broker
+    print(f"{cfg.file}: OK")
+    print(f"  unit      {cfg.unit.id} at {cfg.unit.site}"
+          + (f" (config version {cfg.unit.config_version})" if cfg.unit.config_version else ""))
+    tls = "no TLS"
+    if b.tls:
+        tls = "TLS + client certificate" if b.tls.cert_file else "TLS"
+    print(f"  broker    {b.host}:{b.port} as {b.client_id!r}, {tls}, "
+          f"{'password' if b.password else 'no password'}, MQTT {b.protocol}, "
+          f"topics under {b.topic_prefix}/{cfg.unit.id}/")
+    print(f"  buffer    {cfg.buffer.path} (cap {cfg.buffer.max_mb:g} MB / "
+          f"{cfg.buffer.max_events} events)")
+    for r in cfg.readers:
+        where = f" on {r.port} @ {r.baud}" if r.port else ""
+        print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")
+    print(f"  tags      {len(cfg.tags)} enrolled")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatewayd", description=__doc__)
+    p.add_argument("--version", action="version", version=f"gatewayd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the gateway daemon in the foreground")
+    r.add_argument("--config", "-c", required=True, metavar="FILE")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check-config", help="validate a config file and print a summary")
+    c.add_argument("file", metavar="FILE")
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

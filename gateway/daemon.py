@@ -1,0 +1,112 @@
+"""`gatewayd run`: wires drivers, pipeline, outbox and publisher, one thread each."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import drivers
+from gateway import __version__
+from gateway.clock import Clock, SystemClock
+from gateway.config import Config
+from gateway.engine import Engine, EngineConfig
+from gateway.outbox import Outbox, iso_utc
+from gateway.pipeline import Pipeline
+from gateway.publisher import Publisher
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.started = self.clock.monotonic()
+        self.stop = threading.Event()
+        self.outbox = Outbox(cfg.buffer.path, cfg.unit.id, cfg.unit.site,
+                             max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events)
+        self.engine = Engine(EngineConfig.from_config(cfg))
+        self.publisher = Publisher(cfg, self.outbox, self.clock, health=self.health)
+        self.pipeline = Pipeline(cfg, self.engine, self.outbox, self.clock,
+                                 on_committed=self.publisher.notify)
+        self.drivers = [drivers.load(r.kind)(r, self.pipeline, self.clock) for r in cfg.readers]
+        self.threads: list[threading.Thread] = []
+
+    def health(self) -> dict[str, Any]:
+        now = self.clock.now()
+        oldest = self.outbox.oldest_created()
+        st = self.pipeline.stats()
+        return {
+            "unit": self.cfg.unit.id,
+            "time": iso_utc(now),
+            "uptime_s": round(self.clock.monotonic() - self.started, 1),
+            "software": __version__,
+            "buffer": {
+                "depth": self.outbox.depth(),
+                "oldest_unsent_age_s": round(now - oldest, 1) if oldest else 0.0,
+                "last_seq": self.outbox.last_seq(),
+                "dropped": self.outbox.drops(),
+            },
+            "readers": st["readers"],
+            "counters": st["counters"],
+            "mqtt": {"sent": self.publisher.sent, "acked": self.publisher.acked,
+                     "refused": self.publisher.refused, "connects": self.publisher.connects},
+        }
+
+    def start(self) -> None:
+        def spawn(name: str, target: Any) -> None:
+            t = threading.Thread(target=self._supervise, args=(name, target), name=name,
+                                 daemon=True)
+            t.start()
+            self.threads.append(t)
+
+        log.info("gatewayd %s starting: unit %s at %s, %d readers, %d enrolled tags, "
+                 "buffer %s (%d events waiting)", __version__, self.cfg.unit.id,
+                 self.cfg.unit.site, len(self.cfg.readers), len(self.cfg.tags),
+                 self.cfg.buffer.path, self.outbox.depth())
+        spawn("mqtt", self.publisher.run)
+        spawn("pipeline", self.pipeline.run)
+        for d in self.drivers:
+            spawn(f"reader-{d.cfg.id}", d.run)
+
+    def _supervise(self, name: str, target: Any) -> None:
+        """A bug in one worker must not silently end it: log it and start it again."""
+        delay = 1.0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                target(self.stop)
+                return
+            except Exception:
+                log.exception("worker %s failed; restarting it in %.0f s", name, delay)
+            if time.monotonic() - started > 60:
+                delay = 1.0
+            self.stop.wait(delay)
+            delay = min(delay * 2, 60.0)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.outbox.close()
+        log.info("gatewayd stopped")
+
+
+def run(cfg: Config) -> int:
+    gw = Gateway(cfg)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        gw.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    gw.start()
+    while not gw.stop.wait(1.0):
+        pass
+    gw.shutdown()
+    return 0

@@ -1,0 +1,82 @@
+"""Typed readings (what drivers report) and events (what the unit decided).
+
+Readings are facts from hardware, stamped at the edge with the injected clock.
+Events are decisions; the outbox gives each one a unique id and a per-unit
+sequence number when it is committed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TagRead:
+    """One read of an RFID tag (125 kHz EM4100 or UHF EPC) by a reader."""
+
+    reader: str  # reader id from the config
+    tag: str  # canonical tag id: uppercase hex (EM4100: 10 digits; EPC: as read)
+    time: float  # UTC seconds since the epoch
+    rssi: float | None = None  # dBm, where the reader reports it
+    antenna: int | None = None  # 1-based, where the reader reports it
+
+
+@dataclass(frozen=True, slots=True)
+class BleSighting:
+    """One advertisement of a BLE tag, already decoded."""
+
+    reader: str
+    tag: str  # canonical tag id (see drivers.codecs.ble)
+    time: float
+    rssi: int
+    battery_mv: int | None = None
+    temperature_c: float | None = None
+    button: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GpsFix:
+    """The unit's own position from its GPS module."""
+
+    reader: str
+    time: float  # fix time (UTC) as the receiver gave it
+    lat: float | None
+    lon: float | None
+    fix_quality: int = 0  # GGA quality: 0 none, 1 GPS, 2 DGPS, 4/5 RTK, 6 estimated
+    fix_type: int = 1  # GSA: 1 none, 2 2D, 3 3D
+    satellites: int | None = None
+    hdop: float | None = None
+    speed_mps: float | None = None
+    time_trusted: bool = True
+
+
+Reading = TagRead | BleSighting | GpsFix
+
+
+class Lane(enum.IntEnum):
+    """Delivery lanes, most urgent first. Order is kept within a lane."""
+
+    EMERGENCY = 0  # SOS, child left a zone they must stay in, disaster roll-call
+    ROUTINE = 1  # gate passages, zone enter/exit, geofences, low battery
+    TELEMETRY = 2  # sightings and other data the backend can live without
+
+
+class ReaderState(enum.StrEnum):
+    STARTING = "starting"
+    ONLINE = "online"
+    DEGRADED = "degraded"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the unit decided happened. `data` holds the kind's own fields."""
+
+    kind: str
+    time: float  # when it happened (time of the deciding reading)
+    lane: Lane = Lane.ROUTINE
+    reader: str | None = None
+    child: str | None = None  # pseudonymous child reference, never a name
+    data: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,276 @@
+"""The local buffer: every decided event is committed here before it is sent.
+
+SQLite through peewee, in WAL mode. Event inserts run with
+``synchronous=FULL``: a commit is on the card before the pipeline moves on, so
+a power cut loses nothing committed. Acknowledgement deletes run on the
+publisher's own connection with ``synchronous=NORMAL``: losing the last acks
+in a power cut only means those events are sent again, which the backend
+de-duplicates by id. WAL keeps the file consistent across ``kill -9`` in the
+middle of any write.
+
+The primary key is the per-unit sequence number (``AUTOINCREMENT``, so a
+number is never reused, even after rows are deleted or the process dies).
+Rows are deleted when the broker acknowledges them. When the size cap is
+reached, the oldest events of the lowest lane go first; emergency events are
+never dropped; every drop is recorded with its sequence range.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from peewee import BlobField, FloatField, IntegerField, Model, SqliteDatabase, TextField
+from playhouse.sqlite_ext import AutoIncrementField
+
+from gateway.model import Event, Lane
+
+log = logging.getLogger("gateway.outbox")
+
+
+def iso_utc(t: float) -> str:
+    """RFC 3339 UTC with milliseconds, the one time format of the MQTT contract."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class _Base(Model):
+    class Meta:
+        database = None  # bound per Outbox instance
+
+
+class OutboxRow(_Base):
+    seq = AutoIncrementField()
+    uid = TextField()
+    lane = IntegerField()
+    kind = TextField()
+    topic = TextField()  # below the unit's prefix, e.g. "event/gate"
+    payload = BlobField()
+    created = FloatField()
+
+    class Meta:
+        table_name = "outbox"
+        indexes = ((("lane", "seq"), False),)
+
+
+class DropRow(_Base):
+    """A run of events removed by the size cap: the backend sees these gaps explained."""
+
+    first_seq = IntegerField()
+    last_seq = IntegerField()
+    count = IntegerField()
+    lane = IntegerField()
+    at = FloatField()
+
+    class Meta:
+        table_name = "drops"
+
+
+class KvRow(_Base):
+    """Small state that must survive a restart (engine state, ...)."""
+
+    key = TextField(primary_key=True)
+    value = BlobField()
+
+    class Meta:
+        table_name = "kv"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    seq: int
+    uid: str
+    lane: int
+    topic: str
+    payload: bytes
+
+
+class Outbox:
+    def __init__(
+        self,
+        path: str,
+        unit: str,
+        site: str,
+        max_mb: float = 256.0,
+        max_events: int = 2_000_000,
+    ) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.unit = unit
+        self.site = site
+        self.max_bytes = int(max_mb * 1024 * 1024)
+        self.max_events = max_events
+        self.db = SqliteDatabase(
+            path,
+            pragmas={"journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000,
+                     "cache_size": -2000},
+            check_same_thread=False,
+        )
+        self._models = (OutboxRow, DropRow, KvRow)
+        self.db.bind(self._models)
+        self.db.connect(reuse_if_open=True)
+        self.db.create_tables(self._models)
+        self._lock = threading.Lock()
+        self._count = OutboxRow.select().count()
+        self._fast_ack_conns: set[int] = set()
+        self.dropped_total = sum(d.count for d in DropRow.select())
+
+    # -- writer side (the pipeline thread) ---------------------------------------------------
+
+    def add(self, events: Sequence[Event], now: float | None = None) -> list[Stored]:
+        """Commit events in one durable transaction; assign ids and sequence numbers."""
+        if not events:
+            return []
+        now = time.time() if now is None else now
+        recorded = iso_utc(now)
+        out: list[Stored] = []
+        with self.db.atomic("IMMEDIATE"):
+            cur = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
+            row = cur.fetchone()
+            seq = row[0] if row else 0
+            rows = []
+            for ev in events:
+                seq += 1
+                uid = str(uuid.uuid4())
+                payload = self._payload(ev, seq, uid, recorded)
+                topic = f"event/{ev.kind}"
+                rows.append((seq, uid, int(ev.lane), ev.kind, topic, payload, now))
+                out.append(Stored(seq, uid, int(ev.lane), topic, payload))
+            self.db.cursor().executemany(
+                "INSERT INTO outbox (seq, uid, lane, kind, topic, payload, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            with self._lock:
+                self._count += len(rows)
+            self._enforce_cap(now)
+        return out
+
+    def _payload(self, ev: Event, seq: int, uid: str, recorded: str) -> bytes:
+        body: dict[str, Any] = {
+            "id": uid,
+            "seq": seq,
+            "unit": self.unit,
+            "site": self.site,
+            "kind": ev.kind,
+            "lane": Lane(ev.lane).name.lower(),
+            "time": iso_utc(ev.time),
+            "recorded": recorded,
+            "reader": ev.reader,
+            "child": ev.child,
+            "data": ev.data,
+        }
+        return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+    def _used_bytes(self) -> int:
+        pc = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
+        fl = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
+        ps = self.db.execute_sql("PRAGMA page_size").fetchone()[0]
+        return int((pc - fl) * ps)
+
+    def _enforce_cap(self, now: float) -> None:
+        over_events = self._count - self.max_events
+        used = self._used_bytes()
+        over_bytes = used - self.max_bytes
+        if over_events <= 0 and over_bytes <= 0:
+            return
+        # Free a little more than the excess so the cap is not hit on every insert.
+        avg = max(1, used // max(1, self._count))
+        want = max(over_events, over_bytes // avg + 1, self.max_events // 100, 1)
+        for lane in (Lane.TELEMETRY, Lane.ROUTINE):
+            if want <= 0:
+                break
+            seqs = [r[0] for r in self.db.execute_sql(
+                "SELECT seq FROM outbox WHERE lane=? ORDER BY seq LIMIT ?", (int(lane), want))]
+            if not seqs:
+                continue
+            self._delete(seqs)
+            DropRow.create(first_seq=seqs[0], last_seq=seqs[-1], count=len(seqs),
+                           lane=int(lane), at=now)
+            self.dropped_total += len(seqs)
+            want -= len(seqs)
+            log.warning("buffer full: dropped %d %s events (seq %d-%d)", len(seqs),
+                        lane.name.lower(), seqs[0], seqs[-1])
+        if want > 0 and over_events > 0:
+            log.error("buffer over its cap with only emergency events left; keeping them all")
+
+    # -- publisher side ----------------------------------------------------------------------
+
+    def fetch(self, lane: int, after: int, limit: int, upto: int | None = None) -> list[Stored]:
+        """Oldest unacknowledged events of a lane with seq in (after, upto]."""
+        if upto is None:
+            cur = self.db.execute_sql(
+                "SELECT seq, uid, lane, topic, payload FROM outbox WHERE lane=? AND seq>? "
+                "ORDER BY seq LIMIT ?", (lane, after, limit))
+        else:
+            cur = self.db.execute_sql(
+                "SELECT seq, uid, lane, topic, payload FROM outbox WHERE lane=? AND seq>? "
+                "AND seq<=? ORDER BY seq LIMIT ?", (lane, after, upto, limit))
+        return [Stored(r[0], r[1], r[2], r[3], bytes(r[4])) for r in cur]
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """The broker has these: delete them (NORMAL sync: a lost ack is only a resend)."""
+        seqs = list(seqs)
+        if not seqs:
+            return
+        conn = self.db.connection()
+        if id(conn) not in self._fast_ack_conns:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._fast_ack_conns.add(id(conn))
+        with self.db.atomic("IMMEDIATE"):
+            self._delete(seqs)
+
+    def _delete(self, seqs: list[int]) -> None:
+        n = 0
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i:i + 500]
+            cur = self.db.execute_sql(
+                f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+            n += cur.rowcount
+        with self._lock:
+            self._count -= n
+
+    def last_seq(self) -> int:
+        row = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    def depth(self) -> int:
+        with self._lock:
+            return self._count
+
+    def depth_by_lane(self) -> dict[str, int]:
+        counts = {lane.name.lower(): 0 for lane in Lane}
+        for lane, n in self.db.execute_sql("SELECT lane, count(*) FROM outbox GROUP BY lane"):
+            counts[Lane(lane).name.lower()] = n
+        return counts
+
+    def oldest_created(self) -> float | None:
+        row = self.db.execute_sql("SELECT min(created) FROM outbox").fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def drops(self, recent: int = 20) -> dict[str, Any]:
+        by_lane = {lane.name.lower(): 0 for lane in Lane}
+        for lane, n in self.db.execute_sql("SELECT lane, sum(count) FROM drops GROUP BY lane"):
+            by_lane[Lane(lane).name.lower()] = n
+        ranges = [[r.first_seq, r.last_seq] for r in
+                  DropRow.select().order_by(DropRow.first_seq.desc()).limit(recent)][::-1]
+        return {"total": self.dropped_total, "by_lane": by_lane, "recent_ranges": ranges}
+
+    # -- small persistent state --------------------------------------------------------------
+
+    def save_state(self, key: str, value: bytes) -> None:
+        KvRow.replace(key=key, value=value).execute()
+
+    def load_state(self, key: str) -> bytes | None:
+        row = KvRow.get_or_none(KvRow.key == key)
+        return bytes(row.value) if row else None
+
+    def close(self) -> None:
+        self.db.close()

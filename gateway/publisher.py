@@ -1,0 +1,294 @@
+"""Sends the outbox to the broker: QoS 1, deleted only on the broker's PUBACK.
+
+One paho client per connection: after a reconnect we resend from the outbox
+ourselves rather than letting paho replay its in-memory queue, so each stored
+event goes out once per connection and is deleted only on its own PUBACK.
+The broker session is persistent (clean_start off, session expiry), so
+commands queued for the unit during an outage still arrive.
+
+Lanes: emergency events go first, always. The other lanes are split at the
+moment a connection comes up into a *backlog* (seq at or below the last seq
+then) and *live* events (newer); batches alternate between the two so a live
+event never waits behind more than one backlog batch. Order is kept within
+each lane's backlog and live part.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway import backoff, contract
+from gateway.clock import Clock
+from gateway.config import Config
+from gateway.model import Lane
+from gateway.outbox import Outbox, Stored, iso_utc
+
+log = logging.getLogger("gateway.mqtt")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+class ConnectFailed(OSError):
+    """The broker did not accept us (refused, TLS failure, no CONNACK in time)."""
+
+
+class Publisher:
+    def __init__(
+        self,
+        cfg: Config,
+        outbox: Outbox,
+        clock: Clock,
+        health: Callable[[], dict[str, Any]] | None = None,
+        window: int = 256,
+        emergency_reserve: int = 32,
+        batch: int = 128,
+        reconnect_max_s: float = 60.0,
+        connack_timeout_s: float = 10.0,
+    ) -> None:
+        self.cfg = cfg
+        self.outbox = outbox
+        self.clock = clock
+        self.health = health
+        self.topics = contract.Topics(cfg.broker.topic_prefix, cfg.unit.id)
+        self.window = window
+        self.reserve = emergency_reserve
+        self.batch = batch
+        self.reconnect_max_s = reconnect_max_s
+        self.connack_timeout_s = connack_timeout_s
+        self._wake = threading.Event()
+        self._acks: collections.deque[tuple[int, bool]] = collections.deque()
+        self._connected = threading.Event()
+        self._lost = threading.Event()
+        self._connack: tuple[bool, str] | None = None
+        self.connected_protocol = ""
+        self.sent = 0
+        self.acked = 0
+        self.refused = 0
+        self.connects = 0
+
+    # -- called from other threads -----------------------------------------------------------
+
+    def notify(self) -> None:
+        """New events are in the outbox."""
+        self._wake.set()
+
+    @property
+    def online(self) -> bool:
+        return self._connected.is_set()
+
+    # -- the connection loop (own thread) ----------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        b = self.cfg.broker
+        want_v5 = b.protocol in ("auto", "5")
+
+        while not stop.is_set():
+            retrying = backoff.retrying(stop, log, f"connecting to broker {b.host}:{b.port}",
+                                        0.5, self.reconnect_max_s)
+            attempt = {"v5": want_v5}
+
+            def connect_once(attempt: dict[str, bool] = attempt) -> mqtt.Client:
+                try:
+                    return self._connect(attempt["v5"])
+                except ConnectFailed as e:
+                    # "auto": a broker without MQTT 5 refuses the protocol; try 3.1.1 next.
+                    if b.protocol == "auto" and "protocol" in str(e).lower():
+                        attempt["v5"] = not attempt["v5"]
+                    raise
+
+            try:
+                client = retrying(connect_once)
+            except OSError:
+                return
+            try:
+                self._serve(client, stop)
+            finally:
+                self._connected.clear()
+                try:
+                    if stop.is_set():
+                        self._publish_status(client, online=False)
+                    client.disconnect()
+                except Exception:  # closing a dead connection may fail in any way
+                    pass
+                client.loop_stop()
+            if not stop.is_set():
+                log.warning("broker connection lost; %d events buffered", self.outbox.depth())
+
+    def _new_client(self, v5: bool) -> mqtt.Client:
+        b = self.cfg.broker
+        if v5:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.client_id,
+                                 protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.client_id,
+                                 protocol=mqtt.MQTTv311, clean_session=False)
+        if b.username:
+            client.username_pw_set(b.username, b.password)
+        if b.tls:
+            client.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file,
+                           keyfile=b.tls.key_file)
+            if b.tls.insecure_skip_hostname:
+                client.tls_insecure_set(True)
+        will = json.dumps(contract.status_payload(self.cfg.unit.id, False, "")).encode()
+        client.will_set(self.topics.status, will, qos=1, retain=True)
+        client.max_inflight_messages_set(self.window + self.reserve)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _connect(self, v5: bool) -> mqtt.Client:
+        b = self.cfg.broker
+        client = self._new_client(v5)
+        self._connack = None
+        self._lost.clear()
+        got = threading.Event()
+        self._connack_event = got
+        try:
+            if v5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = SESSION_EXPIRY_S
+                client.connect(b.host, b.port, keepalive=b.keepalive_s, clean_start=False,
+                               properties=props)
+            else:
+                client.connect(b.host, b.port, keepalive=b.keepalive_s)
+        except (OSError, ValueError) as e:
+            raise ConnectFailed(f"connect to {b.host}:{b.port} failed: {e}") from e
+        client.loop_start()
+        if not got.wait(self.connack_timeout_s) or self._connack is None:
+            client.loop_stop()
+            raise ConnectFailed("no CONNACK (TLS handshake refused, or broker hung)")
+        ok, why = self._connack
+        if not ok:
+            client.loop_stop()
+            raise ConnectFailed(f"broker refused the connection: {why}")
+        self.connects += 1
+        self.connected_protocol = "5" if v5 else "3.1.1"
+        return client
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    props: Any = None) -> None:
+        self._connack = (not rc.is_failure, str(rc))
+        self._connack_event.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                       props: Any = None) -> None:
+        if self._connack is None:
+            self._connack = (False, f"disconnected before CONNACK: {rc}")
+            self._connack_event.set()
+        self._lost.set()
+        self._wake.set()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
+                    props: Any = None) -> None:
+        # Runs in paho's thread under paho's lock: only hand the mid over.
+        self._acks.append((mid, not rc.is_failure))
+        self._wake.set()
+
+    def _publish_status(self, client: mqtt.Client, online: bool) -> None:
+        body = contract.status_payload(self.cfg.unit.id, online, iso_utc(self.clock.now()))
+        client.publish(self.topics.status, json.dumps(body).encode(), qos=1, retain=True)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _serve(self, client: mqtt.Client, stop: threading.Event) -> None:
+        self._connected.set()
+        self._publish_status(client, online=True)
+        live_mark = self.outbox.last_seq()
+        birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
+                                       self.cfg.unit.config_version, live_mark,
+                                       iso_utc(self.clock.now()), self.connected_protocol)
+        client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
+        log.info("broker %s:%d connected (MQTT %s); %d events to send",
+                 self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,
+                 self.outbox.depth())
+        # Cursor per (lane, part): the highest seq handed to paho on this connection.
+        cursors: dict[tuple[int, str], int] = {}
+        inflight: dict[int, int] = {}  # mid -> seq
+        pending_acks: list[int] = []
+        emergency_inflight = 0
+        turn = 0
+        next_health = self.clock.monotonic()
+        self._wake.set()
+        while not stop.is_set() and not self._lost.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            # Resolve acknowledgements (and failures) first: they free the window.
+            while self._acks:
+                mid, ok = self._acks.popleft()
+                seq = inflight.pop(mid, None)
+                if seq is None:
+                    continue  # a birth/status/health message
+                if seq < 0:
+                    emergency_inflight -= 1
+                    seq = -seq
+                if ok:
+                    pending_acks.append(seq)
+                else:
+                    self.refused += 1
+                    log.error("broker refused event seq %d; it stays buffered", seq)
+            if pending_acks:
+                self.outbox.ack(pending_acks)
+                self.acked += len(pending_acks)
+                pending_acks = []
+            if self._lost.is_set():
+                break
+            sent_before = len(inflight)
+            # Emergency first, into the reserved part of the window too.
+            room = self.window + self.reserve - len(inflight)
+            rows = self._take(Lane.EMERGENCY, "all", cursors, room, None)
+            for r in rows:
+                inflight[self._send(client, r)] = -r.seq
+                emergency_inflight += 1
+            room = self.window - (len(inflight) - emergency_inflight)
+            if room > 0 and not rows:
+                parts = ("live", "backlog") if turn % 2 == 0 else ("backlog", "live")
+                turn += 1
+                for part in parts:
+                    for lane in (Lane.ROUTINE, Lane.TELEMETRY):
+                        got = self._take(lane, part, cursors, min(room, self.batch), live_mark)
+                        for r in got:
+                            inflight[self._send(client, r)] = r.seq
+                        room -= len(got)
+                        if got:
+                            break
+                    if room <= 0:
+                        break
+            if len(inflight) > sent_before:
+                self._wake.set()  # keep filling the window until nothing is left
+            if self.health and self.clock.monotonic() >= next_health:
+                next_health = self.clock.monotonic() + self.cfg.health_interval_s
+                client.publish(self.topics.health, json.dumps(self.health()).encode(), qos=0)
+
+    def _take(self, lane: Lane, part: str, cursors: dict[tuple[int, str], int], limit: int,
+              live_mark: int | None) -> list[Stored]:
+        if limit <= 0:
+            return []
+        key = (int(lane), part)
+        after = cursors.get(key, 0)
+        if part == "live":
+            after = max(after, live_mark or 0)
+            rows = self.outbox.fetch(int(lane), after, limit)
+        elif part == "backlog":
+            rows = self.outbox.fetch(int(lane), after, limit, upto=live_mark)
+        else:
+            rows = self.outbox.fetch(int(lane), after, limit)
+        if rows:
+            cursors[key] = rows[-1].seq
+        return rows
+
+    def _send(self, client: mqtt.Client, row: Stored) -> int:
+        info = client.publish(self.topics.of(row.topic), row.payload, qos=1)
+        self.sent += 1
+        return info.mid

@@ -1,0 +1,176 @@
+"""Real parts for the tests: a gatewayd process, a backend subscriber, configs.
+
+Nothing here stands in for a library: the gateway runs as its own process
+with a config file, the broker is a real mosquitto, the subscriber is paho.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str = "condition",
+               interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(v)
+
+
+def write_config(path: Path, *, broker_port: int, buffer: Path, readers: list[dict[str, Any]],
+                 tags: list[dict[str, Any]], unit: str = "unit-t1", extra: str = "",
+                 broker_extra: dict[str, Any] | None = None,
+                 gate_window_s: float = 1.0) -> Path:
+    lines = [
+        "[unit]", f'id = "{unit}"', 'site = "test-site"', 'config_version = "t-1"', "",
+        "[broker]", 'host = "127.0.0.1"', f"port = {broker_port}",
+    ]
+    for k, v in (broker_extra or {}).items():
+        if not isinstance(v, dict):
+            lines.append(f"{k} = {toml_value(v)}")
+    for k, v in (broker_extra or {}).items():
+        if isinstance(v, dict):
+            lines += [f"[broker.{k}]"] + [f"{kk} = {toml_value(vv)}" for kk, vv in v.items()]
+    lines += ["", "[buffer]", f"path = {toml_value(str(buffer))}", "",
+              "[gate]", f"repeat_window_s = {gate_window_s}", "",
+              "[health]", "interval_s = 2", ""]
+    for r in readers:
+        lines.append("[[readers]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in r.items()]
+        lines.append("")
+    for t in tags:
+        lines.append("[[tags]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+class GatewayProcess:
+    """`gatewayd run --config FILE` as a separate process, stderr to a log file."""
+
+    def __init__(self, config: Path, log: Path, args: list[str] | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config), *self.args],
+            stdout=out, stderr=out, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        out.close()
+        return self
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 15.0) -> None:
+        wait_until(lambda: text in self.log_text(), timeout, f"{text!r} in gateway log")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGCONT)
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def stop(self) -> int | None:
+        self.kill(signal.SIGTERM)
+        return self.proc.returncode if self.proc else None
+
+
+class Subscriber:
+    """The backend's view: a paho client collecting what the unit publishes."""
+
+    def __init__(self, port: int, topic: str = "kidsafe/v1/#", client_id: str = "backend-test",
+                 persistent: bool = False, **tls: Any) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.topic = topic
+        self.connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.port = port
+        self.persistent = persistent
+
+    def _on_connect(self, client: mqtt.Client, *_a: Any) -> None:
+        client.subscribe(self.topic, qos=1)
+        self.connected.set()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def start(self) -> Subscriber:
+        props = Properties(PacketTypes.CONNECT)
+        if self.persistent:
+            props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", self.port, clean_start=not self.persistent,
+                            properties=props)
+        self.client.loop_start()
+        if not self.connected.wait(10):
+            raise AssertionError("subscriber could not connect to the test broker")
+        time.sleep(0.2)  # SUBACK
+        return self
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            msgs = list(self.messages)
+        out = []
+        for topic, payload, _ in msgs:
+            if "/event/" in topic and (kind is None or topic.endswith(f"/event/{kind}")):
+                out.append(json.loads(payload))
+        return out
+
+    def on(self, suffix: str) -> list[dict[str, Any]]:
+        with self.lock:
+            msgs = list(self.messages)
+        return [json.loads(p) for t, p, _ in msgs if t.endswith(suffix)]

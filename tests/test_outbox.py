@@ -1,0 +1,62 @@
+"""The local buffer: sequence numbers, acks, caps and restarts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gateway.model import Event, Lane
+from gateway.outbox import Outbox
+
+
+def ev(lane: Lane = Lane.ROUTINE, kind: str = "gate") -> Event:
+    return Event(kind=kind, time=1_700_000_000.0, lane=lane, reader="r1", child="c-1")
+
+
+def test_seq_never_repeats_across_acks_and_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "b.db")
+    ob = Outbox(path, "u1", "s1")
+    first = ob.add([ev() for _ in range(5)])
+    assert [s.seq for s in first] == [1, 2, 3, 4, 5]
+    ob.ack([s.seq for s in first])  # all delivered: table empty
+    assert ob.depth() == 0
+    ob.close()
+    ob = Outbox(path, "u1", "s1")
+    again = ob.add([ev()])
+    assert again[0].seq == 6  # AUTOINCREMENT: not reused after deletes or a restart
+    body = json.loads(again[0].payload)
+    assert body["seq"] == 6 and body["unit"] == "u1" and body["id"] == again[0].uid
+    assert body["time"] == "2023-11-14T22:13:20.000Z"
+
+
+def test_fetch_by_lane_and_range(tmp_path: Path) -> None:
+    ob = Outbox(str(tmp_path / "b.db"), "u1", "s1")
+    ob.add([ev(Lane.ROUTINE), ev(Lane.EMERGENCY, "sos"), ev(Lane.ROUTINE), ev(Lane.TELEMETRY)])
+    assert [r.seq for r in ob.fetch(int(Lane.EMERGENCY), 0, 10)] == [2]
+    assert [r.seq for r in ob.fetch(int(Lane.ROUTINE), 0, 10)] == [1, 3]
+    assert [r.seq for r in ob.fetch(int(Lane.ROUTINE), 1, 10)] == [3]
+    assert [r.seq for r in ob.fetch(int(Lane.ROUTINE), 0, 10, upto=2)] == [1]
+    assert ob.depth_by_lane() == {"emergency": 1, "routine": 2, "telemetry": 1}
+
+
+def test_cap_drops_lowest_lane_oldest_first_never_emergency(tmp_path: Path) -> None:
+    ob = Outbox(str(tmp_path / "b.db"), "u1", "s1", max_events=100)
+    ob.add([ev(Lane.EMERGENCY, "sos") for _ in range(30)])
+    ob.add([ev(Lane.TELEMETRY, "sighting") for _ in range(40)])
+    ob.add([ev(Lane.ROUTINE) for _ in range(40)])  # 110 > 100: telemetry goes first
+    by = ob.depth_by_lane()
+    assert by["emergency"] == 30 and by["routine"] == 40 and by["telemetry"] < 40
+    drops = ob.drops()
+    assert drops["by_lane"]["telemetry"] == 40 - by["telemetry"]
+    assert drops["recent_ranges"][0][0] == 31  # the oldest telemetry event went first
+    ob.add([ev(Lane.EMERGENCY, "sos") for _ in range(200)])  # only emergency left to keep
+    assert ob.depth_by_lane()["emergency"] == 230
+    assert ob.drops()["by_lane"]["emergency"] == 0
+
+
+def test_state_kv_survives_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "b.db")
+    ob = Outbox(path, "u1", "s1")
+    ob.save_state("engine", b'{"x": 1}')
+    ob.close()
+    assert Outbox(path, "u1", "s1").load_state("engine") == b'{"x": 1}'
