@@ -65,6 +65,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decode(args: argparse.Namespace) -> int:
+    from gateway.decode import main_decode
+
+    return main_decode(args.kind, args.file, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatewayd", description=__doc__)
     p.add_argument("--version", action="version", version=f"gatewayd {__version__}")
@@ -78,12 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and print a summary")
     c.add_argument("file", metavar="FILE")
     c.set_defaults(func=cmd_check_config)
+
+    from drivers import codecs
+
+    d = sub.add_parser("decode", help="decode a raw capture into JSON lines, rejects included")
+    d.add_argument("kind", choices=codecs.available(), metavar="KIND",
+                   help=f"protocol: {', '.join(codecs.available())}")
+    d.add_argument("file", metavar="FILE", help="serial bytes, a hex dump, an NMEA log, "
+                   "or BLE advertisement hex/JSON lines ('-' for stdin)")
+    d.set_defaults(func=cmd_decode)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except BrokenPipeError:  # `gatewayd decode ... | head`
+        sys.stderr.close()
+        return 0
     return rc
 
 

@@ -84,6 +84,7 @@ class BrokerConfig:
     keepalive_s: int = 30
     protocol: str = "auto"  # "auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"
     topic_prefix: str = "kidsafe/v1"
+    reconnect_max_s: float = 60.0
     tls: TlsConfig | None = None
 
 
@@ -245,7 +246,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
 
     b = c.table(raw, "broker", "broker", required=True)
     c.unknown(b, {"host", "port", "client_id", "username", "password_file", "keepalive_s",
-                  "protocol", "topic_prefix", "tls"}, "broker")
+                  "protocol", "topic_prefix", "reconnect_max_s", "tls"}, "broker")
     password = None
     pw_file = c.get(b, "password_file", "broker", str)
     if pw_file:
@@ -285,6 +286,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         keepalive_s=c.get(b, "keepalive_s", "broker", int, 30, check=_positive),
         protocol=protocol,
         topic_prefix=c.get(b, "topic_prefix", "broker", str, "kidsafe/v1").strip("/"),
+        reconnect_max_s=c.get(b, "reconnect_max_s", "broker", float, 60.0, check=_positive),
         tls=tls,
     )
 

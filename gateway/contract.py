@@ -26,8 +26,10 @@ class Topics:
         return f"{self.base}/{suffix}"
 
 
-def status_payload(unit: str, online: bool, time_iso: str) -> dict[str, Any]:
-    return {"unit": unit, "state": "online" if online else "offline", "time": time_iso}
+def status_payload(unit: str, online: bool, time_iso: str | None, reason: str) -> dict[str, Any]:
+    """Retained status. The last will has no time: the broker sends it, not the unit."""
+    return {"unit": unit, "state": "online" if online else "offline", "time": time_iso,
+            "reason": reason}
 
 
 def birth_payload(unit: str, site: str, config_version: str, last_seq: int, time_iso: str,

@@ -46,6 +46,7 @@ class Gateway:
             "software": __version__,
             "buffer": {
                 "depth": self.outbox.depth(),
+                "depth_by_lane": self.outbox.depth_by_lane(),
                 "oldest_unsent_age_s": round(now - oldest, 1) if oldest else 0.0,
                 "last_seq": self.outbox.last_seq(),
                 "dropped": self.outbox.drops(),
@@ -53,7 +54,8 @@ class Gateway:
             "readers": st["readers"],
             "counters": st["counters"],
             "mqtt": {"sent": self.publisher.sent, "acked": self.publisher.acked,
-                     "refused": self.publisher.refused, "connects": self.publisher.connects},
+                     "refused": self.publisher.refused, "connects": self.publisher.connects,
+                     "commands": self.publisher.commands},
         }
 
     def start(self) -> None:

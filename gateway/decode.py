@@ -95,7 +95,7 @@ def main_decode(kind: str, path: str | Path, out: TextIO, err: TextIO | None = N
         print(f"error: unknown kind {kind!r}; choose one of: {', '.join(kinds)}", file=err)
         return 2
     try:
-        data = Path(path).read_bytes()
+        data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
     except OSError as e:
         print(f"error: cannot read {path}: {e.strerror or e}", file=err)
         return 2

@@ -41,6 +41,17 @@ def iso_utc(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """[1, 2, 3, 7, 8] -> [(1, 3), (7, 8)] (seqs sorted ascending)."""
+    runs: list[tuple[int, int]] = []
+    for s in seqs:
+        if runs and runs[-1][1] == s - 1:
+            runs[-1] = (runs[-1][0], s)
+        else:
+            runs.append((s, s))
+    return runs
+
+
 class _Base(Model):
     class Meta:
         database = None  # bound per Outbox instance
@@ -125,32 +136,41 @@ class Outbox:
     # -- writer side (the pipeline thread) ---------------------------------------------------
 
     def add(self, events: Sequence[Event], now: float | None = None) -> list[Stored]:
-        """Commit events in one durable transaction; assign ids and sequence numbers."""
+        """Commit events in one durable transaction; assign ids and sequence numbers.
+
+        If the commit takes the buffer over its cap, the oldest low-lane events are
+        dropped in the same transaction and a ``buffer_drop`` event names each run.
+        """
         if not events:
             return []
         now = time.time() if now is None else now
-        recorded = iso_utc(now)
-        out: list[Stored] = []
         with self.db.atomic("IMMEDIATE"):
-            cur = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
-            row = cur.fetchone()
-            seq = row[0] if row else 0
-            rows = []
-            for ev in events:
-                seq += 1
-                uid = str(uuid.uuid4())
-                payload = self._payload(ev, seq, uid, recorded)
-                topic = f"event/{ev.kind}"
-                rows.append((seq, uid, int(ev.lane), ev.kind, topic, payload, now))
-                out.append(Stored(seq, uid, int(ev.lane), topic, payload))
-            self.db.cursor().executemany(
-                "INSERT INTO outbox (seq, uid, lane, kind, topic, payload, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            with self._lock:
-                self._count += len(rows)
-            self._enforce_cap(now)
+            out = self._insert(events, now)
+            notices = self._enforce_cap(now)
+            if notices:
+                self._insert(notices, now)
+        return out
+
+    def _insert(self, events: Sequence[Event], now: float) -> list[Stored]:
+        recorded = iso_utc(now)
+        row = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        seq = row[0] if row else 0
+        rows = []
+        out: list[Stored] = []
+        for ev in events:
+            seq += 1
+            uid = str(uuid.uuid4())
+            payload = self._payload(ev, seq, uid, recorded)
+            topic = f"event/{ev.kind}"
+            rows.append((seq, uid, int(ev.lane), ev.kind, topic, payload, now))
+            out.append(Stored(seq, uid, int(ev.lane), topic, payload))
+        self.db.cursor().executemany(
+            "INSERT INTO outbox (seq, uid, lane, kind, topic, payload, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        with self._lock:
+            self._count += len(rows)
         return out
 
     def _payload(self, ev: Event, seq: int, uid: str, recorded: str) -> bytes:
@@ -175,12 +195,13 @@ class Outbox:
         ps = self.db.execute_sql("PRAGMA page_size").fetchone()[0]
         return int((pc - fl) * ps)
 
-    def _enforce_cap(self, now: float) -> None:
+    def _enforce_cap(self, now: float) -> list[Event]:
         over_events = self._count - self.max_events
         used = self._used_bytes()
         over_bytes = used - self.max_bytes
         if over_events <= 0 and over_bytes <= 0:
-            return
+            return []
+        notices: list[Event] = []
         # Free a little more than the excess so the cap is not hit on every insert.
         avg = max(1, used // max(1, self._count))
         want = max(over_events, over_bytes // avg + 1, self.max_events // 100, 1)
@@ -192,14 +213,20 @@ class Outbox:
             if not seqs:
                 continue
             self._delete(seqs)
-            DropRow.create(first_seq=seqs[0], last_seq=seqs[-1], count=len(seqs),
-                           lane=int(lane), at=now)
+            runs = _runs(seqs)  # lanes interleave: a lane's seqs come in runs, not one range
+            for first, last in runs:
+                DropRow.create(first_seq=first, last_seq=last, count=last - first + 1,
+                               lane=int(lane), at=now)
             self.dropped_total += len(seqs)
             want -= len(seqs)
-            log.warning("buffer full: dropped %d %s events (seq %d-%d)", len(seqs),
-                        lane.name.lower(), seqs[0], seqs[-1])
+            log.warning("buffer full: dropped %d %s events (seq %d-%d in %d runs)", len(seqs),
+                        lane.name.lower(), seqs[0], seqs[-1], len(runs))
+            notices.append(Event(kind="buffer_drop", time=now, lane=Lane.ROUTINE, data={
+                "lane": lane.name.lower(), "count": len(seqs),
+                "ranges": [[a, b] for a, b in runs]}))
         if want > 0 and over_events > 0:
             log.error("buffer over its cap with only emergency events left; keeping them all")
+        return notices
 
     # -- publisher side ----------------------------------------------------------------------
 

@@ -49,21 +49,25 @@ class Publisher:
         outbox: Outbox,
         clock: Clock,
         health: Callable[[], dict[str, Any]] | None = None,
+        on_command: Callable[[str, bytes], None] | None = None,
+        on_acked: Callable[[list[int]], None] | None = None,
         window: int = 256,
         emergency_reserve: int = 32,
         batch: int = 128,
-        reconnect_max_s: float = 60.0,
+        reconnect_max_s: float | None = None,
         connack_timeout_s: float = 10.0,
     ) -> None:
         self.cfg = cfg
         self.outbox = outbox
         self.clock = clock
         self.health = health
+        self.on_command = on_command or self._unsupported_command
+        self.on_acked = on_acked
         self.topics = contract.Topics(cfg.broker.topic_prefix, cfg.unit.id)
         self.window = window
         self.reserve = emergency_reserve
         self.batch = batch
-        self.reconnect_max_s = reconnect_max_s
+        self.reconnect_max_s = reconnect_max_s or cfg.broker.reconnect_max_s
         self.connack_timeout_s = connack_timeout_s
         self._wake = threading.Event()
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
@@ -75,6 +79,7 @@ class Publisher:
         self.acked = 0
         self.refused = 0
         self.connects = 0
+        self.commands = 0
 
     # -- called from other threads -----------------------------------------------------------
 
@@ -139,13 +144,15 @@ class Publisher:
                            keyfile=b.tls.key_file)
             if b.tls.insecure_skip_hostname:
                 client.tls_insecure_set(True)
-        will = json.dumps(contract.status_payload(self.cfg.unit.id, False, "")).encode()
+        will = json.dumps(contract.status_payload(self.cfg.unit.id, False, None,
+                                                  "connection-lost")).encode()
         client.will_set(self.topics.status, will, qos=1, retain=True)
         client.max_inflight_messages_set(self.window + self.reserve)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _connect(self, v5: bool) -> mqtt.Client:
@@ -196,14 +203,31 @@ class Publisher:
         self._acks.append((mid, not rc.is_failure))
         self._wake.set()
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Runs in paho's thread. Commands never raise into paho: a hostile payload is the
+        # handler's to reject, and a bug in it must not take the connection down.
+        self.commands += 1
+        suffix = msg.topic[len(self.topics.base) + 1:] if msg.topic.startswith(
+            self.topics.base + "/") else msg.topic
+        try:
+            self.on_command(suffix, bytes(msg.payload))
+        except Exception:
+            log.exception("command on %s failed", msg.topic)
+
+    def _unsupported_command(self, suffix: str, payload: bytes) -> None:
+        log.warning("command %s received (%d bytes): no handler for it in this version",
+                    suffix, len(payload))
+
     def _publish_status(self, client: mqtt.Client, online: bool) -> None:
-        body = contract.status_payload(self.cfg.unit.id, online, iso_utc(self.clock.now()))
+        body = contract.status_payload(self.cfg.unit.id, online, iso_utc(self.clock.now()),
+                                       "connected" if online else "shutdown")
         client.publish(self.topics.status, json.dumps(body).encode(), qos=1, retain=True)
 
     # -- sending -----------------------------------------------------------------------------
 
     def _serve(self, client: mqtt.Client, stop: threading.Event) -> None:
         self._connected.set()
+        client.subscribe(self.topics.commands, qos=1)
         self._publish_status(client, online=True)
         live_mark = self.outbox.last_seq()
         birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
@@ -241,6 +265,8 @@ class Publisher:
             if pending_acks:
                 self.outbox.ack(pending_acks)
                 self.acked += len(pending_acks)
+                if self.on_acked is not None:
+                    self.on_acked(pending_acks)
                 pending_acks = []
             if self._lost.is_set():
                 break

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import contract
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -126,6 +127,7 @@ class Subscriber:
     def __init__(self, port: int, topic: str = "kidsafe/v1/#", client_id: str = "backend-test",
                  persistent: bool = False, **tls: Any) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.violations: list[str] = []  # every message is checked against docs/schemas
         self.lock = threading.Lock()
         self.topic = topic
         self.connected = threading.Event()
@@ -141,8 +143,10 @@ class Subscriber:
         self.connected.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        bad = contract.violations(msg.topic, msg.payload)
         with self.lock:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.violations.extend(bad)
 
     def start(self) -> Subscriber:
         props = Properties(PacketTypes.CONNECT)

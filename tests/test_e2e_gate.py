@@ -78,6 +78,8 @@ def test_gate_events_end_to_end(rig: tuple[VirtualSerial, GatewayProcess, Subscr
     assert health  # published periodically
     status = sub.on("/status")
     assert status and status[0]["state"] == "online"
+    assert sub.on("/birth")
+    assert sub.violations == []  # every message matched docs/schemas
 
 
 def test_reader_replug_while_running(rig: tuple[VirtualSerial, GatewayProcess,

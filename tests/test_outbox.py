@@ -45,13 +45,31 @@ def test_cap_drops_lowest_lane_oldest_first_never_emergency(tmp_path: Path) -> N
     ob.add([ev(Lane.TELEMETRY, "sighting") for _ in range(40)])
     ob.add([ev(Lane.ROUTINE) for _ in range(40)])  # 110 > 100: telemetry goes first
     by = ob.depth_by_lane()
-    assert by["emergency"] == 30 and by["routine"] == 40 and by["telemetry"] < 40
+    notices = [json.loads(r.payload) for r in ob.fetch(int(Lane.ROUTINE), 0, 1000)
+               if b'"buffer_drop"' in r.payload]
+    assert len(notices) == 1  # the drop is reported to the backend as an event
+    assert by["emergency"] == 30 and by["routine"] == 40 + 1 and by["telemetry"] < 40
     drops = ob.drops()
     assert drops["by_lane"]["telemetry"] == 40 - by["telemetry"]
     assert drops["recent_ranges"][0][0] == 31  # the oldest telemetry event went first
+    dropped = notices[0]["data"]
+    assert dropped["lane"] == "telemetry" and dropped["count"] == drops["total"]
+    assert dropped["ranges"] == [[31, 31 + dropped["count"] - 1]]
     ob.add([ev(Lane.EMERGENCY, "sos") for _ in range(200)])  # only emergency left to keep
     assert ob.depth_by_lane()["emergency"] == 230
     assert ob.drops()["by_lane"]["emergency"] == 0
+
+
+def test_drop_runs_are_exact_when_lanes_interleave(tmp_path: Path) -> None:
+    ob = Outbox(str(tmp_path / "b.db"), "u1", "s1", max_events=10)
+    ob.add([ev(Lane.TELEMETRY if i % 2 else Lane.EMERGENCY) for i in range(12)])
+    # 12 > 10: telemetry seqs 2, 4, 6 ... go; each is its own run.
+    notice = json.loads(next(r.payload for r in ob.fetch(int(Lane.ROUTINE), 0, 10)))
+    ranges = notice["data"]["ranges"]
+    assert all(a == b and a % 2 == 0 for a, b in ranges)
+    assert notice["data"]["count"] == len(ranges)
+    left = {r.seq for lane in Lane for r in ob.fetch(int(lane), 0, 100)}
+    assert not left & {a for a, _ in ranges}
 
 
 def test_state_kv_survives_reopen(tmp_path: Path) -> None:
