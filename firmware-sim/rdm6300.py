@@ -56,6 +56,44 @@ class Rdm6300Sim:
         time.sleep(pause_s)
         self._send(frame[cut:])
 
+    def flood(self, tags: list[str], count: int, rate: float,
+              stop: threading.Event | None = None, lossless: bool = True) -> int:
+        """A stress source: ``count`` single reads, tags round robin, ``rate`` frames/s.
+
+        Lossless waits for the driver to make room (up to 5 s) instead of dropping
+        bytes like a UART overrun. Returns the number of frames written whole.
+        """
+        frames = [encode(t) for t in tags]
+        t0 = time.monotonic()
+        sent = 0
+        while sent < count and not (stop and stop.is_set()):
+            due = min(count, int((time.monotonic() - t0) * rate) + 1)
+            if due <= sent:
+                time.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
+                continue
+            data = b"".join(frames[i % len(frames)] for i in range(sent, due))
+            if lossless:
+                deadline = time.monotonic() + 5.0
+                while data and time.monotonic() < deadline and self.port.plugged:
+                    n = self._write_some(data)
+                    data = data[n:]
+                    if data:
+                        time.sleep(0.002)
+                if data:
+                    break
+            else:
+                self.port.write(data)
+            sent = due
+        self.frames_sent += sent
+        return sent
+
+    def _write_some(self, data: bytes) -> int:
+        """Like VirtualSerial.write, but what did not fit is not counted as dropped."""
+        before = self.port.dropped_bytes
+        n = self.port.write(data)
+        self.port.dropped_bytes = before
+        return n
+
     def do(self, step: Step, stop: threading.Event | None = None) -> None:
         a = step.args
         if step.action == "present":

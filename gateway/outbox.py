@@ -12,7 +12,8 @@ The primary key is the per-unit sequence number (``AUTOINCREMENT``, so a
 number is never reused, even after rows are deleted or the process dies).
 Rows are deleted when the broker acknowledges them. When the size cap is
 reached, the oldest events of the lowest lane go first; emergency events are
-never dropped; every drop is recorded with its sequence range.
+never dropped; every drop is recorded and reported in a ``buffer_drop`` event
+(itself never dropped) that lists the exact sequence runs.
 """
 
 from __future__ import annotations
@@ -202,14 +203,16 @@ class Outbox:
         if over_events <= 0 and over_bytes <= 0:
             return []
         notices: list[Event] = []
-        # Free a little more than the excess so the cap is not hit on every insert.
+        # Free 5% more than the excess so the cap is not hit again on every insert.
         avg = max(1, used // max(1, self._count))
-        want = max(over_events, over_bytes // avg + 1, self.max_events // 100, 1)
+        want = max(over_events, over_bytes // avg + 1, 0) + max(1, self.max_events // 20)
         for lane in (Lane.TELEMETRY, Lane.ROUTINE):
             if want <= 0:
                 break
+            # Drop notices are never dropped: they are the backend's account of the gaps.
             seqs = [r[0] for r in self.db.execute_sql(
-                "SELECT seq FROM outbox WHERE lane=? ORDER BY seq LIMIT ?", (int(lane), want))]
+                "SELECT seq FROM outbox WHERE lane=? AND kind != 'buffer_drop' "
+                "ORDER BY seq LIMIT ?", (int(lane), want))]
             if not seqs:
                 continue
             self._delete(seqs)

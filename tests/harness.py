@@ -83,10 +83,12 @@ def write_config(path: Path, *, broker_port: int, buffer: Path, readers: list[di
 class GatewayProcess:
     """`gatewayd run --config FILE` as a separate process, stderr to a log file."""
 
-    def __init__(self, config: Path, log: Path, args: list[str] | None = None) -> None:
+    def __init__(self, config: Path, log: Path, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log = log
         self.args = args or []
+        self.env = env or {}  # extra environment, e.g. DBUS_SYSTEM_BUS_ADDRESS for BLE
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
@@ -94,7 +96,7 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config), *self.args],
             stdout=out, stderr=out, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         out.close()
         return self
@@ -135,6 +137,12 @@ class Subscriber:
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.reconnect_delay_set(0.1, 1)  # follow a restarted test broker quickly
+        if tls.get("ca"):
+            self.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"),
+                                keyfile=tls.get("key"))
+        if tls.get("username"):
+            self.client.username_pw_set(tls["username"], tls.get("password"))
         self.port = port
         self.persistent = persistent
 
@@ -172,6 +180,13 @@ class Subscriber:
         for topic, payload, _ in msgs:
             if "/event/" in topic and (kind is None or topic.endswith(f"/event/{kind}")):
                 out.append(json.loads(payload))
+        return out
+
+    def seq_ids(self) -> dict[int, set[str]]:
+        """seq -> the ids received with it (more than one id for a seq would be a bug)."""
+        out: dict[int, set[str]] = {}
+        for e in self.events():
+            out.setdefault(e["seq"], set()).add(e["id"])
         return out
 
     def on(self, suffix: str) -> list[dict[str, Any]]:

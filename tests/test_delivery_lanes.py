@@ -1,0 +1,126 @@
+"""Caps, lanes and sessions with a real broker, driving the gateway in-process.
+
+These tests commit events straight through the pipeline's commit step (what
+the engine would hand it) so they can make emergency and telemetry events
+without the BLE stack; outbox, publisher, paho and mosquitto are all real.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from firmware_sim.broker import LocalBroker
+from harness import GatewayProcess, Subscriber, wait_until, write_config
+
+from gateway import config as configmod
+from gateway.daemon import Gateway
+from gateway.model import Event, Lane
+
+
+def make_gateway(tmp_path: Path, broker: LocalBroker, **buffer: int) -> Gateway:
+    cfg = configmod.parse({
+        "unit": {"id": "unit-t1", "site": "s"},
+        "broker": {"port": broker.port, "reconnect_max_s": 0.5},
+        "buffer": {"path": str(tmp_path / "buf.db"), **buffer},
+        "health": {"interval_s": 0.5},
+    })
+    return Gateway(cfg)
+
+
+@pytest.fixture
+def running(tmp_path: Path, broker: LocalBroker) -> Iterator[tuple[Gateway, Subscriber]]:
+    sub = Subscriber(broker.port, client_id="backend-lanes", persistent=True).start()
+    gw = make_gateway(tmp_path, broker, max_events=400)
+    try:
+        yield gw, sub
+    finally:
+        gw.shutdown()
+        sub.stop()
+
+
+def ev(lane: Lane, i: int) -> Event:
+    kind = {Lane.EMERGENCY: "sos", Lane.ROUTINE: "gate", Lane.TELEMETRY: "sighting"}[lane]
+    data = {"direction": None} if kind == "gate" else {"n": i}
+    return Event(kind=kind, time=1.7e9 + i, lane=lane, reader="r", child=f"c-{i % 7}", data=data)
+
+
+def test_cap_during_outage_drops_only_low_lanes_and_reports_it(
+        running: tuple[Gateway, Subscriber], broker: LocalBroker) -> None:
+    gw, sub = running
+    broker.stop()  # the outage starts before the unit connects
+    gw.start()
+    lanes = [Lane.EMERGENCY] * 100 + [Lane.ROUTINE] * 600 + [Lane.TELEMETRY] * 400
+    for i, lane in enumerate(lanes):  # interleaved, as a day would be
+        gw.pipeline.commit([ev(lanes[(i * 7) % len(lanes)], i)])
+    n = gw.outbox.last_seq()
+    assert gw.outbox.drops()["total"] > 0
+    assert gw.outbox.depth_by_lane()["emergency"] == 100
+    broker.start()
+    wait_until(lambda: gw.outbox.depth() == 0, 30, "the buffer to drain")
+    wait_until(lambda: len(sub.seq_ids()) >= n - gw.outbox.drops()["total"], 30, "all kept events")
+    got = sub.events()
+    sos = [e for e in got if e["kind"] == "sos"]
+    assert len({e["id"] for e in sos}) == 100  # every emergency event arrived
+    notices = [e for e in got if e["kind"] == "buffer_drop"]
+    dropped = {s for e in notices for a, b in e["data"]["ranges"] for s in range(a, b + 1)}
+    assert all(e["data"]["lane"] in ("telemetry", "routine") for e in notices)
+    received = {e["seq"] for e in got}
+    assert received | dropped == set(range(1, n + 1))  # every gap is explained
+    assert not received & dropped
+    wait_until(lambda: any(h["buffer"]["depth"] == 0 for h in sub.on("/health")), 10,
+               "a health message after the drain")
+    health = [h for h in sub.on("/health") if h["buffer"]["depth"] == 0][-1]
+    assert health["buffer"]["dropped"]["total"] == len(dropped) == sum(
+        e["data"]["count"] for e in notices)
+    assert sub.violations == []
+
+
+def test_emergency_and_live_events_overtake_a_backlog(
+        running: tuple[Gateway, Subscriber], broker: LocalBroker, tmp_path: Path) -> None:
+    gw, sub = running
+    gw.outbox.max_events = 1_000_000
+    acked: list[int] = []  # the order the broker acknowledged events in
+    gw.publisher.on_acked = acked.extend
+    broker.stop()
+    gw.start()
+    for i in range(0, 20_000, 500):
+        gw.pipeline.commit([ev(Lane.ROUTINE, i + k) for k in range(500)])
+    backlog = gw.outbox.last_seq()
+    broker.start()
+    wait_until(lambda: len(acked) >= 1000, 30, "the backlog to start draining")
+    at_commit = len(acked)
+    gw.pipeline.commit([ev(Lane.EMERGENCY, 1), ev(Lane.ROUTINE, 2)])
+    sos_seq, live_seq = backlog + 1, backlog + 2
+    wait_until(lambda: sos_seq in acked and live_seq in acked, 30, "the SOS and the live event")
+    # Behind the SOS: at most what was already in flight (window + reserve).
+    assert acked.index(sos_seq) - at_commit <= gw.publisher.window + gw.publisher.reserve
+    # The live event waits behind at most one backlog batch more.
+    assert acked.index(live_seq) - at_commit <= gw.publisher.window + 2 * gw.publisher.batch
+    wait_until(lambda: len(sub.seq_ids()) >= backlog + 2, 60, "the whole backlog at the backend")
+    assert acked.index(sos_seq) < backlog - 1000  # long before the backlog was done
+    order = [e["seq"] for e in sub.events()]
+    routine = [s for s in order if s <= backlog]
+    assert routine == sorted(routine)  # order kept within the lane's backlog
+    assert order.index(sos_seq) < max(i for i, s in enumerate(order) if s <= backlog)
+
+
+def test_commands_queued_while_offline_arrive(tmp_path: Path, broker: LocalBroker) -> None:
+    cfg = write_config(tmp_path / "gw.toml", broker_port=broker.port, buffer=tmp_path / "b.db",
+                       readers=[], tags=[])
+    log = tmp_path / "gw.log"
+    gw = GatewayProcess(cfg, log).start()
+    gw.wait_log("connected (MQTT 5)")
+    time.sleep(0.5)  # SUBACK for cmd/#: the broker now keeps the session's subscription
+    gw.stop()
+    backend = Subscriber(broker.port, topic="nothing/#", client_id="backend-cmd").start()
+    backend.client.publish("kidsafe/v1/unit-t1/cmd/locate", b'{"child": "c-1"}', qos=1)
+    time.sleep(0.5)
+    backend.stop()
+    gw = GatewayProcess(cfg, log).start()
+    try:
+        gw.wait_log("command cmd/locate received", timeout=15)
+    finally:
+        gw.stop()
