@@ -13,9 +13,12 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import drivers
+
+if TYPE_CHECKING:
+    from gateway.engine.settings import EngineSettings
 
 T = TypeVar("T")
 
@@ -108,9 +111,16 @@ class Config:
     gate: GateConfig = GateConfig()
     health_interval_s: float = 60.0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # for later sections
+    engine: EngineSettings = field(default_factory=lambda: _default_engine())
 
     def tag_map(self) -> dict[str, TagConfig]:
         return {t.id: t for t in self.tags}
+
+
+def _default_engine() -> EngineSettings:
+    from gateway.engine.settings import EngineSettings  # imported late: it imports this module
+
+    return EngineSettings()
 
 
 def canonical_tag_id(text: str) -> str:
@@ -354,7 +364,11 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
                                                   check=_ident),
                               groups=tuple(groups)))
 
+    from gateway.engine.settings import parse_settings  # imported late: it imports this module
+
+    engine = parse_settings(raw, c, readers)  # [engine], [[zones]], ...: errors listed with ours
     if c.errors:
         raise ConfigInvalid(c.errors)
     return Config(file=file, unit=unit, broker=broker, buffer=buffer, readers=tuple(readers),
-                  tags=tuple(tags), gate=gate, health_interval_s=health_interval, raw=raw)
+                  tags=tuple(tags), gate=gate, health_interval_s=health_interval, raw=raw,
+                  engine=engine)

@@ -1,0 +1,61 @@
+"""Small-area geometry: distances in metres between WGS84 points.
+
+Geofences and camera radii are a few hundred metres across, so a local
+equirectangular projection around the fence is accurate to centimetres there
+and much cheaper than geodesics; haversine is used for point-to-point
+distances (jump checks, cameras) where the points may be far apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+EARTH_R = 6_371_008.8  # mean radius, metres
+_DEG = math.pi / 180.0
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = lat1 * _DEG, lat2 * _DEG
+    a = (math.sin((p2 - p1) / 2) ** 2
+         + math.cos(p1) * math.cos(p2) * math.sin((lon2 - lon1) * _DEG / 2) ** 2)
+    return 2 * EARTH_R * math.asin(min(1.0, math.sqrt(a)))
+
+
+class Shape:
+    """A circle or polygon; ``signed_distance`` is negative inside, positive outside."""
+
+    __slots__ = ("kx", "ky", "lat0", "lon0", "pts", "radius")
+
+    def __init__(self, center: tuple[float, float] | None, radius_m: float,
+                 points: tuple[tuple[float, float], ...]) -> None:
+        if center is not None:
+            self.lat0, self.lon0 = center
+        else:
+            self.lat0 = sum(p[0] for p in points) / len(points)
+            self.lon0 = sum(p[1] for p in points) / len(points)
+        self.ky = EARTH_R * _DEG
+        self.kx = EARTH_R * _DEG * math.cos(self.lat0 * _DEG)
+        self.radius = radius_m
+        self.pts = [self.xy(lat, lon) for lat, lon in points]
+
+    def xy(self, lat: float, lon: float) -> tuple[float, float]:
+        return (lon - self.lon0) * self.kx, (lat - self.lat0) * self.ky
+
+    def signed_distance(self, lat: float, lon: float) -> float:
+        x, y = self.xy(lat, lon)
+        if not self.pts:
+            return math.hypot(x, y) - self.radius
+        inside = False
+        best = math.inf
+        pts = self.pts
+        n = len(pts)
+        for i in range(n):
+            x1, y1 = pts[i]
+            x2, y2 = pts[(i + 1) % n]
+            if (y1 > y) != (y2 > y) and x < (x2 - x1) * (y - y1) / (y2 - y1) + x1:
+                inside = not inside
+            dx, dy = x2 - x1, y2 - y1
+            seg = dx * dx + dy * dy
+            u = 0.0 if seg == 0 else max(0.0, min(1.0, ((x - x1) * dx + (y - y1) * dy) / seg))
+            best = min(best, math.hypot(x - x1 - u * dx, y - y1 - u * dy))
+        return -best if inside else best

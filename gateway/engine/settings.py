@@ -1,0 +1,312 @@
+"""The engine's config sections: ``[engine]``, ``[[zones]]``, ``[[geofences]]``,
+``[[cameras]]``, ``[battery]``, ``[roll_call]`` and the gate options of readers.
+
+``gateway.config.parse`` calls :func:`parse_settings` with its own checker, so
+these errors are listed together with every other config error (docs/zones.md).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zoneinfo
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import ReaderConfig, _Checker
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+SIDES = ("outer", "inner")
+_HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSettings:
+    id: str
+    readers: tuple[str, ...]
+    enter_dbm: float = -75.0  # smoothed RSSI at or above this (for dwell_s) enters
+    exit_dbm: float = -85.0  # smoothed RSSI below this (for exit_dwell_s) leaves
+    dwell_s: float = 5.0
+    exit_dwell_s: float = 3.0
+    absence_s: float = 30.0  # no sighting for this long leaves
+    stay_groups: tuple[str, ...] = ()  # tags in these groups must stay in during stay hours
+    stay_hours: tuple[tuple[int, int], ...] = ()  # [start, end) minutes of the local day
+    stay_days: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6)  # Monday = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceSettings:
+    id: str
+    center: tuple[float, float] | None = None  # circle: (lat, lon) and radius_m
+    radius_m: float = 0.0
+    points: tuple[tuple[float, float], ...] = ()  # polygon: (lat, lon) vertices
+    hysteresis_m: float = 30.0  # band width around the boundary
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSettings:
+    id: str
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    timezone: str = "UTC"
+    position: tuple[float, float] | None = None  # fixed units: where the unit stands
+    camera_radius_m: float = 150.0
+    gate_pair_s: float = 8.0  # a one-sided gate presentation waits this long for the other side
+    tick_s: float = 1.0  # replay tick cadence
+    resume_gap_s: float = 10.0  # a longer gap in engine time is downtime: timeouts pause
+    rssi_window_s: float = 15.0
+    rssi_min_samples: int = 5
+    sos_debounce_s: float = 10.0
+    gps_max_hdop: float = 5.0
+    gps_min_fix_type: int = 2
+    gps_max_speed_mps: float = 40.0
+    geofence_confirm: int = 2  # consecutive fixes beyond the band before a change
+    battery_low_mv: int = 2600
+    battery_clear_mv: int = 2800
+    roll_call_interval_s: float = 60.0
+    zones: tuple[ZoneSettings, ...] = ()
+    geofences: tuple[GeofenceSettings, ...] = ()
+    cameras: tuple[CameraSettings, ...] = ()
+    antenna_roles: dict[str, dict[int, str]] = field(default_factory=dict)  # reader -> ant -> side
+    reader_gate: dict[str, str] = field(default_factory=dict)  # reader -> gate id
+
+
+def _pos(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _nonneg(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _dbm(v: float) -> str | None:
+    return None if -130 <= v <= 20 else "must be a dBm value between -130 and 20"
+
+
+def _latlon(v: Any) -> str | None:
+    if (not isinstance(v, list) or len(v) != 2
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)):
+        return "expected [lat, lon] (two numbers)"
+    if not (-90 <= v[0] <= 90 and -180 <= v[1] <= 180):
+        return "lat must be within -90..90 and lon within -180..180"
+    return None
+
+
+def _strings(c: _Checker, tbl: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
+    v = c.get(tbl, key, path, list, [])
+    if not all(isinstance(x, str) for x in v):
+        c.error(f"{path}.{key}", "expected an array of strings")
+        return ()
+    return tuple(v)
+
+
+def _array_of_tables(c: _Checker, raw: dict[str, Any], key: str) -> list[tuple[str, dict]]:
+    v = raw.get(key, [])
+    if not isinstance(v, list):
+        c.error(key, f"expected an array of tables ([[{key}]])")
+        return []
+    out = []
+    for i, t in enumerate(v):
+        if isinstance(t, dict):
+            out.append((f"{key}[{i}]", t))
+        else:
+            c.error(f"{key}[{i}]", "expected a table")
+    return out
+
+
+def _ident(v: str) -> str | None:
+    return None if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", v) else \
+        "must be 1-64 letters, digits, '_', '.', '-'"
+
+
+def antenna_roles_of(options: dict[str, Any]) -> dict[int, str]:
+    """A reader's ``antenna_roles`` option as {antenna: side}; lenient (validated elsewhere)."""
+    v = options.get("antenna_roles")
+    if not isinstance(v, dict):
+        return {}
+    return {int(k): s for k, s in v.items() if str(k).isdigit() and s in SIDES}
+
+
+def parse_settings(raw: dict[str, Any], c: _Checker,
+                   readers: Sequence[ReaderConfig]) -> EngineSettings:
+    """Read the engine's sections out of the raw TOML, reporting errors to ``c``."""
+    reader_ids = {r.id for r in readers}
+    roles = {r.id: r.role for r in readers}
+
+    e = c.table(raw, "engine", "engine", required=False)
+    c.unknown(e, {"timezone", "position", "camera_radius_m", "gate_pair_s", "tick_s",
+                  "resume_gap_s", "rssi_window_s", "rssi_min_samples", "sos_debounce_s",
+                  "gps_max_hdop", "gps_min_fix_type", "gps_max_speed_mps",
+                  "geofence_hysteresis_m", "geofence_confirm"}, "engine")
+    tz = c.get(e, "timezone", "engine", str, "UTC")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        c.error("engine.timezone", f"unknown time zone {tz!r} (expected e.g. 'Asia/Seoul')")
+        tz = "UTC"
+    position = c.get(e, "position", "engine", list, None, check=_latlon)
+    fence_hyst = c.get(e, "geofence_hysteresis_m", "engine", float, 30.0, check=_nonneg)
+
+    def num(tbl: dict[str, Any], key: str, path: str, default: float, check: Any = _pos) -> Any:
+        return c.get(tbl, key, path, float, default, check=check)
+
+    settings: dict[str, Any] = dict(
+        timezone=tz,
+        position=(float(position[0]), float(position[1])) if position else None,
+        camera_radius_m=num(e, "camera_radius_m", "engine", 150.0, _nonneg),
+        gate_pair_s=num(e, "gate_pair_s", "engine", 8.0),
+        tick_s=num(e, "tick_s", "engine", 1.0),
+        resume_gap_s=num(e, "resume_gap_s", "engine", 10.0),
+        rssi_window_s=num(e, "rssi_window_s", "engine", 15.0),
+        rssi_min_samples=c.get(e, "rssi_min_samples", "engine", int, 5, check=_pos),
+        sos_debounce_s=num(e, "sos_debounce_s", "engine", 10.0, _nonneg),
+        gps_max_hdop=num(e, "gps_max_hdop", "engine", 5.0),
+        gps_min_fix_type=c.get(e, "gps_min_fix_type", "engine", int, 2,
+                               check=lambda v: None if v in (1, 2, 3) else "must be 1, 2 or 3"),
+        gps_max_speed_mps=num(e, "gps_max_speed_mps", "engine", 40.0),
+        geofence_confirm=c.get(e, "geofence_confirm", "engine", int, 2, check=_pos),
+    )
+
+    b = c.table(raw, "battery", "battery", required=False)
+    c.unknown(b, {"low_mv", "clear_mv"}, "battery")
+    low = c.get(b, "low_mv", "battery", int, 2600, check=_pos)
+    clear = c.get(b, "clear_mv", "battery", int, max(2800, low), check=_pos)
+    if clear < low:
+        c.error("battery.clear_mv", f"must be at least low_mv ({low})")
+    settings.update(battery_low_mv=low, battery_clear_mv=clear)
+
+    rc = c.table(raw, "roll_call", "roll_call", required=False)
+    c.unknown(rc, {"interval_s"}, "roll_call")
+    settings["roll_call_interval_s"] = num(rc, "interval_s", "roll_call", 60.0)
+
+    zone_readers = tuple(sorted(r.id for r in readers if r.role == "zone"))
+    zones: list[ZoneSettings] = []
+    seen: set[str] = set()
+    for path, z in _array_of_tables(c, raw, "zones"):
+        c.unknown(z, {"id", "readers", "enter_dbm", "exit_dbm", "dwell_s", "exit_dwell_s",
+                      "absence_s", "stay_groups", "stay_hours", "stay_days"}, path)
+        zid: str = c.get(z, "id", path, str, path, required=True, check=_ident)
+        if zid in seen:
+            c.error(f"{path}.id", f"duplicate zone id {zid!r}")
+        seen.add(zid)
+        zr = _strings(c, z, "readers", path) if "readers" in z else zone_readers
+        for rid in zr:
+            if rid not in reader_ids:
+                c.error(f"{path}.readers", f"unknown reader {rid!r}")
+        if not zr:
+            c.error(f"{path}.readers", "no readers cover this zone (no reader has role 'zone')")
+        enter = c.get(z, "enter_dbm", path, float, -75.0, check=_dbm)
+        exit_ = c.get(z, "exit_dbm", path, float, min(-85.0, enter), check=_dbm)
+        if exit_ >= enter:
+            c.error(f"{path}.exit_dbm", f"must be below enter_dbm ({enter:g}): hysteresis")
+        hours: list[tuple[int, int]] = []
+        for h in _strings(c, z, "stay_hours", path):
+            m = _HOURS_RE.match(h)
+            start = int(m.group(1)) * 60 + int(m.group(2)) if m else 0
+            end = int(m.group(3)) * 60 + int(m.group(4)) if m else 0
+            if not m or end <= start or end > 24 * 60:
+                c.error(f"{path}.stay_hours", f"{h!r}: expected 'HH:MM-HH:MM', start before end")
+            else:
+                hours.append((start, end))
+        days = _strings(c, z, "stay_days", path) if "stay_days" in z else DAYS
+        bad = [d for d in days if d.lower() not in DAYS]
+        if bad:
+            c.error(f"{path}.stay_days", f"unknown day(s) {bad} (use {', '.join(DAYS)})")
+        groups = _strings(c, z, "stay_groups", path)
+        if groups and not hours:
+            hours = [(0, 24 * 60)]  # stay groups without hours: all day
+        zones.append(ZoneSettings(
+            id=zid, readers=zr, enter_dbm=enter, exit_dbm=exit_,
+            dwell_s=num(z, "dwell_s", path, 5.0, _nonneg),
+            exit_dwell_s=num(z, "exit_dwell_s", path, 3.0, _nonneg),
+            absence_s=num(z, "absence_s", path, 30.0),
+            stay_groups=groups, stay_hours=tuple(hours),
+            stay_days=tuple(sorted(DAYS.index(d.lower()) for d in days if d.lower() in DAYS)),
+        ))
+    settings["zones"] = tuple(zones)
+
+    fences: list[GeofenceSettings] = []
+    seen = set()
+    for path, g in _array_of_tables(c, raw, "geofences"):
+        c.unknown(g, {"id", "center", "radius_m", "points", "hysteresis_m"}, path)
+        gid: str = c.get(g, "id", path, str, path, required=True, check=_ident)
+        if gid in seen:
+            c.error(f"{path}.id", f"duplicate geofence id {gid!r}")
+        seen.add(gid)
+        hyst = num(g, "hysteresis_m", path, fence_hyst, _nonneg)
+        if ("center" in g) == ("points" in g):
+            c.error(path, "give either center + radius_m (circle) or points (polygon)")
+            continue
+        if "center" in g:
+            center = c.get(g, "center", path, list, None, check=_latlon)
+            radius = c.get(g, "radius_m", path, float, 0.0, required=True, check=_pos)
+            if center and radius:
+                fences.append(GeofenceSettings(gid, (float(center[0]), float(center[1])),
+                                               radius, (), hyst))
+            continue
+        pts = c.get(g, "points", path, list, [])
+        errs = [i for i, p in enumerate(pts) if _latlon(p)]
+        if errs or len(pts) < 3:
+            c.error(f"{path}.points", "expected at least 3 [lat, lon] points"
+                    + (f" (bad: {errs})" if errs else ""))
+            continue
+        fences.append(GeofenceSettings(gid, None, 0.0,
+                                       tuple((float(p[0]), float(p[1])) for p in pts), hyst))
+    settings["geofences"] = tuple(fences)
+
+    cams: list[CameraSettings] = []
+    seen = set()
+    for path, cam in _array_of_tables(c, raw, "cameras"):
+        c.unknown(cam, {"id", "lat", "lon"}, path)
+        cid: str = c.get(cam, "id", path, str, path, required=True)
+        if cid in seen:
+            c.error(f"{path}.id", f"duplicate camera id {cid!r}")
+        seen.add(cid)
+        lat = c.get(cam, "lat", path, float, None, required=True,
+                    check=lambda v: None if -90 <= v <= 90 else "must be within -90..90")
+        lon = c.get(cam, "lon", path, float, None, required=True,
+                    check=lambda v: None if -180 <= v <= 180 else "must be within -180..180")
+        if lat is not None and lon is not None and math.isfinite(lat + lon):
+            cams.append(CameraSettings(cid, lat, lon))
+    settings["cameras"] = tuple(cams)
+
+    # Gate options on readers: antenna_roles (one reader, two antennas) and gate (pairs
+    # a gate_outer reader with its gate_inner reader; one gate per unit needs neither).
+    antennas: dict[str, dict[int, str]] = {}
+    gates: dict[str, str] = {}
+    for path, rt in _array_of_tables(c, raw, "readers"):
+        reader_id = rt.get("id")
+        if not isinstance(reader_id, str):
+            continue
+        if "gate" in rt:
+            gate_id = c.get(rt, "gate", path, str, None, check=_ident)
+            if gate_id:
+                gates[reader_id] = gate_id
+        if "antenna_roles" in rt:
+            ar = c.get(rt, "antenna_roles", path, dict, {})
+            ok = True
+            for k, s in ar.items():
+                if not (str(k).isdigit() and 1 <= int(k) <= 8) or s not in SIDES:
+                    c.error(f"{path}.antenna_roles.{k}",
+                            "expected antenna number (\"1\"..\"8\") = \"outer\" or \"inner\"")
+                    ok = False
+            if ok and ar and set(ar.values()) != set(SIDES):
+                c.error(f"{path}.antenna_roles", "needs at least one outer and one inner antenna")
+            elif ok and ar and roles.get(reader_id) not in ("gate", None):
+                c.error(f"{path}.antenna_roles", "only for readers with role 'gate'")
+            elif ok and ar:
+                antennas[reader_id] = antenna_roles_of(rt)
+    for r in readers:
+        if r.role in ("gate_outer", "gate_inner"):
+            gates.setdefault(r.id, "gate")
+        elif r.role == "gate":
+            gates.setdefault(r.id, r.id)
+    settings.update(antenna_roles=antennas, reader_gate=gates)
+
+    return EngineSettings(**settings)

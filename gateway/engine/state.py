@@ -1,0 +1,204 @@
+"""Engine state: plain slotted records in dicts keyed by strings, so it is fast
+to update in place and maps one-to-one onto JSON (``state_to_dict`` /
+``state_from_dict``) for the daemon to persist across restarts.
+
+All times are reading times (UTC epoch seconds), never wall-clock reads.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+STATE_VERSION = 1
+
+# Zone presence of one tag: a small state machine (docs/zones.md).
+OUT, ENTERING, IN, LEAVING = 0, 1, 2, 3
+
+Position = tuple[float, float, float]  # lat, lon, fix time
+
+
+class Window:
+    """RSSI samples of one tag at one reader over the last window_s, kept twice:
+    in arrival order (to expire) and sorted (for the interquartile mean)."""
+
+    __slots__ = ("ordered", "sorted", "times", "vals")
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+        self.vals: deque[float] = deque()
+        self.ordered: list[float] = []  # same values as vals, sorted
+
+    def add(self, t: float, v: float) -> None:
+        self.times.append(t)
+        self.vals.append(v)
+        insort(self.ordered, v)
+
+
+class Presence:
+    """One tag in one zone."""
+
+    __slots__ = ("last_seen", "level", "seen", "since", "status")
+
+    def __init__(self, status: int = OUT, since: float = 0.0, last_seen: float = 0.0,
+                 level: float | None = None, seen: float | None = None) -> None:
+        self.status = status
+        self.since = since  # timer: when the current ENTERING/LEAVING run or IN began
+        self.last_seen = last_seen  # timer for the absence timeout (moved over downtime)
+        self.level = level  # last smoothed RSSI, dBm
+        self.seen = last_seen if seen is None else seen  # real time of the last sighting
+
+
+class Passage:
+    """An open presentation of one tag at a gate, closed by silence."""
+
+    __slots__ = ("emitted", "first_in", "first_out", "last_t", "n_in", "n_out", "reader_in",
+                 "reader_out", "start", "sum_in", "sum_out")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.last_t = start
+        self.n_out = self.n_in = 0
+        self.sum_out = self.sum_in = 0.0  # sums of read times (minus start) per side
+        self.first_out = self.first_in = 0.0
+        self.reader_out = self.reader_in = ""
+        self.emitted = False
+
+
+class Sighting:
+    """A tag's last sighting, for locate."""
+
+    __slots__ = ("position", "reader", "rssi", "time")
+
+    def __init__(self, reader: str, time: float, rssi: float | None,
+                 position: Position | None) -> None:
+        self.reader = reader
+        self.time = time
+        self.rssi = rssi
+        self.position = position
+
+
+@dataclass(slots=True)
+class GpsState:
+    last_time: float = 0.0  # newest fix time considered (ordering)
+    fix: Position | None = None  # last trusted fix
+    hdop: float | None = None
+    pending: list[Position] = field(default_factory=list)  # consistent fixes after a jump
+    fences: dict[str, list[Any]] = field(default_factory=dict)  # id -> [inside|None, streak]
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+
+@dataclass(slots=True)
+class RollCall:
+    alert_id: str
+    started: float
+    next_due: float
+
+
+@dataclass(slots=True)
+class EngineState:
+    clock: float = 0.0  # engine time: newest reading/tick time seen (0: nothing yet)
+    seen: dict[str, Sighting] = field(default_factory=dict)  # tag -> last sighting
+    rssi: dict[str, dict[str, Window]] = field(default_factory=dict)  # reader -> tag
+    heard: dict[str, float] = field(default_factory=dict)  # reader -> last BLE sighting
+    zones: dict[str, dict[str, Presence]] = field(default_factory=dict)  # zone -> tag
+    last_zone: dict[str, str] = field(default_factory=dict)  # tag -> zone last entered
+    passages: dict[str, dict[str, Passage]] = field(default_factory=dict)  # gate -> tag
+    arrived: dict[str, str] = field(default_factory=dict)  # child -> local day of 1st arrival
+    passed: dict[str, str] = field(default_factory=dict)  # child -> local day of 1st passage
+    sos: dict[str, float] = field(default_factory=dict)  # tag -> last button advert
+    battery_low: dict[str, int] = field(default_factory=dict)  # tag -> mv when it went low
+    gps: GpsState = field(default_factory=GpsState)
+    roll_call: RollCall | None = None
+    downtime_s: float = 0.0  # total gaps treated as the unit being down
+
+
+def _pos(p: Position | None) -> list[float] | None:
+    return None if p is None else [p[0], p[1], p[2]]
+
+
+def _unpos(p: list[float] | None) -> Position | None:
+    return None if p is None else (float(p[0]), float(p[1]), float(p[2]))
+
+
+def state_to_dict(state: EngineState) -> dict[str, Any]:
+    """A JSON-able copy of the state (lists and dicts of str/float/int/bool/None)."""
+    g = state.gps
+    return {
+        "version": STATE_VERSION,
+        "clock": state.clock,
+        "downtime_s": state.downtime_s,
+        "seen": {t: [s.reader, s.time, s.rssi, _pos(s.position)] for t, s in state.seen.items()},
+        "rssi": {r: {t: [list(w.times), list(w.vals)] for t, w in tags.items()}
+                 for r, tags in state.rssi.items()},
+        "heard": dict(state.heard),
+        "zones": {z: {t: [p.status, p.since, p.last_seen, p.level, p.seen]
+                      for t, p in tags.items()}
+                  for z, tags in state.zones.items()},
+        "last_zone": dict(state.last_zone),
+        "passages": {gid: {t: [p.start, p.last_t, p.n_out, p.n_in, p.sum_out, p.sum_in,
+                               p.first_out, p.first_in, p.reader_out, p.reader_in, p.emitted]
+                           for t, p in tags.items()}
+                     for gid, tags in state.passages.items()},
+        "arrived": dict(state.arrived),
+        "passed": dict(state.passed),
+        "sos": dict(state.sos),
+        "battery_low": dict(state.battery_low),
+        "gps": {"last_time": g.last_time, "fix": _pos(g.fix), "hdop": g.hdop,
+                "pending": [_pos(p) for p in g.pending],
+                "fences": {k: list(v) for k, v in g.fences.items()},
+                "rejected": dict(g.rejected)},
+        "roll_call": None if state.roll_call is None else {
+            "alert_id": state.roll_call.alert_id, "started": state.roll_call.started,
+            "next_due": state.roll_call.next_due},
+    }
+
+
+def state_from_dict(d: dict[str, Any]) -> EngineState:
+    """Inverse of :func:`state_to_dict`; raises ValueError for another version."""
+    if d.get("version") != STATE_VERSION:
+        raise ValueError(f"engine state version {d.get('version')!r}, expected {STATE_VERSION}")
+    s = EngineState(clock=float(d["clock"]), downtime_s=float(d.get("downtime_s", 0.0)))
+    s.seen = {t: Sighting(v[0], v[1], v[2], _unpos(v[3])) for t, v in d["seen"].items()}
+    for r, tags in d["rssi"].items():
+        out = s.rssi[r] = {}
+        for t, (times, vals) in tags.items():
+            w = out[t] = Window()
+            for tt, vv in zip(times, vals, strict=True):
+                w.add(tt, vv)
+    s.heard = dict(d["heard"])
+    s.zones = {z: {t: Presence(v[0], v[1], v[2], v[3], v[4]) for t, v in tags.items()}
+               for z, tags in d["zones"].items()}
+    s.last_zone = dict(d["last_zone"])
+    for gid, tags in d["passages"].items():
+        out_p = s.passages[gid] = {}
+        for t, v in tags.items():
+            p = out_p[t] = Passage(v[0])
+            (p.last_t, p.n_out, p.n_in, p.sum_out, p.sum_in, p.first_out, p.first_in,
+             p.reader_out, p.reader_in, p.emitted) = v[1:]
+    s.arrived = dict(d["arrived"])
+    s.passed = dict(d["passed"])
+    s.sos = dict(d["sos"])
+    s.battery_low = dict(d["battery_low"])
+    g = d["gps"]
+    s.gps = GpsState(last_time=g["last_time"], fix=_unpos(g["fix"]), hdop=g["hdop"],
+                     pending=[p for p in (_unpos(x) for x in g["pending"]) if p is not None],
+                     fences={k: list(v) for k, v in g["fences"].items()},
+                     rejected=dict(g["rejected"]))
+    rc = d.get("roll_call")
+    if rc:
+        s.roll_call = RollCall(rc["alert_id"], rc["started"], rc["next_due"])
+    return s
+
+
+def shift_times(state: EngineState, gap: float) -> None:
+    """Move the zone timers forward by ``gap``: the unit was down, and time it did
+    not listen must not count as a tag's absence or dwell (no false exits on restart).
+    Facts (sighting times, reported ``last_seen``) keep their real times."""
+    for ztags in state.zones.values():
+        for p in ztags.values():
+            p.since += gap
+            p.last_seen += gap
+    state.downtime_s += gap

@@ -1,0 +1,78 @@
+"""Gate passages with direction, measured against scenario truth."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.model import TagRead
+from scenarios import T0, child_tags, engine_of, gate_scenario, raw_config, reader, run
+
+UHF = [reader("uhf-gate", "gate", antenna_roles={"1": "outer", "2": "inner"})]
+PAIR = [reader("gate-out", "gate_outer"), reader("gate-in", "gate_inner")]
+
+
+def score(truth, events):  # type: ignore[no-untyped-def]
+    """(correct, total truth, extra events): a passage is correct when exactly one gate
+    event of the child falls within it and has the true direction."""
+    by: dict[str, list] = {}
+    for e in events:
+        by.setdefault(e.child, []).append(e)
+    correct = 0
+    for p in truth:
+        m = [e for e in by.get(p.child, []) if p.start - 0.5 <= e.time <= p.end + 0.5]
+        correct += len(m) == 1 and m[0].data["direction"] == p.direction
+    return correct, len(truth), len(events) - len(truth)
+
+
+@pytest.mark.parametrize("readers,two", [(UHF, False), (PAIR, True)], ids=["antennas", "readers"])
+def test_direction_accuracy(readers, two) -> None:  # type: ignore[no-untyped-def]
+    tags = child_tags(250)
+    eng = engine_of(raw_config(readers, tags, engine={"timezone": "Asia/Seoul"}))
+    reads, truth = gate_scenario(11, tags, 4, two_readers=two, p_read=0.4, p_cross=0.03)
+    _, events = run(eng, reads, until=reads[-1].time + 60)
+    correct, total, extra = score(truth, [e for e in events if e.kind == "gate"])
+    print(f"gate direction: {correct}/{total} correct ({correct / total:.4f}), {extra} extra")
+    assert correct / total >= 0.99
+    assert extra == 0
+
+
+def test_first_arrival_and_day_in_site_time() -> None:
+    tags = child_tags(1)
+    eng = engine_of(raw_config(UHF, tags, engine={"timezone": "Asia/Seoul"}))
+    tag = tags[0]["id"]
+    # 2024-06-01 23:50 UTC is already 2 June in Seoul.
+    base = 1_717_285_800.0
+    reads = []
+    for k, t0 in enumerate((base, base + 600, base + 1200)):
+        sides = (1, 2) if k != 1 else (2, 1)  # arrival, departure, arrival
+        reads += [TagRead("uhf-gate", tag, t0 + i * 0.2, antenna=sides[i // 3]) for i in range(6)]
+    _, events = run(eng, reads, until=base + 2000)
+    gates = [e.data for e in events if e.kind == "gate"]
+    assert [g["direction"] for g in gates] == ["arrival", "departure", "arrival"]
+    assert [g["first_arrival_today"] for g in gates] == [True, False, False]
+    assert {g["day"] for g in gates} == {"2024-06-02"}
+    assert events[0].child == "c-0000" and events[0].reader == "uhf-gate"
+
+
+def test_single_antenna_gate_reports_at_once_without_direction() -> None:
+    tags = child_tags(1)
+    eng = engine_of(raw_config([reader("gate-main", "gate")], tags))
+    st = eng.initial_state()
+    tag = tags[0]["id"]
+    out = []
+    for i in range(10):  # held for 2 s: one passage
+        st, evs = eng.step(st, TagRead("gate-main", tag, T0 + i * 0.2), T0 + i * 0.2)
+        out.append(evs)
+    assert len(out[0]) == 1 and not any(out[1:])
+    assert out[0][0].data["direction"] is None and out[0][0].time == T0
+    st, evs = eng.step(st, TagRead("gate-main", tag, T0 + 10), T0 + 10)
+    assert len(evs) == 1  # after the repeat window: a new passage
+
+
+def test_one_sided_presentation_has_no_direction() -> None:
+    tags = child_tags(1)
+    eng = engine_of(raw_config(PAIR, tags))
+    reads = [TagRead("gate-out", tags[0]["id"], T0 + i * 0.3) for i in range(5)]
+    _, events = run(eng, reads, until=T0 + 30)
+    assert [(e.kind, e.data["direction"], e.data["sides"]) for e in events] == [
+        ("gate", None, ["outer"])]

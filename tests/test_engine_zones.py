@@ -1,0 +1,119 @@
+"""BLE safety-zone presence against scenario truth, stay-group alerts, restarts."""
+
+from __future__ import annotations
+
+import json
+
+from gateway.engine import state_from_dict, state_to_dict
+from gateway.model import BleSighting
+from gateway.replay import Control, Replayer, event_line
+from scenarios import (
+    T0,
+    ZONE_SECTION,
+    child_tags,
+    engine_of,
+    match,
+    raw_config,
+    reader,
+    run,
+    zone_moving,
+    zone_standing,
+)
+
+READERS = [reader("ble-yard", "zone")]
+WINDOW_S = 15.0  # [engine] rssi_window_s default
+
+
+def yard_engine(tags, **zone):  # type: ignore[no-untyped-def]
+    return engine_of(raw_config(READERS, tags, zones=[{**ZONE_SECTION, **zone}],
+                                engine={"timezone": "Asia/Seoul"}))
+
+
+def test_enter_exit_precision_recall() -> None:
+    tags = child_tags(60)
+    reads, truth = zone_moving(5, tags, 3 * 3600)
+    eng = yard_engine(tags)
+    _, events = run(eng, reads)
+    z = ZONE_SECTION
+    # Allowed delay after the true crossing: the filter window and the dwell, plus the
+    # walk from the boundary to where the thresholds lie (10 s at 1.2 m/s).
+    late = {"zone_enter": WINDOW_S + z["dwell_s"] + 10,
+            "zone_exit": max(WINDOW_S + z["exit_dwell_s"], z["absence_s"]) + 10}
+    matched, n_events = match(truth, events, early_s=5.0, late_s=late)
+    precision, recall = matched / n_events, matched / len(truth)
+    print(f"zones: {len(truth)} crossings, {n_events} events, precision {precision:.4f}, "
+          f"recall {recall:.4f}")
+    assert precision >= 0.98 and recall >= 0.98
+
+
+def test_standing_still_inside_no_false_exits() -> None:
+    tags = child_tags(50)
+    hours = 2.0
+    reads = zone_standing(7, tags, hours * 3600)
+    eng = yard_engine(tags)
+    _, events = run(eng, reads)
+    enters = [e for e in events if e.kind == "zone_enter"]
+    exits = [e for e in events if e.kind == "zone_exit"]
+    tag_hours = len(tags) * hours
+    print(f"zones: {len(exits)} false exits in {tag_hours:.0f} tag-hours standing still")
+    assert len({e.child for e in enters}) == len(tags)
+    assert len(exits) <= tag_hours / 100
+
+
+def test_replay_restart_continues_identically() -> None:
+    tags = child_tags(20)
+    reads, _ = zone_moving(9, tags, 3600)
+    eng = yard_engine(tags)
+    _, straight = run(eng, reads)
+    half = len(reads) // 2
+    st, first = run(eng, reads[:half])
+    blob = json.dumps(state_to_dict(st))
+    eng2 = yard_engine(tags)  # a new process: new engine, state from the buffer
+    rp = Replayer(eng2, state_from_dict(json.loads(blob)))
+    rp.last_tick = reads[half - 1].time
+    second = [e for r in reads[half:] for e in rp.feed(r)]
+    assert [event_line(e) for e in first + second] == [event_line(e) for e in straight]
+
+
+def test_restart_after_downtime_gives_no_false_exit_or_reentry() -> None:
+    tags = child_tags(30)
+    reads = zone_standing(3, tags, 1800)
+    eng = yard_engine(tags)
+    down_from, down_to = T0 + 900, T0 + 990  # 90 s down: longer than absence_s
+    st, before = run(eng, [r for r in reads if r.time < down_from])
+    assert len([e for e in before if e.kind == "zone_enter"]) == len(tags)
+    st = state_from_dict(json.loads(json.dumps(state_to_dict(st))))
+    rp = Replayer(yard_engine(tags), st)
+    after = list(rp.run([Control("start", down_to)] + [r for r in reads if r.time >= down_to]))
+    assert [e.kind for e in after if e.kind.startswith("zone")] == []
+    assert st.downtime_s > 80
+
+
+def test_leaving_a_stay_zone_in_hours_is_an_alert() -> None:
+    tags = child_tags(2, groups=["class-3a"])
+    tags[1]["groups"] = []
+    eng = yard_engine(tags, stay_groups=["class-3a"], stay_hours=["09:00-15:00"])
+    st = eng.initial_state()
+    evs = []
+    # 10:00 Seoul: both tags close to the reader for a minute, then gone.
+    for i in range(60):
+        for tg in tags:
+            st, e = eng.step(st, BleSighting("ble-yard", tg["id"], T0 + i, -60), T0 + i)
+            evs += e
+    for i in range(60, 120):
+        st, e = eng.tick(st, T0 + i)
+        evs += e
+    kinds = [(e.kind, e.child) for e in evs]
+    assert ("zone_alert", "c-0000") in kinds and ("zone_alert", "c-0001") not in kinds
+    assert ("zone_exit", "c-0001") in kinds
+    alert = next(e for e in evs if e.kind == "zone_alert")
+    assert alert.lane == 0 and alert.data["stay_groups"] == ["class-3a"]
+    assert alert.data["reason"] == "absent"
+
+
+def test_outside_stay_hours_is_only_an_exit() -> None:
+    tags = child_tags(1, groups=["class-3a"])
+    eng = yard_engine(tags, stay_groups=["class-3a"], stay_hours=["13:00-15:00"])
+    reads = [BleSighting("ble-yard", tags[0]["id"], T0 + i, -60) for i in range(60)]
+    _, evs = run(eng, reads, until=T0 + 200)
+    assert [e.kind for e in evs] == ["zone_enter", "zone_exit"]
