@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     from gateway import daemon
 
-    return daemon.run(cfg)
+    return daemon.run(cfg, record=args.record, roll_call=args.roll_call)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -71,6 +71,44 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return main_decode(args.kind, args.file, sys.stdout)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from gateway.replay import main_replay
+
+    return main_replay(args.config, args.readings, sys.stdout)
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    if args.readings:
+        from gateway.replay import main_locate
+
+        return main_locate(args.config, args.readings, args.who, sys.stdout)
+    # No readings file: answer from the state the daemon last saved in its buffer.
+    import json
+    import sqlite3
+
+    from gateway.engine import EngineConfig, locate, state_from_dict
+    from gateway.engine.runtime import Runtime
+    from gateway.pipeline import STATE_KEY
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    try:
+        con = sqlite3.connect(f"file:{cfg.buffer.path}?mode=ro", uri=True, timeout=5)
+        row = con.execute("SELECT value FROM kv WHERE key=?", (STATE_KEY,)).fetchone()
+        con.close()
+    except sqlite3.Error as e:
+        print(f"gatewayd locate: cannot read the buffer {cfg.buffer.path}: {e}", file=sys.stderr)
+        return 2
+    if row is None:
+        print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
+        return 1
+    state = state_from_dict(json.loads(row[0]))
+    answer = locate(state, Runtime(EngineConfig.from_config(cfg)), args.who)
+    print(json.dumps(answer, sort_keys=True, ensure_ascii=False))
+    return 0 if answer.get("found") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatewayd", description=__doc__)
     p.add_argument("--version", action="version", version=f"gatewayd {__version__}")
@@ -79,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the gateway daemon in the foreground")
     r.add_argument("--config", "-c", required=True, metavar="FILE")
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--record", metavar="FILE",
+                   help="append the readings of enrolled tags to FILE (for gatewayd replay)")
+    r.add_argument("--roll-call", metavar="ALERT_ID",
+                   help="a disaster alert is active: publish roll-calls until stopped "
+                        "(without it, a roll-call saved from before ends)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check-config", help="validate a config file and print a summary")
@@ -93,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("file", metavar="FILE", help="serial bytes, a hex dump, an NMEA log, "
                    "or BLE advertisement hex/JSON lines ('-' for stdin)")
     d.set_defaults(func=cmd_decode)
+
+    rp = sub.add_parser("replay", help="run a recorded readings file through the engine and "
+                        "print the events as JSON lines (the same every run)")
+    rp.add_argument("--config", "-c", required=True, metavar="FILE")
+    rp.add_argument("readings", metavar="READINGS", help="readings file (docs/zones.md)")
+    rp.set_defaults(func=cmd_replay)
+
+    lc = sub.add_parser("locate", help="where and when a child (or tag) was last seen")
+    lc.add_argument("--config", "-c", required=True, metavar="FILE")
+    lc.add_argument("who", metavar="WHO", help="child reference or tag id")
+    lc.add_argument("--readings", metavar="FILE",
+                    help="replay this readings file first (default: the daemon's saved state)")
+    lc.set_defaults(func=cmd_locate)
     return p
 
 

@@ -16,12 +16,14 @@ from gateway.engine import Engine, EngineConfig
 from gateway.outbox import Outbox, iso_utc
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
+from gateway.replay import Recorder
 
 log = logging.getLogger("gateway")
 
 
 class Gateway:
-    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
+    def __init__(self, cfg: Config, clock: Clock | None = None, record: str | None = None,
+                 roll_call: str | None = None) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.started = self.clock.monotonic()
@@ -30,8 +32,10 @@ class Gateway:
                              max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events)
         self.engine = Engine(EngineConfig.from_config(cfg))
         self.publisher = Publisher(cfg, self.outbox, self.clock, health=self.health)
+        self.recorder = Recorder(record, now=self.clock.now()) if record else None
         self.pipeline = Pipeline(cfg, self.engine, self.outbox, self.clock,
-                                 on_committed=self.publisher.notify)
+                                 on_committed=self.publisher.notify, record=self.recorder)
+        self.pipeline.roll_call(roll_call)
         self.drivers = [drivers.load(r.kind)(r, self.pipeline, self.clock) for r in cfg.readers]
         self.threads: list[threading.Thread] = []
 
@@ -69,6 +73,11 @@ class Gateway:
                  "buffer %s (%d events waiting)", __version__, self.cfg.unit.id,
                  self.cfg.unit.site, len(self.cfg.readers), len(self.cfg.tags),
                  self.cfg.buffer.path, self.outbox.depth())
+        for r in self.cfg.readers:
+            where = f" on {r.port}" if r.port else ""
+            log.info("reader %s: %s, role %s%s", r.id, r.kind, r.role, where)
+        if self.recorder is not None:
+            log.info("recording readings of enrolled tags to %s", self.recorder.path)
         spawn("mqtt", self.publisher.run)
         spawn("pipeline", self.pipeline.run)
         for d in self.drivers:
@@ -95,11 +104,13 @@ class Gateway:
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self.outbox.close()
+        if self.recorder is not None:
+            self.recorder.close()
         log.info("gatewayd stopped")
 
 
-def run(cfg: Config) -> int:
-    gw = Gateway(cfg)
+def run(cfg: Config, record: str | None = None, roll_call: str | None = None) -> int:
+    gw = Gateway(cfg, record=record, roll_call=roll_call)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)

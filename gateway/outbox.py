@@ -136,16 +136,23 @@ class Outbox:
 
     # -- writer side (the pipeline thread) ---------------------------------------------------
 
-    def add(self, events: Sequence[Event], now: float | None = None) -> list[Stored]:
+    def add(self, events: Sequence[Event], now: float | None = None,
+            state: tuple[str, bytes] | None = None) -> list[Stored]:
         """Commit events in one durable transaction; assign ids and sequence numbers.
 
-        If the commit takes the buffer over its cap, the oldest low-lane events are
-        dropped in the same transaction and a ``buffer_drop`` event names each run.
+        ``state`` (key, value) is saved in the same transaction, so the engine state on
+        disk always matches the events on disk. If the commit takes the buffer over its
+        cap, the oldest low-lane events are dropped in the same transaction and a
+        ``buffer_drop`` event names each run.
         """
-        if not events:
+        if not events and state is None:
             return []
         now = time.time() if now is None else now
         with self.db.atomic("IMMEDIATE"):
+            if state is not None:
+                KvRow.replace(key=state[0], value=state[1]).execute()
+            if not events:
+                return []
             out = self._insert(events, now)
             notices = self._enforce_cap(now)
             if notices:

@@ -9,6 +9,7 @@ per batch, and wakes the publisher. Nothing here waits on the network.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -18,7 +19,14 @@ from typing import Any
 
 from gateway.clock import Clock
 from gateway.config import Config
-from gateway.engine import Engine, EngineState
+from gateway.engine import (
+    Engine,
+    EngineState,
+    end_roll_call,
+    start_roll_call,
+    state_from_dict,
+    state_to_dict,
+)
 from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagRead
 from gateway.outbox import Outbox
 
@@ -26,6 +34,8 @@ log = logging.getLogger("gateway.pipeline")
 
 BATCH = 512
 TICK_S = 0.5
+STATE_KEY = "engine"
+STATE_SAVE_S = 1.0  # engine state goes to disk with the events, at most this often
 
 
 class Pipeline:
@@ -45,7 +55,8 @@ class Pipeline:
         self.on_committed = on_committed
         self.record = record
         self.enrolled = frozenset(cfg.tag_map())
-        self.engine_state: EngineState = engine.initial_state()
+        self.engine_state: EngineState = self._restore()
+        self._state_saved = clock.monotonic()
         self._q: queue.SimpleQueue[Reading] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
@@ -53,6 +64,34 @@ class Pipeline:
         self.reader_states: dict[str, tuple[ReaderState, str]] = {
             r.id: (ReaderState.STARTING, "") for r in cfg.readers
         }
+
+    def _restore(self) -> EngineState:
+        """The engine state saved before the last stop or crash, so a reboot continues
+        (no burst of false exits and re-entries); a bad or foreign state starts fresh."""
+        blob = self.outbox.load_state(STATE_KEY)
+        if blob is None:
+            return self.engine.initial_state()
+        try:
+            state = state_from_dict(json.loads(blob))
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("saved engine state not usable (%s); starting fresh", e)
+            return self.engine.initial_state()
+        log.info("engine state restored (%d tags last seen)", len(state.seen))
+        return state
+
+    def roll_call(self, alert_id: str | None) -> None:
+        """Start (alert id) or end (None) a disaster roll-call. Call before run()."""
+        now = self.clock.now()
+        running = self.engine_state.roll_call
+        if alert_id:
+            self.engine_state = start_roll_call(self.engine_state, alert_id, now)
+            log.warning("roll-call for alert %s active", alert_id)
+        elif running is not None:
+            self.engine_state = end_roll_call(self.engine_state, None, now)
+            log.warning("roll-call for alert %s ended", running.alert_id)
+        if self.record is not None and hasattr(self.record, "control") and (alert_id or running):
+            self.record.control("roll_call_start" if alert_id else "roll_call_end", now,
+                                alert_id or (running.alert_id if running else None))
 
     # -- Sink: called from driver threads ----------------------------------------------------
 
@@ -95,7 +134,7 @@ class Pipeline:
                 rest.append(self._q.get_nowait())
             except queue.Empty:
                 break
-        self.commit(self.process(rest))
+        self.commit(self.process(rest), final=True)
 
     def process(self, batch: list[Reading]) -> list[Event]:
         events: list[Event] = []
@@ -111,10 +150,18 @@ class Pipeline:
             events.extend(evs)
         return events
 
-    def commit(self, events: list[Event]) -> None:
-        if not events:
+    def commit(self, events: list[Event], final: bool = False) -> None:
+        save = final or self.clock.monotonic() - self._state_saved >= STATE_SAVE_S
+        if not events and not save:
             return
-        stored = self.outbox.add(events, now=self.clock.now())
+        state = None
+        if save:
+            state = (STATE_KEY, json.dumps(state_to_dict(self.engine_state),
+                                           separators=(",", ":")).encode())
+            self._state_saved = self.clock.monotonic()
+        stored = self.outbox.add(events, now=self.clock.now(), state=state)
+        if not stored:
+            return
         self.counters["events"] += len(stored)
         for ev, s in zip(events, stored, strict=True):
             self.counters[f"events_{ev.kind}"] += 1

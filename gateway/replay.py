@@ -230,6 +230,7 @@ class Recorder:
     """
 
     def __init__(self, path: str | Path, now: float | None = None, flush_s: float = 1.0) -> None:
+        self.path = str(path)
         self._f: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._flush_s = flush_s
         self._flushed = now if now is not None else 0.0

@@ -55,3 +55,37 @@ def test_status_birth_and_health_validate(tmp_path: Path) -> None:
     health = gw.health()
     assert contract.violations("kidsafe/v1/u-1/health", json.dumps(health).encode()) == []
     gw.outbox.close()
+
+
+def test_every_engine_event_kind_validates_as_sent(tmp_path: Path) -> None:
+    """Run the engine's own scenarios and check each event as the outbox puts it on the wire."""
+    from test_engine_misc import full_raw
+
+    import scenarios
+    from gateway.engine import start_roll_call
+    from gateway.model import BleSighting, TagRead
+    from scenarios import T0, bus_track, child_tags, run, zone_moving
+
+    tags = child_tags(6, groups=["class-1"])
+    eng = scenarios.engine_of(full_raw(tags, zone={"stay_groups": ["class-1"]}))
+    readings, _ = zone_moving(3, tags, 900.0)
+    t = T0 + 1000
+    readings += [BleSighting("ble-yard", tags[0]["id"], t + i, -60, battery_mv=2400,
+                             button=i == 3) for i in range(5)]
+    readings += [TagRead("uhf-gate", tags[1]["id"], t + 10 + i * 0.2, rssi=-60.0,
+                         antenna=1 if i < 3 else 2) for i in range(6)]
+    state, events = run(eng, readings, until=t + 100)
+    from test_engine_geofence import FENCE, READERS
+
+    gps, _ = bus_track(1)
+    events += run(scenarios.engine_of(
+        scenarios.raw_config(READERS, [], geofences=[FENCE])), gps)[1]
+    state = start_roll_call(state, "quake-1", t + 101)
+    state, more = eng.tick(state, t + 102)
+    events += more
+    kinds = {e.kind for e in events}
+    assert {"zone_enter", "zone_exit", "zone_alert", "sos", "low_battery", "gate",
+            "geofence_enter", "geofence_exit", "roll_call"} <= kinds, kinds
+    ob = Outbox(str(tmp_path / "b.db"), "u-1", "site")
+    for s in ob.add(events):
+        assert contract.violations(f"kidsafe/v1/u-1/{s.topic}", s.payload) == [], s.payload
