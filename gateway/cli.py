@@ -59,7 +59,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  buffer    {cfg.buffer.path} (cap {cfg.buffer.max_mb:g} MB / "
           f"{cfg.buffer.max_events} events)")
     for r in cfg.readers:
-        where = f" on {r.port} @ {r.baud}" if r.port else ""
+        baud = f" @ {r.baud}" if r.baud else ""
+        where = f" on {r.port}{baud}" if r.port else ""
         print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")
     print(f"  tags      {len(cfg.tags)} enrolled")
     return 0

@@ -55,7 +55,7 @@ class ReaderConfig:
     kind: str
     role: str
     port: str = ""
-    baud: int = 9600
+    baud: int | None = None  # None: the driver's own default (9600 RDM6300, 115200 R2000)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -332,7 +332,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         readers.append(ReaderConfig(
             id=rid, kind=kind, role=role,
             port=c.get(r, "port", path, str, ""),
-            baud=c.get(r, "baud", path, int, 9600, check=_positive),
+            baud=c.get(r, "baud", path, int, None, check=_positive),
             options=options,
         ))
         if kind in kinds:

@@ -103,6 +103,17 @@ def test_each_error_names_file_key_and_expectation(tmp_path: Path, text: str, ke
         ei.value.errors
 
 
+def test_baud_defaults_to_the_drivers_own(tmp_path: Path) -> None:
+    import drivers
+
+    f = tmp_path / "c.toml"
+    f.write_text(GOOD + '\n[[readers]]\nid = "uhf"\nkind = "uhf_r2000"\nport = "/dev/ttyUSB1"\n')
+    cfg = config.load(f)
+    assert [r.baud for r in cfg.readers] == [None, None]
+    assert drivers.load("rdm6300").default_baud == 9600  # type: ignore[attr-defined]
+    assert drivers.load("uhf_r2000").default_baud == 115200  # type: ignore[attr-defined]
+
+
 def test_missing_file(tmp_path: Path) -> None:
     r = check(tmp_path / "absent.toml")
     assert r.returncode == 2 and "file not found" in r.stderr

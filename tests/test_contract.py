@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import contract
 import pytest
 
+import contract
 from gateway import config as configmod
 from gateway import contract as gwcontract
 from gateway.daemon import Gateway

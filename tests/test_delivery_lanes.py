@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from firmware_sim.broker import LocalBroker
-from harness import GatewayProcess, Subscriber, wait_until, write_config
 
+from firmware_sim.broker import LocalBroker
 from gateway import config as configmod
 from gateway.daemon import Gateway
 from gateway.model import Event, Lane
+from harness import GatewayProcess, Subscriber, wait_until, write_config
 
 
 def make_gateway(tmp_path: Path, broker: LocalBroker, **buffer: int) -> Gateway:
@@ -43,7 +43,11 @@ def running(tmp_path: Path, broker: LocalBroker) -> Iterator[tuple[Gateway, Subs
 
 def ev(lane: Lane, i: int) -> Event:
     kind = {Lane.EMERGENCY: "sos", Lane.ROUTINE: "gate", Lane.TELEMETRY: "sighting"}[lane]
-    data = {"direction": None} if kind == "gate" else {"n": i}
+    data: dict[str, object] = {"n": i}
+    if kind == "gate":
+        data = {"direction": None}
+    elif kind == "sos":
+        data = {"zone": "yard", "position": None, "cameras": []}
     return Event(kind=kind, time=1.7e9 + i, lane=lane, reader="r", child=f"c-{i % 7}", data=data)
 
 
@@ -53,7 +57,7 @@ def test_cap_during_outage_drops_only_low_lanes_and_reports_it(
     broker.stop()  # the outage starts before the unit connects
     gw.start()
     lanes = [Lane.EMERGENCY] * 100 + [Lane.ROUTINE] * 600 + [Lane.TELEMETRY] * 400
-    for i, lane in enumerate(lanes):  # interleaved, as a day would be
+    for i in range(len(lanes)):  # interleaved (7 is coprime to 1100), as a day would be
         gw.pipeline.commit([ev(lanes[(i * 7) % len(lanes)], i)])
     n = gw.outbox.last_seq()
     assert gw.outbox.drops()["total"] > 0

@@ -12,11 +12,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
 from firmware_sim.broker import LocalBroker
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
 from harness import REPO, GatewayProcess, Subscriber, wait_until, write_config
-from paho.mqtt.enums import CallbackAPIVersion
 from tlsca import TestCA
 
 UNIT = "unit-t1"

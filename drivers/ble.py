@@ -1,0 +1,294 @@
+"""BLE beacon tags (iBeacon, Eddystone-UID/TLM) through bleak's BlueZ backend.
+
+Scanning is bleak's ``BleakScanner`` with a detection callback, run on an
+asyncio loop owned by this driver's thread. Payloads are decoded by
+:mod:`drivers.codecs.ble` (Apple iBeacon layout; google/eddystone spec).
+Adverts that carry no beacon frame are dropped before any allocation
+beyond bleak's own. Tag ids: ``ibeacon:<uuid>:<major>:<minor>`` /
+``eddystone:<namespace>:<instance>`` (lowercase, as enrolled).
+
+* TLM frames carry no id: a TLM is attributed to the id last seen from the
+  same BLE address (Eddystone beacons interleave UID and TLM frames).
+* A button press is an iBeacon advertising ``button_uuid``; it is attributed
+  to the tag seen from the same address, else to the tag with the same
+  major/minor, else (a tag never seen before the press) to ``tag_uuid`` with
+  that major/minor when configured. An unattributable press is counted
+  (``button-unknown-tag``), not guessed.
+
+Failure handling (theengs/gateway#99, bleak#1628; checked against BlueZ's
+D-Bus API as mocked by python-dbusmock): a scan can stall silently, so a
+watchdog on ``silence_s`` without any advert first restarts the scan
+(DEGRADED), then power-cycles the adapter through BlueZ
+(``org.bluez.Adapter1.Powered`` false/true over D-Bus with dbus_fast, which
+bleak has no API for; DEGRADED), then reports OFFLINE and keeps trying. An
+adapter that disappears raises nothing in a running scan, so its presence is
+polled every ``CHECK_S``; then and on any Bleak/D-Bus error: OFFLINE, retry
+with exponential back-off and jitter, ONLINE when scanning again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from bleak import BleakScanner
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import DBusError
+
+from drivers._base import Driver
+from drivers.codecs import Reject
+from drivers.codecs import ble as codec
+from gateway.config import ReaderConfig
+from gateway.model import BleSighting, ReaderState
+
+log = logging.getLogger("gateway.driver")
+
+CHECK_S = 1.0  # adapter presence poll
+MAX_ADDRESSES = 4096  # address -> tag id memory, oldest forgotten first
+ADAPTER_IFACE = "org.bluez.Adapter1"
+PROPS_IFACE = "org.freedesktop.DBus.Properties"
+
+
+class AdapterTrouble(Exception):
+    """The adapter is gone or refused a D-Bus call (device trouble, not a bug)."""
+
+
+# Everything that means "the Bluetooth side is not working", never a programming error.
+DEVICE_ERRORS = (BleakError, DBusError, AdapterTrouble, OSError, EOFError, TimeoutError)
+
+
+def _uuid_ok(v: Any) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(str(v))
+    except ValueError:
+        return False
+    return isinstance(v, str)
+
+
+class BleDriver(Driver):
+    @classmethod
+    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
+        o = cfg.options
+        problems = []
+        a = o.get("adapter", "hci0")
+        if not isinstance(a, str) or not a.isalnum():
+            problems.append(("adapter", "expected an adapter name such as \"hci0\""))
+        for key in ("button_uuid", "tag_uuid"):
+            if key in o and not _uuid_ok(o[key]):
+                problems.append((key, "expected a UUID such as "
+                                      "\"f7826da6-4fa2-4e98-8024-bc5b71e0893e\""))
+        for key in ("silence_s", "power_off_s", "reconnect_initial_s", "reconnect_max_s"):
+            v = o.get(key)
+            if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v <= 0):
+                problems.append((key, "expected a number greater than 0"))
+        return problems
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        o = self.cfg.options
+        self.adapter = str(o.get("adapter", "hci0"))
+        self.path = f"/org/bluez/{self.adapter}"
+        bu, tu = o.get("button_uuid"), o.get("tag_uuid")
+        self.button_uuid: str | None = str(bu).lower() if bu else None
+        self.tag_uuid: str | None = str(tu).lower() if tu else None
+        self.silence_s = float(o.get("silence_s", 30.0))
+        self.power_off_s = float(o.get("power_off_s", 1.0))
+        self.initial_s = float(o.get("reconnect_initial_s", 0.5))
+        self.cap_s = float(o.get("reconnect_max_s", 30.0))
+        self._by_addr: dict[str, str] = {}
+        self._by_major_minor: dict[tuple[int, int], str] = {}
+        self._last_adv = 0.0
+        self._bus: MessageBus | None = None
+        self._reported: tuple[ReaderState, str] | None = None
+        self.power_cycles = 0
+        self.scan_restarts = 0
+
+    def _report(self, state: ReaderState, detail: str) -> None:
+        if self._reported != (state, detail):
+            self._reported = (state, detail)
+            self.sink.state(self.cfg.id, state, detail)
+
+    # -- advertisements (called by bleak on our loop) ----------------------------------------
+
+    def _remember(self, addr: str, tid: str) -> None:
+        by = self._by_addr
+        if by.get(addr) != tid:
+            by.pop(addr, None)
+            if len(by) >= MAX_ADDRESSES:
+                del by[next(iter(by))]
+            by[addr] = tid
+
+    def on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        self._last_adv = time.monotonic()  # any advert proves the scan is alive
+        frames = codec.decode_advertisement(adv.manufacturer_data, adv.service_data)
+        if not frames:
+            return  # phones, headphones, ...: not ours
+        rid, sink = self.cfg.id, self.sink
+        addr = device.address
+        ids: list[str] = []
+        pressed: list[str] = []
+        tlm: codec.EddystoneTlm | None = None
+        for f in frames:
+            if isinstance(f, Reject):
+                sink.reject(rid, f.reason)
+            elif isinstance(f, codec.EddystoneTlm):
+                tlm = f
+            elif codec.is_button_press(f, self.button_uuid):
+                assert isinstance(f, codec.IBeacon)
+                who = self._by_addr.get(addr) or self._by_major_minor.get((f.major, f.minor))
+                if who is None and self.tag_uuid:
+                    who = f"ibeacon:{self.tag_uuid}:{f.major}:{f.minor}"
+                if who is None:
+                    sink.reject(rid, "button-unknown-tag")
+                else:
+                    pressed.append(who)
+            elif (tid := codec.tag_id(f)) is not None:
+                ids.append(tid)
+                self._remember(addr, tid)
+                if isinstance(f, codec.IBeacon):
+                    self._by_major_minor[(f.major, f.minor)] = tid
+        if tlm is not None and not ids and not pressed:
+            known = self._by_addr.get(addr)
+            if known is None:
+                sink.reject(rid, "tlm-unknown-tag")
+                return
+            ids.append(known)
+        battery = (tlm.battery_mv or None) if tlm is not None else None  # 0: not supported
+        temp = tlm.temperature_c if tlm is not None else None
+        now = self.clock.now()
+        for tid in pressed:
+            sink.reading(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True))
+        for tid in ids:
+            if tid not in pressed:
+                sink.reading(BleSighting(rid, tid, now, adv.rssi, battery, temp))
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        asyncio.run(self._main(stop))
+
+    async def _main(self, stop: threading.Event) -> None:
+        self._report(ReaderState.STARTING, f"adapter {self.adapter}")
+        failures = 0
+        was_online = False
+        try:
+            while not stop.is_set():
+                scanned = False
+                try:
+                    async for _ in self._session(stop):
+                        scanned = True
+                        if was_online:
+                            log.info("reader %s: scanning again on %s", self.cfg.id, self.adapter)
+                        was_online = True
+                except DEVICE_ERRORS as e:
+                    detail = f"adapter {self.adapter}: {type(e).__name__}: {e}"[:300]
+                    if scanned:
+                        failures = 0
+                    if failures % 10 == 0:
+                        log.warning("reader %s: %s; retrying with back-off", self.cfg.id, detail)
+                    self._report(ReaderState.OFFLINE, detail)
+                    await self._disconnect_bus()
+                if stop.is_set():
+                    break
+                delay = min(self.cap_s, self.initial_s * 2 ** min(failures, 16))
+                failures += 1
+                await self._sleep(delay + random.uniform(0, self.initial_s), stop)
+        finally:
+            await self._disconnect_bus()
+            self._report(ReaderState.OFFLINE, "stopped")
+
+    @staticmethod
+    async def _sleep(seconds: float, stop: threading.Event) -> None:
+        end = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < end:
+            await asyncio.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+    async def _session(self, stop: threading.Event) -> Any:
+        """Scan until stopped; yields once scanning has started. Raises on adapter trouble."""
+        await self._check_adapter()
+        scanner = BleakScanner(self.on_advertisement, bluez={"adapter": self.adapter})
+        await scanner.start()
+        try:
+            self._report(ReaderState.ONLINE, f"scanning on {self.adapter}")
+            yield
+            now = time.monotonic()
+            self._last_adv = now
+            acted = now  # the watchdog's last action (or the scan start)
+            stage = 0  # 0 fine, 1 scan restarted, 2+ adapter power-cycled
+            next_check = now + CHECK_S
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + CHECK_S
+                    await self._check_adapter()
+                if stage and self._last_adv > acted:
+                    stage = 0
+                    self._report(ReaderState.ONLINE, f"scanning on {self.adapter}")
+                if now - max(self._last_adv, acted) < self.silence_s:
+                    continue
+                quiet = f"no advertisement for {now - self._last_adv:.0f} s"
+                if stage == 0:
+                    log.warning("reader %s: %s; restarting the scan", self.cfg.id, quiet)
+                    self._report(ReaderState.DEGRADED, f"{quiet}; scan restarted")
+                    await scanner.stop()
+                    await scanner.start()
+                    self.scan_restarts += 1
+                else:
+                    log.warning("reader %s: %s; power-cycling adapter %s", self.cfg.id, quiet,
+                                self.adapter)
+                    self._report(ReaderState.DEGRADED if stage == 1 else ReaderState.OFFLINE,
+                                 f"{quiet}; adapter power-cycled")
+                    with contextlib.suppress(BleakError):
+                        await scanner.stop()
+                    await self._power_cycle(stop)
+                    await scanner.start()
+                stage += 1
+                acted = time.monotonic()
+        finally:
+            with contextlib.suppress(*DEVICE_ERRORS):
+                await scanner.stop()
+
+    # -- BlueZ over D-Bus (what bleak does not offer) ----------------------------------------
+
+    async def _call(self, member: str, signature: str, body: list[Any]) -> Message:
+        if self._bus is None or not self._bus.connected:
+            await self._disconnect_bus()
+            self._bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        reply = await asyncio.wait_for(self._bus.call(Message(
+            destination="org.bluez", path=self.path, interface=PROPS_IFACE, member=member,
+            signature=signature, body=body)), 5.0)
+        if reply is None or reply.message_type == MessageType.ERROR:
+            name = reply.error_name if reply is not None else "no reply"
+            raise AdapterTrouble(f"{name} ({member} on {self.path})")
+        return reply
+
+    async def _check_adapter(self) -> None:
+        await self._call("Get", "ss", [ADAPTER_IFACE, "Powered"])
+
+    async def _power_cycle(self, stop: threading.Event) -> None:
+        await self._call("Set", "ssv", [ADAPTER_IFACE, "Powered", Variant("b", False)])
+        await self._sleep(self.power_off_s, stop)
+        await self._call("Set", "ssv", [ADAPTER_IFACE, "Powered", Variant("b", True)])
+        await self._sleep(min(1.0, self.power_off_s), stop)  # BlueZ re-initialises the HCI
+        self.power_cycles += 1
+
+    async def _disconnect_bus(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            with contextlib.suppress(*DEVICE_ERRORS):
+                bus.disconnect()
+
+
+DRIVER = BleDriver

@@ -1,0 +1,139 @@
+"""The unit's own GNSS receiver on a serial port, speaking NMEA 0183.
+
+Decoding is :mod:`drivers.codecs.nmea` (pynmea2 inside; any talker, checksum
+required, GGA/RMC/GSA and more merged per epoch by its FixAssembler). Each
+finished epoch becomes a :class:`GpsFix`. An epoch is finished when the next
+one starts, so a fix reaches the engine one epoch (1 s at 1 Hz) late: the
+price of not guessing which sentences a given receiver sends.
+
+GPS time is checked with :func:`check_gps_time` against the host clock before
+it is trusted; a fix with a week-rollover date, a time far off the host clock
+or going backwards is still passed on, with ``time_trusted = False``, and the
+reason is counted (``untrusted-time:<reason>`` in the reader's rejects).
+
+Health: ONLINE while sentences arrive; DEGRADED when the port is silent for
+``silence_s`` (a receiver always streams, even without a fix) or has no
+position for ``no_fix_s``; OFFLINE when the port goes away (reconnect with
+back-off, in :class:`SerialDriver`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import serial
+
+from drivers._serial import SerialDriver
+from drivers.codecs import Reject, nmea
+from gateway.config import ReaderConfig
+from gateway.model import GpsFix, ReaderState, Reading
+
+
+class _FixStream:
+    """NMEA bytes -> rejects and merged fixes (one decoder state per connection)."""
+
+    def __init__(self) -> None:
+        self.decoder = nmea.Decoder()
+        self.assembler = nmea.FixAssembler()
+
+    def feed(self, data: bytes) -> list[nmea.Fix | Reject]:
+        out: list[nmea.Fix | Reject] = []
+        for item in self.decoder.feed(data):
+            if isinstance(item, Reject):
+                out.append(item)
+            else:
+                out.extend(self.assembler.feed(item))
+        return out
+
+
+def check_watchdog_options(cfg: ReaderConfig, keys: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for key in keys:
+        v = cfg.options.get(key)
+        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v <= 0):
+            out.append((key, "expected a number greater than 0"))
+    return out
+
+
+class GpsTimeGate:
+    """Turns receiver fixes into GpsFix readings, checking the receiver's clock."""
+
+    def __init__(self, reader: str, sink: Any) -> None:
+        self.reader = reader
+        self.sink = sink
+        self.last_trusted: dt.datetime | None = None
+
+    def fix(self, when: dt.datetime | None, now: float, **fields: Any) -> GpsFix:
+        check = nmea.check_gps_time(when, dt.datetime.fromtimestamp(now, dt.UTC),
+                                    self.last_trusted)
+        if check.trusted and when is not None:
+            self.last_trusted = when
+        else:
+            self.sink.reject(self.reader, f"untrusted-time:{check.reason}")
+        t = when.timestamp() if when is not None else now
+        return GpsFix(reader=self.reader, time=t, time_trusted=check.trusted, **fields)
+
+
+class GpsNmeaDriver(SerialDriver):
+    default_baud = 9600
+
+    @classmethod
+    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
+        return super().check_options(cfg) + check_watchdog_options(cfg, ("silence_s", "no_fix_s"))
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.silence_s = float(self.cfg.options.get("silence_s", 5.0))
+        self.no_fix_s = float(self.cfg.options.get("no_fix_s", 30.0))
+        self.gate = GpsTimeGate(self.cfg.id, self.sink)
+        self._last_fix = time.monotonic()
+
+    def new_decoder(self) -> _FixStream:
+        return _FixStream()
+
+    def readings(self, frame: nmea.Fix, now: float) -> Iterable[Reading]:
+        if frame.has_position:
+            self._last_fix = time.monotonic()
+        return (self.gate.fix(frame.time, now, lat=frame.lat, lon=frame.lon,
+                              fix_quality=frame.fix_quality, fix_type=frame.fix_type,
+                              satellites=frame.satellites, hdop=frame.hdop,
+                              speed_mps=frame.speed_mps),)
+
+    def _read_loop(self, port: serial.Serial, stop: threading.Event) -> None:
+        # The streaming loop of SerialDriver plus the two watchdogs.
+        stream = self.new_decoder()
+        rid, sink = self.cfg.id, self.sink
+        reported = (ReaderState.ONLINE, self.cfg.port)
+        last_data = self._last_fix = time.monotonic()
+
+        def report(state: ReaderState, detail: str) -> None:
+            nonlocal reported
+            if reported != (state, detail):
+                reported = (state, detail)
+                sink.state(rid, state, detail)
+
+        while not stop.is_set():
+            data = port.read(port.in_waiting or 1)
+            mono = time.monotonic()
+            if data:
+                last_data = mono
+                now = self.clock.now()
+                for item in stream.feed(data):
+                    if isinstance(item, Reject):
+                        sink.reject(rid, item.reason)
+                    else:
+                        for r in self.readings(item, now):
+                            sink.reading(r)
+            if mono - last_data >= self.silence_s:
+                report(ReaderState.DEGRADED, f"no data from the receiver for {self.silence_s:g} s")
+            elif mono - self._last_fix >= self.no_fix_s:
+                report(ReaderState.DEGRADED, f"no position fix for {self.no_fix_s:g} s")
+            else:
+                report(ReaderState.ONLINE, self.cfg.port)
+
+
+DRIVER = GpsNmeaDriver

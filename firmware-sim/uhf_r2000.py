@@ -1,0 +1,200 @@
+"""A simulated Impinj-R2000 ("0xA0" protocol) UHF reader on a pseudo-terminal.
+
+It answers what the host sends, as the real module does (IND903 protocol
+V2.2, see drivers.codecs.uhf_r2000): ``0x74`` set work antenna -> a one-byte
+status; ``0x89`` real-time inventory -> one tag packet per tag read on the
+work antenna, then the end-of-round summary, or ``0x22`` antenna missing when
+that antenna is "unplugged". Tags in the field of an antenna are read with
+RSSI jitter and random misses (real gates miss reads all the time). Faults:
+an antenna missing, a reader that stops answering (``mute``), garbage on the
+line, corrupted tag packets, and the whole adapter unplugged (VirtualSerial).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from drivers.codecs import Reject
+from drivers.codecs import uhf_r2000 as r2k
+from firmware_sim.vserial import VirtualSerial
+
+BAUD = 115200
+BYTE_S = 10 / BAUD
+
+
+def dbm_to_raw(dbm: float) -> int:
+    """Inverse of the protocol's RSSI table (-99..-41 -> 31..89, -39..-31 -> 90..98)."""
+    d = round(dbm)
+    if d <= -41:
+        return max(31, d + 130)
+    return min(98, max(90, d + 129))
+
+
+@dataclass
+class _InField:
+    rssi_dbm: float
+    until: float | None  # monotonic time it leaves the field, None = stays
+
+
+class UhfR2000Sim:
+    def __init__(self, port: VirtualSerial, *, antennas: int = 4, miss_rate: float = 0.1,
+                 rssi_jitter_db: float = 2.0, round_s: float = 0.03, address: int = 1,
+                 seed: int = 1) -> None:
+        self.port = port
+        self.n_antennas = antennas
+        self.miss_rate = miss_rate
+        self.rssi_jitter_db = rssi_jitter_db
+        self.round_s = round_s  # how long one inventory round takes on air
+        self.address = address
+        self.rng = random.Random(seed)
+        self.work_antenna = 1
+        self.missing: set[int] = set()
+        self.muted = False
+        self.corrupt_next = 0  # tag packets to send with a wrong check byte
+        self.field: dict[int, dict[str, _InField]] = {a: {} for a in range(1, antennas + 1)}
+        self.commands: list[r2k.R2000Command] = []  # what the host sent (for tests)
+        self.tags_sent = 0
+        self._lock = threading.Lock()
+        self._buf = bytearray()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the tags' world ---------------------------------------------------------------------
+
+    def enter(self, epc: str, antenna: int = 1, rssi_dbm: float = -60.0,
+              hold_s: float | None = None) -> None:
+        """Put a tag in an antenna's field (for ``hold_s`` seconds, or until :meth:`leave`)."""
+        until = time.monotonic() + hold_s if hold_s is not None else None
+        with self._lock:
+            self.field[antenna][epc.upper()] = _InField(rssi_dbm, until)
+
+    def leave(self, epc: str, antenna: int | None = None) -> None:
+        with self._lock:
+            for a, tags in self.field.items():
+                if antenna is None or a == antenna:
+                    tags.pop(epc.upper(), None)
+
+    def walk_through(self, epc: str, direction: str = "in", dwell_s: float = 1.0,
+                     overlap_s: float = 0.3, outer: int = 1, inner: int = 2,
+                     stop: threading.Event | None = None) -> None:
+        """A child walking through a two-antenna gate: one side, both, then the other."""
+        first, second = (outer, inner) if direction == "in" else (inner, outer)
+        self.enter(epc, first, -55.0, dwell_s)
+        self._sleep(dwell_s - overlap_s, stop)
+        self.enter(epc, second, -55.0, dwell_s)
+        self._sleep(dwell_s, stop)
+
+    def antenna_missing(self, antenna: int, missing: bool = True) -> None:
+        with self._lock:
+            (self.missing.add if missing else self.missing.discard)(antenna)
+
+    def mute(self, muted: bool = True) -> None:
+        """Stop answering commands (a hung reader) while the port stays open."""
+        self.muted = muted
+
+    def garbage(self, n: int = 16) -> None:
+        # No 0xA0, so it cannot fake the start of a frame.
+        self.port.write(bytes(self.rng.choice([b for b in range(256) if b != r2k.HEAD])
+                              for _ in range(n)))
+
+    # -- the reader's side of the protocol ---------------------------------------------------
+
+    def start(self) -> UhfR2000Sim:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="uhf-sim", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _sleep(self, s: float, stop: threading.Event | None) -> None:
+        if s > 0:
+            (stop or self._stop).wait(s)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            data = self.port.read()
+            if not data:
+                self._stop.wait(0.005)
+                continue
+            self._buf += data
+            for cmd in self._commands():
+                self.commands.append(cmd)
+                if not self.muted:
+                    self._answer(cmd)
+
+    def _commands(self) -> list[r2k.R2000Command]:
+        out = []
+        buf = self._buf
+        while True:
+            start = buf.find(r2k.HEAD)
+            if start < 0:
+                buf.clear()
+                break
+            del buf[:start]
+            if len(buf) < 2 or len(buf) < buf[1] + 2:
+                break
+            raw = bytes(buf[: buf[1] + 2])
+            parsed = r2k.parse_command(raw)
+            if isinstance(parsed, Reject):
+                del buf[:1]  # not a command: hunt for the next head
+                continue
+            del buf[: len(raw)]
+            out.append(parsed)
+        return out
+
+    def _send(self, frame: bytes) -> None:
+        self.port.write(frame)
+        time.sleep(len(frame) * BYTE_S)  # a pty ignores the baud rate: pace like the UART
+
+    def _answer(self, cmd: r2k.R2000Command) -> None:
+        addr = self.address
+        if cmd.cmd == r2k.CMD_SET_WORK_ANTENNA:
+            ant = cmd.data[0] + 1 if cmd.data else 0
+            if not 1 <= ant <= self.n_antennas:
+                self._send(r2k.encode_status(cmd.cmd, 0x41, addr))  # parameter_invalid
+                return
+            self.work_antenna = ant
+            self._send(r2k.encode_status(cmd.cmd, 0x10, addr))
+        elif cmd.cmd == r2k.CMD_GET_FIRMWARE_VERSION:
+            self._send(r2k.encode_frame(cmd.cmd, bytes([1, 8]), addr))
+        elif cmd.cmd == r2k.CMD_REAL_TIME_INVENTORY:
+            self._inventory(cmd)
+        else:
+            self._send(r2k.encode_status(cmd.cmd, 0x11, addr))  # command_fail
+
+    def _inventory(self, cmd: r2k.R2000Command) -> None:
+        ant = self.work_antenna
+        if ant in self.missing:
+            time.sleep(self.round_s / 3)
+            self._send(r2k.encode_status(cmd.cmd, 0x22, self.address))
+            return
+        now = time.monotonic()
+        with self._lock:
+            tags = self.field[ant]
+            for epc in [e for e, f in tags.items() if f.until is not None and f.until <= now]:
+                del tags[epc]
+            present = list(tags.items())
+        t0 = time.monotonic()
+        n = 0
+        for epc, f in present:
+            if self.rng.random() < self.miss_rate:
+                continue
+            rssi = dbm_to_raw(f.rssi_dbm + self.rng.gauss(0, self.rssi_jitter_db))
+            frame = bytearray(r2k.encode_tag(epc, rssi, ant, self.rng.randrange(50),
+                                             addr=self.address))
+            if self.corrupt_next > 0:
+                self.corrupt_next -= 1
+                frame[-1] ^= 0x5A
+            self._send(bytes(frame))
+            n += 1
+        self.tags_sent += n
+        time.sleep(max(0.0, self.round_s - (time.monotonic() - t0)))
+        rate = int(n / self.round_s) if self.round_s > 0 else 0
+        self._send(r2k.encode_inventory_end(n, min(rate, 0xFFFF), ant, self.address))

@@ -1,0 +1,173 @@
+"""The gpsd client driver against a real gpsd reading the simulated receiver's pty:
+fixes, the no-fix watchdog when the receiver goes quiet, gpsd killed and back.
+Malformed JSON is checked against a scripted TCP peer (gpsd never sends it)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.gpsd import GpsdDriver
+from firmware_sim.broker import free_port
+from firmware_sim.gps import GpsSim, Track, Waypoint
+from firmware_sim.vserial import VirtualSerial
+from gateway.clock import SystemClock
+from gateway.config import ReaderConfig
+from gateway.model import GpsFix, ReaderState, Reading
+from gpsdproc import Gpsd, require_gpsd
+from harness import wait_until
+
+HOME = (37.5665, 126.9780)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.fixes: list[GpsFix] = []
+        self.rejects: list[str] = []
+        self.states: list[tuple[ReaderState, str]] = []
+        self.lock = threading.Lock()
+
+    def reading(self, r: Reading) -> None:
+        assert isinstance(r, GpsFix)
+        with self.lock:
+            self.fixes.append(r)
+
+    def reject(self, reader: str, reason: str) -> None:
+        with self.lock:
+            self.rejects.append(reason)
+
+    def state(self, reader: str, state: ReaderState, detail: str = "") -> None:
+        with self.lock:
+            self.states.append((state, detail))
+
+    def last_state(self) -> ReaderState | None:
+        with self.lock:
+            return self.states[-1][0] if self.states else None
+
+    def good(self) -> list[GpsFix]:
+        with self.lock:
+            return [f for f in self.fixes if f.lat is not None and f.time_trusted]
+
+
+def start_driver(port: int, sink: Collect, no_fix_s: float = 3.0) -> tuple[threading.Event,
+                                                                           threading.Thread]:
+    cfg = ReaderConfig(id="gps", kind="gpsd", role="gps",
+                       options={"host": "127.0.0.1", "gpsd_port": port, "no_fix_s": no_fix_s,
+                                "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
+    assert GpsdDriver.check_options(cfg) == []
+    drv = GpsdDriver(cfg, sink, SystemClock())
+    stop = threading.Event()
+    t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
+    t.start()
+    return stop, t
+
+
+Rig = tuple[VirtualSerial, GpsSim, Gpsd, Collect]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    require_gpsd()
+    port = VirtualSerial(str(tmp_path / "ttyGPS0"))
+    port.plug()
+    sim = GpsSim(port, Track([Waypoint(*HOME)]), rate_hz=1, seed=5).start()
+    gpsd = Gpsd(port.device, tmp_path / "gpsd.log")
+    sink = Collect()
+    stop: threading.Event | None = None
+    t: threading.Thread | None = None
+    try:
+        gpsd.start()
+        stop, t = start_driver(gpsd.port, sink)
+        yield port, sim, gpsd, sink
+    finally:
+        if stop is not None and t is not None:
+            stop.set()
+            t.join(5)
+            assert not t.is_alive()
+        gpsd.stop()
+        sim.stop()
+        port.close()
+
+
+def test_fixes_through_gpsd_and_reconnect_after_gpsd_dies(rig: Rig) -> None:
+    _port, _sim, gpsd, sink = rig
+    wait_until(lambda: len(sink.good()) >= 2, 20, "fixes through gpsd")
+    f = sink.good()[-1]
+    assert f.lat is not None and f.lon is not None
+    assert abs(f.lat - HOME[0]) < 0.001 and abs(f.lon - HOME[1]) < 0.001
+    assert f.fix_type in (2, 3) and f.fix_quality >= 1
+    assert abs(f.time - time.time()) < 5
+    assert sink.last_state() == ReaderState.ONLINE
+    gpsd.stop(9)  # SIGKILL: gpsd crashed
+    wait_until(lambda: sink.last_state() == ReaderState.OFFLINE, 10, "offline without gpsd")
+    time.sleep(0.5)  # the driver retries with back-off meanwhile
+    gpsd.start()
+    n = len(sink.good())
+    wait_until(lambda: len(sink.good()) > n, 20, "fixes after gpsd restarted")
+    assert sink.last_state() == ReaderState.ONLINE
+
+
+def test_no_fix_watchdog_when_receiver_goes_quiet(rig: Rig) -> None:
+    _port, sim, _gpsd, sink = rig
+    wait_until(lambda: len(sink.good()) >= 1, 20, "first fix")
+    sim.stop()  # the receiver stops talking; gpsd just goes quiet
+    wait_until(lambda: sink.last_state() == ReaderState.DEGRADED, 10, "degraded")
+    with sink.lock:
+        assert "no fix" in sink.states[-1][1]
+    sim.start()
+    wait_until(lambda: sink.last_state() == ReaderState.ONLINE, 20, "online again")
+
+
+def test_bad_json_and_bad_fields_are_rejected() -> None:
+    """A scripted peer speaking gpsd's protocol, with lines gpsd itself never sends."""
+    srv = socket.create_server(("127.0.0.1", free_port()))
+    port = srv.getsockname()[1]
+    sink = Collect()
+    got_watch = threading.Event()
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            if b"?WATCH" in conn.recv(1024):
+                got_watch.set()
+            now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+            conn.sendall(
+                b'{"class":"VERSION","release":"3.22"}\n'
+                b'{"class":"SKY","hdop":0.8,"satellites":[{"PRN":1,"used":true},'
+                b'{"PRN":2,"used":false},{"PRN":3,"used":true}]}\n'
+                b"not json at all\n"
+                b'["a list"]\n'
+                b'{"class":"TPV","mode":3,"lat":"37.5","lon":126.9}\n'
+                b'{"class":"TPV","mode":3,"lat":95.0,"lon":126.9}\n'
+                b'{"class":"TPV","mode":3,"lat":37.5,"lon":126.9,"time":"yesterday"}\n'
+                b'{"class":"TPV","mode":7}\n'
+                + f'{{"class":"TPV","mode":3,"status":2,"lat":37.5,"lon":126.9,"speed":1.5,'
+                  f'"time":"{now}"}}\n'.encode()
+                + b'{"class":"TPV","mode":1,"time":"' + now.encode() + b'"}\n')
+            time.sleep(1.0)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    stop, t = start_driver(port, sink, no_fix_s=30)
+    try:
+        wait_until(lambda: len(sink.fixes) >= 2, 10, "the two good TPVs")
+        assert got_watch.is_set()
+        with sink.lock:
+            fixes = list(sink.fixes)
+            rejects = list(sink.rejects)
+        assert rejects.count("bad-json") == 2 and rejects.count("bad-field") == 4
+        good, nofix = fixes
+        assert (good.lat, good.lon, good.fix_quality, good.fix_type) == (37.5, 126.9, 2, 3)
+        assert good.satellites == 2 and good.hdop == 0.8 and good.speed_mps == 1.5
+        assert good.time_trusted
+        assert nofix.lat is None and nofix.fix_quality == 0 and nofix.fix_type == 1
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+        th.join(5)
