@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -37,9 +38,30 @@ from gateway.model import Event, Lane
 log = logging.getLogger("gateway.outbox")
 
 
+_ISO_SECOND: dict[int, str] = {}
+
+
 def iso_utc(t: float) -> str:
     """RFC 3339 UTC with milliseconds, the one time format of the MQTT contract."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # Round to microseconds first, exactly as datetime.fromtimestamp does.
+    frac, whole_f = math.modf(t)
+    us = round(frac * 1e6)
+    whole = int(whole_f)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    head = _ISO_SECOND.get(whole)
+    if head is None:  # strftime is the costly part; events come many to a second
+        if len(_ISO_SECOND) > 4096:
+            _ISO_SECOND.clear()
+        head = _ISO_SECOND[whole] = datetime.fromtimestamp(whole, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{us // 1000:03d}Z"
+
+
+# One encoder for every payload: json.dumps with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
 
 
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:
@@ -195,7 +217,7 @@ class Outbox:
             "child": ev.child,
             "data": ev.data,
         }
-        return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        return _encode(body).encode()
 
     def _used_bytes(self) -> int:
         pc = self.db.execute_sql("PRAGMA page_count").fetchone()[0]

@@ -1,5 +1,11 @@
 """Sends the outbox to the broker: QoS 1, deleted only on the broker's PUBACK.
 
+One thread does all of it: it drives paho through its external-loop API
+(``socket()``, ``loop_read/loop_write/loop_misc``) with ``select`` on the
+broker socket and a wake pipe the pipeline writes to. No paho network thread
+and no hand-offs between threads: on a small board the GIL hand-offs between
+a sender and paho's own thread cost more than the publishing itself.
+
 One paho client per connection: after a reconnect we resend from the outbox
 ourselves rather than letting paho replay its in-memory queue, so each stored
 event goes out once per connection and is deleted only on its own PUBACK.
@@ -16,8 +22,11 @@ each lane's backlog and live part.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
+import os
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +45,8 @@ from gateway.outbox import Outbox, Stored, iso_utc
 log = logging.getLogger("gateway.mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+ACK_FLUSH_S = 0.02  # pending acks are deleted at least this often
+IDLE_S = 0.5  # select timeout with nothing to do (keepalive needs a turn now and then)
 
 
 class ConnectFailed(OSError):
@@ -53,7 +64,7 @@ class Publisher:
         on_acked: Callable[[list[int]], None] | None = None,
         window: int = 256,
         emergency_reserve: int = 32,
-        batch: int = 128,
+        batch: int = 64,
         reconnect_max_s: float | None = None,
         connack_timeout_s: float = 10.0,
     ) -> None:
@@ -69,7 +80,9 @@ class Publisher:
         self.batch = batch
         self.reconnect_max_s = reconnect_max_s or cfg.broker.reconnect_max_s
         self.connack_timeout_s = connack_timeout_s
-        self._wake = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
         self._connected = threading.Event()
         self._lost = threading.Event()
@@ -84,8 +97,9 @@ class Publisher:
     # -- called from other threads -----------------------------------------------------------
 
     def notify(self) -> None:
-        """New events are in the outbox."""
-        self._wake.set()
+        """New events are in the outbox (called from the pipeline thread)."""
+        with contextlib.suppress(BlockingIOError):  # already awake: a byte is waiting
+            os.write(self._wake_w, b"!")
 
     @property
     def online(self) -> bool:
@@ -120,12 +134,13 @@ class Publisher:
             finally:
                 self._connected.clear()
                 try:
-                    if stop.is_set():
-                        self._publish_status(client, online=False)
+                    if stop.is_set() and not self._lost.is_set():
+                        info = self._publish_status(client, online=False)
+                        self._pump(client, info.is_published, 2.0)
                     client.disconnect()
+                    self._pump(client, lambda: False, 0.2 if stop.is_set() else 0.0)
                 except Exception:  # closing a dead connection may fail in any way
                     pass
-                client.loop_stop()
             if not stop.is_set():
                 log.warning("broker connection lost; %d events buffered", self.outbox.depth())
 
@@ -160,8 +175,6 @@ class Publisher:
         client = self._new_client(v5)
         self._connack = None
         self._lost.clear()
-        got = threading.Event()
-        self._connack_event = got
         try:
             if v5:
                 props = Properties(PacketTypes.CONNECT)
@@ -172,13 +185,13 @@ class Publisher:
                 client.connect(b.host, b.port, keepalive=b.keepalive_s)
         except (OSError, ValueError) as e:
             raise ConnectFailed(f"connect to {b.host}:{b.port} failed: {e}") from e
-        client.loop_start()
-        if not got.wait(self.connack_timeout_s) or self._connack is None:
-            client.loop_stop()
+        self._pump(client, lambda: self._connack is not None, self.connack_timeout_s)
+        if self._connack is None:
+            with contextlib.suppress(Exception):
+                client.disconnect()
             raise ConnectFailed("no CONNACK (TLS handshake refused, or broker hung)")
         ok, why = self._connack
         if not ok:
-            client.loop_stop()
             raise ConnectFailed(f"broker refused the connection: {why}")
         self.connects += 1
         self.connected_protocol = "5" if v5 else "3.1.1"
@@ -187,21 +200,17 @@ class Publisher:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any = None) -> None:
         self._connack = (not rc.is_failure, str(rc))
-        self._connack_event.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                        props: Any = None) -> None:
         if self._connack is None:
             self._connack = (False, f"disconnected before CONNACK: {rc}")
-            self._connack_event.set()
         self._lost.set()
-        self._wake.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
                     props: Any = None) -> None:
-        # Runs in paho's thread under paho's lock: only hand the mid over.
+        # Runs inside loop_read under paho's lock: only note the mid; _serve resolves it.
         self._acks.append((mid, not rc.is_failure))
-        self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Runs in paho's thread. Commands never raise into paho: a hostile payload is the
@@ -218,10 +227,48 @@ class Publisher:
         log.warning("command %s received (%d bytes): no handler for it in this version",
                     suffix, len(payload))
 
-    def _publish_status(self, client: mqtt.Client, online: bool) -> None:
+    def _publish_status(self, client: mqtt.Client, online: bool) -> mqtt.MQTTMessageInfo:
         body = contract.status_payload(self.cfg.unit.id, online, iso_utc(self.clock.now()),
                                        "connected" if online else "shutdown")
-        client.publish(self.topics.status, json.dumps(body).encode(), qos=1, retain=True)
+        return client.publish(self.topics.status, json.dumps(body).encode(), qos=1, retain=True)
+
+    # -- the network loop --------------------------------------------------------------------
+
+    def _io(self, client: mqtt.Client, timeout: float) -> bool:
+        """One turn of paho's external loop; False when the connection is gone."""
+        sock: Any = client.socket()  # a socket or an SSL socket: both select-able
+        if sock is None:
+            self._lost.set()
+            return False
+        try:
+            readable, writable, _ = select.select(
+                [sock, self._wake_r], [sock] if client.want_write() else [], [], timeout)
+        except (OSError, ValueError):  # the socket was closed under us
+            self._lost.set()
+            return False
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 4096):
+                    pass
+        rc = mqtt.MQTT_ERR_SUCCESS
+        if sock in readable:
+            rc = client.loop_read()
+        if rc == mqtt.MQTT_ERR_SUCCESS and sock in writable:
+            rc = client.loop_write()
+        if rc == mqtt.MQTT_ERR_SUCCESS:
+            rc = client.loop_misc()  # keepalive: PINGREQ, and a broker that stopped answering
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            self._lost.set()
+            return False
+        return True
+
+    def _pump(self, client: mqtt.Client, done: Callable[[], bool], timeout: float) -> None:
+        """Run the loop until ``done()`` or ``timeout`` (connect, clean shutdown)."""
+        deadline = self.clock.monotonic() + timeout
+        while not done():
+            left = deadline - self.clock.monotonic()
+            if left <= 0 or not self._io(client, min(left, 0.1)):
+                return
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -239,16 +286,19 @@ class Publisher:
                  self.outbox.depth())
         # Cursor per (lane, part): the highest seq handed to paho on this connection.
         cursors: dict[tuple[int, str], int] = {}
-        inflight: dict[int, int] = {}  # mid -> seq
+        inflight: dict[int, int] = {}  # mid -> seq (negative: an emergency event)
         pending_acks: list[int] = []
         emergency_inflight = 0
         turn = 0
-        next_health = self.clock.monotonic()
-        self._wake.set()
+        now = self.clock.monotonic()
+        next_health = now
+        last_flush = now
+        busy = True
         while not stop.is_set() and not self._lost.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
-            # Resolve acknowledgements (and failures) first: they free the window.
+            timeout = 0.0 if busy else (ACK_FLUSH_S if pending_acks else IDLE_S)
+            if not self._io(client, timeout):
+                break
+            # Resolve acknowledgements (and refusals) first: they free the window.
             while self._acks:
                 mid, ok = self._acks.popleft()
                 seq = inflight.pop(mid, None)
@@ -262,14 +312,16 @@ class Publisher:
                 else:
                     self.refused += 1
                     log.error("broker refused event seq %d; it stays buffered", seq)
-            if pending_acks:
+            # Deleted in batches: one transaction per batch of PUBACKs, not per PUBACK.
+            now = self.clock.monotonic()
+            if pending_acks and (len(pending_acks) >= self.batch or not inflight
+                                 or now - last_flush >= ACK_FLUSH_S):
                 self.outbox.ack(pending_acks)
                 self.acked += len(pending_acks)
                 if self.on_acked is not None:
                     self.on_acked(pending_acks)
                 pending_acks = []
-            if self._lost.is_set():
-                break
+                last_flush = now
             sent_before = len(inflight)
             # Emergency first, into the reserved part of the window too.
             room = self.window + self.reserve - len(inflight)
@@ -278,7 +330,8 @@ class Publisher:
                 inflight[self._send(client, r)] = -r.seq
                 emergency_inflight += 1
             room = self.window - (len(inflight) - emergency_inflight)
-            if room > 0 and not rows:
+            # Refill in chunks: a query per freed slot would cost more than the publishing.
+            if not rows and (room >= self.batch // 2 or len(inflight) == emergency_inflight):
                 parts = ("live", "backlog") if turn % 2 == 0 else ("backlog", "live")
                 turn += 1
                 for part in parts:
@@ -291,11 +344,14 @@ class Publisher:
                             break
                     if room <= 0:
                         break
-            if len(inflight) > sent_before:
-                self._wake.set()  # keep filling the window until nothing is left
-            if self.health and self.clock.monotonic() >= next_health:
-                next_health = self.clock.monotonic() + self.cfg.health_interval_s
+            # Sent something: go round at once (more may fit); else wait in select.
+            busy = len(inflight) > sent_before
+            if self.health and now >= next_health:
+                next_health = now + self.cfg.health_interval_s
                 client.publish(self.topics.health, json.dumps(self.health()).encode(), qos=0)
+        if pending_acks:  # what the broker has is not sent again after a clean stop
+            self.outbox.ack(pending_acks)
+            self.acked += len(pending_acks)
 
     def _take(self, lane: Lane, part: str, cursors: dict[tuple[int, str], int], limit: int,
               live_mark: int | None) -> list[Stored]:

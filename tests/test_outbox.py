@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.model import Event, Lane
 from gateway.outbox import Outbox
 
@@ -78,3 +81,13 @@ def test_state_kv_survives_reopen(tmp_path: Path) -> None:
     ob.save_state("engine", b'{"x": 1}')
     ob.close()
     assert Outbox(path, "u1", "s1").load_state("engine") == b'{"x": 1}'
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(min_value=-2e9, max_value=4e9, allow_nan=False))
+def test_iso_utc_matches_datetime(t: float) -> None:
+    from datetime import UTC, datetime
+
+    from gateway.outbox import iso_utc
+
+    assert iso_utc(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,0 +1,81 @@
+"""kidsafe-gateway benchmarks: one run, one table, optionally one JSON object.
+
+    python bench/run.py                 # full run (~1-2 min on a 2-core machine)
+    python bench/run.py --quick         # a small run, e.g. for CI
+    python bench/run.py --json out.json # also write the figures as one JSON object
+
+Targets (issue 4, 5, 6): e2e_ratio_vs_raw_paho >= 0.8; drain_events_per_s >= 0.8 of
+raw paho; drain_peak_rss_mb < 64; sos_ack_latency_p99_ms < 50;
+engine_readings_per_s >= 100,000. Figures are printed, not asserted: a shared
+machine makes timed assertions flaky.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import codecs, delivery
+
+TARGETS: dict[str, tuple[str, float]] = {
+    "e2e_ratio_vs_raw_paho": (">=", 0.8),
+    "drain_ratio_vs_raw_paho": (">=", 0.8),
+    "drain_peak_rss_mb": ("<", 64),
+    "sos_ack_latency_p99_ms": ("<", 50),
+    "engine_readings_per_s": (">=", 100_000),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as one JSON object")
+    p.add_argument("--only", choices=["codecs", "engine", "delivery"], action="append",
+                   help="run only these groups (repeatable)")
+    args = p.parse_args(argv)
+    groups = args.only or ["codecs", "engine", "delivery"]
+    seconds = 0.5 if args.quick else 1.5
+    figures: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def step(name: str, fn: Callable[[], float]) -> None:
+        print(f"  ... {name}", file=sys.stderr, flush=True)
+        figures[name] = round(fn(), 1)
+
+    if "codecs" in groups:
+        for key, fn in codecs.BENCHES.items():
+            step(key, lambda fn=fn: fn(seconds))
+    if "engine" in groups:
+        from bench import engine
+
+        # bench_engine takes the scenario length in simulated seconds, not wall time.
+        step("engine_readings_per_s", lambda: engine.bench_engine(120 if args.quick else 600))
+    if "delivery" in groups:
+        figures.update(delivery.run(args.quick))
+
+    print(f"\nkidsafe-gateway bench ({'quick' if args.quick else 'full'}) on "
+          f"{platform.machine()}, Python {platform.python_version()}, "
+          f"{time.monotonic() - t0:.0f} s\n")
+    print(f"{'figure':34} {'value':>14}  target")
+    for key, value in figures.items():
+        target = TARGETS.get(key)
+        mark = ""
+        if target:
+            op, limit = target
+            ok = value >= limit if op == ">=" else value < limit
+            mark = f"{op} {limit:g}  {'ok' if ok else 'MISSED'}"
+        print(f"{key:34} {value:>14,.2f}  {mark}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
