@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import select
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +52,10 @@ IDLE_S = 0.5  # select timeout with nothing to do (keepalive needs a turn now an
 
 class ConnectFailed(OSError):
     """The broker did not accept us (refused, TLS failure, no CONNACK in time)."""
+
+    def __init__(self, message: str, reached_broker: bool = True) -> None:
+        super().__init__(message)
+        self.reached_broker = reached_broker  # False: no TCP connection at all
 
 
 class Publisher:
@@ -109,20 +114,24 @@ class Publisher:
 
     def run(self, stop: threading.Event) -> None:
         b = self.cfg.broker
-        want_v5 = b.protocol in ("auto", "5")
+        # "auto": MQTT 5 first. A broker that predates it answers a v5 CONNECT with a 3.1.1
+        # refusal (or just closes), which reaches us as a failure after the TCP connection
+        # was made; then 3.1.1 is tried, and whichever version worked is kept.
+        use_v5 = b.protocol in ("auto", "5")
 
         while not stop.is_set():
             retrying = backoff.retrying(stop, log, f"connecting to broker {b.host}:{b.port}",
                                         0.5, self.reconnect_max_s)
-            attempt = {"v5": want_v5}
 
-            def connect_once(attempt: dict[str, bool] = attempt) -> mqtt.Client:
+            def connect_once() -> mqtt.Client:
+                nonlocal use_v5
                 try:
-                    return self._connect(attempt["v5"])
+                    return self._connect(use_v5)
                 except ConnectFailed as e:
-                    # "auto": a broker without MQTT 5 refuses the protocol; try 3.1.1 next.
-                    if b.protocol == "auto" and "protocol" in str(e).lower():
-                        attempt["v5"] = not attempt["v5"]
+                    if b.protocol == "auto" and e.reached_broker:
+                        use_v5 = not use_v5
+                        log.info("broker refused MQTT %s; trying MQTT %s",
+                                 "3.1.1" if use_v5 else "5", "5" if use_v5 else "3.1.1")
                     raise
 
             try:
@@ -184,8 +193,15 @@ class Publisher:
             else:
                 client.connect(b.host, b.port, keepalive=b.keepalive_s)
         except (OSError, ValueError) as e:
-            raise ConnectFailed(f"connect to {b.host}:{b.port} failed: {e}") from e
-        self._pump(client, lambda: self._connack is not None, self.connack_timeout_s)
+            # A TLS handshake the broker rejects also fails here, after the TCP connect.
+            reached = not isinstance(e, ConnectionRefusedError | TimeoutError | socket.gaierror)
+            raise ConnectFailed(f"connect to {b.host}:{b.port} failed: {e}", reached) from e
+        try:
+            self._pump(client, lambda: self._connack is not None, self.connack_timeout_s)
+        except Exception as e:  # paho choking on a reply it cannot parse (an older protocol)
+            with contextlib.suppress(Exception):
+                client.disconnect()
+            raise ConnectFailed(f"broker sent an unexpected reply: {e!r}") from e
         if self._connack is None:
             with contextlib.suppress(Exception):
                 client.disconnect()
