@@ -35,6 +35,9 @@ class SerialDriver(Driver):
 
     default_baud: ClassVar[int] = 9600
     read_timeout_s: ClassVar[float] = 0.2
+    # Readers that must answer commands are online when they answer, not when the port opens.
+    online_when_open: ClassVar[bool] = True
+    WAITING = "port open, waiting for the reader to answer"
 
     @classmethod
     def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
@@ -75,7 +78,10 @@ class SerialDriver(Driver):
             if stop.is_set():
                 port.close()
                 return
-            self.sink.state(self.cfg.id, ReaderState.ONLINE, self.cfg.port)
+            if self.online_when_open:
+                self.sink.state(self.cfg.id, ReaderState.ONLINE, self.cfg.port)
+            else:
+                self.sink.state(self.cfg.id, ReaderState.STARTING, self.WAITING)
             if was_online:
                 log.info("reader %s: reconnected on %s", self.cfg.id, self.cfg.port)
             was_online = True

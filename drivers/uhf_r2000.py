@@ -48,6 +48,7 @@ def _num(v: Any) -> bool:
 
 
 class UhfR2000Driver(SerialDriver):
+    online_when_open = False  # online once the reader answers a command
     default_baud = 115200
     read_timeout_s = 0.05  # short: the loop also drives the command timeouts
 
@@ -98,7 +99,7 @@ class UhfR2000Driver(SerialDriver):
     def _read_loop(self, port: serial.Serial, stop: threading.Event) -> None:
         decoder = self.new_decoder()
         rid, sink = self.cfg.id, self.sink
-        self._reported = (ReaderState.ONLINE, self.cfg.port)  # what run() just reported
+        self._reported = (ReaderState.STARTING, self.WAITING)  # what run() just reported
         failing: dict[int, str] = {}  # antenna -> last error name
         idx = 0
         current_ant: int | None = None  # the work antenna the reader confirmed
@@ -143,6 +144,8 @@ class UhfR2000Driver(SerialDriver):
                         sink.reject(rid, item.reason)
                         continue
                     last_reply = mono
+                    if self._reported and self._reported[0] is ReaderState.STARTING:
+                        health()  # the first well-formed reply: the reader is there
                     if isinstance(item, r2k.R2000Tag):
                         for r in self.readings(item, now):
                             sink.reading(r)

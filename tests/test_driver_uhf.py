@@ -177,3 +177,24 @@ def test_config_options_are_checked(tmp_path: Path) -> None:
                    'antennas=[1,2]\nantenna_roles={"1"="outer","2"="inner"}\n')
     loaded = configmod.load(cfg)
     assert loaded.readers[0].options["antennas"] == [1, 2]
+
+
+def test_not_online_until_the_reader_answers(tmp_path: Path) -> None:
+    """A port that opens is not a reader that works: a mute device never shows online."""
+    port = VirtualSerial(str(tmp_path / "ttyMUTE"))
+    port.plug()  # a pty with nothing behind it: opens fine, never answers
+    sink = Collect()
+    cfg = ReaderConfig(id="gate-uhf", kind="uhf_r2000", role="gate", port=port.path,
+                       options={"reply_timeout_s": 0.2, "silence_s": 5.0})
+    drv = UhfR2000Driver(cfg, sink, SystemClock())
+    stop = threading.Event()
+    t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: sink.count(ReaderState.DEGRADED) >= 1, 10, "degraded: no reply")
+        assert sink.count(ReaderState.ONLINE) == 0
+        assert sink.count(ReaderState.STARTING) >= 1
+    finally:
+        stop.set()
+        t.join(5)
+        port.close()
