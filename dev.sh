@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's two commands (and the set-up step both share):
 #   ./dev.sh demo    set up, then run the gateway on simulated hardware with a local broker
-#   ./dev.sh test    set up, then run ruff, mypy and the whole test suite
+#   ./dev.sh test    set up, then run ruff, mypy, the quick benchmark and the whole test suite
 #   ./dev.sh setup   only the set-up: system packages (when missing), .venv, Python packages
 # Works on a fresh Debian 12 / Raspberry Pi OS bookworm as root or with sudo.
 set -euo pipefail
@@ -62,7 +62,11 @@ case "${1:-}" in
   test)
     setup
     say "ruff"; .venv/bin/ruff check .
-    say "mypy"; .venv/bin/mypy
+    say "mypy"; .venv/bin/mypy && .venv/bin/mypy tests bench
+    # The benchmark's quick run prints figures only (no pass/fail on speed: a shared
+    # machine makes timed assertions flaky); it runs before pytest so pytest's summary
+    # stays the last line CI reads.
+    say "bench (quick)"; .venv/bin/python bench/run.py --quick
     say "pytest"; exec .venv/bin/python -m pytest "${@:2}" ;;
   *) sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 2 ;;
 esac

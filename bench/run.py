@@ -13,6 +13,7 @@ machine makes timed assertions flaky.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "codecs" in groups:
         for key, fn in codecs.BENCHES.items():
-            step(key, lambda fn=fn: fn(seconds))
+            step(key, functools.partial(fn, seconds))
     if "engine" in groups:
         from bench import engine
 

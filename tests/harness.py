@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -24,8 +24,46 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import contract
+from gateway.model import ReaderState, Reading
 
 REPO = Path(__file__).resolve().parents[1]
+R = TypeVar("R", bound=Reading)
+
+
+class CollectSink(Generic[R]):
+    """A driver's Sink for driver-level tests: keeps what it is told, thread-safe."""
+
+    def __init__(self, kind: type[R] | tuple[type, ...]) -> None:
+        self.kind = kind
+        self.items: list[R] = []
+        self.rejects: list[str] = []
+        self.states: list[tuple[ReaderState, str]] = []
+        self.lock = threading.Lock()
+
+    def reading(self, r: Reading) -> None:
+        assert isinstance(r, self.kind), r
+        with self.lock:
+            self.items.append(r)  # type: ignore[arg-type]
+
+    def reject(self, reader: str, reason: str) -> None:
+        with self.lock:
+            self.rejects.append(reason)
+
+    def state(self, reader: str, state: ReaderState, detail: str = "") -> None:
+        with self.lock:
+            self.states.append((state, detail))
+
+    def last(self) -> tuple[ReaderState, str]:
+        with self.lock:
+            return self.states[-1] if self.states else (ReaderState.STARTING, "")
+
+    def last_state(self) -> ReaderState | None:
+        with self.lock:
+            return self.states[-1][0] if self.states else None
+
+    def state_count(self, state: ReaderState) -> int:
+        with self.lock:
+            return sum(1 for s, _ in self.states if s == state)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str = "condition",
@@ -138,7 +176,8 @@ class Subscriber:
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
-        self.client.reconnect_delay_set(0.1, 1)  # follow a restarted test broker quickly
+        # Follow a restarted test broker quickly (paho types the delays as int; floats work).
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
         if tls.get("ca"):
             self.client.tls_set(ca_certs=tls.get("ca"), certfile=tls.get("cert"),
                                 keyfile=tls.get("key"))
@@ -152,9 +191,10 @@ class Subscriber:
         self.connected.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        bad = contract.violations(msg.topic, msg.payload)
+        payload = bytes(msg.payload)
+        bad = contract.violations(msg.topic, payload)
         with self.lock:
-            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
             self.violations.extend(bad)
 
     def start(self) -> Subscriber:

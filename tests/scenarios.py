@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,9 @@ def rssi_at(d: float) -> float:
     return -59.0 - 25.0 * math.log10(max(d, 0.5))
 
 
-ZONE_SECTION = {"id": "yard", "readers": ["ble-yard"], "enter_dbm": -80.0, "exit_dbm": -86.0,
-                "dwell_s": 5.0, "exit_dwell_s": 3.0, "absence_s": 30.0}
+ZONE_SECTION: dict[str, Any] = {
+    "id": "yard", "readers": ["ble-yard"], "enter_dbm": -80.0, "exit_dbm": -86.0,
+    "dwell_s": 5.0, "exit_dwell_s": 3.0, "absence_s": 30.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +249,7 @@ def parked_on_boundary(seed: int, duration_s: float, radius: float = 150.0) -> l
 
 # -- running and scoring ---------------------------------------------------------------------
 
-def run(engine: Engine, readings: list[Reading], state: Any = None, until: float | None = None
+def run(engine: Engine, readings: Sequence[Reading], state: Any = None, until: float | None = None
         ) -> tuple[Any, list[Any]]:
     """Replay readings with the replay's implicit ticks; tick on to ``until``."""
     from gateway.replay import Control, Replayer

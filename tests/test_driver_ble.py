@@ -15,36 +15,17 @@ from drivers.ble import BleDriver
 from firmware_sim.ble import BleSim, SimTag
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
-from gateway.model import BleSighting, ReaderState, Reading
-from harness import wait_until
+from gateway.model import BleSighting, ReaderState
+from harness import CollectSink, wait_until
 
 IBEACON_ID = f"ibeacon:{TAG_UUID}:10:1"
 EDDY_ID = "eddystone:edd1ebeac04e5defa017:0000000000a2"
 
 
-class Collect:
+class Collect(CollectSink[BleSighting]):
     def __init__(self) -> None:
-        self.seen: list[BleSighting] = []
-        self.rejects: list[str] = []
-        self.states: list[tuple[ReaderState, str]] = []
-        self.lock = threading.Lock()
-
-    def reading(self, r: Reading) -> None:
-        assert isinstance(r, BleSighting)
-        with self.lock:
-            self.seen.append(r)
-
-    def reject(self, reader: str, reason: str) -> None:
-        with self.lock:
-            self.rejects.append(reason)
-
-    def state(self, reader: str, state: ReaderState, detail: str = "") -> None:
-        with self.lock:
-            self.states.append((state, detail))
-
-    def last(self) -> tuple[ReaderState, str]:
-        with self.lock:
-            return self.states[-1] if self.states else (ReaderState.STARTING, "")
+        super().__init__(BleSighting)
+        self.seen = self.items
 
     def tags(self) -> set[str]:
         with self.lock:
@@ -53,7 +34,6 @@ class Collect:
     def count(self) -> int:
         with self.lock:
             return len(self.seen)
-
 
 Rig = tuple[BleSim, BleDriver, Collect]
 

@@ -16,40 +16,20 @@ from firmware_sim.gps import GpsSim, Track, Waypoint, offset, sentence
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
-from gateway.model import GpsFix, ReaderState, Reading
-from harness import wait_until
+from gateway.model import GpsFix, ReaderState
+from harness import CollectSink, wait_until
 
 HOME = (37.5665, 126.9780)
 
 
-class Collect:
+class Collect(CollectSink[GpsFix]):
     def __init__(self) -> None:
-        self.fixes: list[GpsFix] = []
-        self.rejects: list[str] = []
-        self.states: list[tuple[ReaderState, str]] = []
-        self.lock = threading.Lock()
-
-    def reading(self, r: Reading) -> None:
-        assert isinstance(r, GpsFix)
-        with self.lock:
-            self.fixes.append(r)
-
-    def reject(self, reader: str, reason: str) -> None:
-        with self.lock:
-            self.rejects.append(reason)
-
-    def state(self, reader: str, state: ReaderState, detail: str = "") -> None:
-        with self.lock:
-            self.states.append((state, detail))
-
-    def last_state(self) -> ReaderState | None:
-        with self.lock:
-            return self.states[-1][0] if self.states else None
+        super().__init__(GpsFix)
+        self.fixes = self.items
 
     def good(self) -> list[GpsFix]:
         with self.lock:
             return [f for f in self.fixes if f.lat is not None and f.time_trusted]
-
 
 Rig = tuple[VirtualSerial, GpsSim, Collect]
 

@@ -18,45 +18,21 @@ from firmware_sim.vserial import VirtualSerial
 from gateway import config as configmod
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
-from gateway.model import ReaderState, Reading, TagRead
-from harness import wait_until
+from gateway.model import ReaderState, TagRead
+from harness import CollectSink, wait_until
 
 EPC_A = "E2000017221101441890ABCD"
 EPC_B = "3034257BF7194E4000000001"
 
 
-class Collect:
+class Collect(CollectSink[TagRead]):
     def __init__(self) -> None:
-        self.reads: list[TagRead] = []
-        self.rejects: list[str] = []
-        self.states: list[tuple[ReaderState, str]] = []
-        self.lock = threading.Lock()
-
-    def reading(self, r: Reading) -> None:
-        assert isinstance(r, TagRead)
-        with self.lock:
-            self.reads.append(r)
-
-    def reject(self, reader: str, reason: str) -> None:
-        with self.lock:
-            self.rejects.append(reason)
-
-    def state(self, reader: str, state: ReaderState, detail: str = "") -> None:
-        with self.lock:
-            self.states.append((state, detail))
-
-    def last_state(self) -> ReaderState | None:
-        with self.lock:
-            return self.states[-1][0] if self.states else None
-
-    def count(self, state: ReaderState) -> int:
-        with self.lock:
-            return sum(1 for s, _ in self.states if s == state)
+        super().__init__(TagRead)
+        self.reads = self.items
 
     def epcs(self, antenna: int | None = None) -> set[str]:
         with self.lock:
             return {r.tag for r in self.reads if antenna is None or r.antenna == antenna}
-
 
 Rig = tuple[VirtualSerial, UhfR2000Sim, Collect]
 
@@ -76,7 +52,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
     t.start()
     try:
-        wait_until(lambda: sink.count(ReaderState.ONLINE) >= 1, 10, "driver online")
+        wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
         yield port, sim, sink
     finally:
         stop.set()
@@ -191,9 +167,9 @@ def test_not_online_until_the_reader_answers(tmp_path: Path) -> None:
     t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
     t.start()
     try:
-        wait_until(lambda: sink.count(ReaderState.DEGRADED) >= 1, 10, "degraded: no reply")
-        assert sink.count(ReaderState.ONLINE) == 0
-        assert sink.count(ReaderState.STARTING) >= 1
+        wait_until(lambda: sink.state_count(ReaderState.DEGRADED) >= 1, 10, "degraded: no reply")
+        assert sink.state_count(ReaderState.ONLINE) == 0
+        assert sink.state_count(ReaderState.STARTING) >= 1
     finally:
         stop.set()
         t.join(5)

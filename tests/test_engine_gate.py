@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from gateway.model import TagRead
-from scenarios import T0, child_tags, engine_of, gate_scenario, raw_config, reader, run
+from gateway.model import Event, TagRead
+from scenarios import T0, Passage, child_tags, engine_of, gate_scenario, raw_config, reader, run
 
 UHF = [reader("uhf-gate", "gate", antenna_roles={"1": "outer", "2": "inner"})]
 PAIR = [reader("gate-out", "gate_outer"), reader("gate-in", "gate_inner")]
 
 
-def score(truth, events):  # type: ignore[no-untyped-def]
+def score(truth: list[Passage], events: list[Event]) -> tuple[int, int, int]:
     """(correct, total truth, extra events): a passage is correct when exactly one gate
     event of the child falls within it and has the true direction."""
-    by: dict[str, list] = {}
+    by: dict[str, list[Event]] = {}
     for e in events:
-        by.setdefault(e.child, []).append(e)
+        by.setdefault(e.child or "", []).append(e)
     correct = 0
     for p in truth:
         m = [e for e in by.get(p.child, []) if p.start - 0.5 <= e.time <= p.end + 0.5]
@@ -25,7 +27,7 @@ def score(truth, events):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("readers,two", [(UHF, False), (PAIR, True)], ids=["antennas", "readers"])
-def test_direction_accuracy(readers, two) -> None:  # type: ignore[no-untyped-def]
+def test_direction_accuracy(readers: list[dict[str, Any]], two: bool) -> None:
     tags = child_tags(250)
     eng = engine_of(raw_config(readers, tags, engine={"timezone": "Asia/Seoul"}))
     reads, truth = gate_scenario(11, tags, 4, two_readers=two, p_read=0.4, p_cross=0.03)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.model import GpsFix
 from scenarios import SCHOOL, T0, bus_track, engine_of, parked_on_boundary, raw_config, reader
 
@@ -40,7 +42,7 @@ def test_bad_fixes_and_reanchoring() -> None:
     eng = engine_of(raw_config(READERS, [], geofences=[FENCE]))
     st = eng.initial_state()
 
-    def fix(t: float, north: float, **kw) -> GpsFix:  # type: ignore[no-untyped-def]
+    def fix(t: float, north: float, **kw: Any) -> GpsFix:
         from scenarios import offset
 
         lat, lon = offset(*SCHOOL, north, 0.0)

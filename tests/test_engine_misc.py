@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_engine_gate import UHF
 
 from gateway.config import ConfigInvalid, parse
 from gateway.engine import end_roll_call, locate, start_roll_call, state_from_dict, state_to_dict
-from gateway.model import BleSighting, GpsFix, Lane, TagRead
+from gateway.model import BleSighting, GpsFix, Lane, Reading, TagRead
 from gateway.replay import Recorder, main_locate, main_replay, read_items
 from scenarios import (
     SCHOOL,
@@ -31,7 +32,8 @@ CAMS = [{"id": "cam-near", "lat": SCHOOL[0], "lon": SCHOOL[1] + 0.0005},  # ~44 
         {"id": "cam-far", "lat": SCHOOL[0] + 0.01, "lon": SCHOOL[1]}]
 
 
-def full_raw(tags, zone=None, **engine):  # type: ignore[no-untyped-def]
+def full_raw(tags: list[dict[str, Any]], zone: dict[str, Any] | None = None,
+             **engine: Any) -> dict[str, Any]:
     return raw_config(READERS, tags, zones=[{**ZONE_SECTION, **(zone or {})}], cameras=CAMS,
                       engine={"position": [SCHOOL[0], SCHOOL[1]], "camera_radius_m": 100.0,
                               **engine},
@@ -80,8 +82,8 @@ def test_locate_and_roll_call() -> None:
     tags = child_tags(3, groups=["class-1"])
     eng = engine_of(full_raw(tags, zone={"stay_groups": ["class-1"]}))
     st = eng.initial_state()
-    reads = [BleSighting("ble-yard", tags[i]["id"], T0 + k, -62) for k in range(40)
-             for i in range(2)]
+    reads: list[Reading] = [BleSighting("ble-yard", tags[i]["id"], T0 + k, -62)
+                            for k in range(40) for i in range(2)]
     reads.append(TagRead("uhf-gate", tags[2]["id"], T0 + 5, rssi=-58.0, antenna=1))
     st, _ = run(eng, reads, state=st)
     a = locate(st, eng.cfg, "c-0001")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from gateway.engine import state_from_dict, state_to_dict
+from gateway.engine import Engine, state_from_dict, state_to_dict
 from gateway.model import BleSighting
 from gateway.replay import Control, Replayer, event_line
 from scenarios import (
@@ -24,7 +25,7 @@ READERS = [reader("ble-yard", "zone")]
 WINDOW_S = 15.0  # [engine] rssi_window_s default
 
 
-def yard_engine(tags, **zone):  # type: ignore[no-untyped-def]
+def yard_engine(tags: list[dict[str, Any]], **zone: Any) -> Engine:
     return engine_of(raw_config(READERS, tags, zones=[{**ZONE_SECTION, **zone}],
                                 engine={"timezone": "Asia/Seoul"}))
 

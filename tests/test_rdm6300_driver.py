@@ -15,34 +15,18 @@ from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
-from gateway.model import ReaderState, Reading, TagRead
-from harness import wait_until
+from gateway.model import ReaderState, TagRead
+from harness import CollectSink, wait_until
 
 
-class Collect:
+class Collect(CollectSink[TagRead]):
     def __init__(self) -> None:
-        self.reads: list[TagRead] = []
-        self.rejects: list[str] = []
-        self.states: list[ReaderState] = []
-        self.lock = threading.Lock()
-
-    def reading(self, r: Reading) -> None:
-        assert isinstance(r, TagRead)
-        with self.lock:
-            self.reads.append(r)
-
-    def reject(self, reader: str, reason: str) -> None:
-        with self.lock:
-            self.rejects.append(reason)
-
-    def state(self, reader: str, state: ReaderState, detail: str = "") -> None:
-        with self.lock:
-            self.states.append(state)
+        super().__init__(TagRead)
+        self.reads = self.items
 
     def tags(self) -> list[str]:
         with self.lock:
             return [r.tag for r in self.reads]
-
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[tuple[VirtualSerial, Rdm6300Sim, Collect]]:
@@ -55,7 +39,7 @@ def rig(tmp_path: Path) -> Iterator[tuple[VirtualSerial, Rdm6300Sim, Collect]]:
     stop = threading.Event()
     t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
     t.start()
-    wait_until(lambda: ReaderState.ONLINE in sink.states, 10, "driver online")
+    wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
     time.sleep(0.2)  # pyserial flushes input on open
     try:
         yield port, Rdm6300Sim(port), sink
@@ -91,10 +75,10 @@ def test_unplug_and_replug_reconnects(rig: tuple[VirtualSerial, Rdm6300Sim, Coll
     sim.present("62E3086CED", hold_s=0.0)
     wait_until(lambda: len(sink.tags()) == 1, 10, "first read")
     port.unplug()
-    wait_until(lambda: ReaderState.OFFLINE in sink.states, 10, "driver notices the unplug")
+    wait_until(lambda: sink.state_count(ReaderState.OFFLINE) >= 1, 10, "driver notices the unplug")
     time.sleep(0.5)  # a few failed re-opens with back-off
     port.plug()
-    wait_until(lambda: sink.states.count(ReaderState.ONLINE) >= 2, 10, "driver reconnects")
+    wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 2, 10, "driver reconnects")
     time.sleep(0.2)
     sim.present("01000734E0", hold_s=0.0)
     wait_until(lambda: len(sink.tags()) == 2, 10, "read after replug")
