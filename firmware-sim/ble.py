@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.codecs import ble as blecodec
+from firmware_sim.worker import Worker
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -243,7 +244,9 @@ class SimTag:
         return f"eddystone:{self.namespace.lower()}:{self.instance.lower()}"
 
 
-class BleSim:
+class BleSim(Worker):
+    thread_name = "ble-sim"
+
     """A scanner's world: an adapter, tags that advertise, and the faults."""
 
     def __init__(self, mock: BluezMock, adapter: str = "hci0", *, drop_rate: float = 0.1,
@@ -262,8 +265,7 @@ class BleSim:
         self._seen_power_off = False
         self.sent = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -337,17 +339,6 @@ class BleSim:
         return {}, blecodec.encode_eddystone_uid(t.namespace, t.instance)
 
     # -- the emitter -------------------------------------------------------------------------
-
-    def start(self) -> BleSim:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="ble-sim", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
 
     def _run(self) -> None:
         last_stall_check = 0.0

@@ -16,13 +16,13 @@ import datetime as dt
 import itertools
 import math
 import random
-import threading
 import time
 from dataclasses import dataclass
 from functools import reduce
 from operator import xor
 
 from firmware_sim.vserial import VirtualSerial
+from firmware_sim.worker import Worker
 
 EARTH_R = 6371008.8
 WEEK_ROLLOVER = dt.timedelta(weeks=1024)
@@ -112,7 +112,9 @@ def _lon(v: float) -> tuple[str, str]:
     return f"{int(a):03d}{(a - int(a)) * 60:07.4f}", "E" if v >= 0 else "W"
 
 
-class GpsSim:
+class GpsSim(Worker):
+    thread_name = "gps-sim"
+
     def __init__(self, port: VirtualSerial, track: Track, *, rate_hz: float = 1.0,
                  talker: str = "GP", jitter_m: float = 3.0, checksum_error_rate: float = 0.0,
                  satellites: int = 9, hdop: float = 0.9, seed: int = 1) -> None:
@@ -132,8 +134,7 @@ class GpsSim:
         self.time_offset = dt.timedelta(0)  # WEEK_ROLLOVER * -1: the rollover bug
         self.epochs = 0
         self.t0 = time.monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def week_rollover(self, on: bool = True) -> None:
         self.time_offset = -WEEK_ROLLOVER if on else dt.timedelta(0)
@@ -179,17 +180,8 @@ class GpsSim:
         self.port.write(data)
         time.sleep(len(data) * BYTE_S)  # 9600 baud, as most modules ship
 
-    def start(self) -> GpsSim:
-        self._stop.clear()
-        self.t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="gps-sim", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+    def _on_start(self) -> None:
+        self.t0 = time.monotonic()  # the track starts when the device does
 
     def _run(self) -> None:
         period = 1.0 / self.rate_hz

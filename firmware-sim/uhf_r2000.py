@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from drivers.codecs import Reject
 from drivers.codecs import uhf_r2000 as r2k
 from firmware_sim.vserial import VirtualSerial
+from firmware_sim.worker import Worker
 
 BAUD = 115200
 BYTE_S = 10 / BAUD
@@ -39,7 +40,9 @@ class _InField:
     until: float | None  # monotonic time it leaves the field, None = stays
 
 
-class UhfR2000Sim:
+class UhfR2000Sim(Worker):
+    thread_name = "uhf-sim"
+
     def __init__(self, port: VirtualSerial, *, antennas: int = 4, miss_rate: float = 0.1,
                  rssi_jitter_db: float = 2.0, round_s: float = 0.03, address: int = 1,
                  seed: int = 1) -> None:
@@ -59,8 +62,7 @@ class UhfR2000Sim:
         self.tags_sent = 0
         self._lock = threading.Lock()
         self._buf = bytearray()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     # -- the tags' world ---------------------------------------------------------------------
 
@@ -102,22 +104,11 @@ class UhfR2000Sim:
 
     # -- the reader's side of the protocol ---------------------------------------------------
 
-    def start(self) -> UhfR2000Sim:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name="uhf-sim", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
     def _sleep(self, s: float, stop: threading.Event | None) -> None:
         if s > 0:
             (stop or self._stop).wait(s)
 
-    def _serve(self) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
             data = self.port.read()
             if not data:
