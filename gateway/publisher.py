@@ -28,6 +28,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -93,6 +94,8 @@ class Publisher:
         self._lost = threading.Event()
         self._connack: tuple[bool, str] | None = None
         self.connected_protocol = ""
+        self.connected_protocol_try = ""
+        self._paho_error = ""
         self.sent = 0
         self.acked = 0
         self.refused = 0
@@ -129,9 +132,7 @@ class Publisher:
                     return self._connect(use_v5)
                 except ConnectFailed as e:
                     if b.protocol == "auto" and e.reached_broker:
-                        use_v5 = not use_v5
-                        log.info("broker refused MQTT %s; trying MQTT %s",
-                                 "3.1.1" if use_v5 else "5", "5" if use_v5 else "3.1.1")
+                        use_v5 = not use_v5  # the next attempt tries the other version
                     raise
 
             try:
@@ -177,12 +178,15 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_log = self._on_paho_log
         return client
 
     def _connect(self, v5: bool) -> mqtt.Client:
         b = self.cfg.broker
+        self.connected_protocol_try = "5" if v5 else "3.1.1"
         client = self._new_client(v5)
         self._connack = None
+        self._paho_error = ""
         self._lost.clear()
         try:
             if v5:
@@ -195,7 +199,11 @@ class Publisher:
         except (OSError, ValueError) as e:
             # A TLS handshake the broker rejects also fails here, after the TCP connect.
             reached = not isinstance(e, ConnectionRefusedError | TimeoutError | socket.gaierror)
-            raise ConnectFailed(f"connect to {b.host}:{b.port} failed: {e}", reached) from e
+            msg = f"connect to {b.host}:{b.port} failed: {e}"
+            if isinstance(e, ssl.SSLCertVerificationError) and b.tls is not None:
+                msg += (f"; the broker's certificate is not signed by ca_file ({b.tls.ca_file}), "
+                        "or its name does not match the host")
+            raise ConnectFailed(msg, reached) from e
         try:
             self._pump(client, lambda: self._connack is not None, self.connack_timeout_s)
         except Exception as e:  # paho choking on a reply it cannot parse (an older protocol)
@@ -205,13 +213,35 @@ class Publisher:
         if self._connack is None:
             with contextlib.suppress(Exception):
                 client.disconnect()
-            raise ConnectFailed("no CONNACK (TLS handshake refused, or broker hung)")
+            raise ConnectFailed(self._explain("no answer to CONNECT in "
+                                              f"{self.connack_timeout_s:g} s"))
         ok, why = self._connack
         if not ok:
-            raise ConnectFailed(f"broker refused the connection: {why}")
+            raise ConnectFailed(self._explain(f"broker refused the connection: {why}"))
         self.connects += 1
         self.connected_protocol = "5" if v5 else "3.1.1"
         return client
+
+    def _on_paho_log(self, client: mqtt.Client, userdata: Any, level: int, msg: str) -> None:
+        # paho reports the socket's real error (an SSL alert naming the problem) only here.
+        if level == mqtt.MQTT_LOG_ERR:
+            self._paho_error = msg
+
+    def _explain(self, what: str) -> str:
+        """A refusal in words a technician can act on."""
+        v = "MQTT 5" if self.connected_protocol_try == "5" else "MQTT 3.1.1"
+        parts = [f"{v}: {what}"]
+        if self._paho_error:
+            parts.append(self._paho_error)
+        tls = self.cfg.broker.tls
+        if tls is not None and ("SSL" in self._paho_error or "before CONNACK" in what):
+            parts.append("check that the broker's CA signed the client certificate "
+                         f"({tls.cert_file}), that it has not expired, and that ca_file "
+                         f"({tls.ca_file}) is the CA of the broker's own certificate"
+                         if tls.cert_file else
+                         f"check ca_file ({tls.ca_file}); the broker may require a "
+                         "client certificate (cert_file, key_file)")
+        return "; ".join(parts)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any = None) -> None:

@@ -42,7 +42,7 @@ def test_auto_falls_back_to_311_on_a_broker_without_mqtt5(tmp_path: Path,
         sub.stop()
         proxy.stop()
     assert proxy.refused_v5 >= 1 and proxy.forwarded >= 1
-    assert "trying MQTT 3.1.1" in log and "connected (MQTT 3.1.1)" in log
+    assert "MQTT 5: broker refused the connection" in log and "connected (MQTT 3.1.1)" in log
     assert sub.on("/birth")[0]["mqtt"] == "3.1.1"
     assert "Traceback" not in log
 

@@ -150,9 +150,30 @@ def test_gateway_with_a_rogue_certificate_keeps_retrying_without_crashing(
     gw = GatewayProcess(cfg, tmp_path / "gw.log").start()
     try:
         gw.wait_log("retrying with back-off, attempt 1")
-        assert "connected (MQTT" not in gw.log_text()
+        text = gw.log_text()
+        assert "connected (MQTT" not in text
+        # The log says what is wrong in words a technician can act on.
+        assert "check that the broker's CA signed the client certificate" in text, text
         assert gw.proc is not None and gw.proc.poll() is None  # still running, still trying
         assert "Traceback" not in gw.log_text()
+    finally:
+        gw.stop()
+
+
+def test_wrong_ca_file_is_named_in_the_log(tmp_path: Path, pki: Pki,
+                                           tls_broker: LocalBroker) -> None:
+    cfg = write_config(
+        tmp_path / "gw.toml", broker_port=tls_broker.port, buffer=tmp_path / "b.db",
+        readers=[], tags=[], unit=UNIT, broker_extra={
+            "reconnect_max_s": 0.5,
+            "tls": {"ca_file": str(pki.rogue_ca.cert), "cert_file": str(pki.unit[0]),
+                    "key_file": str(pki.unit[1])}})
+    gw = GatewayProcess(cfg, tmp_path / "gw.log").start()
+    try:
+        gw.wait_log("retrying with back-off, attempt 1")
+        text = gw.log_text()
+        assert "CERTIFICATE_VERIFY_FAILED" in text
+        assert f"not signed by ca_file ({pki.rogue_ca.cert})" in text
     finally:
         gw.stop()
 
