@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.codecs import ble as blecodec
+from firmware_sim import procs
 from firmware_sim.worker import Worker
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -111,13 +112,7 @@ class PrivateSystemBus:
         return {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.address}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.end(self.proc, timeout=5)
         self.proc = None
 
 
@@ -152,13 +147,7 @@ class BluezMock:
             with contextlib.suppress(Exception):
                 self.conn.close()
             self.conn = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.end(self.proc, timeout=5)
         self.proc = None
 
     def _obj(self, path: str) -> Any:

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from firmware_sim import procs
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -92,17 +94,7 @@ class LocalBroker:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """SIGTERM lets mosquitto save its persistence file; SIGKILL models a crash."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGCONT)
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        procs.end(self.proc, sig, timeout)
         self.proc = None
 
     def restart(self, sig: int = signal.SIGTERM) -> None:

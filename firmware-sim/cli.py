@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from firmware_sim import procs
 from firmware_sim import scenario as scen
 from firmware_sim.rdm6300 import Rdm6300Sim
+from firmware_sim.tomlwrite import toml_value
 from firmware_sim.vserial import VirtualSerial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,11 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        gw.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            gw.wait(10)
-        if gw.poll() is None:
-            gw.kill()
+        procs.end(gw)
         sub.loop_stop()
         port.close()
         broker.stop()
@@ -182,20 +180,6 @@ class _Running:
         self.sim = sim
         self.port = port
         self.reader = reader
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {v!r} as TOML")
 
 
 def _ble_tags(settings: dict[str, Any]) -> list[Any]:
@@ -412,7 +396,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for r in running:
             print("[[readers]]")
             for k, v in r.reader.items():
-                print(f"{k} = {_toml(v)}")
+                print(f"{k} = {toml_value(v)}")
             print(flush=True)
         try:
             if args.start_delay > 0:

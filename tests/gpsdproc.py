@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim import procs
 from firmware_sim.broker import free_port
 
 
@@ -60,11 +61,5 @@ class Gpsd:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.end(self.proc, sig)
         self.proc = None

@@ -24,6 +24,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import contract
+from firmware_sim import procs
+from firmware_sim.tomlwrite import toml_value
 from gateway.model import ReaderState, Reading
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,20 +76,6 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str = "condition"
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(v)
 
 
 def write_config(path: Path, *, broker_port: int, buffer: Path, readers: list[dict[str, Any]],
@@ -147,15 +135,7 @@ class GatewayProcess:
         wait_until(lambda: text in self.log_text(), timeout, f"{text!r} in gateway log")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGCONT)
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        procs.end(self.proc, sig, timeout=15)
 
     def stop(self) -> int | None:
         self.kill(signal.SIGTERM)
