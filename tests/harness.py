@@ -190,9 +190,11 @@ class Subscriber:
         return self
 
     def stop(self) -> None:
+        """Disconnect; fails the test if anything received broke its JSON Schema."""
         self.client.loop_stop()
         with contextlib.suppress(Exception):
             self.client.disconnect()
+        assert not self.violations, f"messages not matching docs/schemas: {self.violations[:5]}"
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
