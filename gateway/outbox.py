@@ -30,7 +30,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from peewee import BlobField, FloatField, IntegerField, Model, SqliteDatabase, TextField
+from peewee import (
+    BlobField,
+    FloatField,
+    IntegerField,
+    Model,
+    PeeweeException,
+    SqliteDatabase,
+    TextField,
+)
 from playhouse.sqlite_ext import AutoIncrementField
 
 from gateway.model import Event, Lane
@@ -117,6 +125,10 @@ class KvRow(_Base):
         table_name = "kv"
 
 
+class BufferWriteError(Exception):
+    """The buffer could not be written (disk full, card failing); nothing was committed."""
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     seq: int
@@ -170,15 +182,25 @@ class Outbox:
         if not events and state is None:
             return []
         now = time.time() if now is None else now
-        with self.db.atomic("IMMEDIATE"):
-            if state is not None:
-                KvRow.replace(key=state[0], value=state[1]).execute()
-            if not events:
-                return []
-            out = self._insert(events, now)
-            notices = self._enforce_cap(now)
-            if notices:
-                self._insert(notices, now)
+        try:
+            with self.db.atomic("IMMEDIATE"):
+                if state is not None:
+                    KvRow.replace(key=state[0], value=state[1]).execute()
+                if not events:
+                    return []
+                out = self._insert(events, now)
+                notices = self._enforce_cap(now)
+                if notices:
+                    self._insert(notices, now)
+        except PeeweeException as e:
+            # On SQLITE_FULL SQLite has rolled back already and peewee's own rollback then
+            # fails with "no transaction is active": report the cause, not the echo.
+            cause: BaseException = e
+            while cause.__context__ is not None and "no transaction is active" in str(cause):
+                cause = cause.__context__
+            with self._lock:
+                self._count = OutboxRow.select().count()  # nothing of this commit is in
+            raise BufferWriteError(f"{cause}") from cause
         return out
 
     def _insert(self, events: Sequence[Event], now: float) -> list[Stored]:

@@ -28,12 +28,14 @@ from gateway.engine import (
     state_to_dict,
 )
 from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagRead
-from gateway.outbox import Outbox
+from gateway.outbox import BufferWriteError, Outbox
 
 log = logging.getLogger("gateway.pipeline")
 
 BATCH = 512
 TICK_S = 0.5
+QUEUE_MAX = 50_000  # readings waiting for the pipeline; beyond it they are counted and dropped
+PENDING_MAX = 100_000  # decided events waiting for a buffer that cannot be written
 STATE_KEY = "engine"
 STATE_SAVE_S = 1.0  # engine state goes to disk with the events, at most this often
 
@@ -57,7 +59,9 @@ class Pipeline:
         self.enrolled = frozenset(cfg.tag_map())
         self.engine_state: EngineState = self._restore()
         self._state_saved = clock.monotonic()
-        self._q: queue.SimpleQueue[Reading] = queue.SimpleQueue()
+        self._q: queue.Queue[Reading] = queue.Queue(QUEUE_MAX)
+        self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
+        self._failing = False  # the last commit failed
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
@@ -96,7 +100,11 @@ class Pipeline:
     # -- Sink: called from driver threads ----------------------------------------------------
 
     def reading(self, reading: Reading) -> None:
-        self._q.put(reading)
+        try:
+            self._q.put_nowait(reading)
+        except queue.Full:  # the pipeline is stuck (a dead disk): never block a reader
+            with self._lock:
+                self.counters["readings_dropped_queue_full"] += 1
 
     def reject(self, reader: str, reason: str) -> None:
         with self._lock:
@@ -151,6 +159,15 @@ class Pipeline:
         return events
 
     def commit(self, events: list[Event], final: bool = False) -> None:
+        """Commit decided events (and now and then the engine state) in one transaction.
+
+        If the buffer cannot be written (disk full, card failing) the events stay in
+        memory, are retried with the next commit, and the failure is logged; past
+        PENDING_MAX the oldest non-emergency ones are dropped and counted.
+        """
+        if self._pending:
+            events = self._pending + events
+            self._pending = []
         save = final or self.clock.monotonic() - self._state_saved >= STATE_SAVE_S
         if not events and not save:
             return
@@ -158,8 +175,16 @@ class Pipeline:
         if save:
             state = (STATE_KEY, json.dumps(state_to_dict(self.engine_state),
                                            separators=(",", ":")).encode())
+        try:
+            stored = self.outbox.add(events, now=self.clock.now(), state=state)
+        except BufferWriteError as e:
+            self._hold(events, e)
+            return
+        if state is not None:
             self._state_saved = self.clock.monotonic()
-        stored = self.outbox.add(events, now=self.clock.now(), state=state)
+        if self._failing:
+            log.warning("buffer writable again; %d held events committed", len(events))
+            self._failing = False
         if not stored:
             return
         self.counters["events"] += len(stored)
@@ -169,6 +194,21 @@ class Pipeline:
                     "event %s seq=%d child=%s reader=%s lane=%s", ev.kind, s.seq,
                     ev.child or "-", ev.reader or "-", Lane(ev.lane).name.lower())
         self.on_committed()
+
+    def _hold(self, events: list[Event], error: Exception) -> None:
+        self.counters["buffer_write_failures"] += 1
+        if not self._failing:
+            log.error("cannot write the buffer (%s); holding %d events in memory and retrying",
+                      error, len(events))
+            self._failing = True
+        if len(events) > PENDING_MAX:
+            keep = [e for e in events if e.lane == Lane.EMERGENCY]
+            rest = [e for e in events if e.lane != Lane.EMERGENCY]
+            drop = len(events) - PENDING_MAX
+            self.counters["events_dropped_buffer_failed"] += min(drop, len(rest))
+            events = keep + rest[min(drop, len(rest)):]
+            events.sort(key=lambda e: e.time)
+        self._pending = events
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
