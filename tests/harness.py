@@ -146,9 +146,10 @@ class Subscriber:
     """The backend's view: a paho client collecting what the unit publishes."""
 
     def __init__(self, port: int, topic: str = "kidsafe/v1/#", client_id: str = "backend-test",
-                 persistent: bool = False, **tls: Any) -> None:
+                 persistent: bool = False, check_schemas: bool = True, **tls: Any) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.violations: list[str] = []  # every message is checked against docs/schemas
+        self.check_schemas = check_schemas  # off only for tests that publish probes themselves
         self.lock = threading.Lock()
         self.topic = topic
         self.connected = threading.Event()
@@ -194,7 +195,8 @@ class Subscriber:
         self.client.loop_stop()
         with contextlib.suppress(Exception):
             self.client.disconnect()
-        assert not self.violations, f"messages not matching docs/schemas: {self.violations[:5]}"
+        if self.check_schemas:
+            assert not self.violations, f"messages not matching docs/schemas: {self.violations[:5]}"
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
