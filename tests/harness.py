@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -30,6 +30,20 @@ from gateway.model import ReaderState, Reading
 
 REPO = Path(__file__).resolve().parents[1]
 R = TypeVar("R", bound=Reading)
+
+
+@contextlib.contextmanager
+def driver_running(driver: Any) -> Iterator[threading.Event]:
+    """Run a driver on its own thread, as the daemon does; stop it and check it stopped."""
+    stop = threading.Event()
+    t = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        t.join(5)
+    assert not t.is_alive(), "the driver did not stop within 5 s"
 
 
 class CollectSink(Generic[R]):

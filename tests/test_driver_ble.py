@@ -4,7 +4,6 @@ adapter disappearing and coming back, and the silent-scan watchdog."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from firmware_sim.ble import BleSim, SimTag
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
 from gateway.model import BleSighting, ReaderState
-from harness import CollectSink, wait_until
+from harness import CollectSink, driver_running, wait_until
 
 IBEACON_ID = f"ibeacon:{TAG_UUID}:10:1"
 EDDY_ID = "eddystone:edd1ebeac04e5defa017:0000000000a2"
@@ -55,17 +54,10 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
                                     "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
         assert BleDriver.check_options(cfg) == []
         drv = BleDriver(cfg, sink, SystemClock())
-        stop = threading.Event()
-        t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
-        t.start()
-        try:
+        with driver_running(drv):
             wait_until(lambda: sink.last()[0] == ReaderState.ONLINE, 10, "scanning")
             sim.start()
             yield sim, drv, sink
-        finally:
-            stop.set()
-            t.join(5)
-        assert not t.is_alive()
 
 
 def test_ibeacon_eddystone_tlm_and_other_adverts(rig: Rig) -> None:

@@ -4,7 +4,6 @@ fixes, checksum errors, split sentences, a week-rollover date, no fix, unplug.""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
 from gateway.model import GpsFix, ReaderState
-from harness import CollectSink, wait_until
+from harness import CollectSink, driver_running, wait_until
 
 HOME = (37.5665, 126.9780)
 
@@ -47,20 +46,15 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
                                 "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
     assert GpsNmeaDriver.check_options(cfg) == []
     drv = GpsNmeaDriver(cfg, sink, SystemClock())
-    stop = threading.Event()
-    t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
-    t.start()
     try:
-        wait_until(lambda: any(s == ReaderState.ONLINE for s, _ in sink.states), 10, "online")
-        time.sleep(0.2)  # pyserial flushes input on open
-        sim.start()
-        yield port, sim, sink
+        with driver_running(drv):
+            wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "online")
+            time.sleep(0.2)  # pyserial flushes input on open
+            sim.start()
+            yield port, sim, sink
     finally:
-        stop.set()
-        t.join(5)
         sim.stop()
         port.close()
-    assert not t.is_alive()
 
 
 def test_fixes_with_position_speed_and_trusted_time(rig: Rig) -> None:

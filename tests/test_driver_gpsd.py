@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_driver_gps import Collect
 
 from drivers.gpsd import GpsdDriver
 from firmware_sim.broker import free_port
@@ -18,21 +19,12 @@ from firmware_sim.gps import GpsSim, Track, Waypoint
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
-from gateway.model import GpsFix, ReaderState
+from gateway.model import ReaderState
 from gpsdproc import Gpsd, require_gpsd
-from harness import CollectSink, wait_until
+from harness import wait_until
 
 HOME = (37.5665, 126.9780)
 
-
-class Collect(CollectSink[GpsFix]):
-    def __init__(self) -> None:
-        super().__init__(GpsFix)
-        self.fixes = self.items
-
-    def good(self) -> list[GpsFix]:
-        with self.lock:
-            return [f for f in self.fixes if f.lat is not None and f.time_trusted]
 
 def start_driver(port: int, sink: Collect, no_fix_s: float = 3.0) -> tuple[threading.Event,
                                                                            threading.Thread]:

@@ -4,7 +4,6 @@ reader and an unplugged adapter."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from gateway import config as configmod
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
 from gateway.model import ReaderState, TagRead
-from harness import CollectSink, wait_until
+from harness import CollectSink, driver_running, wait_until
 
 EPC_A = "E2000017221101441890ABCD"
 EPC_B = "3034257BF7194E4000000001"
@@ -48,18 +47,13 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
                                 "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
     assert UhfR2000Driver.check_options(cfg) == []
     drv = UhfR2000Driver(cfg, sink, SystemClock())
-    stop = threading.Event()
-    t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
-    t.start()
     try:
-        wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
-        yield port, sim, sink
+        with driver_running(drv):
+            wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
+            yield port, sim, sink
     finally:
-        stop.set()
-        t.join(5)
         sim.stop()
         port.close()
-    assert not t.is_alive()
 
 
 def test_reads_per_antenna_with_rssi(rig: Rig) -> None:
@@ -163,14 +157,11 @@ def test_not_online_until_the_reader_answers(tmp_path: Path) -> None:
     cfg = ReaderConfig(id="gate-uhf", kind="uhf_r2000", role="gate", port=port.path,
                        options={"reply_timeout_s": 0.2, "silence_s": 5.0})
     drv = UhfR2000Driver(cfg, sink, SystemClock())
-    stop = threading.Event()
-    t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
-    t.start()
     try:
-        wait_until(lambda: sink.state_count(ReaderState.DEGRADED) >= 1, 10, "degraded: no reply")
-        assert sink.state_count(ReaderState.ONLINE) == 0
-        assert sink.state_count(ReaderState.STARTING) >= 1
+        with driver_running(drv):
+            wait_until(lambda: sink.state_count(ReaderState.DEGRADED) >= 1, 10,
+                       "degraded: no reply")
+            assert sink.state_count(ReaderState.ONLINE) == 0
+            assert sink.state_count(ReaderState.STARTING) >= 1
     finally:
-        stop.set()
-        t.join(5)
         port.close()

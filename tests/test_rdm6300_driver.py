@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig
 from gateway.model import ReaderState, TagRead
-from harness import CollectSink, wait_until
+from harness import CollectSink, driver_running, wait_until
 
 
 class Collect(CollectSink[TagRead]):
@@ -36,18 +35,13 @@ def rig(tmp_path: Path) -> Iterator[tuple[VirtualSerial, Rdm6300Sim, Collect]]:
     cfg = ReaderConfig(id="gate-a", kind="rdm6300", role="gate", port=port.path,
                        options={"reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
     drv = Rdm6300Driver(cfg, sink, SystemClock())
-    stop = threading.Event()
-    t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
-    t.start()
-    wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
-    time.sleep(0.2)  # pyserial flushes input on open
     try:
-        yield port, Rdm6300Sim(port), sink
+        with driver_running(drv):
+            wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
+            time.sleep(0.2)  # pyserial flushes input on open
+            yield port, Rdm6300Sim(port), sink
     finally:
-        stop.set()
-        t.join(5)
         port.close()
-        assert not t.is_alive()
 
 
 def test_frames_garbage_split_and_bad_checksums(rig: tuple[VirtualSerial, Rdm6300Sim,
