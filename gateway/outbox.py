@@ -24,6 +24,7 @@ import math
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -164,7 +165,10 @@ class Outbox:
         self.db.connect(reuse_if_open=True)
         self.db.create_tables(self._models)
         self._lock = threading.Lock()
-        self._count = OutboxRow.select().count()
+        # Events per lane, kept in memory: counting a million-row table for every health
+        # message would stall the publisher for most of a second on a Pi.
+        self._lanes: Counter[int] = Counter()
+        self._recount()
         self._fast_ack_conns: set[int] = set()
         self.dropped_total = sum(d.count for d in DropRow.select())
 
@@ -198,8 +202,7 @@ class Outbox:
             cause: BaseException = e
             while cause.__context__ is not None and "no transaction is active" in str(cause):
                 cause = cause.__context__
-            with self._lock:
-                self._count = OutboxRow.select().count()  # nothing of this commit is in
+            self._recount()  # nothing of this commit is in
             raise BufferWriteError(f"{cause}") from cause
         return out
 
@@ -222,7 +225,7 @@ class Outbox:
             rows,
         )
         with self._lock:
-            self._count += len(rows)
+            self._lanes.update(r[2] for r in rows)
         return out
 
     def _payload(self, ev: Event, seq: int, uid: str, recorded: str) -> bytes:
@@ -309,31 +312,41 @@ class Outbox:
             self._delete(seqs)
 
     def _delete(self, seqs: list[int]) -> None:
-        n = 0
+        gone: Counter[int] = Counter()
         for i in range(0, len(seqs), 500):
             chunk = seqs[i:i + 500]
-            cur = self.db.execute_sql(
-                f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
-            n += cur.rowcount
+            cur = self.db.execute_sql(  # RETURNING (SQLite >= 3.35) keeps the lane counts exact
+                f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING lane",
+                chunk)
+            gone.update(lane for (lane,) in cur.fetchall())
         with self._lock:
-            self._count -= n
+            self._lanes.subtract(gone)
+
+    def _recount(self) -> None:
+        counts = Counter({lane: n for lane, n in self.db.execute_sql(
+            "SELECT lane, count(*) FROM outbox GROUP BY lane")})
+        with self._lock:
+            self._lanes = counts
+
+    @property
+    def _count(self) -> int:
+        with self._lock:
+            return sum(self._lanes.values())
 
     def last_seq(self) -> int:
         row = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         return int(row[0]) if row else 0
 
     def depth(self) -> int:
-        with self._lock:
-            return self._count
+        return self._count
 
     def depth_by_lane(self) -> dict[str, int]:
-        counts = {lane.name.lower(): 0 for lane in Lane}
-        for lane, n in self.db.execute_sql("SELECT lane, count(*) FROM outbox GROUP BY lane"):
-            counts[Lane(lane).name.lower()] = n
-        return counts
+        with self._lock:
+            return {lane.name.lower(): self._lanes[int(lane)] for lane in Lane}
 
     def oldest_created(self) -> float | None:
-        row = self.db.execute_sql("SELECT min(created) FROM outbox").fetchone()
+        # The lowest seq is the oldest event: a primary-key lookup, not a table scan.
+        row = self.db.execute_sql("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
     def drops(self, recent: int = 20) -> dict[str, Any]:
