@@ -30,6 +30,13 @@ class Driver(ABC):
         self.cfg = cfg
         self.sink = sink
         self.clock = clock
+        self._reported: tuple[ReaderState, str] | None = None
+
+    def _report(self, state: ReaderState, detail: str = "") -> None:
+        """Tell the pipeline the reader's state, once per change (watchdogs call it often)."""
+        if self._reported != (state, detail):
+            self._reported = (state, detail)
+            self.sink.state(self.cfg.id, state, detail)
 
     @classmethod
     def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -62,10 +63,13 @@ class SerialDriver(Driver):
     def on_open(self, port: serial.Serial) -> None:
         """Hook for readers that must be told to start (commands to send)."""
 
+    def watch(self, mono: float, got_data: bool) -> None:
+        """Hook called after every read, empty or not (about every read_timeout_s): watchdogs."""
+
     def run(self, stop: threading.Event) -> None:
         initial = float(self.cfg.options.get("reconnect_initial_s", 0.5))
         cap = float(self.cfg.options.get("reconnect_max_s", 30.0))
-        self.sink.state(self.cfg.id, ReaderState.STARTING, self.cfg.port)
+        self._report(ReaderState.STARTING, self.cfg.port)
         was_online = False
 
         while not stop.is_set():
@@ -79,9 +83,9 @@ class SerialDriver(Driver):
                 port.close()
                 return
             if self.online_when_open:
-                self.sink.state(self.cfg.id, ReaderState.ONLINE, self.cfg.port)
+                self._report(ReaderState.ONLINE, self.cfg.port)
             else:
-                self.sink.state(self.cfg.id, ReaderState.STARTING, self.WAITING)
+                self._report(ReaderState.STARTING, self.WAITING)
             if was_online:
                 log.info("reader %s: reconnected on %s", self.cfg.id, self.cfg.port)
             was_online = True
@@ -90,11 +94,11 @@ class SerialDriver(Driver):
                 self._read_loop(port, stop)
             except OSError as e:  # SerialException is an OSError too
                 log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, self.cfg.port, e)
-                self.sink.state(self.cfg.id, ReaderState.OFFLINE, str(e))
+                self._report(ReaderState.OFFLINE, str(e))
             finally:
                 with contextlib.suppress(OSError):
                     port.close()
-        self.sink.state(self.cfg.id, ReaderState.OFFLINE, "stopped")
+        self._report(ReaderState.OFFLINE, "stopped")
 
     def _open(self) -> serial.Serial:
         return serial.Serial(self.cfg.port, baudrate=self.cfg.baud or self.default_baud,
@@ -106,12 +110,12 @@ class SerialDriver(Driver):
         sink = self.sink
         while not stop.is_set():
             data = port.read(port.in_waiting or 1)
-            if not data:
-                continue
-            now = self.clock.now()
-            for item in decoder.feed(data):
-                if isinstance(item, Reject):
-                    sink.reject(rid, item.reason)
-                else:
-                    for r in self.readings(item, now):
-                        sink.reading(r)
+            if data:
+                now = self.clock.now()
+                for item in decoder.feed(data):
+                    if isinstance(item, Reject):
+                        sink.reject(rid, item.reason)
+                    else:
+                        for r in self.readings(item, now):
+                            sink.reading(r)
+            self.watch(time.monotonic(), bool(data))

@@ -110,14 +110,8 @@ class BleDriver(Driver):
         self._by_major_minor: dict[tuple[int, int], str] = {}
         self._last_adv = 0.0
         self._bus: MessageBus | None = None
-        self._reported: tuple[ReaderState, str] | None = None
         self.power_cycles = 0
         self.scan_restarts = 0
-
-    def _report(self, state: ReaderState, detail: str) -> None:
-        if self._reported != (state, detail):
-            self._reported = (state, detail)
-            self.sink.state(self.cfg.id, state, detail)
 
     # -- advertisements (called by bleak on our loop) ----------------------------------------
 

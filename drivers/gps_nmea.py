@@ -20,7 +20,6 @@ back-off, in :class:`SerialDriver`).
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -90,7 +89,7 @@ class GpsNmeaDriver(SerialDriver):
         self.silence_s = float(self.cfg.options.get("silence_s", 5.0))
         self.no_fix_s = float(self.cfg.options.get("no_fix_s", 30.0))
         self.gate = GpsTimeGate(self.cfg.id, self.sink)
-        self._last_fix = time.monotonic()
+        self._last_data = self._last_fix = time.monotonic()
 
     def new_decoder(self) -> _FixStream:
         return _FixStream()
@@ -103,37 +102,19 @@ class GpsNmeaDriver(SerialDriver):
                               satellites=frame.satellites, hdop=frame.hdop,
                               speed_mps=frame.speed_mps),)
 
-    def _read_loop(self, port: serial.Serial, stop: threading.Event) -> None:
-        # The streaming loop of SerialDriver plus the two watchdogs.
-        stream = self.new_decoder()
-        rid, sink = self.cfg.id, self.sink
-        reported = (ReaderState.ONLINE, self.cfg.port)
-        last_data = self._last_fix = time.monotonic()
+    def on_open(self, port: serial.Serial) -> None:
+        self._last_data = self._last_fix = time.monotonic()
 
-        def report(state: ReaderState, detail: str) -> None:
-            nonlocal reported
-            if reported != (state, detail):
-                reported = (state, detail)
-                sink.state(rid, state, detail)
-
-        while not stop.is_set():
-            data = port.read(port.in_waiting or 1)
-            mono = time.monotonic()
-            if data:
-                last_data = mono
-                now = self.clock.now()
-                for item in stream.feed(data):
-                    if isinstance(item, Reject):
-                        sink.reject(rid, item.reason)
-                    else:
-                        for r in self.readings(item, now):
-                            sink.reading(r)
-            if mono - last_data >= self.silence_s:
-                report(ReaderState.DEGRADED, f"no data from the receiver for {self.silence_s:g} s")
-            elif mono - self._last_fix >= self.no_fix_s:
-                report(ReaderState.DEGRADED, f"no position fix for {self.no_fix_s:g} s")
-            else:
-                report(ReaderState.ONLINE, self.cfg.port)
+    def watch(self, mono: float, got_data: bool) -> None:
+        if got_data:
+            self._last_data = mono
+        if mono - self._last_data >= self.silence_s:
+            self._report(ReaderState.DEGRADED,
+                         f"no data from the receiver for {self.silence_s:g} s")
+        elif mono - self._last_fix >= self.no_fix_s:
+            self._report(ReaderState.DEGRADED, f"no position fix for {self.no_fix_s:g} s")
+        else:
+            self._report(ReaderState.ONLINE, self.cfg.port)
 
 
 DRIVER = GpsNmeaDriver

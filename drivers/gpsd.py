@@ -75,13 +75,7 @@ class GpsdDriver(Driver):
         self.port = int(o.get("gpsd_port", 2947))
         self.no_fix_s = float(o.get("no_fix_s", 10.0))
         self.gate = GpsTimeGate(self.cfg.id, self.sink)
-        self._reported: tuple[ReaderState, str] | None = None
         self._sky: tuple[int | None, float | None] = (None, None)  # satellites used, hdop
-
-    def _report(self, state: ReaderState, detail: str) -> None:
-        if self._reported != (state, detail):
-            self._reported = (state, detail)
-            self.sink.state(self.cfg.id, state, detail)
 
     def run(self, stop: threading.Event) -> None:
         where = f"gpsd {self.host}:{self.port}"

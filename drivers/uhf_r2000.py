@@ -79,7 +79,6 @@ class UhfR2000Driver(SerialDriver):
         self.address = int(o.get("address", 1))
         self.reply_timeout_s = float(o.get("reply_timeout_s", 1.0))
         self.silence_s = float(o.get("silence_s", 5.0))
-        self._reported: tuple[ReaderState, str] | None = None
 
     # SerialDriver hooks (the read loop below replaces the streaming one).
     def new_decoder(self) -> r2k.Decoder:
@@ -91,15 +90,9 @@ class UhfR2000Driver(SerialDriver):
                             rssi=frame.rssi_dbm, antenna=frame.antenna),)
         return ()
 
-    def _report(self, state: ReaderState, detail: str) -> None:
-        if self._reported != (state, detail):
-            self._reported = (state, detail)
-            self.sink.state(self.cfg.id, state, detail)
-
     def _read_loop(self, port: serial.Serial, stop: threading.Event) -> None:
         decoder = self.new_decoder()
         rid, sink = self.cfg.id, self.sink
-        self._reported = (ReaderState.STARTING, self.WAITING)  # what run() just reported
         failing: dict[int, str] = {}  # antenna -> last error name
         idx = 0
         current_ant: int | None = None  # the work antenna the reader confirmed
