@@ -90,6 +90,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     from gateway.engine import EngineConfig, locate, state_from_dict
     from gateway.engine.runtime import Runtime
     from gateway.pipeline import STATE_KEY
+    from gateway.replay import print_locate
 
     cfg = _load(args.config)
     if cfg is None:
@@ -105,9 +106,8 @@ def cmd_locate(args: argparse.Namespace) -> int:
         print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
         return 1
     state = state_from_dict(json.loads(row[0]))
-    answer = locate(state, Runtime(EngineConfig.from_config(cfg)), args.who)
-    print(json.dumps(answer, sort_keys=True, ensure_ascii=False))
-    return 0 if answer.get("found") else 1
+    return print_locate(locate(state, Runtime(EngineConfig.from_config(cfg)), args.who),
+                        sys.stdout)
 
 
 def build_parser() -> argparse.ArgumentParser:

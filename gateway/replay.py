@@ -285,31 +285,36 @@ def replay(engine: Engine, readings_path: str | Path,
     return rp.state
 
 
-def main_replay(config_path: str, readings_path: str, out: TextIO) -> int:
-    """`gatewayd replay`: events as JSON lines (sorted keys), identical on every run."""
+def _replayed(verb: str, config_path: str, readings_path: str,
+              out: TextIO | None) -> tuple[Engine, EngineState] | int:
+    """Load the config and replay the file; an exit code (message on stderr) on failure."""
     try:
         engine = _engine(config_path)
-        replay(engine, readings_path, out)
+        return engine, replay(engine, readings_path, out)
     except ConfigInvalid as e:
         print(f"config invalid:\n{e}", file=sys.stderr)
         return 2
     except (ReplayError, OSError) as e:
-        print(f"replay: {e}", file=sys.stderr)
+        print(f"{verb}: {e}", file=sys.stderr)
         return 1
-    return 0
+
+
+def main_replay(config_path: str, readings_path: str, out: TextIO) -> int:
+    """`gatewayd replay`: events as JSON lines (sorted keys), identical on every run."""
+    done = _replayed("replay", config_path, readings_path, out)
+    return done if isinstance(done, int) else 0
+
+
+def print_locate(answer: dict[str, Any], out: TextIO) -> int:
+    """One JSON line; exit code 0 when found, 1 when not."""
+    out.write(json.dumps(answer, sort_keys=True, ensure_ascii=False) + "\n")
+    return 0 if answer.get("found") else 1
 
 
 def main_locate(config_path: str, readings_path: str, who: str, out: TextIO) -> int:
     """`gatewayd locate`: replay, then answer where ``who`` (child ref or tag id) was seen."""
-    try:
-        engine = _engine(config_path)
-        state = replay(engine, readings_path)
-    except ConfigInvalid as e:
-        print(f"config invalid:\n{e}", file=sys.stderr)
-        return 2
-    except (ReplayError, OSError) as e:
-        print(f"locate: {e}", file=sys.stderr)
-        return 1
-    answer = locate(state, engine.rt, who)
-    out.write(json.dumps(answer, sort_keys=True, ensure_ascii=False) + "\n")
-    return 0 if answer["found"] else 1
+    done = _replayed("locate", config_path, readings_path, None)
+    if isinstance(done, int):
+        return done
+    engine, state = done
+    return print_locate(locate(state, engine.rt, who), out)
