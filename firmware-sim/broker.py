@@ -6,14 +6,12 @@ and own the process, so callers can kill, restart, pause and resume it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from firmware_sim import procs
@@ -72,19 +70,9 @@ class LocalBroker:
     def start(self, timeout: float = 10.0) -> LocalBroker:
         conf = self.dir / "mosquitto.conf"
         conf.write_text(self.conf_text())
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the broker owns it until it exits
-        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=log, stderr=log,
-                                     start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited at start: {self.log_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
-                                                                        0.2):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log_text()[-2000:]}")
+        self.proc = procs.spawn_listening([self.exe, "-c", str(conf)], self.log_path, self.port,
+                                          "mosquitto", timeout)
+        return self
 
     def log_text(self) -> str:
         try:

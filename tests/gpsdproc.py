@@ -7,13 +7,10 @@ gpsd user and fail to open the pty later), -S keeps us off the system's 2947.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -43,20 +40,10 @@ class Gpsd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> Gpsd:
-        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
+        self.proc = procs.spawn_listening(
             [self.exe, "-N", "-n", "-s", "9600", "-f", "8N1", "-S", str(self.port), self.device],
-            stdout=out, stderr=out, start_new_session=True)
-        out.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gpsd exited at start: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
-                                                                        0.2):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"gpsd did not listen on {self.port}")
+            self.log, self.port, "gpsd", timeout)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
