@@ -118,12 +118,11 @@ def gateway_e2e(port: int, n: int, work: Path) -> float:
     return n / dt
 
 
-def fill(db: Path, n: int) -> None:
-    ob = Outbox(str(db), "bench-unit", "bench-site", max_events=10 * n)
+def fill(ob: Outbox, n: int) -> None:
+    """Commit an n-event backlog in 10,000-event transactions."""
     events = sample_events(10_000)
     for i in range(0, n, 10_000):
         ob.add(events[: min(10_000, n - i)])
-    ob.close()
 
 
 def _count(db: Path) -> int:
@@ -152,7 +151,9 @@ def drain(port: int, n: int, work: Path) -> tuple[float, float, float]:
     """(events/s, peak RSS MB, idle CPU %) of a real daemon process draining an n-event
     backlog; idle CPU is measured over the 3 s after the buffer is empty."""
     db = work / "drain.db"
-    fill(db, n)
+    ob = Outbox(str(db), "bench-unit", "bench-site", max_events=10 * n)
+    fill(ob, n)
+    ob.close()
     cfg = work / "drain.toml"
     cfg.write_text(f'[unit]\nid = "bench-unit"\nsite = "bench-site"\n[broker]\nport = {port}\n'
                    f'client_id = "bench-drain"\n[buffer]\npath = "{db}"\nmax_events = {10 * n}\n'
@@ -190,9 +191,7 @@ def sos_latency(port: int, n_backlog: int, n_sos: int, work: Path) -> tuple[floa
     """(p50, p99) ms from commit to PUBACK of emergency events during a backlog drain."""
     gw = Gateway(_config(work, port, "bench-sos"))
     gw.outbox.max_events = 10 * n_backlog
-    events = sample_events(10_000)
-    for i in range(0, n_backlog, 10_000):
-        gw.outbox.add(events[: min(10_000, n_backlog - i)])
+    fill(gw.outbox, n_backlog)
     committed: dict[int, float] = {}
     latencies: list[float] = []
 

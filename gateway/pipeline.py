@@ -29,6 +29,7 @@ from gateway.engine import (
 )
 from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagRead
 from gateway.outbox import BufferWriteError, Outbox
+from gateway.replay import Recorder
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -48,7 +49,7 @@ class Pipeline:
         outbox: Outbox,
         clock: Clock,
         on_committed: Callable[[], None] = lambda: None,
-        record: Callable[[Reading], None] | None = None,
+        record: Recorder | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -93,7 +94,7 @@ class Pipeline:
         elif running is not None:
             self.engine_state = end_roll_call(self.engine_state, None, now)
             log.warning("roll-call for alert %s ended", running.alert_id)
-        if self.record is not None and hasattr(self.record, "control") and (alert_id or running):
+        if self.record is not None and (alert_id or running):
             self.record.control("roll_call_start" if alert_id else "roll_call_end", now,
                                 alert_id or (running.alert_id if running else None))
 
