@@ -169,7 +169,7 @@ class Replayer:
     def __init__(self, engine: Engine, state: EngineState | None = None) -> None:
         self.engine = engine
         self.state = state if state is not None else engine.initial_state()
-        self.tick_s = engine.rt.s.tick_s
+        self.tick_s = engine.runtime.settings.tick_s
         self.last_tick: float | None = None
 
     def _ticks_until(self, t: float, out: list[Event]) -> None:
@@ -317,4 +317,4 @@ def main_locate(config_path: str, readings_path: str, who: str, out: TextIO) -> 
     if isinstance(done, int):
         return done
     engine, state = done
-    return print_locate(locate(state, engine.rt, who), out)
+    return print_locate(locate(state, engine.runtime, who), out)

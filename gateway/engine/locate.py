@@ -16,8 +16,9 @@ def position_dict(p: Position | None, rt: Runtime) -> dict[str, Any] | None:
     if p is not None:
         return {"lat": round(p[0], 6), "lon": round(p[1], 6), "source": "gps",
                 "fix_time": p[2]}
-    if rt.s.position is not None:
-        return {"lat": rt.s.position[0], "lon": rt.s.position[1], "source": "fixed"}
+    fixed = rt.settings.position
+    if fixed is not None:
+        return {"lat": fixed[0], "lon": fixed[1], "source": "fixed"}
     return None
 
 
@@ -30,10 +31,11 @@ def cameras_near(pos: dict[str, Any] | None, rt: Runtime) -> list[str]:
     if pos is None:
         return []
     near = []
-    for c in rt.s.cameras:
-        d = haversine_m(pos["lat"], pos["lon"], c.lat, c.lon)
-        if d <= rt.s.camera_radius_m:
-            near.append((d, c.id))
+    radius = rt.settings.camera_radius_m
+    for camera in rt.settings.cameras:
+        distance = haversine_m(pos["lat"], pos["lon"], camera.lat, camera.lon)
+        if distance <= radius:
+            near.append((distance, camera.id))
     return [cid for _, cid in sorted(near)]
 
 
@@ -41,8 +43,8 @@ def zones_of(state: EngineState, tag: str) -> list[str]:
     """Zones the tag is in now (IN, or LEAVING but not yet out)."""
     out = []
     for zid, tags in state.zones.items():
-        p = tags.get(tag)
-        if p is not None and (p.status == IN or p.status == LEAVING):
+        presence = tags.get(tag)
+        if presence is not None and (presence.status == IN or presence.status == LEAVING):
             out.append(zid)
     return sorted(out)
 
@@ -63,21 +65,21 @@ def locate(state: EngineState, cfg: EngineConfig | Runtime, who: str) -> dict[st
     else:
         return {"query": who, "found": False, "enrolled": False}
     best = None
-    for t in tags:
-        s = state.seen.get(t)
-        if s is not None and (best is None or s.time > best[1].time):
-            best = (t, s)
+    for candidate in tags:
+        sighting = state.seen.get(candidate)
+        if sighting is not None and (best is None or sighting.time > best[1].time):
+            best = (candidate, sighting)
     if best is None:
         return {"query": who, "found": False, "enrolled": True, "child": child}
-    tag, s = best
+    tag, sighting = best
     zones = zones_of(state, tag)
     return {
         "query": who, "found": True, "enrolled": True, "child": child, "tag": tag,
-        "reader": s.reader, "time": s.time,
-        "rssi": None if s.rssi is None else round(s.rssi, 1),
+        "reader": sighting.reader, "time": sighting.time,
+        "rssi": None if sighting.rssi is None else round(sighting.rssi, 1),
         "zones": zones, "zone": zones[0] if zones else None,
         "last_zone": state.last_zone.get(tag),
-        "position": position_dict(s.position, rt),
+        "position": position_dict(sighting.position, rt),
     }
 
 
@@ -97,32 +99,33 @@ def end_roll_call(state: EngineState, alert_id: str | None = None,
 
 
 def roll_call(state: EngineState, rt: Runtime, now: float, events: list[Event]) -> None:
-    rc = state.roll_call
-    if rc is None or now < rc.next_due:
+    call = state.roll_call
+    if call is None or now < call.next_due:
         return
-    rc.next_due = max(rc.next_due + rt.s.roll_call_interval_s, now)
+    call.next_due = max(call.next_due + rt.settings.roll_call_interval_s, now)
     present: dict[str, dict[str, Any]] = {}
     for zid, tags in sorted(state.zones.items()):
-        for tag, p in tags.items():
-            if p.status == IN or p.status == LEAVING:
+        for tag, presence in tags.items():
+            if presence.status == IN or presence.status == LEAVING:
                 child = rt.tags[tag].child
-                e = present.setdefault(child, {"child": child, "zones": [], "last_seen": 0.0})
-                e["zones"].append(zid)
-                e["last_seen"] = round(max(e["last_seen"], p.seen), 3)
+                entry = present.setdefault(child,
+                                           {"child": child, "zones": [], "last_seen": 0.0})
+                entry["zones"].append(zid)
+                entry["last_seen"] = round(max(entry["last_seen"], presence.seen), 3)
     expected: set[str] = set()
-    for z in rt.zones:
-        for tc in rt.tags.values():
-            if z.stay_groups.intersection(tc.groups):
-                expected.add(tc.child)
+    for zone in rt.zones:
+        for tag_config in rt.tags.values():
+            if zone.stay_groups.intersection(tag_config.groups):
+                expected.add(tag_config.child)
     missing = []
     for child in sorted(expected - present.keys()):
         seen = [state.seen[t] for t in rt.child_tags.get(child, []) if t in state.seen]
-        last = max(seen, key=lambda s: s.time) if seen else None
+        last = max(seen, key=lambda sighting: sighting.time) if seen else None
         missing.append({"child": child, "last_seen": None if last is None else last.time,
                         "last_reader": None if last is None else last.reader})
     events.append(Event(kind="roll_call", time=now, lane=Lane.EMERGENCY, reader=None, child=None,
-                        data={"alert_id": rc.alert_id, "started": rc.started,
-                              "zones": [z.s.id for z in rt.zones],
+                        data={"alert_id": call.alert_id, "started": call.started,
+                              "zones": [zone.settings.id for zone in rt.zones],
                               "present": [present[c] for c in sorted(present)],
                               "count": len(present), "missing": missing,
                               "position": unit_position(state, rt)}))
