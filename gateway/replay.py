@@ -199,11 +199,11 @@ class Replayer:
                 self.state, evs = eng.tick(self.state, item.t)
                 out.extend(evs)
             else:
-                self.state = end_roll_call(self.state, item.alert_id, item.t)
+                self.state = end_roll_call(self.state, item.alert_id)
             return out
         if not isinstance(item, GpsFix):  # fix times are not engine time (docs/zones.md)
             self._ticks_until(item.time, out)
-        self.state, evs = eng.step(self.state, item, item.time)
+        self.state, evs = eng.step(self.state, item)
         out.extend(evs)
         return out
 

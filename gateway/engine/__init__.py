@@ -1,8 +1,8 @@
 """The edge decision engine: a pure function of (state, reading, time).
 
-``Engine.step(state, reading, now) -> (state, events)`` and
-``Engine.tick(state, now) -> (state, events)`` (time-driven decisions such as
-absence timeouts and roll-calls) do no I/O and read no clock, so a recorded
+``Engine.step(state, reading) -> (state, events)`` (at the reading's own time)
+and ``Engine.tick(state, now) -> (state, events)`` (time-driven decisions such
+as absence timeouts and roll-calls) do no I/O and read no clock, so a recorded
 field log replays to the same events every time. State is a plain dataclass
 the caller owns; the engine updates it in place for speed and returns it.
 ``state_to_dict`` / ``state_from_dict`` make it JSON for the daemon to persist.
@@ -68,17 +68,17 @@ class Engine:
             shift_times(state, t - clock)
         state.clock = t
 
-    def step(self, state: EngineState, reading: Reading,
-             now: float) -> tuple[EngineState, list[Event]]:
-        cls = type(reading)
-        if cls is BleSighting:
-            return state, self._ble(state, reading)  # type: ignore[arg-type]
-        if cls is TagRead:
-            return state, self._tag(state, reading)  # type: ignore[arg-type]
-        if cls is GpsFix:
-            events: list[Event] = []
-            geofence.on_fix(state, self.runtime, reading, events)  # type: ignore[arg-type]
-            return state, events
+    def step(self, state: EngineState, reading: Reading) -> tuple[EngineState, list[Event]]:
+        """Decide on one reading; engine time is the reading's own time (GPS fixes aside)."""
+        match reading:
+            case BleSighting():
+                return state, self._ble(state, reading)
+            case TagRead():
+                return state, self._tag(state, reading)
+            case GpsFix():
+                events: list[Event] = []
+                geofence.on_fix(state, self.runtime, reading, events)
+                return state, events
         return state, []
 
     def _seen(self, state: EngineState, tag: str, reader: str, t: float,

@@ -90,8 +90,7 @@ def start_roll_call(state: EngineState, alert_id: str, now: float) -> EngineStat
     return state
 
 
-def end_roll_call(state: EngineState, alert_id: str | None = None,
-                  now: float | None = None) -> EngineState:
+def end_roll_call(state: EngineState, alert_id: str | None = None) -> EngineState:
     """The alert is over (``alert_id`` None: whichever is running)."""
     if state.roll_call is not None and alert_id in (None, state.roll_call.alert_id):
         state.roll_call = None
