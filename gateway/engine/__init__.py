@@ -137,7 +137,8 @@ class Engine:
                 zone_level = reader_level
                 zone_readers = zone.settings.readers
                 if len(zone_readers) > 1:  # the strongest of the zone's readers
-                    zone_level = self._zone_level(state, zone_readers, tag, t)
+                    zone_level = self._zone_level(state, zone_readers, reader, reader_level,
+                                                  tag, t)
                 zones.on_level(state, runtime, zone, tag, reader, t, advert.rssi, zone_level,
                                events)
         battery_mv = advert.battery_mv
@@ -156,11 +157,15 @@ class Engine:
             self._sos(state, advert, events)
         return events
 
-    def _zone_level(self, state: EngineState, readers: tuple[str, ...], tag: str,
-                    t: float) -> float | None:
-        best = None
+    def _zone_level(self, state: EngineState, readers: tuple[str, ...], current: str,
+                    current_level: float | None, tag: str, t: float) -> float | None:
+        """The strongest level of ``tag`` over ``readers``; ``current``'s level at ``t``
+        is already known (level() is idempotent at one time, so it is not redone)."""
+        best = current_level
         settings = self.runtime.settings
         for reader in readers:
+            if reader == current:
+                continue
             window = state.rssi.get(reader, {}).get(tag)
             if window is not None:
                 value = level(window, t, settings.rssi_window_s, settings.rssi_min_samples)
