@@ -106,7 +106,8 @@ def _strings(c: _Checker, tbl: dict[str, Any], key: str, path: str) -> tuple[str
     return tuple(v)
 
 
-def _array_of_tables(c: _Checker, raw: dict[str, Any], key: str) -> list[tuple[str, dict]]:
+def _array_of_tables(c: _Checker, raw: dict[str, Any],
+                     key: str) -> list[tuple[str, dict[str, Any]]]:
     v = raw.get(key, [])
     if not isinstance(v, list):
         c.error(key, f"expected an array of tables ([[{key}]])")
