@@ -22,7 +22,7 @@ from gateway.engine.state import EngineState, Passage
 from gateway.model import Event, Lane, TagRead
 
 
-def on_read(state: EngineState, rt: Runtime, gate_side: GateSide, read: TagRead,
+def on_read(state: EngineState, runtime: Runtime, gate_side: GateSide, read: TagRead,
             events: list[Event]) -> None:
     side = gate_side.side
     if gate_side.antennas is not None:
@@ -36,17 +36,17 @@ def on_read(state: EngineState, rt: Runtime, gate_side: GateSide, read: TagRead,
         tags = state.passages[gate] = {}
     passage = tags.get(read.tag)
     if side is None:  # single antenna: report at once, swallow the repeats
-        if passage is not None and t - passage.last_time <= rt.cfg.gate_window_s:
+        if passage is not None and t - passage.last_time <= runtime.cfg.gate_window_s:
             if t > passage.last_time:
                 passage.last_time = t
             return
         passage = tags[read.tag] = Passage(t)
         passage.emitted = True
         passage.reader_out = read.reader
-        _emit(state, rt, gate, read.tag, None, t, read.reader, 1, events)
+        _emit(state, runtime, gate, read.tag, None, t, read.reader, 1, events)
         return
-    if passage is not None and t - passage.last_time > _silence(rt, passage):
-        _close(state, rt, gate, read.tag, passage, events)
+    if passage is not None and t - passage.last_time > _silence(runtime, passage):
+        _close(state, runtime, gate, read.tag, passage, events)
         passage = None
     if passage is None:
         passage = tags[read.tag] = Passage(t)
@@ -65,15 +65,15 @@ def on_read(state: EngineState, rt: Runtime, gate_side: GateSide, read: TagRead,
         passage.last_time = t
 
 
-def _silence(rt: Runtime, passage: Passage) -> float:
+def _silence(runtime: Runtime, passage: Passage) -> float:
     """How long a presentation stays open without reads."""
     # A single-antenna presentation (already emitted), or one seen on both sides.
     if passage.emitted or (passage.reads_out and passage.reads_in):
-        return rt.cfg.gate_window_s
-    return max(rt.settings.gate_pair_s, rt.cfg.gate_window_s)
+        return runtime.cfg.gate_window_s
+    return max(runtime.settings.gate_pair_s, runtime.cfg.gate_window_s)
 
 
-def _close(state: EngineState, rt: Runtime, gate: str, tag: str, passage: Passage,
+def _close(state: EngineState, runtime: Runtime, gate: str, tag: str, passage: Passage,
            events: list[Event]) -> None:
     if passage.emitted:
         return
@@ -84,25 +84,25 @@ def _close(state: EngineState, rt: Runtime, gate: str, tag: str, passage: Passag
         # Mean read time inside minus mean read time outside: positive is an arrival.
         lag = passage.offsets_in / reads_in - passage.offsets_out / reads_out
         if lag > 0:
-            _emit(state, rt, gate, tag, "arrival", passage.first_in, passage.reader_in, reads,
+            _emit(state, runtime, gate, tag, "arrival", passage.first_in, passage.reader_in, reads,
                   events)
             return
         if lag < 0:
-            _emit(state, rt, gate, tag, "departure", passage.first_out, passage.reader_out,
+            _emit(state, runtime, gate, tag, "departure", passage.first_out, passage.reader_out,
                   reads, events)
             return
     side = "outer" if reads_out else "inner"
     t = passage.first_out if reads_out else passage.first_in
     reader = passage.reader_out if reads_out else passage.reader_in
-    _emit(state, rt, gate, tag, None, t, reader, reads, events,
+    _emit(state, runtime, gate, tag, None, t, reader, reads, events,
           sides=["outer", "inner"] if reads_out and reads_in else [side])
 
 
-def _emit(state: EngineState, rt: Runtime, gate: str, tag: str, direction: str | None,
+def _emit(state: EngineState, runtime: Runtime, gate: str, tag: str, direction: str | None,
           t: float, reader: str, reads: int, events: list[Event],
           sides: list[str] | None = None) -> None:
-    child = rt.tags[tag].child
-    day = rt.day(t)
+    child = runtime.tags[tag].child
+    day = runtime.day(t)
     first_passage = state.passed.get(child) != day
     if first_passage:
         state.passed[child] = day
@@ -118,11 +118,11 @@ def _emit(state: EngineState, rt: Runtime, gate: str, tag: str, direction: str |
                         data=data))
 
 
-def expire(state: EngineState, rt: Runtime, now: float, events: list[Event]) -> None:
+def expire(state: EngineState, runtime: Runtime, now: float, events: list[Event]) -> None:
     """Close presentations that are over, so memory stays flat."""
     for gate, tags in state.passages.items():
         done = [(tag, passage) for tag, passage in tags.items()
-                if now - passage.last_time > _silence(rt, passage)]
+                if now - passage.last_time > _silence(runtime, passage)]
         for tag, passage in done:
-            _close(state, rt, gate, tag, passage, events)
+            _close(state, runtime, gate, tag, passage, events)
             del tags[tag]

@@ -33,8 +33,8 @@ def _reachable(a: Position, b: Position, max_speed: float) -> bool:
     return haversine_m(a[0], a[1], b[0], b[1]) <= max_speed * (b[2] - a[2]) + JUMP_SLACK_M
 
 
-def on_fix(state: EngineState, rt: Runtime, fix: GpsFix, events: list[Event]) -> None:
-    settings = rt.settings
+def on_fix(state: EngineState, runtime: Runtime, fix: GpsFix, events: list[Event]) -> None:
+    settings = runtime.settings
     gps = state.gps
     if (fix.lat is None or fix.lon is None or fix.fix_quality == 0
             or fix.fix_type < settings.gps_min_fix_type):
@@ -58,7 +58,7 @@ def on_fix(state: EngineState, rt: Runtime, fix: GpsFix, events: list[Event]) ->
     gps.pending = []
     gps.fix = point
     gps.hdop = fix.hdop
-    for fence in rt.fences:
+    for fence in runtime.fences:
         fid = fence.settings.id
         distance = fence.shape.signed_distance(fix.lat, fix.lon)
         half_band = fence.settings.hysteresis_m / 2

@@ -11,28 +11,28 @@ from gateway.engine.state import IN, LEAVING, EngineState, Position, RollCall
 from gateway.model import Event, Lane
 
 
-def position_dict(p: Position | None, rt: Runtime) -> dict[str, Any] | None:
+def position_dict(p: Position | None, runtime: Runtime) -> dict[str, Any] | None:
     """A position for event data: a GPS fix if there is one, else the configured one."""
     if p is not None:
         return {"lat": round(p[0], 6), "lon": round(p[1], 6), "source": "gps",
                 "fix_time": p[2]}
-    fixed = rt.settings.position
+    fixed = runtime.settings.position
     if fixed is not None:
         return {"lat": fixed[0], "lon": fixed[1], "source": "fixed"}
     return None
 
 
-def unit_position(state: EngineState, rt: Runtime) -> dict[str, Any] | None:
-    return position_dict(state.gps.fix, rt)
+def unit_position(state: EngineState, runtime: Runtime) -> dict[str, Any] | None:
+    return position_dict(state.gps.fix, runtime)
 
 
-def cameras_near(pos: dict[str, Any] | None, rt: Runtime) -> list[str]:
+def cameras_near(pos: dict[str, Any] | None, runtime: Runtime) -> list[str]:
     """Ids of the cameras within camera_radius_m of ``pos``, nearest first."""
     if pos is None:
         return []
     near = []
-    radius = rt.settings.camera_radius_m
-    for camera in rt.settings.cameras:
+    radius = runtime.settings.camera_radius_m
+    for camera in runtime.settings.cameras:
         distance = haversine_m(pos["lat"], pos["lon"], camera.lat, camera.lon)
         if distance <= radius:
             near.append((distance, camera.id))
@@ -55,13 +55,13 @@ def locate(state: EngineState, cfg: EngineConfig | Runtime, who: str) -> dict[st
     The answer is the newest sighting over the child's tags: reader, zones now,
     last zone entered, time, RSSI and the unit's position at that time.
     """
-    rt = cfg if isinstance(cfg, Runtime) else Runtime(cfg)
+    runtime = cfg if isinstance(cfg, Runtime) else Runtime(cfg)
     tid = canonical_tag_id(who)
-    if tid in rt.tags:
+    if tid in runtime.tags:
         tags = [tid]
-        child: str | None = rt.tags[tid].child
-    elif who in rt.child_tags:
-        tags, child = rt.child_tags[who], who
+        child: str | None = runtime.tags[tid].child
+    elif who in runtime.child_tags:
+        tags, child = runtime.child_tags[who], who
     else:
         return {"query": who, "found": False, "enrolled": False}
     best = None
@@ -79,7 +79,7 @@ def locate(state: EngineState, cfg: EngineConfig | Runtime, who: str) -> dict[st
         "rssi": None if sighting.rssi is None else round(sighting.rssi, 1),
         "zones": zones, "zone": zones[0] if zones else None,
         "last_zone": state.last_zone.get(tag),
-        "position": position_dict(sighting.position, rt),
+        "position": position_dict(sighting.position, runtime),
     }
 
 
@@ -97,34 +97,34 @@ def end_roll_call(state: EngineState, alert_id: str | None = None) -> EngineStat
     return state
 
 
-def roll_call(state: EngineState, rt: Runtime, now: float, events: list[Event]) -> None:
+def roll_call(state: EngineState, runtime: Runtime, now: float, events: list[Event]) -> None:
     call = state.roll_call
     if call is None or now < call.next_due:
         return
-    call.next_due = max(call.next_due + rt.settings.roll_call_interval_s, now)
+    call.next_due = max(call.next_due + runtime.settings.roll_call_interval_s, now)
     present: dict[str, dict[str, Any]] = {}
     for zid, tags in sorted(state.zones.items()):
         for tag, presence in tags.items():
             if presence.status == IN or presence.status == LEAVING:
-                child = rt.tags[tag].child
+                child = runtime.tags[tag].child
                 entry = present.setdefault(child,
                                            {"child": child, "zones": [], "last_seen": 0.0})
                 entry["zones"].append(zid)
                 entry["last_seen"] = round(max(entry["last_seen"], presence.seen), 3)
     expected: set[str] = set()
-    for zone in rt.zones:
-        for tag_config in rt.tags.values():
+    for zone in runtime.zones:
+        for tag_config in runtime.tags.values():
             if zone.stay_groups.intersection(tag_config.groups):
                 expected.add(tag_config.child)
     missing = []
     for child in sorted(expected - present.keys()):
-        seen = [state.seen[t] for t in rt.child_tags.get(child, []) if t in state.seen]
+        seen = [state.seen[t] for t in runtime.child_tags.get(child, []) if t in state.seen]
         last = max(seen, key=lambda sighting: sighting.time) if seen else None
         missing.append({"child": child, "last_seen": None if last is None else last.time,
                         "last_reader": None if last is None else last.reader})
     events.append(Event(kind="roll_call", time=now, lane=Lane.EMERGENCY, reader=None, child=None,
                         data={"alert_id": call.alert_id, "started": call.started,
-                              "zones": [zone.settings.id for zone in rt.zones],
+                              "zones": [zone.settings.id for zone in runtime.zones],
                               "present": [present[c] for c in sorted(present)],
                               "count": len(present), "missing": missing,
-                              "position": unit_position(state, rt)}))
+                              "position": unit_position(state, runtime)}))

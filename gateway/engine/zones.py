@@ -20,7 +20,7 @@ from gateway.engine.state import ENTERING, IN, LEAVING, OUT, EngineState, Presen
 from gateway.model import Event, Lane
 
 
-def on_level(state: EngineState, rt: Runtime, zone: ZoneRuntime, tag: str, reader: str,
+def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, reader: str,
              t: float, rssi: float, level: float | None, events: list[Event]) -> None:
     """One sighting of ``tag`` (raw ``rssi``, smoothed ``level``) by a reader of ``zone``."""
     settings = zone.settings
@@ -45,38 +45,38 @@ def on_level(state: EngineState, rt: Runtime, zone: ZoneRuntime, tag: str, reade
         if level < settings.exit_dbm:
             presence.status, presence.since = LEAVING, t
             if settings.exit_dwell_s <= 0:
-                _exit(state, rt, zone, tag, presence, t, reader, "weak", events)
+                _exit(state, runtime, zone, tag, presence, t, reader, "weak", events)
     elif status == LEAVING:
         if level >= settings.exit_dbm:
             presence.status = IN
         elif t - presence.since >= settings.exit_dwell_s:
-            _exit(state, rt, zone, tag, presence, t, reader, "weak", events)
+            _exit(state, runtime, zone, tag, presence, t, reader, "weak", events)
     elif status == OUT:
         if level >= settings.enter_dbm:
             presence.status, presence.since = ENTERING, t
             if settings.dwell_s <= 0:
-                _enter(state, rt, zone, tag, presence, t, reader, events)
+                _enter(state, runtime, zone, tag, presence, t, reader, events)
     elif level < settings.enter_dbm:  # ENTERING: the dwell must be unbroken
         presence.status = OUT
     elif t - presence.since >= settings.dwell_s:
-        _enter(state, rt, zone, tag, presence, t, reader, events)
+        _enter(state, runtime, zone, tag, presence, t, reader, events)
 
 
-def _enter(state: EngineState, rt: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
+def _enter(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
            t: float, reader: str, events: list[Event]) -> None:
     presence.status = IN
     zid = zone.settings.id
     state.last_zone[tag] = zid
     events.append(Event(kind="zone_enter", time=t, lane=Lane.ROUTINE, reader=reader,
-                        child=rt.tags[tag].child,
+                        child=runtime.tags[tag].child,
                         data={"zone": zid, "rssi": _round1(presence.level),
                               "dwell_s": round(t - presence.since, 1)}))
 
 
-def _exit(state: EngineState, rt: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
+def _exit(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
           t: float, reader: str | None, reason: str, events: list[Event]) -> None:
     presence.status = OUT
-    tag_config = rt.tags[tag]
+    tag_config = runtime.tags[tag]
     heard = max((state.heard.get(r, 0.0) for r in zone.settings.readers), default=0.0)
     data: dict[str, Any] = {"zone": zone.settings.id, "reason": reason,
                             "rssi": _round1(presence.level),
@@ -84,17 +84,17 @@ def _exit(state: EngineState, rt: Runtime, zone: ZoneRuntime, tag: str, presence
                             "zone_quiet_s": round(max(0.0, t - heard), 1)}
     events.append(Event(kind="zone_exit", time=t, lane=Lane.ROUTINE, reader=reader,
                         child=tag_config.child, data=data))
-    groups = rt.staying(zone, tag_config, t)
+    groups = runtime.staying(zone, tag_config, t)
     if groups:
         events.append(Event(kind="zone_alert", time=t, lane=Lane.EMERGENCY, reader=reader,
                             child=tag_config.child,
                             data={**data, "stay_groups": groups,
-                                  "position": unit_position(state, rt)}))
+                                  "position": unit_position(state, runtime)}))
 
 
-def expire(state: EngineState, rt: Runtime, now: float, events: list[Event]) -> None:
+def expire(state: EngineState, runtime: Runtime, now: float, events: list[Event]) -> None:
     """Absence timeouts, measured on the engine clock (reading/tick time)."""
-    for zone in rt.zones:
+    for zone in runtime.zones:
         tags = state.zones.get(zone.settings.id)
         if not tags:
             continue
@@ -103,7 +103,7 @@ def expire(state: EngineState, rt: Runtime, now: float, events: list[Event]) -> 
         for tag, presence in tags.items():
             if now - presence.last_seen > absence:
                 if presence.status == IN or presence.status == LEAVING:
-                    _exit(state, rt, zone, tag, presence, now, None, "absent", events)
+                    _exit(state, runtime, zone, tag, presence, now, None, "absent", events)
                 gone.append(tag)  # forget tags out of range: memory stays flat
         for tag in gone:
             del tags[tag]
