@@ -102,22 +102,23 @@ def roll_call(state: EngineState, runtime: Runtime, now: float, events: list[Eve
     if call is None or now < call.next_due:
         return
     call.next_due = max(call.next_due + runtime.settings.roll_call_interval_s, now)
-    present: dict[str, dict[str, Any]] = {}
+    present_in: dict[str, list[str]] = {}  # child -> zones it is in
+    last_seen: dict[str, float] = {}  # child -> newest sighting in those zones
     for zid, tags in sorted(state.zones.items()):
         for tag, presence in tags.items():
             if presence.status == IN or presence.status == LEAVING:
                 child = runtime.tags[tag].child
-                entry = present.setdefault(child,
-                                           {"child": child, "zones": [], "last_seen": 0.0})
-                entry["zones"].append(zid)
-                entry["last_seen"] = round(max(entry["last_seen"], presence.seen), 3)
+                present_in.setdefault(child, []).append(zid)
+                last_seen[child] = round(max(last_seen.get(child, 0.0), presence.seen), 3)
+    present = [{"child": child, "zones": present_in[child], "last_seen": last_seen[child]}
+               for child in sorted(present_in)]
     expected: set[str] = set()
     for zone in runtime.zones:
         for tag_config in runtime.tags.values():
             if zone.stay_groups.intersection(tag_config.groups):
                 expected.add(tag_config.child)
     missing = []
-    for child in sorted(expected - present.keys()):
+    for child in sorted(expected - present_in.keys()):
         seen = [state.seen[t] for t in runtime.child_tags.get(child, []) if t in state.seen]
         last = max(seen, key=lambda sighting: sighting.time) if seen else None
         missing.append({"child": child, "last_seen": None if last is None else last.time,
@@ -125,6 +126,6 @@ def roll_call(state: EngineState, runtime: Runtime, now: float, events: list[Eve
     events.append(Event(kind="roll_call", time=now, lane=Lane.EMERGENCY, reader=None, child=None,
                         data={"alert_id": call.alert_id, "started": call.started,
                               "zones": [zone.settings.id for zone in runtime.zones],
-                              "present": [present[c] for c in sorted(present)],
+                              "present": present,
                               "count": len(present), "missing": missing,
                               "position": unit_position(state, runtime)}))
