@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from firmware_sim import procs
 from firmware_sim import scenario as scen
 from firmware_sim.rdm6300 import Rdm6300Sim
-from firmware_sim.tomlwrite import toml_value
 from firmware_sim.vserial import VirtualSerial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,6 +181,20 @@ class _Running:
         self.sim = sim
         self.port = port
         self.reader = reader
+
+
+def readers_snippet(readers: list[dict[str, Any]]) -> str:
+    """``[[readers]]`` tables to paste into a config, whatever their length.
+
+    tomli-w writes a short list of tables inline (``readers = [{...}]``), which pasted
+    after another table would land inside it; a table it always writes as ``[readers]``
+    with sub-tables ``[readers.x]``, so each reader is written so and made an array item.
+    """
+    parts = []
+    for reader in readers:
+        body = tomli_w.dumps({"readers": reader})
+        parts.append("[[readers]]\n" + body.removeprefix("[readers]\n"))
+    return "\n".join(parts)
 
 
 def _ble_tags(settings: dict[str, Any]) -> list[Any]:
@@ -393,11 +408,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say("BLE: start gatewayd with this in its environment:")
             print(f"DBUS_SYSTEM_BUS_ADDRESS={bus_address}", flush=True)
         _say("config for gatewayd (add [[tags]] for the children to follow):")
-        for r in running:
-            print("[[readers]]")
-            for k, v in r.reader.items():
-                print(f"{k} = {toml_value(v)}")
-            print(flush=True)
+        print(readers_snippet([r.reader for r in running]), flush=True)
         try:
             if args.start_delay > 0:
                 _say(f"playing in {args.start_delay:g} s (start gatewayd now)")
