@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from drivers.gps_nmea import GpsNmeaDriver
-from firmware_sim.gps import GpsSim, Track, Waypoint, offset, sentence
+from firmware_sim.gps_nmea import GpsSim, Track, Waypoint, offset, sentence
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig

@@ -15,7 +15,7 @@ from test_driver_gps import Collect
 
 from drivers.gpsd import GpsdDriver
 from firmware_sim.broker import free_port
-from firmware_sim.gps import GpsSim, Track, Waypoint
+from firmware_sim.gps_nmea import GpsSim, Track, Waypoint
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
 from gateway.config import ReaderConfig

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from firmware_sim.broker import LocalBroker
-from firmware_sim.gps import GpsSim, Track, Waypoint, offset
+from firmware_sim.gps_nmea import GpsSim, Track, Waypoint, offset
 from firmware_sim.vserial import VirtualSerial
 from gateway import config as configmod
 from gpsdproc import Gpsd, require_gpsd
