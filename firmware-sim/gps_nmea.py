@@ -78,8 +78,15 @@ class Track:
                 prev = points[i - 1]
                 times.append(times[-1] + distance_m((prev.lat, prev.lon), (p.lat, p.lon))
                              / speed_mps)
-        if any(b < a for a, b in itertools.pairwise(times)):
-            raise ValueError("waypoint times must not go backwards")
+        for i, (a, b) in enumerate(itertools.pairwise(times), start=1):
+            if b < a:
+                prev, p = points[i - 1], points[i]
+                how = (f"given as t = {prev.t:g} s" if prev.t is not None
+                       else f"reached at {speed_mps:g} m/s")
+                raise ValueError(
+                    f"waypoint times must not go backwards: waypoint {i} "
+                    f"({p.lat}, {p.lon}) has t = {b:g} s, but waypoint {i - 1} "
+                    f"({prev.lat}, {prev.lon}) is at t = {a:.1f} s ({how})")
         self.points = points
         self.times = times
 
