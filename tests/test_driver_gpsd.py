@@ -66,6 +66,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         port.close()
 
 
+@pytest.mark.slow
 def test_fixes_through_gpsd_and_reconnect_after_gpsd_dies(rig: Rig) -> None:
     _port, _sim, gpsd, sink = rig
     wait_until(lambda: len(sink.good()) >= 2, 20, "fixes through gpsd")

@@ -66,6 +66,7 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path,
         port.close()
 
 
+@pytest.mark.slow
 def test_bus_enters_the_school_geofence(rig: tuple[GatewayProcess, Subscriber]) -> None:
     gw, sub = rig
     wait_until(lambda: len(sub.events("geofence_enter")) >= 1, 30, "geofence_enter")
