@@ -189,8 +189,9 @@ def readers_snippet(readers: list[dict[str, Any]]) -> str:
     """``[[readers]]`` tables to paste into a config, whatever their length.
 
     tomli-w writes a short list of tables inline (``readers = [{...}]``), which pasted
-    after another table would land inside it; a table it always writes as ``[readers]``
-    with sub-tables ``[readers.x]``, so each reader is written so and made an array item.
+    after another table would land inside it. A top-level table it always writes under a
+    ``[readers]`` header (sub-tables as ``[readers.x]``), so each reader is dumped as one
+    and its header turned into ``[[readers]]``.
     """
     parts = []
     for reader in readers:
