@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from drivers.rdm6300 import Rdm6300Options
+from drivers.uhf_r2000 import UhfR2000Options
 from gateway import config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,14 +106,11 @@ def test_each_error_names_file_key_and_expectation(tmp_path: Path, text: str, ke
 
 
 def test_baud_defaults_to_the_drivers_own(tmp_path: Path) -> None:
-    import drivers
-
     f = tmp_path / "c.toml"
     f.write_text(GOOD + '\n[[readers]]\nid = "uhf"\nkind = "uhf_r2000"\nport = "/dev/ttyUSB1"\n')
     cfg = config.load(f)
-    assert [r.baud for r in cfg.readers] == [None, None]
-    assert drivers.load("rdm6300").default_baud == 9600  # type: ignore[attr-defined]
-    assert drivers.load("uhf_r2000").default_baud == 115200  # type: ignore[attr-defined]
+    assert [type(r.options) for r in cfg.readers] == [Rdm6300Options, UhfR2000Options]
+    assert [r.options.baud for r in cfg.readers] == [9600, 115200]
 
 
 def test_missing_file(tmp_path: Path) -> None:
