@@ -4,6 +4,10 @@ Validation collects *every* error (file, key, what was expected) before
 giving up, so a technician fixes a config in one pass. Nothing starts on a
 config with errors. Secrets (the broker password) may live in files the
 config points to; relative paths are taken from the config file's folder.
+
+This module sits at the top: it composes what the layers below declare (the
+engine's sections in :mod:`gateway.engine.settings`, each driver's ``Options``
+listed by :mod:`drivers.registry`), and neither of them imports it.
 """
 
 from __future__ import annotations
