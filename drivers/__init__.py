@@ -9,7 +9,7 @@ for callers that name the package.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drivers import registry
 
@@ -21,5 +21,5 @@ def available() -> list[str]:
     return registry.names()
 
 
-def load(kind: str) -> type[Driver]:
+def load(kind: str) -> type[Driver[Any]]:
     return registry.driver(kind)
