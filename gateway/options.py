@@ -209,4 +209,6 @@ def toml_default(doc: OptionDoc) -> str:
         return f'"{v}"'
     if isinstance(v, tuple):
         return "[" + ", ".join(str(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f'"{k}" = "{x}"' for k, x in v.items()) + " }" if v else "{}"
     return repr(v)  # 30.0 stays a float, 9600 an integer

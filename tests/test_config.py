@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from drivers import registry
 from drivers.rdm6300 import Rdm6300Options
 from drivers.uhf_r2000 import UhfR2000Options
 from gateway import config
-from gateway.options import option_docs, toml_default
+from gateway.checker import Checker
+from gateway.options import ReaderOptions, opt, option_docs, parse_options, toml_default
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,3 +273,42 @@ def test_example_reader_tables_use_only_declared_keys() -> None:
     assert {t["kind"] for t in tables} >= {"rdm6300", "uhf_r2000", "ble", "gps_nmea", "gpsd"}
     for table in tables:
         config.reader_config(table, file="config/example.toml")  # raises on any bad key or value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Every(ReaderOptions):
+    """One option of each supported type (no driver needs them all yet)."""
+
+    name: str = opt(doc="required string")
+    flag: bool = opt(False, "a boolean")
+    ratio: float = opt(0.5, "a float", ge=0, le=1)
+    mode: str = opt("fast", "a choice", choices=("fast", "slow"))
+    label: str | None = opt(None, "an optional string")
+    ports: tuple[int, ...] = opt((1,), "an array of integers", ge=1, le=4)
+    names: dict[str, str] = opt({}, "a table of strings")
+
+
+def test_parse_options_types_defaults_and_limits() -> None:
+    c = Checker("f")
+    got = parse_options(_Every, {"name": "n", "flag": True, "ratio": 1, "label": "x",
+                                 "ports": [1, 4], "names": {"1": "a"}}, c, "r")
+    assert c.errors == []
+    assert got == _Every(name="n", flag=True, ratio=1.0, label="x", ports=(1, 4),
+                         names={"1": "a"})
+    assert parse_options(_Every, {"name": "n"}, c, "r") == _Every(name="n")
+    bad = {"flag": 1, "ratio": 2, "mode": "medium", "label": 3, "ports": [1, 5],
+           "names": {"1": 2}}
+    assert parse_options(_Every, bad, c, "r") is None
+    assert {e.key: e.message for e in c.errors} == {
+        "r.name": "missing key (expected string: required string)",
+        "r.flag": "expected boolean, got integer 1",
+        "r.ratio": "must be between 0 and 1",
+        "r.mode": "must be one of 'fast', 'slow'",
+        "r.label": "expected string, got integer 3",
+        "r.ports": "must be between 1 and 4",
+        "r.names": "expected a table of strings, got integer 2 at '1'",
+    }
+    docs = {d.name: d for d in option_docs(_Every)}
+    assert docs["name"].required and not docs["flag"].required
+    assert [toml_default(docs[k]) for k in ("flag", "ratio", "mode", "label", "ports", "names")] \
+        == ["false", "0.5", '"fast"', "", "[1]", "{}"]
