@@ -35,16 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import ConfigInvalid, canonical_tag_id, load
+from gateway.config import ConfigInvalid, engine_config, load
 from gateway.engine import (
     Engine,
-    EngineConfig,
     EngineState,
     end_roll_call,
     locate,
     start_roll_call,
 )
-from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead
+from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead, canonical_tag_id
 
 _GPS_FIELDS = ("fix_quality", "fix_type", "satellites", "hdop", "speed_mps", "time_trusted")
 _GPS_DEFAULTS = {"fix_quality": 0, "fix_type": 1, "satellites": None, "hdop": None,
@@ -272,7 +271,7 @@ class Recorder:
 
 
 def _engine(config_path: str) -> Engine:
-    return Engine(EngineConfig.from_config(load(config_path)))
+    return Engine(engine_config(load(config_path)))
 
 
 def replay(engine: Engine, readings_path: str | Path,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import canonical_tag_id
 from gateway.engine.geo import haversine_m
 from gateway.engine.runtime import EngineConfig, Runtime
 from gateway.engine.state import IN, LEAVING, EngineState, Position, RollCall
-from gateway.model import Event, Lane
+from gateway.model import Event, Lane, canonical_tag_id
 
 
 def position_dict(p: Position | None, runtime: Runtime) -> dict[str, Any] | None:

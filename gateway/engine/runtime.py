@@ -5,35 +5,24 @@ from __future__ import annotations
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from gateway.config import TagConfig
 from gateway.engine.geo import Shape
 from gateway.engine.settings import (
     EngineSettings,
     GeofenceSettings,
     ZoneSettings,
 )
-
-if TYPE_CHECKING:
-    from gateway.config import Config
+from gateway.model import TagConfig
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
+    """What the engine needs of a config; ``gateway.config.engine_config`` builds it."""
+
     reader_roles: dict[str, str]
     tags: dict[str, TagConfig]
     gate_window_s: float = 3.0
     settings: EngineSettings = field(default_factory=EngineSettings)
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> EngineConfig:
-        return cls(
-            reader_roles={r.id: r.role for r in cfg.readers},
-            tags=cfg.tag_map(),
-            gate_window_s=cfg.gate.repeat_window_s,
-            settings=cfg.engine,
-        )
 
 
 @dataclass(slots=True)
