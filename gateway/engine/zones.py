@@ -33,6 +33,10 @@ CLIP_DB = 10.0  # one advert moves a score by at most this: deep nulls count as 
 DROP_DB = 6.0
 NEAR_DB = 1.5
 HOME_TAU_S = 120.0
+# Nor does a tag leave while it stays within HOLD_DB of its home level: a child standing
+# still whose tag is weaker than the calibration's (or a calibration a little high) keeps
+# its own level for hours, and a still level is not a move.
+HOLD_DB = 4.0
 
 
 def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, reader: str,
@@ -84,6 +88,8 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
                 moved = settings.boundary_dbm - NEAR_DB
             if moved > reference:
                 reference = moved
+            if reference > home - HOLD_DB:
+                reference = home - HOLD_DB
         below = reference - rssi
         if below > CLIP_DB:
             below = CLIP_DB
