@@ -37,6 +37,7 @@ INPUT = "lines"
 COMMENT = b"#"
 MAX_LINE = 65536  # gpsd's longest objects (SKY with many satellites) are a few kB
 REASONS = frozenset({"bad-json", "bad-field", "too-long"})
+DERIVED = ("has_fix", "fix_quality")  # frame properties ``gatewayd decode`` prints too
 
 
 @dataclass(frozen=True, slots=True)

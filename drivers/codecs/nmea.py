@@ -48,7 +48,13 @@ from operator import xor
 
 from drivers.codecs._frames import Reject
 
-KIND = "nmea"
+KIND = "gps_nmea"
+# ``gatewayd decode``: text lines; gpsd's regression logs start with ``#`` notes.
+INPUT = "lines"
+COMMENT = b"#"
+REASONS = frozenset({"too-long", "bad-char", "truncated", "no-checksum", "malformed", "checksum",
+                     "parse", "bad-field", "garbage"})
+DERIVED: tuple[str, ...] = ()  # frame properties ``gatewayd decode`` prints beside the fields
 MAX_LINE = 512
 MAX_STANDARD = 100
 KNOT_MPS = 1852.0 / 3600.0
