@@ -54,6 +54,8 @@ def _jsonable(v: Any) -> Any:
         return v.isoformat()
     if isinstance(v, tuple | list):
         return [_jsonable(x) for x in v]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):  # e.g. the tags of one reply
+        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
     return v
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from captures import capture, jsonl
 from drivers import registry
-from gateway.decode import decode_file, decode_stream, kinds, main_decode
+from gateway.decode import decode_file, decode_stream, frame_dict, kinds, main_decode
 
 
 def test_rdm6300_stream_as_binary_and_hex_dump(tmp_path: Path) -> None:
@@ -128,3 +129,22 @@ def test_main_decode_exit_codes(tmp_path: Path) -> None:
     assert main_decode("gps_nmea", capture("nmea", "bn-9015.nmea"), out) == 0
     lines = out.getvalue().splitlines()
     assert len(lines) == 70 and all(json.loads(x)["ok"] for x in lines)
+
+
+def test_nested_frames_are_jsonable() -> None:
+    """A frame holding frames (a reply listing several tags) prints as nested objects."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Tag:
+        epc: bytes
+        seen: dt.time
+
+    @dataclasses.dataclass(frozen=True)
+    class Reply:
+        tags: tuple[Tag, ...]
+        raw: bytes
+
+    d = frame_dict(Reply((Tag(b"\xe2\x00", dt.time(1, 2)),), b"\x01"))
+    assert d == {"ok": True, "frame": "Reply", "tags": [{"epc": "e200", "seen": "01:02:00"}],
+                 "raw_hex": "01"}
+    json.dumps(d)
