@@ -1,6 +1,6 @@
 """The unit's own GNSS receiver on a serial port, speaking NMEA 0183.
 
-Decoding is :mod:`drivers.codecs.nmea` (pynmea2 inside; any talker, checksum
+Decoding is :mod:`drivers.codecs.nmea` (its own parser; any talker, checksum
 required, GGA/RMC/GSA and more merged per epoch by its FixAssembler). Each
 finished epoch becomes a :class:`GpsFix`. An epoch is finished when the next
 one starts, so a fix reaches the engine one epoch (1 s at 1 Hz) late: the

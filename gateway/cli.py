@@ -128,13 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", metavar="FILE")
     c.set_defaults(func=cmd_check_config)
 
-    from drivers import codecs
+    from drivers import registry
 
     d = sub.add_parser("decode", help="decode a raw capture into JSON lines, rejects included")
-    d.add_argument("kind", choices=codecs.available(), metavar="KIND",
-                   help=f"protocol: {', '.join(codecs.available())}")
+    d.add_argument("kind", metavar="KIND", help=f"reader kind: {', '.join(registry.names())}")
     d.add_argument("file", metavar="FILE", help="serial bytes, a hex dump, an NMEA log, "
-                   "or BLE advertisement hex/JSON lines ('-' for stdin)")
+                   "BLE advertisement hex/JSON lines or a gpsd JSON log ('-' for stdin)")
     d.set_defaults(func=cmd_decode)
 
     rp = sub.add_parser("replay", help="run a recorded readings file through the engine and "
