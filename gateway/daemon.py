@@ -12,8 +12,9 @@ import drivers
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
+from gateway.contract import iso_utc
 from gateway.engine import Engine, EngineConfig
-from gateway.outbox import Outbox, iso_utc
+from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
 from gateway.replay import Recorder

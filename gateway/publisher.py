@@ -41,8 +41,9 @@ from paho.mqtt.properties import Properties
 from gateway import backoff, contract
 from gateway.clock import Clock
 from gateway.config import Config
+from gateway.contract import Stored, iso_utc
 from gateway.model import Lane
-from gateway.outbox import Outbox, Stored, iso_utc
+from gateway.outbox import Outbox
 
 log = logging.getLogger("gateway.mqtt")
 

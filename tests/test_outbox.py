@@ -88,7 +88,7 @@ def test_state_kv_survives_reopen(tmp_path: Path) -> None:
 def test_iso_utc_matches_datetime(t: float) -> None:
     from datetime import UTC, datetime
 
-    from gateway.outbox import iso_utc
+    from gateway.contract import iso_utc
 
     assert iso_utc(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
