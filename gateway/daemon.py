@@ -17,7 +17,7 @@ from gateway.engine import Engine, EngineConfig
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
-from gateway.replay import Recorder
+from gateway.recording import Recorder
 
 log = logging.getLogger("gateway")
 
@@ -106,7 +106,7 @@ class Gateway:
             t.join(max(0.0, deadline - time.monotonic()))
         self.outbox.close()
         if self.recorder is not None:
-            self.recorder.close()
+            self.recorder.close(self.pipeline.last_tick)
         log.info("gatewayd stopped")
 
 
