@@ -133,6 +133,10 @@ class SavedBuffer:
     def depth(self) -> int:
         return int(self._query("SELECT count(*) FROM outbox")[0][0])
 
+    def last_seq(self) -> int:
+        rows = self._query("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
+        return int(rows[0][0]) if rows else 0
+
     def close(self) -> None:
         self._db.close()
 
