@@ -24,13 +24,15 @@ import math
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from drivers._base import Driver
-from drivers.gps_nmea import GpsTimeGate, check_watchdog_options
+from drivers._gps import GpsTimeGate, no_fix_s
 from gateway import backoff
-from gateway.config import ReaderConfig
+from gateway.checker import non_empty, tcp_port
 from gateway.model import ReaderState
+from gateway.options import ReaderOptions, opt
 
 log = logging.getLogger("gateway.driver")
 
@@ -55,32 +57,34 @@ def _iso(v: Any) -> dt.datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
-class GpsdDriver(Driver):
-    @classmethod
-    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
-        o = cfg.options
-        problems = check_watchdog_options(
-            cfg, ("no_fix_s", "reconnect_initial_s", "reconnect_max_s"))
-        if "host" in o and (not isinstance(o["host"], str) or not o["host"]):
-            problems.append(("host", "expected a host name or address"))
-        p = o.get("gpsd_port")
-        if p is not None and (not isinstance(p, int) or isinstance(p, bool) or not 0 < p < 65536):
-            problems.append(("gpsd_port", "expected a TCP port between 1 and 65535"))
-        return problems
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpsdOptions(ReaderOptions):
+    host: str = opt("127.0.0.1", "where gpsd listens (host name or address)", check=non_empty)
+    gpsd_port: int = opt(2947, "gpsd's TCP port", check=tcp_port)
+    no_fix_s: float = no_fix_s(10.0)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after gpsd goes away", gt=0)
+    reconnect_max_s: float = opt(30.0, "back-off cap while gpsd is away", gt=0)
+
+    def where(self) -> str:
+        return f"{self.host}:{self.gpsd_port}"
+
+
+class GpsdDriver(Driver[GpsdOptions]):
+    Options = GpsdOptions
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         o = self.cfg.options
-        self.host = str(o.get("host", "127.0.0.1"))
-        self.port = int(o.get("gpsd_port", 2947))
-        self.no_fix_s = float(o.get("no_fix_s", 10.0))
+        self.host = o.host
+        self.port = o.gpsd_port
+        self.no_fix_s = o.no_fix_s
         self.gate = GpsTimeGate(self.cfg.id, self.sink)
         self._sky: tuple[int | None, float | None] = (None, None)  # satellites used, hdop
 
     def run(self, stop: threading.Event) -> None:
         where = f"gpsd {self.host}:{self.port}"
-        initial = float(self.cfg.options.get("reconnect_initial_s", 0.5))
-        cap = float(self.cfg.options.get("reconnect_max_s", 30.0))
+        initial = self.cfg.options.reconnect_initial_s
+        cap = self.cfg.options.reconnect_max_s
         self._report(ReaderState.STARTING, where)
         was_online = False
         while not stop.is_set():

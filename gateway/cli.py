@@ -59,8 +59,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  buffer    {cfg.buffer.path} (cap {cfg.buffer.max_mb:g} MB / "
           f"{cfg.buffer.max_events} events)")
     for r in cfg.readers:
-        baud = f" @ {r.baud}" if r.baud else ""
-        where = f" on {r.port}{baud}" if r.port else ""
+        where = f" on {r.options.where()}" if r.options.where() else ""
         print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")
     print(f"  tags      {len(cfg.tags)} enrolled")
     return 0
@@ -86,7 +85,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     # No readings file: answer from the state the daemon last saved in its buffer.
     import json
 
-    from gateway.engine import EngineConfig, locate, state_from_dict
+    from gateway.engine import locate, state_from_dict
     from gateway.engine.runtime import Runtime
     from gateway.outbox import BufferReadError, Outbox
     from gateway.pipeline import STATE_KEY
@@ -105,7 +104,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
         print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
         return 1
     state = state_from_dict(json.loads(blob))
-    return print_locate(locate(state, Runtime(EngineConfig.from_config(cfg)), args.who),
+    return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
                         sys.stdout)
 
 

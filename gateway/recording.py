@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import canonical_tag_id
-from gateway.model import BleSighting, GpsFix, Reading, TagRead
+from gateway.model import BleSighting, GpsFix, Reading, TagRead, canonical_tag_id
 
 _GPS_FIELDS = ("fix_quality", "fix_type", "satellites", "hdop", "speed_mps", "time_trusted")
 _GPS_DEFAULTS = {"fix_quality": 0, "fix_type": 1, "satellites": None, "hdop": None,

@@ -20,10 +20,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import ConfigInvalid, load
+from gateway.config import ConfigInvalid, engine_config, load
 from gateway.engine import (
     Engine,
-    EngineConfig,
     EngineState,
     end_roll_call,
     locate,
@@ -39,7 +38,7 @@ class Replayer:
     def __init__(self, engine: Engine, state: EngineState | None = None) -> None:
         self.engine = engine
         self.state = state if state is not None else engine.initial_state()
-        self.tick_s = engine.rt.s.tick_s
+        self.tick_s = engine.runtime.settings.tick_s
         self.last_tick: float | None = None
 
     def _ticks_until(self, t: float, out: list[Event]) -> None:
@@ -69,11 +68,11 @@ class Replayer:
                 self.state, evs = eng.tick(self.state, item.t)
                 out.extend(evs)
             else:
-                self.state = end_roll_call(self.state, item.alert_id, item.t)
+                self.state = end_roll_call(self.state, item.alert_id)
             return out
         if not isinstance(item, GpsFix):  # fix times are not engine time (docs/zones.md)
             self._ticks_until(item.time, out)
-        self.state, evs = eng.step(self.state, item, item.time)
+        self.state, evs = eng.step(self.state, item)
         out.extend(evs)
         return out
 
@@ -92,7 +91,7 @@ def event_line(ev: Event) -> str:
 
 
 def _engine(config_path: str) -> Engine:
-    return Engine(EngineConfig.from_config(load(config_path)))
+    return Engine(engine_config(load(config_path)))
 
 
 def replay(engine: Engine, readings_path: str | Path,
@@ -137,4 +136,4 @@ def main_locate(config_path: str, readings_path: str, who: str, out: TextIO) -> 
     if isinstance(done, int):
         return done
     engine, state = done
-    return print_locate(locate(state, engine.rt, who), out)
+    return print_locate(locate(state, engine.runtime, who), out)

@@ -7,6 +7,9 @@ acknowledging (or refusing) handles, and the network by disconnecting.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -258,6 +261,17 @@ def test_offline_core_does_nothing_and_ignores_unknown_handles() -> None:
     sh.connect()
     sh.core.acked(999, True)  # a status or birth message's PUBACK
     assert len(sh.poll()) == 1
+
+
+def test_the_core_loads_no_io() -> None:
+    """Sans-I/O for real: importing the core loads no network, database or thread module."""
+    out = subprocess.run([sys.executable, "-c", "import json, sys, gateway.delivery\n"
+                          "print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    roots = {m.split(".")[0] for m in json.loads(out)}
+    assert not roots & {"paho", "peewee", "sqlite3", "socket", "select", "ssl", "threading",
+                        "drivers"}
+    assert not {"gateway.outbox", "gateway.config", "gateway.engine"} & set(json.loads(out))
 
 
 # -- properties over random histories ---------------------------------------------------------
