@@ -23,7 +23,6 @@ import logging
 import math
 import socket
 import threading
-import time
 from typing import Any
 
 from drivers._base import Driver
@@ -85,7 +84,7 @@ class GpsdDriver(Driver):
         was_online = False
         while not stop.is_set():
             retry = backoff.retrying(stop, log, f"reader {self.cfg.id}: connecting to {where}",
-                                     initial, cap)
+                                     initial, cap, self.clock)
             try:
                 sock = retry(lambda: socket.create_connection((self.host, self.port), 5.0))
             except OSError:
@@ -108,7 +107,7 @@ class GpsdDriver(Driver):
 
     def _session(self, sock: socket.socket, stop: threading.Event) -> None:
         buf = bytearray()
-        last_fix = time.monotonic()
+        last_fix = self.clock.monotonic()
         self._sky = (None, None)
         while not stop.is_set():
             try:
@@ -123,11 +122,11 @@ class GpsdDriver(Driver):
                     line = bytes(buf[:nl]).strip()
                     del buf[: nl + 1]
                     if line and self._line(line):
-                        last_fix = time.monotonic()
+                        last_fix = self.clock.monotonic()
                 if len(buf) > MAX_LINE:
                     self.sink.reject(self.cfg.id, "too-long")
                     buf.clear()
-            quiet = time.monotonic() - last_fix
+            quiet = self.clock.monotonic() - last_fix
             if quiet >= self.no_fix_s:
                 self._report(ReaderState.DEGRADED, f"no fix from gpsd for {quiet:.0f} s")
 
