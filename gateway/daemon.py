@@ -99,7 +99,7 @@ class Gateway:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self.stop.set()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # real time: this waits on threads, not the clock
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self.outbox.close()
