@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
 from gateway import backoff
 from gateway.clock import FakeClock
+from gateway.daemon import Gateway
 from harness import wait_until
 
 
@@ -124,3 +127,27 @@ def test_fake_clock_wait_returns_when_another_thread_moves_time() -> None:
     stop.set()
     assert clock.wait(stop, 1e9)  # a set event returns at once
     t.join(1)
+
+
+def test_daemon_supervisor_logs_and_restarts_a_failing_worker(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock, stop = FakeClock(autoadvance=True), threading.Event()
+    gw = cast(Any, SimpleNamespace(stop=stop, clock=clock))
+    runs: list[float] = []
+
+    def worker(s: threading.Event) -> None:
+        runs.append(clock.monotonic())
+        if len(runs) == 3:
+            clock.advance(61.0)  # a minute of healthy work before this failure
+        if len(runs) < 5:
+            raise RuntimeError(f"bug {len(runs)}")
+
+    caplog.set_level(logging.ERROR, logger="gateway")
+    Gateway._supervise(gw, "pipeline", worker)
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker pipeline failed; restarting it in 1 s",
+        "worker pipeline failed; restarting it in 2 s",
+        "worker pipeline failed; restarting it in 1 s",  # back to 1 s after a healthy minute
+        "worker pipeline failed; restarting it in 2 s"]
+    assert all(r.exc_info for r in caplog.records)  # with the traceback
+    assert len(runs) == 5
