@@ -17,6 +17,7 @@ error is DEGRADED until a round on it succeeds again.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from drivers.codecs import uhf_r2000 as r2k
@@ -60,7 +61,7 @@ class Phase(enum.Enum):
 
 @dataclass
 class Poller:
-    antennas: list[int]
+    antennas: Sequence[int]
     repeat: int = 1
     address: int = 1
     reply_timeout_s: float = 1.0

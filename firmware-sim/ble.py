@@ -38,6 +38,7 @@ from typing import Any
 
 from drivers.codecs import ble as blecodec
 from firmware_sim import procs
+from firmware_sim.simulator import Context, Settings, Simulator, Started, StepArgs, later
 from firmware_sim.worker import Worker
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -354,3 +355,88 @@ class BleSim(Worker):
                     if not self.adapter_present:
                         break
                     raise
+
+
+# -- in a scenario (kidsafe-sim run) -------------------------------------------------------
+
+def scenario_tags(settings: Settings) -> list[SimTag]:
+    """The named ``tags`` of a [[device]] table, then ``generate``'s seeded crowd."""
+    tags = [SimTag(**t) for t in settings.get("tags") or []]
+    g = settings.get("generate")
+    if isinstance(g, dict):
+        rng = random.Random(int(g.get("seed", 1)))
+        lo, hi = float(g.get("rssi_min", -95)), float(g.get("rssi_max", -55))
+        prefix = str(g.get("address_prefix", "D0:00:00:00"))
+        for i in range(int(g.get("count", 0))):
+            tags.append(SimTag(f"{prefix}:{(i >> 8) & 255:02X}:{i & 255:02X}", "ibeacon",
+                               uuid=str(g.get("uuid", SimTag.uuid)), major=int(g.get("major", 1)),
+                               minor=int(g.get("first_minor", 1)) + i, rssi=rng.uniform(lo, hi),
+                               interval_s=float(g.get("interval_s", 1.0))))
+    return tags
+
+
+def _tag(sim: BleSim, ref: str) -> SimTag:
+    """A tag by its address or its tag id (as the gateway reports it)."""
+    ref_l = ref.lower()
+    for t in sim.tags.values():
+        if t.address.lower() == ref_l or t.tag_id == ref_l:
+            return t
+    raise KeyError(f"no simulated BLE tag {ref!r}")
+
+
+def _act(sim: BleSim, action: str, a: StepArgs, stop: threading.Event) -> None:
+    if action == "press":
+        sim.press(_tag(sim, a["tag"]).address, float(a.get("hold_s", 2.0)))
+    elif action == "move":
+        _tag(sim, a["tag"]).rssi = float(a["rssi"])
+    elif action in ("leave", "arrive"):
+        _tag(sim, a["tag"]).present = action == "arrive"
+    elif action == "wander":
+        lo, hi = float(a.get("rssi_min", -95)), float(a.get("rssi_max", -55))
+        for t in sim.tags.values():
+            if sim.rng.random() < float(a.get("fraction", 0.3)):
+                t.rssi = sim.rng.uniform(lo, hi)
+            if sim.rng.random() < float(a.get("presence_flip", 0.0)):
+                t.present = not t.present
+    elif action == "stall":
+        sim.stall(str(a.get("mode", "forever")))
+        later(a, stop, sim.resume)
+    elif action == "remove_adapter":
+        sim.remove_adapter()
+        later(a, stop, sim.add_adapter)
+    elif action == "add_adapter":
+        sim.add_adapter()
+
+
+def _start(device_id: str, s: Settings, ctx: Context) -> Started:
+    mock = ctx.shared.get("ble.mock")
+    if mock is None:  # one private bus and mock BlueZ for every BLE device of a scenario
+        bus = PrivateSystemBus(str(ctx.work / "dbus")).start()
+        ctx.stack.callback(bus.stop)
+        mock = ctx.shared["ble.mock"] = BluezMock(bus).start()
+        ctx.stack.callback(mock.stop)
+        ctx.env["DBUS_SYSTEM_BUS_ADDRESS"] = bus.address
+    adapter = str(s["adapter"])
+    sim = BleSim(mock, adapter, drop_rate=float(s["drop_rate"]),
+                 rssi_jitter_db=float(s["rssi_jitter_db"]), alert_uuid=s["alert_uuid"],
+                 seed=int(s["seed"]))
+    sim.add_adapter()
+    for t in scenario_tags(s):
+        sim.add_tag(t)
+    sim.start()
+    ctx.stack.callback(sim.stop)
+    reader: dict[str, Any] = {"kind": SIMULATOR.kind, "role": "zone", "adapter": adapter}
+    if s["alert_uuid"]:
+        reader["button_uuid"] = s["alert_uuid"]
+    return Started(reader, f"BlueZ adapter {adapter}",
+                   lambda action, a, stop: _act(sim, action, a, stop))
+
+
+SIMULATOR = Simulator(
+    kind="ble",
+    settings={"adapter": "hci0", "alert_uuid": None, "drop_rate": 0.1, "rssi_jitter_db": 3.0,
+              "tags": (), "generate": None, "seed": 1},
+    actions={"press": ("tag",), "move": ("tag", "rssi"), "leave": ("tag",), "arrive": ("tag",),
+             "wander": (), "stall": (), "remove_adapter": (), "add_adapter": ()},
+    start=_start,
+)

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -20,13 +19,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_sim import procs
+import tomli_w
+
+from firmware_sim import procs, simulator
 from firmware_sim import scenario as scen
 from firmware_sim.rdm6300 import Rdm6300Sim
-from firmware_sim.tomlwrite import toml_value
+from firmware_sim.simulator import Context, Started
 from firmware_sim.vserial import VirtualSerial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,180 +173,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- kidsafe-sim run: every simulated device a scenario needs ------------------------------
 
 
+@dataclass
 class _Running:
-    """One started device: its simulator, its port (if serial) and the config snippet."""
+    """One started device of a scenario and its [[readers]] snippet."""
 
-    def __init__(self, dev: scen.Device, sim: Any, port: VirtualSerial | None,
-                 reader: dict[str, Any]) -> None:
-        self.dev = dev
-        self.sim = sim
-        self.port = port
-        self.reader = reader
+    dev: scen.Device
+    started: Started
 
-
-def _ble_tags(settings: dict[str, Any]) -> list[Any]:
-    from firmware_sim.ble import SimTag
-
-    tags = [SimTag(**t) for t in settings.get("tags", [])]
-    g = settings.get("generate")
-    if isinstance(g, dict):
-        rng = random.Random(int(g.get("seed", 1)))
-        lo, hi = float(g.get("rssi_min", -95)), float(g.get("rssi_max", -55))
-        prefix = str(g.get("address_prefix", "D0:00:00:00"))
-        for i in range(int(g.get("count", 0))):
-            tags.append(SimTag(f"{prefix}:{(i >> 8) & 255:02X}:{i & 255:02X}", "ibeacon",
-                               uuid=str(g.get("uuid", SimTag.uuid)), major=int(g.get("major", 1)),
-                               minor=int(g.get("first_minor", 1)) + i, rssi=rng.uniform(lo, hi),
-                               interval_s=float(g.get("interval_s", 1.0))))
-    return tags
+    @property
+    def reader(self) -> dict[str, Any]:
+        return {"id": self.dev.id, **self.started.reader, **self.dev.reader}
 
 
-def _start_devices(sc: scen.MultiScenario, work: Path,
-                   stack: contextlib.ExitStack) -> tuple[list[_Running], str | None]:
-    from firmware_sim.gps import GpsSim, Track, Waypoint
-    from firmware_sim.uhf_r2000 import UhfR2000Sim
+def readers_snippet(readers: list[dict[str, Any]]) -> str:
+    """``[[readers]]`` tables to paste into a config, whatever their length.
 
-    running: list[_Running] = []
-    bus_address: str | None = None
-    mock: Any = None
+    tomli-w writes a short list of tables inline (``readers = [{...}]``), which pasted
+    after another table would land inside it. A top-level table it always writes under a
+    ``[readers]`` header (sub-tables as ``[readers.x]``), so each reader is dumped as one
+    and its header turned into ``[[readers]]``.
+    """
+    parts = []
+    for reader in readers:
+        body = tomli_w.dumps({"readers": reader})
+        parts.append("[[readers]]\n" + body.removeprefix("[readers]\n"))
+    return "\n".join(parts)
+
+
+def _start_devices(sc: scen.MultiScenario, ctx: Context) -> list[_Running]:
+    """Start each device through its kind's declared simulator (see firmware_sim.simulator)."""
+    running = []
     for dev in sc.devices:
-        s = dev.settings
-        reader: dict[str, Any] = {"id": dev.id}
-        port: VirtualSerial | None = None
-        sim: Any
-        if dev.kind in ("uhf_r2000", "gps", "rdm6300"):
-            port = VirtualSerial(str(s.get("link") or work / f"tty-{dev.id}"))
-            port.plug()
-            stack.callback(port.close)
-        if dev.kind == "uhf_r2000":
-            assert port is not None
-            sim = UhfR2000Sim(port, antennas=int(s.get("antennas", 4)),
-                              miss_rate=float(s.get("miss_rate", 0.1)),
-                              rssi_jitter_db=float(s.get("rssi_jitter_db", 2.0)),
-                              round_s=float(s.get("round_s", 0.03)),
-                              seed=int(s.get("seed", 1))).start()
-            stack.callback(sim.stop)
-            reader.update(kind="uhf_r2000", role="gate", port=port.path, baud=115200)
-        elif dev.kind == "gps":
-            assert port is not None
-            pts = [Waypoint(float(p[0]), float(p[1]), float(p[2]) if len(p) > 2 else None)
-                   for p in s["track"]]
-            sim = GpsSim(port, Track(pts, float(s.get("speed_mps", 10.0))),
-                         rate_hz=float(s.get("rate_hz", 1.0)), talker=str(s.get("talker", "GP")),
-                         jitter_m=float(s.get("jitter_m", 3.0)),
-                         checksum_error_rate=float(s.get("checksum_error_rate", 0.0)),
-                         satellites=int(s.get("satellites", 9)), hdop=float(s.get("hdop", 0.9)),
-                         seed=int(s.get("seed", 1))).start()
-            stack.callback(sim.stop)
-            reader.update(kind="gps_nmea", role="gps", port=port.path)
-        elif dev.kind == "ble":
-            from firmware_sim.ble import BleSim, BluezMock, PrivateSystemBus
-
-            if mock is None:
-                bus = PrivateSystemBus(str(work / "dbus")).start()
-                stack.callback(bus.stop)
-                mock = BluezMock(bus).start()
-                stack.callback(mock.stop)
-                bus_address = bus.address
-            adapter = str(s.get("adapter", "hci0"))
-            sim = BleSim(mock, adapter, drop_rate=float(s.get("drop_rate", 0.1)),
-                         rssi_jitter_db=float(s.get("rssi_jitter_db", 3.0)),
-                         alert_uuid=s.get("alert_uuid"), seed=int(s.get("seed", 1)))
-            sim.add_adapter()
-            for t in _ble_tags(s):
-                sim.add_tag(t)
-            sim.start()
-            stack.callback(sim.stop)
-            reader.update(kind="ble", role="zone", adapter=adapter)
-            if s.get("alert_uuid"):
-                reader["button_uuid"] = s["alert_uuid"]
-        else:
-            assert port is not None
-            sim = Rdm6300Sim(port, float(s.get("repeat_s", 0.1)))
-            reader.update(kind="rdm6300", role="gate", port=port.path, baud=9600)
-        reader.update(dev.reader)
-        running.append(_Running(dev, sim, port, reader))
-    return running, bus_address
-
-
-def _ble_tag(sim: Any, ref: str) -> Any:
-    ref_l = ref.lower()
-    for t in sim.tags.values():
-        if t.address.lower() == ref_l or t.tag_id == ref_l:
-            return t
-    raise KeyError(f"no simulated BLE tag {ref!r}")
-
-
-def _act(r: _Running, step: scen.DeviceStep, stop: threading.Event) -> None:
-    """Do one scenario step (in its own thread: some last a while)."""
-    a, sim, kind, act = step.args, r.sim, r.dev.kind, step.action
-    for_s = float(a["for_s"]) if "for_s" in a else None
-
-    def later(undo: Any) -> None:
-        if for_s is not None and not stop.wait(for_s):
-            undo()
-
-    if act in ("unplug", "replug") and r.port is not None and kind != "rdm6300":
-        if act == "replug":
-            r.port.plug()
-        else:
-            r.port.unplug()
-            later(r.port.plug)
-    elif kind == "rdm6300":
-        sim.do(scen.Step(step.at, act, a), stop)
-    elif kind == "uhf_r2000":
-        if act == "enter":
-            sim.enter(a["tag"], int(a.get("antenna", 1)), float(a.get("rssi_dbm", -60)),
-                      float(a["hold_s"]) if "hold_s" in a else None)
-        elif act == "leave":
-            sim.leave(a["tag"], a.get("antenna"))
-        elif act == "walk":
-            sim.walk_through(a["tag"], str(a.get("direction", "in")),
-                             float(a.get("dwell_s", 1.0)), stop=stop)
-        elif act == "garbage":
-            sim.garbage(int(a.get("bytes", 16)))
-        elif act == "corrupt":
-            sim.corrupt_next = int(a.get("count", 1))
-        elif act == "antenna_missing":
-            sim.antenna_missing(int(a["antenna"]))
-            later(lambda: sim.antenna_missing(int(a["antenna"]), False))
-        elif act == "mute":
-            sim.mute()
-            later(lambda: sim.mute(False))
-    elif kind == "gps":
-        if act == "jump":
-            sim.jump(float(a["north_m"]), float(a.get("east_m", 0.0)))
-            later(lambda: sim.jump(0.0, 0.0))
-        elif act == "no_fix":
-            sim.fix = False
-            later(lambda: setattr(sim, "fix", True))
-        elif act == "week_rollover":
-            sim.week_rollover()
-            later(lambda: sim.week_rollover(False))
-        elif act == "checksum_errors":
-            sim.checksum_error_rate = float(a["rate"])
-    elif kind == "ble":
-        if act == "press":
-            sim.press(_ble_tag(sim, a["tag"]).address, float(a.get("hold_s", 2.0)))
-        elif act == "move":
-            _ble_tag(sim, a["tag"]).rssi = float(a["rssi"])
-        elif act in ("leave", "arrive"):
-            _ble_tag(sim, a["tag"]).present = act == "arrive"
-        elif act == "wander":
-            lo, hi = float(a.get("rssi_min", -95)), float(a.get("rssi_max", -55))
-            for t in sim.tags.values():
-                if sim.rng.random() < float(a.get("fraction", 0.3)):
-                    t.rssi = sim.rng.uniform(lo, hi)
-                if sim.rng.random() < float(a.get("presence_flip", 0.0)):
-                    t.present = not t.present
-        elif act == "stall":
-            sim.stall(str(a.get("mode", "forever")))
-            later(sim.resume)
-        elif act == "remove_adapter":
-            sim.remove_adapter()
-            later(sim.add_adapter)
-        elif act == "add_adapter":
-            sim.add_adapter()
+        sim = simulator.get(dev.kind)
+        running.append(_Running(dev, sim.start(dev.id, sim.with_defaults(dev.settings), ctx)))
+    return running
 
 
 def play(sc: scen.MultiScenario, running: list[_Running], stop: threading.Event) -> None:
@@ -357,7 +219,8 @@ def play(sc: scen.MultiScenario, running: list[_Running], stop: threading.Event)
             break
         _say(f"t={step.at:5.1f}s {step.device}: {step.action} "
              + " ".join(f"{k}={v}" for k, v in step.args.items()))
-        th = threading.Thread(target=_act, args=(by_id[step.device], step, stop), daemon=True)
+        th = threading.Thread(target=by_id[step.device].started.act,
+                              args=(step.action, step.args, stop), daemon=True)
         th.start()
         threads.append(th)
     stop.wait(max(0.0, t0 + sc.duration_s - time.monotonic()))
@@ -376,8 +239,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.ExitStack() as stack:
+        ctx = Context(work, stack)
         try:
-            running, bus_address = _start_devices(sc, work, stack)
+            running = _start_devices(sc, ctx)
         except (OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
             print(f"kidsafe-sim: cannot start the devices: {e}", file=sys.stderr)
             return 2
@@ -386,18 +250,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if sc.description:
             _say(sc.description)
         for r in running:
-            where = (f"{r.port.path} -> {r.port.device}" if r.port is not None
-                     else f"BlueZ adapter {r.reader.get('adapter')}")
-            _say(f"device {r.dev.id} ({r.dev.kind}): {where}")
-        if bus_address:
-            _say("BLE: start gatewayd with this in its environment:")
-            print(f"DBUS_SYSTEM_BUS_ADDRESS={bus_address}", flush=True)
+            _say(f"device {r.dev.id} ({r.dev.kind}): {r.started.where}")
+        if ctx.env:
+            _say("start gatewayd with this in its environment:")
+            for k, v in ctx.env.items():
+                print(f"{k}={v}", flush=True)
         _say("config for gatewayd (add [[tags]] for the children to follow):")
-        for r in running:
-            print("[[readers]]")
-            for k, v in r.reader.items():
-                print(f"{k} = {toml_value(v)}")
-            print(flush=True)
+        print(readers_snippet([r.reader for r in running]), flush=True)
         try:
             if args.start_delay > 0:
                 _say(f"playing in {args.start_delay:g} s (start gatewayd now)")

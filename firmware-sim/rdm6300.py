@@ -14,6 +14,7 @@ import time
 
 from drivers.codecs.rdm6300 import encode
 from firmware_sim.scenario import Scenario, Step
+from firmware_sim.simulator import Context, Settings, Simulator, Started, StepArgs, serial_where
 from firmware_sim.vserial import VirtualSerial
 
 BYTE_S = 10 / 9600  # 8N1: ten bits a byte
@@ -122,3 +123,26 @@ class Rdm6300Sim:
             if delay > 0 and stop is None:
                 time.sleep(delay)
             self.do(step, stop)
+
+
+# -- in a scenario (kidsafe-sim run) -------------------------------------------------------
+
+def _start(device_id: str, s: Settings, ctx: Context) -> Started:
+    port = ctx.serial_port(device_id, s)
+    sim = Rdm6300Sim(port, float(s["repeat_s"]))
+
+    def act(action: str, a: StepArgs, stop: threading.Event) -> None:
+        sim.do(Step(0.0, action, dict(a)), stop)
+
+    return Started({"kind": SIMULATOR.kind, "role": "gate", "port": port.path, "baud": 9600},
+                   serial_where(port), act)
+
+
+# The actions are also the single-reader scenario format's (firmware_sim.scenario.parse).
+SIMULATOR = Simulator(
+    kind="rdm6300",
+    settings={"link": None, "repeat_s": 0.1},
+    actions={"present": ("tag",), "garbage": (), "bad_checksum": ("tag",), "split": ("tag",),
+             "unplug": (), "replug": ()},
+    start=_start,
+)

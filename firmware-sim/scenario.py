@@ -20,15 +20,15 @@ simulated device, and name the device in each step::
 
     [[device]]
     id = "gate-uhf"           # becomes the reader id in the printed [[readers]] snippet
-    kind = "uhf_r2000"        # uhf_r2000 | gps | ble | rdm6300
-    miss_rate = 0.1           # simulator settings; see DEVICE_KEYS
+    kind = "uhf_r2000"        # a reader kind with a simulator (drivers.registry)
+    miss_rate = 0.1           # simulator settings: its module's SIMULATOR.settings
     [device.reader]           # extra keys copied into the [[readers]] snippet
     antennas = [1, 2]
 
     [[step]]
     at = 1.0
     device = "gate-uhf"
-    action = "walk"           # see ACTIONS_BY_KIND
+    action = "walk"           # see its module's SIMULATOR.actions
     tag = "E2801160600002084F5B1A01"
     direction = "in"
 
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ACTIONS = ("present", "garbage", "bad_checksum", "split", "unplug", "replug")
+from firmware_sim import simulator
 
 
 class ScenarioError(ValueError):
@@ -69,6 +69,8 @@ class Scenario:
 
 
 def parse(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    """Read a single RDM6300 scenario (the RDM6300 simulator's actions)."""
+    actions = simulator.get("rdm6300").actions
     errors = []
     steps = []
     for i, st in enumerate(raw.get("step", [])):
@@ -80,10 +82,10 @@ def parse(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
         if not isinstance(at, int | float) or isinstance(at, bool) or at < 0:
             errors.append(f"step[{i}].at: expected seconds >= 0")
             continue
-        if action not in ACTIONS:
-            errors.append(f"step[{i}].action: expected one of {', '.join(ACTIONS)}")
+        if not isinstance(action, str) or action not in actions:
+            errors.append(f"step[{i}].action: expected one of {', '.join(actions)}")
             continue
-        if action in ("present", "bad_checksum", "split") and not isinstance(st.get("tag"), str):
+        if "tag" in actions[action] and not isinstance(st.get("tag"), str):
             errors.append(f"step[{i}].tag: expected the tag id (10 hex digits)")
             continue
         args = {k: v for k, v in st.items() if k not in ("at", "action")}
@@ -96,36 +98,8 @@ def parse(raw: dict[str, Any], source: str = "<scenario>") -> Scenario:
 
 
 # -- multi-device scenarios --------------------------------------------------------------
-
-KINDS = ("uhf_r2000", "gps", "ble", "rdm6300")
-ACTIONS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "uhf_r2000": ("enter", "leave", "walk", "garbage", "corrupt", "antenna_missing", "mute",
-                  "unplug", "replug"),
-    "gps": ("jump", "no_fix", "week_rollover", "checksum_errors", "unplug", "replug"),
-    "ble": ("press", "move", "leave", "arrive", "wander", "stall", "remove_adapter",
-            "add_adapter"),
-    "rdm6300": ACTIONS,
-}
-# Simulator settings a [[device]] table may hold, per kind (anything else is a typo).
-DEVICE_KEYS: dict[str, frozenset[str]] = {
-    "uhf_r2000": frozenset({"link", "antennas", "miss_rate", "rssi_jitter_db", "round_s",
-                            "seed"}),
-    "gps": frozenset({"link", "track", "speed_mps", "rate_hz", "talker", "jitter_m",
-                      "checksum_error_rate", "satellites", "hdop", "seed"}),
-    "ble": frozenset({"adapter", "alert_uuid", "drop_rate", "rssi_jitter_db", "tags",
-                      "generate", "seed"}),
-    "rdm6300": frozenset({"link", "repeat_s"}),
-}
-# Step fields each action needs.
-REQUIRED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("uhf_r2000", "enter"): ("tag",), ("uhf_r2000", "leave"): ("tag",),
-    ("uhf_r2000", "walk"): ("tag",), ("uhf_r2000", "antenna_missing"): ("antenna",),
-    ("ble", "press"): ("tag",), ("ble", "move"): ("tag", "rssi"),
-    ("ble", "leave"): ("tag",), ("ble", "arrive"): ("tag",),
-    ("gps", "jump"): ("north_m",), ("gps", "checksum_errors"): ("rate",),
-    ("rdm6300", "present"): ("tag",), ("rdm6300", "bad_checksum"): ("tag",),
-    ("rdm6300", "split"): ("tag",),
-}
+# What a [[device]] table may hold and which steps it plays is each simulator's own
+# declaration (firmware_sim.simulator.Simulator), found through drivers.registry.
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +154,14 @@ def parse_multi(raw: dict[str, Any], source: str = "<scenario>") -> MultiScenari
             errors.append(f"device[{i}]: expected a table with an id")
             continue
         kind = d.get("kind")
-        if kind not in KINDS:
-            errors.append(f"device[{i}].kind: expected one of {', '.join(KINDS)}")
+        if isinstance(kind, str) and kind in simulator.RENAMED:
+            errors.append(f"device[{i}].kind: {kind!r} is now called "
+                          f"{simulator.RENAMED[kind]!r} (the reader kind's one name)")
             continue
+        if kind not in simulator.kinds():
+            errors.append(f"device[{i}].kind: expected one of {', '.join(simulator.kinds())}")
+            continue
+        sim = simulator.get(kind)
         if any(x.id == did for x in devices):
             errors.append(f"device[{i}].id: duplicate device id {did!r}")
         reader = d.get("reader", {})
@@ -190,12 +169,13 @@ def parse_multi(raw: dict[str, Any], source: str = "<scenario>") -> MultiScenari
             errors.append(f"device[{i}].reader: expected a table")
             reader = {}
         settings = {k: v for k, v in d.items() if k not in ("id", "kind", "reader")}
-        for k in settings:
-            if k not in DEVICE_KEYS[kind]:
-                errors.append(f"device[{i}].{k}: unknown key for a {kind} device "
-                              f"(allowed: {', '.join(sorted(DEVICE_KEYS[kind]))})")
-        if kind == "gps" and not isinstance(settings.get("track"), list):
-            errors.append(f"device[{i}].track: expected [[lat, lon] or [lat, lon, t], ...]")
+        unknown = [k for k in settings if k not in sim.settings]
+        for k in unknown:
+            errors.append(f"device[{i}].{k}: unknown key for a {kind} device "
+                          f"(allowed: {', '.join(sorted(sim.settings))})")
+        if not unknown:
+            errors += [f"device[{i}].{k}: {problem}"
+                       for k, problem in sim.check(sim.with_defaults(settings))]
         devices.append(Device(did, kind, settings, reader))
     kinds = {d.id: d.kind for d in devices}
     dsteps: list[DeviceStep] = []
@@ -212,11 +192,11 @@ def parse_multi(raw: dict[str, Any], source: str = "<scenario>") -> MultiScenari
             errors.append(f"step[{i}].device: expected one of {', '.join(kinds)}")
             continue
         kind = kinds[did]
-        if action not in ACTIONS_BY_KIND[kind]:
-            errors.append(f"step[{i}].action: a {kind} device does "
-                          f"{', '.join(ACTIONS_BY_KIND[kind])}")
+        actions = simulator.get(kind).actions
+        if not isinstance(action, str) or action not in actions:
+            errors.append(f"step[{i}].action: a {kind} device does {', '.join(actions)}")
             continue
-        missing = [k for k in REQUIRED.get((kind, action), ()) if k not in st]
+        missing = [k for k in actions[action] if k not in st]
         if missing:
             errors.append(f"step[{i}]: {action} needs {', '.join(missing)}")
             continue

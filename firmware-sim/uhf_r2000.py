@@ -19,6 +19,16 @@ from dataclasses import dataclass
 
 from drivers.codecs import Reject
 from drivers.codecs import uhf_r2000 as r2k
+from firmware_sim.simulator import (
+    Context,
+    Settings,
+    Simulator,
+    Started,
+    StepArgs,
+    later,
+    plug_action,
+    serial_where,
+)
 from firmware_sim.vserial import VirtualSerial
 from firmware_sim.worker import Worker
 
@@ -189,3 +199,49 @@ class UhfR2000Sim(Worker):
         time.sleep(max(0.0, self.round_s - (time.monotonic() - t0)))
         rate = int(n / self.round_s) if self.round_s > 0 else 0
         self._send(r2k.encode_inventory_end(n, min(rate, 0xFFFF), ant, self.address))
+
+
+# -- in a scenario (kidsafe-sim run) -------------------------------------------------------
+
+def _act(sim: UhfR2000Sim, action: str, a: StepArgs, stop: threading.Event) -> None:
+    if plug_action(sim.port, action, a, stop):
+        return
+    if action == "enter":
+        sim.enter(a["tag"], int(a.get("antenna", 1)), float(a.get("rssi_dbm", -60)),
+                  float(a["hold_s"]) if "hold_s" in a else None)
+    elif action == "leave":
+        sim.leave(a["tag"], a.get("antenna"))
+    elif action == "walk":
+        sim.walk_through(a["tag"], str(a.get("direction", "in")), float(a.get("dwell_s", 1.0)),
+                         stop=stop)
+    elif action == "garbage":
+        sim.garbage(int(a.get("bytes", 16)))
+    elif action == "corrupt":
+        sim.corrupt_next = int(a.get("count", 1))
+    elif action == "antenna_missing":
+        sim.antenna_missing(int(a["antenna"]))
+        later(a, stop, lambda: sim.antenna_missing(int(a["antenna"]), False))
+    elif action == "mute":
+        sim.mute()
+        later(a, stop, lambda: sim.mute(False))
+
+
+def _start(device_id: str, s: Settings, ctx: Context) -> Started:
+    port = ctx.serial_port(device_id, s)
+    sim = UhfR2000Sim(port, antennas=int(s["antennas"]), miss_rate=float(s["miss_rate"]),
+                      rssi_jitter_db=float(s["rssi_jitter_db"]), round_s=float(s["round_s"]),
+                      seed=int(s["seed"])).start()
+    ctx.stack.callback(sim.stop)
+    return Started({"kind": SIMULATOR.kind, "role": "gate", "port": port.path, "baud": BAUD},
+                   serial_where(port), lambda action, a, stop: _act(sim, action, a, stop))
+
+
+SIMULATOR = Simulator(
+    kind="uhf_r2000",
+    settings={"link": None, "antennas": 4, "miss_rate": 0.1, "rssi_jitter_db": 2.0,
+              "round_s": 0.03, "seed": 1},
+    actions={"enter": ("tag",), "leave": ("tag",), "walk": ("tag",), "garbage": (),
+             "corrupt": (), "antenna_missing": ("antenna",), "mute": (), "unplug": (),
+             "replug": ()},
+    start=_start,
+)

@@ -59,8 +59,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  buffer    {cfg.buffer.path} (cap {cfg.buffer.max_mb:g} MB / "
           f"{cfg.buffer.max_events} events)")
     for r in cfg.readers:
-        baud = f" @ {r.baud}" if r.baud else ""
-        where = f" on {r.port}{baud}" if r.port else ""
+        where = f" on {r.options.where()}" if r.options.where() else ""
         print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")
     print(f"  tags      {len(cfg.tags)} enrolled")
     return 0
@@ -87,7 +86,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
     import json
     import sqlite3
 
-    from gateway.engine import EngineConfig, locate, state_from_dict
+    from gateway.engine import locate, state_from_dict
     from gateway.engine.runtime import Runtime
     from gateway.pipeline import STATE_KEY
     from gateway.replay import print_locate
@@ -106,7 +105,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
         print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
         return 1
     state = state_from_dict(json.loads(row[0]))
-    return print_locate(locate(state, Runtime(EngineConfig.from_config(cfg)), args.who),
+    return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
                         sys.stdout)
 
 
@@ -129,13 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", metavar="FILE")
     c.set_defaults(func=cmd_check_config)
 
-    from drivers import codecs
+    from drivers import registry
 
     d = sub.add_parser("decode", help="decode a raw capture into JSON lines, rejects included")
-    d.add_argument("kind", choices=codecs.available(), metavar="KIND",
-                   help=f"protocol: {', '.join(codecs.available())}")
+    d.add_argument("kind", metavar="KIND", help=f"reader kind: {', '.join(registry.names())}")
     d.add_argument("file", metavar="FILE", help="serial bytes, a hex dump, an NMEA log, "
-                   "or BLE advertisement hex/JSON lines ('-' for stdin)")
+                   "BLE advertisement hex/JSON lines or a gpsd JSON log ('-' for stdin)")
     d.set_defaults(func=cmd_decode)
 
     rp = sub.add_parser("replay", help="run a recorded readings file through the engine and "

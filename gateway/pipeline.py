@@ -92,7 +92,7 @@ class Pipeline:
             self.engine_state = start_roll_call(self.engine_state, alert_id, now)
             log.warning("roll-call for alert %s active", alert_id)
         elif running is not None:
-            self.engine_state = end_roll_call(self.engine_state, None, now)
+            self.engine_state = end_roll_call(self.engine_state)
             log.warning("roll-call for alert %s ended", running.alert_id)
         if self.record is not None and (alert_id or running):
             self.record.control("roll_call_start" if alert_id else "roll_call_end", now,
@@ -155,7 +155,7 @@ class Pipeline:
                 continue
             if self.record is not None:
                 self.record(r)
-            self.engine_state, evs = engine.step(self.engine_state, r, r.time)
+            self.engine_state, evs = engine.step(self.engine_state, r)
             events.extend(evs)
         return events
 

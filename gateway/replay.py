@@ -35,16 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.config import ConfigInvalid, canonical_tag_id, load
+from gateway.config import ConfigInvalid, engine_config, load
 from gateway.engine import (
     Engine,
-    EngineConfig,
     EngineState,
     end_roll_call,
     locate,
     start_roll_call,
 )
-from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead
+from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead, canonical_tag_id
 
 _GPS_FIELDS = ("fix_quality", "fix_type", "satellites", "hdop", "speed_mps", "time_trusted")
 _GPS_DEFAULTS = {"fix_quality": 0, "fix_type": 1, "satellites": None, "hdop": None,
@@ -169,7 +168,7 @@ class Replayer:
     def __init__(self, engine: Engine, state: EngineState | None = None) -> None:
         self.engine = engine
         self.state = state if state is not None else engine.initial_state()
-        self.tick_s = engine.rt.s.tick_s
+        self.tick_s = engine.runtime.settings.tick_s
         self.last_tick: float | None = None
 
     def _ticks_until(self, t: float, out: list[Event]) -> None:
@@ -199,11 +198,11 @@ class Replayer:
                 self.state, evs = eng.tick(self.state, item.t)
                 out.extend(evs)
             else:
-                self.state = end_roll_call(self.state, item.alert_id, item.t)
+                self.state = end_roll_call(self.state, item.alert_id)
             return out
         if not isinstance(item, GpsFix):  # fix times are not engine time (docs/zones.md)
             self._ticks_until(item.time, out)
-        self.state, evs = eng.step(self.state, item, item.time)
+        self.state, evs = eng.step(self.state, item)
         out.extend(evs)
         return out
 
@@ -272,7 +271,7 @@ class Recorder:
 
 
 def _engine(config_path: str) -> Engine:
-    return Engine(EngineConfig.from_config(load(config_path)))
+    return Engine(engine_config(load(config_path)))
 
 
 def replay(engine: Engine, readings_path: str | Path,
@@ -317,4 +316,4 @@ def main_locate(config_path: str, readings_path: str, who: str, out: TextIO) -> 
     if isinstance(done, int):
         return done
     engine, state = done
-    return print_locate(locate(state, engine.rt, who), out)
+    return print_locate(locate(state, engine.runtime, who), out)

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import paho.mqtt.client as mqtt
+import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import contract
 from firmware_sim import procs
-from firmware_sim.tomlwrite import toml_value
 from gateway.clock import FakeClock
 from gateway.model import ReaderState, Reading
 
@@ -112,28 +112,17 @@ def write_config(path: Path, *, broker_port: int, buffer: Path, readers: list[di
                  tags: list[dict[str, Any]], unit: str = "unit-t1", extra: str = "",
                  broker_extra: dict[str, Any] | None = None,
                  gate_window_s: float = 1.0) -> Path:
-    lines = [
-        "[unit]", f'id = "{unit}"', 'site = "test-site"', 'config_version = "t-1"', "",
-        "[broker]", 'host = "127.0.0.1"', f"port = {broker_port}",
-    ]
-    for k, v in (broker_extra or {}).items():
-        if not isinstance(v, dict):
-            lines.append(f"{k} = {toml_value(v)}")
-    for k, v in (broker_extra or {}).items():
-        if isinstance(v, dict):
-            lines += [f"[broker.{k}]"] + [f"{kk} = {toml_value(vv)}" for kk, vv in v.items()]
-    lines += ["", "[buffer]", f"path = {toml_value(str(buffer))}", "",
-              "[gate]", f"repeat_window_s = {gate_window_s}", "",
-              "[health]", "interval_s = 2", ""]
-    for r in readers:
-        lines.append("[[readers]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in r.items()]
-        lines.append("")
-    for t in tags:
-        lines.append("[[tags]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n" + extra)
+    doc: dict[str, Any] = {
+        "unit": {"id": unit, "site": "test-site", "config_version": "t-1"},
+        "broker": {"host": "127.0.0.1", "port": broker_port, **(broker_extra or {})},
+        "buffer": {"path": str(buffer)},
+        "gate": {"repeat_window_s": gate_window_s},
+        "health": {"interval_s": 2},
+    }
+    # Empty lists are left out: ``extra`` (raw TOML, tables only, written last) may
+    # bring its own [[readers]].
+    doc.update({k: v for k, v in (("readers", readers), ("tags", tags)) if v})
+    path.write_text(tomli_w.dumps(doc) + "\n" + extra)
     return path
 
 

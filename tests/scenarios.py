@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import parse
-from gateway.engine import Engine, EngineConfig
+from gateway.config import engine_config, parse
+from gateway.engine import Engine
 from gateway.model import BleSighting, GpsFix, Reading, TagRead
 
 T0 = 1_717_203_600.0  # 2024-06-01 01:00 UTC = 10:00 in Seoul (a Saturday)
@@ -40,7 +40,7 @@ def reader(rid: str, role: str, **options: Any) -> dict[str, Any]:
 
 
 def engine_of(raw: dict[str, Any]) -> Engine:
-    return Engine(EngineConfig.from_config(parse(raw)))
+    return Engine(engine_config(parse(raw)))
 
 
 def child_tags(n: int, prefix: str = "C0FFEE", groups: list[str] | None = None

@@ -71,6 +71,7 @@ def start_flood(port: VirtualSerial, count: int, rate: float, lossless: bool
     return t, sent
 
 
+@pytest.mark.slow
 def test_broker_restarted_20_times_during_10000_events(tmp_path: Path, broker: LocalBroker,
                                                       reader: VirtualSerial) -> None:
     cfg = flood_config(tmp_path, reader, broker)
@@ -95,6 +96,7 @@ def test_broker_restarted_20_times_during_10000_events(tmp_path: Path, broker: L
         sub.stop()
 
 
+@pytest.mark.slow
 def test_daemon_sigkilled_20_times(tmp_path: Path, broker: LocalBroker,
                                    reader: VirtualSerial) -> None:
     cfg = flood_config(tmp_path, reader, broker)
@@ -125,6 +127,7 @@ def test_daemon_sigkilled_20_times(tmp_path: Path, broker: LocalBroker,
         sub.stop()
 
 
+@pytest.mark.slow
 def test_broker_paused_30s_reads_keep_being_decided(tmp_path: Path, broker: LocalBroker,
                                                     reader: VirtualSerial) -> None:
     cfg = flood_config(tmp_path, reader, broker)

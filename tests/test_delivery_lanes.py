@@ -51,6 +51,7 @@ def ev(lane: Lane, i: int) -> Event:
     return Event(kind=kind, time=1.7e9 + i, lane=lane, reader="r", child=f"c-{i % 7}", data=data)
 
 
+@pytest.mark.slow
 def test_cap_during_outage_drops_only_low_lanes_and_reports_it(
         running: tuple[Gateway, Subscriber], broker: LocalBroker) -> None:
     gw, sub = running
@@ -82,6 +83,7 @@ def test_cap_during_outage_drops_only_low_lanes_and_reports_it(
     assert sub.violations == []
 
 
+@pytest.mark.slow
 def test_emergency_and_live_events_overtake_a_backlog(
         running: tuple[Gateway, Subscriber], broker: LocalBroker, tmp_path: Path) -> None:
     gw, sub = running

@@ -18,10 +18,10 @@ from test_driver_gps import Collect
 
 from drivers.gpsd import GpsdDriver
 from firmware_sim.broker import free_port
-from firmware_sim.gps import GpsSim, Track, Waypoint
+from firmware_sim.gps_nmea import GpsSim, Track, Waypoint
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import Clock, FakeClock, SystemClock
-from gateway.config import ReaderConfig
+from gateway.config import reader_config
 from gateway.model import ReaderState
 from gpsdproc import Gpsd, require_gpsd
 from harness import advance_until, wait_until
@@ -31,10 +31,9 @@ HOME = (37.5665, 126.9780)
 
 def start_driver(port: int, sink: Collect, no_fix_s: float = 3.0, clock: Clock | None = None
                  ) -> tuple[threading.Event, threading.Thread]:
-    cfg = ReaderConfig(id="gps", kind="gpsd", role="gps",
-                       options={"host": "127.0.0.1", "gpsd_port": port, "no_fix_s": no_fix_s,
-                                "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
-    assert GpsdDriver.check_options(cfg) == []
+    cfg = reader_config({"id": "gps", "kind": "gpsd", "role": "gps",
+                         "host": "127.0.0.1", "gpsd_port": port, "no_fix_s": no_fix_s,
+                         "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
     drv = GpsdDriver(cfg, sink, clock or SystemClock())
     stop = threading.Event()
     t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
@@ -70,6 +69,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         port.close()
 
 
+@pytest.mark.slow
 def test_fixes_through_gpsd_and_reconnect_after_gpsd_dies(rig: Rig) -> None:
     _sim, gpsd, sink, clock = rig
     wait_until(lambda: len(sink.good()) >= 2, 20, "fixes through gpsd")

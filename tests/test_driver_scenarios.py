@@ -1,14 +1,27 @@
-"""Scenario files: every shipped scenario parses, the single-device RDM6300 format still
-works through the multi-device loader, and mistakes are reported with their step."""
+"""Scenario files: every shipped scenario parses and starts, the single-device RDM6300
+format still works through the multi-device loader, mistakes are reported with their step
+or key, and each kind's simulator is found through the registry."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from drivers import registry
+from firmware_sim import cli, procs, simulator
 from firmware_sim import scenario as scen
+from firmware_sim.ble import missing_tools
+from gateway import config
 from harness import REPO
+from scenarios import raw_config
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "config" / "scenarios").glob("*.toml")),
@@ -39,3 +52,110 @@ def test_mistakes_are_listed() -> None:
     for part in ("device[0].antena", "device[2].kind", "step[0].action", "step[1]: press needs tag",
                  "step[2].device", "step[3].at"):
         assert part in msg
+
+
+def test_mistakes_in_a_device_table_name_the_key() -> None:
+    raw = {"device": [{"id": "a", "kind": "gps", "track": [[1.0, 2.0]]},
+                      {"id": "b", "kind": "gps_nmea"},
+                      {"id": "c", "kind": "gps_nmea", "speed_mps": 0},
+                      {"id": "d", "kind": "gps_nmea", "track": [[1.0, 2.0], "x"]}],
+           "step": []}
+    with pytest.raises(scen.ScenarioError) as e:
+        scen.parse_multi(raw, "bad.toml")
+    msg = str(e.value)
+    # The old name of the GPS simulator is refused with the new one, not guessed.
+    assert "device[0].kind: 'gps' is now called 'gps_nmea'" in msg
+    for part in ("device[1].track: expected", "device[2].speed_mps: expected",
+                 "device[3].track: waypoint 1: expected"):
+        assert part in msg
+
+
+def test_a_waypoint_out_of_time_is_named() -> None:
+    raw = {"device": [{"id": "bus", "kind": "gps_nmea", "speed_mps": 10.0,
+                       "track": [[37.57, 126.965, 0.0], [37.569, 126.97],
+                                 [37.569, 126.97, 20.0]]}]}
+    with pytest.raises(scen.ScenarioError) as e:
+        scen.parse_multi(raw, "bus.toml")
+    msg = str(e.value)
+    assert "device[0].track: waypoint times must not go backwards" in msg
+    assert "waypoint 2 (37.569, 126.97) has t = 20 s" in msg
+    assert "waypoint 1 (37.569, 126.97) is at t = 45.4 s (reached at 10 m/s)" in msg
+
+
+def test_every_kind_with_a_simulator_declares_it() -> None:
+    for kind in registry.KINDS:
+        if kind.simulator is None:
+            continue
+        sim = simulator.get(kind.name)
+        assert sim.kind == kind.name
+        assert sim.actions and all(isinstance(v, tuple) for v in sim.actions.values())
+    assert set(simulator.kinds()) >= {"rdm6300", "uhf_r2000", "ble", "gps_nmea"}
+
+
+def test_the_readers_snippet_pastes_after_any_table() -> None:
+    """Short readers too (tomli-w alone would write them inline), and text outside the BMP."""
+    readers: list[dict[str, Any]] = [
+        {"id": "g", "kind": "uhf_r2000", "antennas": [1, 2],
+         "antenna_roles": {"1": "outer", "2": "inner"}},
+        {"id": "b", "kind": "ble", "adapter": "hci0 \U0001F68C"}]
+    text = cli.readers_snippet(readers)
+    assert text.count("[[readers]]") == 2
+    assert tomllib.loads('[buffer]\npath = "x.db"\n' + text) == {
+        "buffer": {"path": "x.db"}, "readers": readers}
+
+
+SHIPPED = [*sorted((REPO / "config" / "scenarios").glob("*.toml")),
+           REPO / "config" / "demo-scenario.toml"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_scenarios_start(path: Path, tmp_path: Path) -> None:
+    """Every shipped scenario's devices start, give a [[readers]] snippet gatewayd takes,
+    play their first moments and stop, all within seconds."""
+    sc = scen.load_multi(str(path))
+    if any(d.kind == "ble" for d in sc.devices) and (why := missing_tools()):
+        pytest.skip(f"needs a mock BlueZ: {why}")
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        ctx = simulator.Context(tmp_path, stack)
+        running = cli._start_devices(sc, ctx)
+        assert [r.dev.id for r in running] == [d.id for d in sc.devices]
+        snippet = tomllib.loads(cli.readers_snippet([r.reader for r in running]))
+        cfg = config.parse(raw_config(readers=snippet["readers"]))
+        assert [r.kind for r in cfg.readers] == [d.kind for d in sc.devices]
+        for r in running:
+            port = r.reader.get("port")
+            assert port is None or Path(port).exists(), f"{r.dev.id}: no device at {port}"
+        player = threading.Thread(target=cli.play, args=(sc, running, stop), daemon=True)
+        player.start()
+        time.sleep(0.7)
+        stop.set()
+        player.join(5)
+        assert not player.is_alive()
+    # Every simulator's thread ended with the stack.
+    assert not [t.name for t in threading.enumerate() if t.name.endswith("-sim")]
+
+
+@pytest.mark.timeout(60)
+def test_the_sim_command_starts_the_bus_route(tmp_path: Path) -> None:
+    """`kidsafe-sim run config/scenarios/bus-route.toml` (it failed on a waypoint once)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firmware_sim", "run", str(REPO / "config" / "scenarios" /
+                                                         "bus-route.toml"),
+         "--workdir", str(tmp_path), "--start-delay", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        out: list[str] = []
+        while not any(line.startswith("[sim] playing") for line in out):
+            line = proc.stdout.readline()
+            assert line, "kidsafe-sim ended early:\n" + "".join(out)
+            out.append(line)
+        text = "".join(out)
+        readers = tomllib.loads(text[text.index("[[readers]]"):text.index("[sim] playing")])
+        assert readers["readers"][0]["kind"] == "gps_nmea"
+        proc.terminate()
+        assert proc.wait(10) == 0
+    finally:
+        procs.end(proc)

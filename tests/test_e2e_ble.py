@@ -99,6 +99,7 @@ def test_adapter_unplugged_while_running(rig: Rig) -> None:
     assert "Traceback" not in gw.log_text()
 
 
+@pytest.mark.slow
 def test_kidsafe_sim_run_sos_scenario(tmp_path: Path, broker: LocalBroker) -> None:
     """The technician's path: `kidsafe-sim run sos.toml` prints the bus address and a
     [[readers]] snippet; gatewayd started with them reports the press as one SOS."""

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from firmware_sim.broker import LocalBroker
-from firmware_sim.gps import GpsSim, Track, Waypoint, offset
+from firmware_sim.gps_nmea import GpsSim, Track, Waypoint, offset
 from firmware_sim.vserial import VirtualSerial
 from gateway import config as configmod
 from gpsdproc import Gpsd, require_gpsd
@@ -66,6 +66,7 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path,
         port.close()
 
 
+@pytest.mark.slow
 def test_bus_enters_the_school_geofence(rig: tuple[GatewayProcess, Subscriber]) -> None:
     gw, sub = rig
     wait_until(lambda: len(sub.events("geofence_enter")) >= 1, 30, "geofence_enter")

@@ -62,8 +62,8 @@ def test_sos_uses_last_trusted_gps_fix() -> None:
     eng = engine_of(full_raw(tags))
     lat, lon = offset(*SCHOOL, 0, 2000)
     st = eng.initial_state()
-    st, _ = eng.step(st, GpsFix("gps", T0, lat, lon, fix_quality=1, fix_type=3), T0)
-    st, evs = eng.step(st, BleSighting("ble-yard", tags[0]["id"], T0 + 1, -70, button=True), T0)
+    st, _ = eng.step(st, GpsFix("gps", T0, lat, lon, fix_quality=1, fix_type=3))
+    st, evs = eng.step(st, BleSighting("ble-yard", tags[0]["id"], T0 + 1, -70, button=True))
     assert evs[0].data["position"]["source"] == "gps" and evs[0].data["cameras"] == []
 
 

@@ -99,7 +99,7 @@ def test_leaving_a_stay_zone_in_hours_is_an_alert() -> None:
     # 10:00 Seoul: both tags close to the reader for a minute, then gone.
     for i in range(60):
         for tg in tags:
-            st, e = eng.step(st, BleSighting("ble-yard", tg["id"], T0 + i, -60), T0 + i)
+            st, e = eng.step(st, BleSighting("ble-yard", tg["id"], T0 + i, -60))
             evs += e
     for i in range(60, 120):
         st, e = eng.tick(st, T0 + i)

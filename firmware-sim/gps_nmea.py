@@ -16,11 +16,23 @@ import datetime as dt
 import itertools
 import math
 import random
+import threading
 import time
 from dataclasses import dataclass
 from functools import reduce
 from operator import xor
+from typing import Any
 
+from firmware_sim.simulator import (
+    Context,
+    Settings,
+    Simulator,
+    Started,
+    StepArgs,
+    later,
+    plug_action,
+    serial_where,
+)
 from firmware_sim.vserial import VirtualSerial
 from firmware_sim.worker import Worker
 
@@ -66,8 +78,15 @@ class Track:
                 prev = points[i - 1]
                 times.append(times[-1] + distance_m((prev.lat, prev.lon), (p.lat, p.lon))
                              / speed_mps)
-        if any(b < a for a, b in itertools.pairwise(times)):
-            raise ValueError("waypoint times must not go backwards")
+        for i, (a, b) in enumerate(itertools.pairwise(times), start=1):
+            if b < a:
+                prev, p = points[i - 1], points[i]
+                how = (f"given as t = {prev.t:g} s" if prev.t is not None
+                       else f"reached at {speed_mps:g} m/s")
+                raise ValueError(
+                    f"waypoint times must not go backwards: waypoint {i} "
+                    f"({p.lat}, {p.lon}) has t = {b:g} s, but waypoint {i - 1} "
+                    f"({prev.lat}, {prev.lon}) is at t = {a:.1f} s ({how})")
         self.points = points
         self.times = times
 
@@ -193,3 +212,71 @@ class GpsSim(Worker):
                 return
             utc = dt.datetime.fromtimestamp(nxt, dt.UTC)
             self.write(b"".join(self.epoch(utc, time.monotonic() - self.t0)))
+
+
+# -- in a scenario (kidsafe-sim run) -------------------------------------------------------
+
+def track_of(settings: Settings) -> Track:
+    """The ``track`` and ``speed_mps`` of a [[device]] table; ValueError says what is wrong."""
+    raw: Any = settings.get("track")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("expected [[lat, lon] or [lat, lon, t], ...]")
+    points = []
+    for i, p in enumerate(raw):
+        if (not isinstance(p, list) or len(p) not in (2, 3)
+                or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in p)):
+            raise ValueError(f"waypoint {i}: expected [lat, lon] or [lat, lon, t], got {p!r}")
+        points.append(Waypoint(float(p[0]), float(p[1]), float(p[2]) if len(p) > 2 else None))
+    return Track(points, float(settings.get("speed_mps", SIMULATOR.settings["speed_mps"])))
+
+
+def _check(settings: Settings) -> list[tuple[str, str]]:
+    speed = settings.get("speed_mps", SIMULATOR.settings["speed_mps"])
+    if not isinstance(speed, int | float) or isinstance(speed, bool) or speed <= 0:
+        return [("speed_mps", "expected metres per second > 0")]
+    try:
+        track_of(settings)
+    except ValueError as e:
+        return [("track", str(e))]
+    return []
+
+
+def _act(sim: GpsSim, action: str, a: StepArgs, stop: threading.Event) -> None:
+    if plug_action(sim.port, action, a, stop):
+        return
+    if action == "jump":
+        sim.jump(float(a["north_m"]), float(a.get("east_m", 0.0)))
+        later(a, stop, lambda: sim.jump(0.0, 0.0))
+    elif action == "no_fix":
+        sim.fix = False
+        later(a, stop, lambda: setattr(sim, "fix", True))
+    elif action == "week_rollover":
+        sim.week_rollover()
+        later(a, stop, lambda: sim.week_rollover(False))
+    elif action == "checksum_errors":
+        sim.checksum_error_rate = float(a["rate"])
+
+
+def _start(device_id: str, s: Settings, ctx: Context) -> Started:
+    track = track_of(s)
+    port = ctx.serial_port(device_id, s)
+    sim = GpsSim(port, track, rate_hz=float(s["rate_hz"]), talker=str(s["talker"]),
+                 jitter_m=float(s["jitter_m"]),
+                 checksum_error_rate=float(s["checksum_error_rate"]),
+                 satellites=int(s["satellites"]), hdop=float(s["hdop"]),
+                 seed=int(s["seed"])).start()
+    ctx.stack.callback(sim.stop)
+    return Started({"kind": SIMULATOR.kind, "role": "gps", "port": port.path},
+                   serial_where(port), lambda action, a, stop: _act(sim, action, a, stop))
+
+
+SIMULATOR = Simulator(
+    kind="gps_nmea",
+    settings={"link": None, "track": None, "speed_mps": 10.0, "rate_hz": 1.0, "talker": "GP",
+              "jitter_m": 3.0, "checksum_error_rate": 0.0, "satellites": 9, "hdop": 0.9,
+              "seed": 1},
+    actions={"jump": ("north_m",), "no_fix": (), "week_rollover": (),
+             "checksum_errors": ("rate",), "unplug": (), "replug": ()},
+    start=_start,
+    check=_check,
+)
