@@ -102,8 +102,9 @@ def test_adapter_removed_and_back(rig: Rig) -> None:
         clock.advance(0.5)
         time.sleep(0.1)
     sim.add_adapter()
-    clock.advance(0.5)  # past the back-off: the next restart finds the adapter
-    wait_until(lambda: sink.last()[0] == ReaderState.ONLINE, 10, "scanning again")
+    # Past the back-off (cap 0.5 s): the next restart finds the adapter.
+    advance_until(clock, lambda: sink.last()[0] == ReaderState.ONLINE, 0.5, 10,
+                  "scanning again")
     wait_until(lambda: sink.count() > n + 3, 10, "sightings again")
 
 

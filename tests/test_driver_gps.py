@@ -157,7 +157,8 @@ def test_unplug_and_replug(rig: Rig) -> None:
         clock.advance(0.3)
         time.sleep(0.05)
     port.plug()
-    clock.advance(0.3)  # past the back-off: the next attempt opens the port
+    # Past the back-off (cap 0.3 s): the next attempt opens the port.
+    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.3, 10, "reopened")
     n = len(sink.good())
     wait_until(lambda: len(sink.good()) > n + 1, 10, "fixes after replug")
     assert sentence("GPTXT,01,01,02,hi").endswith(b"\r\n")

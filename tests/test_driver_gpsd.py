@@ -86,7 +86,9 @@ def test_fixes_through_gpsd_and_reconnect_after_gpsd_dies(rig: Rig) -> None:
         time.sleep(0.05)
     gpsd.start()
     n = len(sink.good())
-    clock.advance(0.5)  # past the back-off: the next attempt finds gpsd
+    # Past the back-off (cap 0.5 s): the next attempt finds gpsd.
+    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.5, 10,
+                  "connected again")
     wait_until(lambda: len(sink.good()) > n, 20, "fixes after gpsd restarted")
     assert sink.last_state() == ReaderState.ONLINE
 

@@ -159,7 +159,8 @@ def test_unplug_and_replug(fake_rig: Rig, clock: FakeClock) -> None:
         clock.advance(0.3)
         time.sleep(0.05)
     port.plug()
-    clock.advance(0.3)  # past the back-off: the next attempt opens the port
+    # Past the back-off (cap 0.3 s): the next attempt opens the port and the reader answers.
+    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.3, 10, "reopened")
     with sink.lock:
         before = len(sink.reads)
     wait_until(lambda: len(sink.reads) > before, 10, "reads after replug")

@@ -16,7 +16,7 @@ from firmware_sim.vserial import VirtualSerial
 from gateway.clock import FakeClock
 from gateway.config import reader_config
 from gateway.model import ReaderState, TagRead
-from harness import CollectSink, driver_running, wait_until
+from harness import CollectSink, advance_until, driver_running, wait_until
 
 
 class Collect(CollectSink[TagRead]):
@@ -77,8 +77,9 @@ def test_unplug_and_replug_reconnects(rig: Rig, caplog: pytest.LogCaptureFixture
         clock.advance(0.3)
         time.sleep(0.05)
     port.plug()
-    clock.advance(0.3)  # past the back-off: the next attempt opens the port
-    wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 2, 10, "driver reconnects")
+    # Past the back-off (cap 0.3 s): the next attempt opens the port.
+    advance_until(clock, lambda: sink.state_count(ReaderState.ONLINE) >= 2, 0.3, 10,
+                  "driver reconnects")
     time.sleep(0.2)
     sim.present("01000734E0", hold_s=0.0)
     wait_until(lambda: len(sink.tags()) == 2, 10, "read after replug")
