@@ -666,6 +666,8 @@ class ZoneScore:
     still_hours: float
     within: int  # events within dwell_s + 30 s of their crossing
     errors_s: tuple[float, ...]  # |event time - true crossing| of matched events
+    deep_false_exits: int = 0  # of those false exits, children standing far inside
+    deep_hours: float = 0.0
 
     @property
     def precision(self) -> float:
@@ -691,12 +693,17 @@ class ZoneScore:
         return ZoneScore(self.crossings + o.crossings, self.events + o.events,
                          self.matched + o.matched, self.false_exits + o.false_exits,
                          self.still_hours + o.still_hours, self.within + o.within,
-                         self.errors_s + o.errors_s)
+                         self.errors_s + o.errors_s,
+                         self.deep_false_exits + o.deep_false_exits,
+                         self.deep_hours + o.deep_hours)
 
     def figures(self, suffix: str = "") -> dict[str, float]:
         return {f"zone_precision{suffix}": round(self.precision, 4),
                 f"zone_recall{suffix}": round(self.recall, 4),
                 f"zone_false_exits_per_100h{suffix}": round(self.false_exits_per_100h, 2),
+                f"zone_false_exits_per_100h_far_inside{suffix}": round(
+                    100.0 * self.deep_false_exits / self.deep_hours if self.deep_hours
+                    else 0.0, 2),
                 f"zone_time_error_p50_s{suffix}": round(self.time_error_p50_s, 1),
                 f"zone_events_within_dwell_30s{suffix}": round(self.within_share, 4)}
 
@@ -716,11 +723,13 @@ def score_zone(zf: ZoneField, events: Iterable[Any], dwell_s: float) -> ZoneScor
     pairs = _pairs(zf.crossings, evs, lambda c: (c.child, c.kind), lambda e: (e.child, e.kind),
                    ZONE_EARLY_S, ZONE_LATE_S)
     errors = tuple(abs(e.time - c.time) for c, e in pairs)
-    still = {s.child for s in zf.still}
-    false_exits = sum(1 for e in evs if e.kind == "zone_exit" and e.child in still)
-    return ZoneScore(len(zf.crossings), len(evs), len(pairs), false_exits,
+    still = {s.child: s.role for s in zf.still}
+    false_exits = [e for e in evs if e.kind == "zone_exit" and e.child in still]
+    return ZoneScore(len(zf.crossings), len(evs), len(pairs), len(false_exits),
                      sum(s.hours for s in zf.still),
-                     sum(1 for d in errors if d <= dwell_s + 30.0), errors)
+                     sum(1 for d in errors if d <= dwell_s + 30.0), errors,
+                     sum(1 for e in false_exits if still[e.child] == "inside"),
+                     sum(s.hours for s in zf.still if s.role == "inside"))
 
 
 @dataclass(frozen=True, slots=True)
