@@ -34,6 +34,8 @@ import logging
 import random
 import threading
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from bleak import BleakScanner
@@ -47,8 +49,8 @@ from dbus_fast.errors import DBusError
 from drivers._base import Driver
 from drivers.codecs import Reject
 from drivers.codecs import ble as codec
-from gateway.config import ReaderConfig
 from gateway.model import BleSighting, ReaderState
+from gateway.options import ReaderOptions, opt
 
 log = logging.getLogger("gateway.driver")
 
@@ -66,46 +68,50 @@ class AdapterTrouble(Exception):
 DEVICE_ERRORS = (BleakError, DBusError, AdapterTrouble, OSError, EOFError, TimeoutError)
 
 
-def _uuid_ok(v: Any) -> bool:
-    import uuid
+def _adapter(v: str) -> str | None:
+    return None if v.isalnum() else "expected an adapter name such as \"hci0\""
 
+
+def _uuid(v: str) -> str | None:
     try:
-        uuid.UUID(str(v))
+        uuid.UUID(v)
     except ValueError:
-        return False
-    return isinstance(v, str)
+        return "expected a UUID such as \"f7826da6-4fa2-4e98-8024-bc5b71e0893e\""
+    return None
 
 
-class BleDriver(Driver):
-    @classmethod
-    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
-        o = cfg.options
-        problems = []
-        a = o.get("adapter", "hci0")
-        if not isinstance(a, str) or not a.isalnum():
-            problems.append(("adapter", "expected an adapter name such as \"hci0\""))
-        for key in ("button_uuid", "tag_uuid"):
-            if key in o and not _uuid_ok(o[key]):
-                problems.append((key, "expected a UUID such as "
-                                      "\"f7826da6-4fa2-4e98-8024-bc5b71e0893e\""))
-        for key in ("silence_s", "power_off_s", "reconnect_initial_s", "reconnect_max_s"):
-            v = o.get(key)
-            if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v <= 0):
-                problems.append((key, "expected a number greater than 0"))
-        return problems
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BleOptions(ReaderOptions):
+    adapter: str = opt("hci0", "BlueZ adapter to scan with", check=_adapter)
+    button_uuid: str | None = opt(None, "iBeacon UUID a tag advertises while its button is "
+                                        "pressed (SOS)", check=_uuid)
+    tag_uuid: str | None = opt(None, "the tags' own iBeacon UUID, to attribute a press from a "
+                                     "tag not seen before", check=_uuid)
+    silence_s: float = opt(30.0, "no advert this long: restart the scan, then the adapter",
+                           gt=0)
+    power_off_s: float = opt(1.0, "how long the adapter stays off when power-cycled", gt=0)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after adapter trouble", gt=0)
+    reconnect_max_s: float = opt(30.0, "back-off cap while the adapter is in trouble", gt=0)
+
+    def where(self) -> str:
+        return self.adapter
+
+
+class BleDriver(Driver[BleOptions]):
+    Options = BleOptions
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         o = self.cfg.options
-        self.adapter = str(o.get("adapter", "hci0"))
+        self.adapter = o.adapter
         self.path = f"/org/bluez/{self.adapter}"
-        bu, tu = o.get("button_uuid"), o.get("tag_uuid")
-        self.button_uuid: str | None = str(bu).lower() if bu else None
-        self.tag_uuid: str | None = str(tu).lower() if tu else None
-        self.silence_s = float(o.get("silence_s", 30.0))
-        self.power_off_s = float(o.get("power_off_s", 1.0))
-        self.initial_s = float(o.get("reconnect_initial_s", 0.5))
-        self.cap_s = float(o.get("reconnect_max_s", 30.0))
+        # Compared with decoded ids, which are lower case.
+        self.button_uuid = o.button_uuid.lower() if o.button_uuid else None
+        self.tag_uuid = o.tag_uuid.lower() if o.tag_uuid else None
+        self.silence_s = o.silence_s
+        self.power_off_s = o.power_off_s
+        self.initial_s = o.reconnect_initial_s
+        self.cap_s = o.reconnect_max_s
         self._by_addr: dict[str, str] = {}
         self._by_major_minor: dict[tuple[int, int], str] = {}
         self._last_adv = 0.0

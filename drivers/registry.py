@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from drivers._base import Driver
@@ -59,9 +59,9 @@ def get(name: str) -> Kind:
         raise KeyError(f"unknown reader kind {name!r} (known: {', '.join(names())})") from None
 
 
-def driver(name: str) -> type[Driver]:
+def driver(name: str) -> type[Driver[Any]]:
     module = importlib.import_module(get(name).driver)
-    cls: type[Driver] = module.DRIVER
+    cls: type[Driver[Any]] = module.DRIVER
     return cls
 
 

@@ -23,15 +23,17 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import serial
 
-from drivers._serial import SerialDriver
+from drivers._serial import SerialDriver, SerialOptions
 from drivers.codecs import Reject
 from drivers.codecs import uhf_r2000 as r2k
-from gateway.config import ReaderConfig
+from gateway.checker import non_empty
 from gateway.model import ReaderState, Reading, TagRead
+from gateway.options import opt
 
 log = logging.getLogger("gateway.driver")
 
@@ -43,42 +45,30 @@ class _Phase(enum.Enum):
     INVENTORY = 2
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UhfR2000Options(SerialOptions):
+    baud: int = opt(115200, "serial speed in baud", gt=0)
+    antennas: tuple[int, ...] = opt((1,), "antenna ports to cycle through, 1..4", ge=1, le=4,
+                                    check=non_empty)
+    repeat: int = opt(1, "inventory rounds per 0x89 command (255: fastest)", ge=1, le=255)
+    address: int = opt(1, "the reader's bus address in command frames", ge=0, le=255)
+    reply_timeout_s: float = opt(1.0, "no answer this long: resend, reader degraded", gt=0)
+    silence_s: float = opt(5.0, "no answer this long: reopen the port", gt=0)
 
 
-class UhfR2000Driver(SerialDriver):
+class UhfR2000Driver(SerialDriver[UhfR2000Options]):
+    Options = UhfR2000Options
     online_when_open = False  # online once the reader answers a command
-    default_baud = 115200
     read_timeout_s = 0.05  # short: the loop also drives the command timeouts
-
-    @classmethod
-    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
-        problems = super().check_options(cfg)
-        o = cfg.options
-        ants = o.get("antennas", [1])
-        if (not isinstance(ants, list) or not ants
-                or not all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 4
-                           for a in ants)):
-            problems.append(("antennas", "expected a non-empty array of antenna numbers 1..4"))
-        for key in ("reply_timeout_s", "silence_s"):
-            if key in o and (not _num(o[key]) or o[key] <= 0):
-                problems.append((key, "expected a number greater than 0"))
-        for key, lo, hi in (("repeat", 1, 255), ("address", 0, 255)):
-            v = o.get(key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool)
-                                  or not lo <= v <= hi):
-                problems.append((key, f"expected an integer {lo}..{hi}"))
-        return problems
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         o = self.cfg.options
-        self.antennas: list[int] = list(o.get("antennas", [1]))
-        self.repeat = int(o.get("repeat", 1))
-        self.address = int(o.get("address", 1))
-        self.reply_timeout_s = float(o.get("reply_timeout_s", 1.0))
-        self.silence_s = float(o.get("silence_s", 5.0))
+        self.antennas = o.antennas
+        self.repeat = o.repeat
+        self.address = o.address
+        self.reply_timeout_s = o.reply_timeout_s
+        self.silence_s = o.silence_s
 
     # SerialDriver hooks (the read loop below replaces the streaming one).
     def new_decoder(self) -> r2k.Decoder:
@@ -112,7 +102,7 @@ class UhfR2000Driver(SerialDriver):
                 self._report(ReaderState.DEGRADED, "; ".join(
                     f"antenna {a}: {e}" for a, e in sorted(failing.items())))
             else:
-                self._report(ReaderState.ONLINE, self.cfg.port)
+                self._report(ReaderState.ONLINE, self.cfg.options.port)
 
         def round_done(error: str | None) -> None:
             nonlocal idx, phase

@@ -16,8 +16,8 @@ from typing import Any
 from fieldgen import *  # noqa: F403
 from fieldgen import BatteryField, Calibration, GateField, ZoneField, boundary_median
 
-from gateway.config import parse
-from gateway.engine import Engine, EngineConfig
+from gateway.config import engine_config, parse
+from gateway.engine import Engine
 from gateway.model import BleSighting, GpsFix, Reading, TagRead
 
 T0 = 1_717_203_600.0  # 2024-06-01 01:00 UTC = 10:00 in Seoul (a Saturday)
@@ -44,7 +44,7 @@ def reader(rid: str, role: str, **options: Any) -> dict[str, Any]:
 
 
 def engine_of(raw: dict[str, Any]) -> Engine:
-    return Engine(EngineConfig.from_config(parse(raw)))
+    return Engine(engine_config(parse(raw)))
 
 
 def child_tags(n: int, prefix: str = "C0FFEE", groups: list[str] | None = None
@@ -256,7 +256,8 @@ def parked_on_boundary(seed: int, duration_s: float, radius: float = 150.0) -> l
 def run(engine: Engine, readings: Sequence[Reading], state: Any = None, until: float | None = None
         ) -> tuple[Any, list[Any]]:
     """Replay readings with the replay's implicit ticks; tick on to ``until``."""
-    from gateway.replay import Control, Replayer
+    from gateway.recording import Control
+    from gateway.replay import Replayer
 
     rp = Replayer(engine, state)
     events = []

@@ -13,7 +13,7 @@ from blezmock import ALERT_UUID, TAG_UUID, ble_world
 from drivers.ble import BleDriver
 from firmware_sim.ble import BleSim, SimTag
 from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.config import reader_config
 from gateway.model import BleSighting, ReaderState
 from harness import CollectSink, driver_running, wait_until
 
@@ -48,11 +48,10 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
                            battery_mv=2950, temperature_c=23.5))
         sim.add_tag(SimTag("C0:00:00:00:00:03", "other", interval_s=0.15))
         sink = Collect()
-        cfg = ReaderConfig(id="ble-1", kind="ble", role="zone",
-                           options={"adapter": "hci0", "button_uuid": ALERT_UUID,
-                                    "silence_s": 1.0, "power_off_s": 0.3,
-                                    "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
-        assert BleDriver.check_options(cfg) == []
+        cfg = reader_config({"id": "ble-1", "kind": "ble", "role": "zone",
+                             "adapter": "hci0", "button_uuid": ALERT_UUID,
+                             "silence_s": 1.0, "power_off_s": 0.3,
+                             "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
         drv = BleDriver(cfg, sink, SystemClock())
         with driver_running(drv):
             wait_until(lambda: sink.last()[0] == ReaderState.ONLINE, 10, "scanning")

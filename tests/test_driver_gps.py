@@ -14,7 +14,7 @@ from drivers.gps_nmea import GpsNmeaDriver
 from firmware_sim.gps_nmea import GpsSim, Track, Waypoint, offset, sentence
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.config import reader_config
 from gateway.model import GpsFix, ReaderState
 from harness import CollectSink, driver_running, wait_until
 
@@ -41,10 +41,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     track = Track([Waypoint(*HOME), Waypoint(*end)], speed_mps=10)
     sim = GpsSim(port, track, rate_hz=4, talker="GN", seed=3)
     sink = Collect()
-    cfg = ReaderConfig(id="gps", kind="gps_nmea", role="gps", port=port.path,
-                       options={"silence_s": 1.0, "no_fix_s": 1.0,
-                                "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
-    assert GpsNmeaDriver.check_options(cfg) == []
+    cfg = reader_config({"id": "gps", "kind": "gps_nmea", "role": "gps", "port": port.path,
+                         "silence_s": 1.0, "no_fix_s": 1.0,
+                         "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
     drv = GpsNmeaDriver(cfg, sink, SystemClock())
     try:
         with driver_running(drv):

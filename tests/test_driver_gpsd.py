@@ -18,7 +18,7 @@ from firmware_sim.broker import free_port
 from firmware_sim.gps_nmea import GpsSim, Track, Waypoint
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.config import reader_config
 from gateway.model import ReaderState
 from gpsdproc import Gpsd, require_gpsd
 from harness import wait_until
@@ -28,10 +28,9 @@ HOME = (37.5665, 126.9780)
 
 def start_driver(port: int, sink: Collect, no_fix_s: float = 3.0) -> tuple[threading.Event,
                                                                            threading.Thread]:
-    cfg = ReaderConfig(id="gps", kind="gpsd", role="gps",
-                       options={"host": "127.0.0.1", "gpsd_port": port, "no_fix_s": no_fix_s,
-                                "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
-    assert GpsdDriver.check_options(cfg) == []
+    cfg = reader_config({"id": "gps", "kind": "gpsd", "role": "gps",
+                         "host": "127.0.0.1", "gpsd_port": port, "no_fix_s": no_fix_s,
+                         "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
     drv = GpsdDriver(cfg, sink, SystemClock())
     stop = threading.Event()
     t = threading.Thread(target=drv.run, args=(stop,), daemon=True)

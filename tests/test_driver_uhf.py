@@ -16,7 +16,7 @@ from firmware_sim.uhf_r2000 import UhfR2000Sim, dbm_to_raw
 from firmware_sim.vserial import VirtualSerial
 from gateway import config as configmod
 from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.config import reader_config
 from gateway.model import ReaderState, TagRead
 from harness import CollectSink, driver_running, wait_until
 
@@ -42,10 +42,10 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     port.plug()
     sim = UhfR2000Sim(port, miss_rate=0.2, seed=7).start()
     sink = Collect()
-    cfg = ReaderConfig(id="gate-uhf", kind="uhf_r2000", role="gate", port=port.path, baud=115200,
-                       options={"antennas": [1, 2], "reply_timeout_s": 0.3, "silence_s": 1.0,
-                                "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
-    assert UhfR2000Driver.check_options(cfg) == []
+    cfg = reader_config({"id": "gate-uhf", "kind": "uhf_r2000", "role": "gate",
+                         "port": port.path, "baud": 115200, "antennas": [1, 2],
+                         "reply_timeout_s": 0.3, "silence_s": 1.0,
+                         "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
     drv = UhfR2000Driver(cfg, sink, SystemClock())
     try:
         with driver_running(drv):
@@ -137,16 +137,17 @@ def test_unplug_and_replug(rig: Rig) -> None:
 
 
 def test_config_options_are_checked(tmp_path: Path) -> None:
-    bad = ReaderConfig(id="u", kind="uhf_r2000", role="gate", port="/dev/null",
-                       options={"antennas": [0, 5], "repeat": 0, "silence_s": -1})
-    keys = {k for k, _ in UhfR2000Driver.check_options(bad)}
-    assert keys == {"antennas", "repeat", "silence_s"}
+    with pytest.raises(configmod.ConfigInvalid) as bad:
+        reader_config({"id": "u", "kind": "uhf_r2000", "role": "gate", "port": "/dev/null",
+                       "antennas": [0, 5], "repeat": 0, "silence_s": -1})
+    keys = {e.key for e in bad.value.errors}
+    assert keys == {"readers[0].antennas", "readers[0].repeat", "readers[0].silence_s"}
     cfg = tmp_path / "c.toml"
     cfg.write_text('[unit]\nid="u"\nsite="s"\n[broker]\n[buffer]\npath="b.db"\n'
                    '[[readers]]\nid="g"\nkind="uhf_r2000"\nport="/dev/ttyUSB0"\n'
                    'antennas=[1,2]\nantenna_roles={"1"="outer","2"="inner"}\n')
     loaded = configmod.load(cfg)
-    assert loaded.readers[0].options["antennas"] == [1, 2]
+    assert loaded.readers[0].options.antennas == (1, 2)
 
 
 def test_not_online_until_the_reader_answers(tmp_path: Path) -> None:
@@ -154,8 +155,8 @@ def test_not_online_until_the_reader_answers(tmp_path: Path) -> None:
     port = VirtualSerial(str(tmp_path / "ttyMUTE"))
     port.plug()  # a pty with nothing behind it: opens fine, never answers
     sink = Collect()
-    cfg = ReaderConfig(id="gate-uhf", kind="uhf_r2000", role="gate", port=port.path,
-                       options={"reply_timeout_s": 0.2, "silence_s": 5.0})
+    cfg = reader_config({"id": "gate-uhf", "kind": "uhf_r2000", "role": "gate",
+                         "port": port.path, "reply_timeout_s": 0.2, "silence_s": 5.0})
     drv = UhfR2000Driver(cfg, sink, SystemClock())
     try:
         with driver_running(drv):

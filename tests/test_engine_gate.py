@@ -63,11 +63,11 @@ def test_single_antenna_gate_reports_at_once_without_direction() -> None:
     tag = tags[0]["id"]
     out = []
     for i in range(10):  # held for 2 s: one passage
-        st, evs = eng.step(st, TagRead("gate-main", tag, T0 + i * 0.2), T0 + i * 0.2)
+        st, evs = eng.step(st, TagRead("gate-main", tag, T0 + i * 0.2))
         out.append(evs)
     assert len(out[0]) == 1 and not any(out[1:])
     assert out[0][0].data["direction"] is None and out[0][0].time == T0
-    st, evs = eng.step(st, TagRead("gate-main", tag, T0 + 10), T0 + 10)
+    st, evs = eng.step(st, TagRead("gate-main", tag, T0 + 10))
     assert len(evs) == 1  # after the repeat window: a new passage
 
 

@@ -13,7 +13,8 @@ from test_engine_gate import UHF
 from gateway.config import ConfigInvalid, parse
 from gateway.engine import end_roll_call, locate, start_roll_call, state_from_dict, state_to_dict
 from gateway.model import BleSighting, GpsFix, Lane, Reading, TagRead
-from gateway.replay import Recorder, main_locate, main_replay, read_items
+from gateway.recording import Recorder, read_items
+from gateway.replay import main_locate, main_replay
 from scenarios import (
     SCHOOL,
     T0,
@@ -62,8 +63,8 @@ def test_sos_uses_last_trusted_gps_fix() -> None:
     eng = engine_of(full_raw(tags))
     lat, lon = offset(*SCHOOL, 0, 2000)
     st = eng.initial_state()
-    st, _ = eng.step(st, GpsFix("gps", T0, lat, lon, fix_quality=1, fix_type=3), T0)
-    st, evs = eng.step(st, BleSighting("ble-yard", tags[0]["id"], T0 + 1, -70, button=True), T0)
+    st, _ = eng.step(st, GpsFix("gps", T0, lat, lon, fix_quality=1, fix_type=3))
+    st, evs = eng.step(st, BleSighting("ble-yard", tags[0]["id"], T0 + 1, -70, button=True))
     assert evs[0].data["position"]["source"] == "gps" and evs[0].data["cameras"] == []
 
 

@@ -13,7 +13,7 @@ from drivers.rdm6300 import Rdm6300Driver
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
 from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.config import reader_config
 from gateway.model import ReaderState, TagRead
 from harness import CollectSink, driver_running, wait_until
 
@@ -32,8 +32,8 @@ def rig(tmp_path: Path) -> Iterator[tuple[VirtualSerial, Rdm6300Sim, Collect]]:
     port = VirtualSerial(str(tmp_path / "ttyRFID0"))
     port.plug()
     sink = Collect()
-    cfg = ReaderConfig(id="gate-a", kind="rdm6300", role="gate", port=port.path,
-                       options={"reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
+    cfg = reader_config({"id": "gate-a", "kind": "rdm6300", "role": "gate", "port": port.path,
+                         "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
     drv = Rdm6300Driver(cfg, sink, SystemClock())
     try:
         with driver_running(drv):

@@ -22,99 +22,107 @@ from gateway.engine.state import EngineState, Passage
 from gateway.model import Event, Lane, TagRead
 
 
-def on_read(state: EngineState, rt: Runtime, gs: GateSide, r: TagRead,
+def on_read(state: EngineState, runtime: Runtime, gate_side: GateSide, read: TagRead,
             events: list[Event]) -> None:
-    side = gs.side
-    if gs.antennas is not None:
-        side = gs.antennas.get(r.antenna) if r.antenna is not None else None
+    side = gate_side.side
+    if gate_side.antennas is not None:
+        side = gate_side.antennas.get(read.antenna) if read.antenna is not None else None
         if side is None:
             return  # an antenna without a role: no evidence of direction
-    t = r.time
-    tags = state.passages.get(gs.gate)
+    t = read.time
+    gate = gate_side.gate
+    tags = state.passages.get(gate)
     if tags is None:
-        tags = state.passages[gs.gate] = {}
-    p = tags.get(r.tag)
+        tags = state.passages[gate] = {}
+    passage = tags.get(read.tag)
     if side is None:  # single antenna: report at once, swallow the repeats
-        if p is not None and t - p.last_t <= rt.cfg.gate_window_s:
-            if t > p.last_t:
-                p.last_t = t
+        if passage is not None and t - passage.last_time <= runtime.cfg.gate_window_s:
+            if t > passage.last_time:
+                passage.last_time = t
             return
-        p = tags[r.tag] = Passage(t)
-        p.emitted = True
-        p.reader_out = r.reader
-        _emit(state, rt, gs.gate, r.tag, None, t, r.reader, 1, events)
+        passage = tags[read.tag] = Passage(t)
+        passage.emitted = True
+        passage.reader_out = read.reader
+        _emit(state, runtime, gate, read.tag, None, t, read.reader, 1, events)
         return
-    if p is not None and t - p.last_t > _silence(rt, p):
-        _close(state, rt, gs.gate, r.tag, p, events)
-        p = None
-    if p is None:
-        p = tags[r.tag] = Passage(t)
-    dt = t - p.start
+    if passage is not None and t - passage.last_time > _silence(runtime, passage):
+        _close(state, runtime, gate, read.tag, passage, events)
+        passage = None
+    if passage is None:
+        passage = tags[read.tag] = Passage(t)
+    offset = t - passage.start
     if side == "outer":
-        if not p.n_out:
-            p.first_out, p.reader_out = t, r.reader
-        p.n_out += 1
-        p.sum_out += dt
+        if not passage.reads_out:
+            passage.first_out, passage.reader_out = t, read.reader
+        passage.reads_out += 1
+        passage.offsets_out += offset
     else:
-        if not p.n_in:
-            p.first_in, p.reader_in = t, r.reader
-        p.n_in += 1
-        p.sum_in += dt
-    if t > p.last_t:
-        p.last_t = t
+        if not passage.reads_in:
+            passage.first_in, passage.reader_in = t, read.reader
+        passage.reads_in += 1
+        passage.offsets_in += offset
+    if t > passage.last_time:
+        passage.last_time = t
 
 
-def _silence(rt: Runtime, p: Passage) -> float:
+def _silence(runtime: Runtime, passage: Passage) -> float:
     """How long a presentation stays open without reads."""
-    if p.emitted or (p.n_out and p.n_in):  # single-antenna, or both sides seen
-        return rt.cfg.gate_window_s
-    return max(rt.s.gate_pair_s, rt.cfg.gate_window_s)
+    # A single-antenna presentation (already emitted), or one seen on both sides.
+    if passage.emitted or (passage.reads_out and passage.reads_in):
+        return runtime.cfg.gate_window_s
+    return max(runtime.settings.gate_pair_s, runtime.cfg.gate_window_s)
 
 
-def _close(state: EngineState, rt: Runtime, gate: str, tag: str, p: Passage,
+def _close(state: EngineState, runtime: Runtime, gate: str, tag: str, passage: Passage,
            events: list[Event]) -> None:
-    if p.emitted:
+    if passage.emitted:
         return
-    p.emitted = True
-    n = p.n_out + p.n_in
-    if p.n_out and p.n_in:
-        d = p.sum_in / p.n_in - p.sum_out / p.n_out
-        if d > 0:
-            _emit(state, rt, gate, tag, "arrival", p.first_in, p.reader_in, n, events)
+    passage.emitted = True
+    reads_out, reads_in = passage.reads_out, passage.reads_in
+    reads = reads_out + reads_in
+    if reads_out and reads_in:
+        # Mean read time inside minus mean read time outside: positive is an arrival.
+        lag = passage.offsets_in / reads_in - passage.offsets_out / reads_out
+        if lag > 0:
+            _emit(state, runtime, gate, tag, "arrival", passage.first_in, passage.reader_in, reads,
+                  events)
             return
-        if d < 0:
-            _emit(state, rt, gate, tag, "departure", p.first_out, p.reader_out, n, events)
+        if lag < 0:
+            _emit(state, runtime, gate, tag, "departure", passage.first_out, passage.reader_out,
+                  reads, events)
             return
-    side = "outer" if p.n_out else "inner"
-    t = p.first_out if p.n_out else p.first_in
-    _emit(state, rt, gate, tag, None, t, p.reader_out if p.n_out else p.reader_in, n, events,
-          sides=["outer", "inner"] if p.n_out and p.n_in else [side])
+    side = "outer" if reads_out else "inner"
+    t = passage.first_out if reads_out else passage.first_in
+    reader = passage.reader_out if reads_out else passage.reader_in
+    _emit(state, runtime, gate, tag, None, t, reader, reads, events,
+          sides=["outer", "inner"] if reads_out and reads_in else [side])
 
 
-def _emit(state: EngineState, rt: Runtime, gate: str, tag: str, direction: str | None,
+def _emit(state: EngineState, runtime: Runtime, gate: str, tag: str, direction: str | None,
           t: float, reader: str, reads: int, events: list[Event],
           sides: list[str] | None = None) -> None:
-    tc = rt.tags[tag]
-    day = rt.day(t)
-    first_passage = state.passed.get(tc.child) != day
+    child = runtime.tags[tag].child
+    day = runtime.day(t)
+    first_passage = state.passed.get(child) != day
     if first_passage:
-        state.passed[tc.child] = day
-    first_arrival = direction == "arrival" and state.arrived.get(tc.child) != day
+        state.passed[child] = day
+    first_arrival = direction == "arrival" and state.arrived.get(child) != day
     if first_arrival:
-        state.arrived[tc.child] = day
+        state.arrived[child] = day
     data: dict[str, Any] = {"gate": gate, "direction": direction, "day": day,
             "first_arrival_today": first_arrival, "first_passage_today": first_passage,
             "reads": reads}
     if sides is not None:
         data["sides"] = sides
-    events.append(Event(kind="gate", time=t, lane=Lane.ROUTINE, reader=reader, child=tc.child,
+    events.append(Event(kind="gate", time=t, lane=Lane.ROUTINE, reader=reader, child=child,
                         data=data))
 
 
-def expire(state: EngineState, rt: Runtime, now: float, events: list[Event]) -> None:
+def expire(state: EngineState, runtime: Runtime, now: float, events: list[Event]) -> None:
     """Close presentations that are over, so memory stays flat."""
     for gate, tags in state.passages.items():
-        done = [(tag, p) for tag, p in tags.items() if now - p.last_t > _silence(rt, p)]
-        for tag, p in done:
-            _close(state, rt, gate, tag, p, events)
+        done = [(tag, passage) for tag, passage in tags.items()
+                if now - passage.last_time > _silence(runtime, passage)]
+        for tag, passage in done:
+            _close(state, runtime, gate, tag, passage, events)
             del tags[tag]

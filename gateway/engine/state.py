@@ -24,17 +24,17 @@ class Window:
     """RSSI samples of one tag at one reader over the last window_s, kept twice:
     in arrival order (to expire) and sorted (for the interquartile mean)."""
 
-    __slots__ = ("ordered", "sorted", "times", "vals")
+    __slots__ = ("ordered", "times", "values")
 
     def __init__(self) -> None:
         self.times: deque[float] = deque()
-        self.vals: deque[float] = deque()
-        self.ordered: list[float] = []  # same values as vals, sorted
+        self.values: deque[float] = deque()
+        self.ordered: list[float] = []  # same values as ``values``, sorted
 
-    def add(self, t: float, v: float) -> None:
+    def add(self, t: float, value: float) -> None:
         self.times.append(t)
-        self.vals.append(v)
-        insort(self.ordered, v)
+        self.values.append(value)
+        insort(self.ordered, value)
 
 
 class Presence:
@@ -54,14 +54,14 @@ class Presence:
 class Passage:
     """An open presentation of one tag at a gate, closed by silence."""
 
-    __slots__ = ("emitted", "first_in", "first_out", "last_t", "n_in", "n_out", "reader_in",
-                 "reader_out", "start", "sum_in", "sum_out")
+    __slots__ = ("emitted", "first_in", "first_out", "last_time", "offsets_in", "offsets_out",
+                 "reader_in", "reader_out", "reads_in", "reads_out", "start")
 
     def __init__(self, start: float) -> None:
         self.start = start
-        self.last_t = start
-        self.n_out = self.n_in = 0
-        self.sum_out = self.sum_in = 0.0  # sums of read times (minus start) per side
+        self.last_time = start
+        self.reads_out = self.reads_in = 0
+        self.offsets_out = self.offsets_in = 0.0  # sums of read times (minus start) per side
         self.first_out = self.first_in = 0.0
         self.reader_out = self.reader_in = ""
         self.emitted = False
@@ -80,13 +80,23 @@ class Sighting:
         self.position = position
 
 
+class FenceSide:
+    """Which side of one geofence the unit is on, and the run of fixes saying otherwise."""
+
+    __slots__ = ("inside", "streak")
+
+    def __init__(self, inside: bool | None = None, streak: int = 0) -> None:
+        self.inside = inside  # None: no trusted fix outside the hysteresis band yet
+        self.streak = streak  # consecutive fixes beyond the band on the other side
+
+
 @dataclass(slots=True)
 class GpsState:
     last_time: float = 0.0  # newest fix time considered (ordering)
     fix: Position | None = None  # last trusted fix
     hdop: float | None = None
     pending: list[Position] = field(default_factory=list)  # consistent fixes after a jump
-    fences: dict[str, list[Any]] = field(default_factory=dict)  # id -> [inside|None, streak]
+    fences: dict[str, FenceSide] = field(default_factory=dict)  # geofence id -> side
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
@@ -123,82 +133,91 @@ def _unpos(p: list[float] | None) -> Position | None:
     return None if p is None else (float(p[0]), float(p[1]), float(p[2]))
 
 
+def _fence_side(v: list[Any]) -> FenceSide:
+    inside, streak = v
+    return FenceSide(None if inside is None else bool(inside), int(streak))
+
+
 def state_to_dict(state: EngineState) -> dict[str, Any]:
     """A JSON-able copy of the state (lists and dicts of str/float/int/bool/None)."""
-    g = state.gps
+    gps = state.gps
     return {
         "version": STATE_VERSION,
         "clock": state.clock,
         "downtime_s": state.downtime_s,
         "seen": {t: [s.reader, s.time, s.rssi, _pos(s.position)] for t, s in state.seen.items()},
-        "rssi": {r: {t: [list(w.times), list(w.vals)] for t, w in tags.items()}
+        "rssi": {r: {t: [list(w.times), list(w.values)] for t, w in tags.items()}
                  for r, tags in state.rssi.items()},
         "heard": dict(state.heard),
         "zones": {z: {t: [p.status, p.since, p.last_seen, p.level, p.seen]
                       for t, p in tags.items()}
                   for z, tags in state.zones.items()},
         "last_zone": dict(state.last_zone),
-        "passages": {gid: {t: [p.start, p.last_t, p.n_out, p.n_in, p.sum_out, p.sum_in,
-                               p.first_out, p.first_in, p.reader_out, p.reader_in, p.emitted]
+        "passages": {gid: {t: [p.start, p.last_time, p.reads_out, p.reads_in, p.offsets_out,
+                               p.offsets_in, p.first_out, p.first_in, p.reader_out, p.reader_in,
+                               p.emitted]
                            for t, p in tags.items()}
                      for gid, tags in state.passages.items()},
         "arrived": dict(state.arrived),
         "passed": dict(state.passed),
         "sos": dict(state.sos),
         "battery_low": dict(state.battery_low),
-        "gps": {"last_time": g.last_time, "fix": _pos(g.fix), "hdop": g.hdop,
-                "pending": [_pos(p) for p in g.pending],
-                "fences": {k: list(v) for k, v in g.fences.items()},
-                "rejected": dict(g.rejected)},
+        "gps": {"last_time": gps.last_time, "fix": _pos(gps.fix), "hdop": gps.hdop,
+                "pending": [_pos(p) for p in gps.pending],
+                "fences": {k: [v.inside, v.streak] for k, v in gps.fences.items()},
+                "rejected": dict(gps.rejected)},
         "roll_call": None if state.roll_call is None else {
             "alert_id": state.roll_call.alert_id, "started": state.roll_call.started,
             "next_due": state.roll_call.next_due},
     }
 
 
-def state_from_dict(d: dict[str, Any]) -> EngineState:
+def state_from_dict(data: dict[str, Any]) -> EngineState:
     """Inverse of :func:`state_to_dict`; raises ValueError for another version."""
-    if d.get("version") != STATE_VERSION:
-        raise ValueError(f"engine state version {d.get('version')!r}, expected {STATE_VERSION}")
-    s = EngineState(clock=float(d["clock"]), downtime_s=float(d.get("downtime_s", 0.0)))
-    s.seen = {t: Sighting(v[0], v[1], v[2], _unpos(v[3])) for t, v in d["seen"].items()}
-    for r, tags in d["rssi"].items():
-        out = s.rssi[r] = {}
-        for t, (times, vals) in tags.items():
-            w = out[t] = Window()
-            for tt, vv in zip(times, vals, strict=True):
-                w.add(tt, vv)
-    s.heard = dict(d["heard"])
-    s.zones = {z: {t: Presence(v[0], v[1], v[2], v[3], v[4]) for t, v in tags.items()}
-               for z, tags in d["zones"].items()}
-    s.last_zone = dict(d["last_zone"])
-    for gid, tags in d["passages"].items():
-        out_p = s.passages[gid] = {}
-        for t, v in tags.items():
-            p = out_p[t] = Passage(v[0])
-            (p.last_t, p.n_out, p.n_in, p.sum_out, p.sum_in, p.first_out, p.first_in,
-             p.reader_out, p.reader_in, p.emitted) = v[1:]
-    s.arrived = dict(d["arrived"])
-    s.passed = dict(d["passed"])
-    s.sos = dict(d["sos"])
-    s.battery_low = dict(d["battery_low"])
-    g = d["gps"]
-    s.gps = GpsState(last_time=g["last_time"], fix=_unpos(g["fix"]), hdop=g["hdop"],
-                     pending=[p for p in (_unpos(x) for x in g["pending"]) if p is not None],
-                     fences={k: list(v) for k, v in g["fences"].items()},
-                     rejected=dict(g["rejected"]))
-    rc = d.get("roll_call")
-    if rc:
-        s.roll_call = RollCall(rc["alert_id"], rc["started"], rc["next_due"])
-    return s
+    if data.get("version") != STATE_VERSION:
+        raise ValueError(f"engine state version {data.get('version')!r}, "
+                         f"expected {STATE_VERSION}")
+    state = EngineState(clock=float(data["clock"]),
+                        downtime_s=float(data.get("downtime_s", 0.0)))
+    state.seen = {t: Sighting(v[0], v[1], v[2], _unpos(v[3])) for t, v in data["seen"].items()}
+    for reader, tags in data["rssi"].items():
+        windows = state.rssi[reader] = {}
+        for tag, (times, values) in tags.items():
+            window = windows[tag] = Window()
+            for t, value in zip(times, values, strict=True):
+                window.add(t, value)
+    state.heard = dict(data["heard"])
+    state.zones = {z: {t: Presence(v[0], v[1], v[2], v[3], v[4]) for t, v in tags.items()}
+                   for z, tags in data["zones"].items()}
+    state.last_zone = dict(data["last_zone"])
+    for gid, tags in data["passages"].items():
+        passages = state.passages[gid] = {}
+        for tag, v in tags.items():
+            p = passages[tag] = Passage(v[0])
+            (p.last_time, p.reads_out, p.reads_in, p.offsets_out, p.offsets_in, p.first_out,
+             p.first_in, p.reader_out, p.reader_in, p.emitted) = v[1:]
+    state.arrived = dict(data["arrived"])
+    state.passed = dict(data["passed"])
+    state.sos = dict(data["sos"])
+    state.battery_low = dict(data["battery_low"])
+    gps = data["gps"]
+    state.gps = GpsState(last_time=gps["last_time"], fix=_unpos(gps["fix"]), hdop=gps["hdop"],
+                         pending=[p for p in (_unpos(x) for x in gps["pending"]) if p is not None],
+                         fences={k: _fence_side(v) for k, v in gps["fences"].items()},
+                         rejected=dict(gps["rejected"]))
+    roll_call = data.get("roll_call")
+    if roll_call:
+        state.roll_call = RollCall(roll_call["alert_id"], roll_call["started"],
+                                   roll_call["next_due"])
+    return state
 
 
 def shift_times(state: EngineState, gap: float) -> None:
     """Move the zone timers forward by ``gap``: the unit was down, and time it did
     not listen must not count as a tag's absence or dwell (no false exits on restart).
     Facts (sighting times, reported ``last_seen``) keep their real times."""
-    for ztags in state.zones.values():
-        for p in ztags.values():
-            p.since += gap
-            p.last_seen += gap
+    for tags in state.zones.values():
+        for presence in tags.values():
+            presence.since += gap
+            presence.last_seen += gap
     state.downtime_s += gap
