@@ -55,7 +55,6 @@ from fieldgen import (
     score_zone,
     zone_field,
 )
-
 from scenarios import (
     field_battery_engine,
     field_gate_engine,

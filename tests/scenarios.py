@@ -15,7 +15,6 @@ from typing import Any
 # Field-condition generators (issue 10) live in fieldgen.py; re-exported here.
 from fieldgen import *  # noqa: F403
 from fieldgen import BatteryField, Calibration, GateField, ZoneField, boundary_median
-
 from gateway.config import engine_config, parse
 from gateway.engine import Engine
 from gateway.model import BleSighting, GpsFix, Reading, TagRead

@@ -16,6 +16,7 @@ import statistics
 from typing import Any
 
 import pytest
+
 from fieldgen import (
     FIELD_T0,
     FLOOR_DBM,
@@ -29,7 +30,6 @@ from fieldgen import (
     score_zone,
     seeds,
 )
-
 from gateway.model import BleSighting, Event, TagRead
 from scenarios import (
     battery_field,
