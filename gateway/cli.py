@@ -112,7 +112,7 @@ def _samples(path: str, tag: str, readers: tuple[str, ...]
              ) -> tuple[dict[str, list[float]], float]:
     """RSSI of ``tag`` per reader of the zone in a readings file, and its newest time."""
     from gateway.model import BleSighting
-    from gateway.replay import read_items
+    from gateway.recording import read_items
 
     out: dict[str, list[float]] = {}
     newest = 0.0
@@ -130,7 +130,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     from gateway import calibrate
     from gateway.model import canonical_tag_id
-    from gateway.replay import ReplayError
+    from gateway.recording import ReadingsError
 
     cfg = _load(args.config)
     if cfg is None:
@@ -149,7 +149,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         at_boundary, newest = _samples(args.boundary, tag, zone.readers)
         at_one_m, newest_1m = _samples(args.one_m, tag, zone.readers) if args.one_m else ({}, 0.0)
-    except (OSError, ReplayError) as e:
+    except (OSError, ReadingsError) as e:
         print(f"gatewayd calibrate: {e}", file=sys.stderr)
         return 2
     newest = max(newest, newest_1m)

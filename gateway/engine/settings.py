@@ -36,7 +36,7 @@ DEFAULT_EXPONENT = 2.35
 # not pushed out by its tag being a little weaker than the reference.
 ENTER_MARGIN_DB = 3.0
 EXIT_MARGIN_DB = 4.5
-EXIT_SCORE_DB = 150.0  # exit CUSUM decision threshold (dB summed over adverts)
+EXIT_SCORE_DB = 200.0  # exit CUSUM decision threshold (dB summed over adverts)
 _HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 

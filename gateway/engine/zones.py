@@ -4,7 +4,7 @@ Per tag and zone, on each advert of one of the zone's readers:
 
     OUT/ENTERING --smoothed level >= enter_dbm held dwell_s--> IN          (zone_enter)
     IN/LEAVING --exit score (CUSUM of exit_dbm - rssi) >= exit_score_db--> OUT (zone_exit)
-    IN/LEAVING --no sighting at or above exit_dbm for absence_s--> OUT     (zone_exit, absent)
+    IN/LEAVING --no sighting above exit_dbm - CLIP_DB for absence_s--> OUT (zone_exit, absent)
 
 The exit is a one-sided CUSUM on the raw RSSI (each advert clipped to +-CLIP_DB around
 the exit threshold): a fade of seconds adds a bounded amount and then drains away, so
@@ -52,9 +52,11 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
         presence = tags[tag] = Presence(OUT, t, t, None, t, 0.0, 0.0, t)
     elif t > presence.seen:
         presence.seen = t
-        # A faint advert from far away (weaker than exit_dbm) is not presence: sparse
+        # A faint advert from far away (CLIP_DB below exit_dbm) is not presence: sparse
         # ones would otherwise hold a tag "in" that left, below min_samples forever.
-        if rssi >= settings.exit_dbm:
+        # Adverts between the two are presence (a child standing just inside through a
+        # fade) and, when the tag did leave, each is strong exit evidence for the CUSUM.
+        if rssi >= settings.exit_dbm - CLIP_DB:
             presence.last_seen = t
     status = presence.status
     previous = presence.level_time
