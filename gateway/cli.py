@@ -108,16 +108,16 @@ def cmd_locate(args: argparse.Namespace) -> int:
                         sys.stdout)
 
 
-def _samples(path: str, tag: str, readers: tuple[str, ...]
+def _samples(path: str, tags: set[str], readers: tuple[str, ...]
              ) -> tuple[dict[str, list[float]], float]:
-    """RSSI of ``tag`` per reader of the zone in a readings file, and its newest time."""
+    """RSSI of ``tags`` per reader of the zone in a readings file, and its newest time."""
     from gateway.model import BleSighting
     from gateway.recording import read_items
 
     out: dict[str, list[float]] = {}
     newest = 0.0
     for item in read_items(path):
-        if isinstance(item, BleSighting) and item.tag == tag and item.reader in readers:
+        if isinstance(item, BleSighting) and item.tag in tags and item.reader in readers:
             out.setdefault(item.reader, []).append(float(item.rssi))
             newest = max(newest, item.time)
     return out, newest
@@ -145,10 +145,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"gatewayd calibrate: zone {zone.id!r} has no radius_m: give --radius",
               file=sys.stderr)
         return 2
-    tag = canonical_tag_id(args.tag)
+    # Several reference tags held together average out their own differences in power.
+    tags = {canonical_tag_id(t) for t in args.tag}
     try:
-        at_boundary, newest = _samples(args.boundary, tag, zone.readers)
-        at_one_m, newest_1m = _samples(args.one_m, tag, zone.readers) if args.one_m else ({}, 0.0)
+        at_boundary, newest = _samples(args.boundary, tags, zone.readers)
+        at_one_m, newest_1m = _samples(args.one_m, tags, zone.readers) if args.one_m else ({}, 0.0)
     except (OSError, ReadingsError) as e:
         print(f"gatewayd calibrate: {e}", file=sys.stderr)
         return 2
@@ -163,7 +164,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 1
     th = calibrate.thresholds(est)
     date = datetime.datetime.fromtimestamp(newest, datetime.UTC).date().isoformat()
-    print(f"zone {zone.id}: reader {reader}, tag {tag}, boundary at {radius:g} m")
+    print(f"zone {zone.id}: reader {reader}, tag(s) {', '.join(sorted(tags))}, "
+          f"boundary at {radius:g} m")
     print(f"  boundary  {est.boundary_dbm:.1f} dBm (median of {est.samples} adverts), "
           f"spread {est.spread_db:.1f} dB, standard error {est.stderr_db:.1f} dB")
     if est.ref_dbm is not None and est.exponent is not None:
@@ -253,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "recorded at its boundary (and at 1 m): docs/zones.md")
     cb.add_argument("zone", metavar="ZONE", help="zone id")
     cb.add_argument("--config", "-c", required=True, metavar="FILE")
-    cb.add_argument("--tag", required=True, help="the reference tag's id")
+    cb.add_argument("--tag", required=True, action="append",
+                    help="the reference tag's id (repeat for several tags held together)")
     cb.add_argument("--boundary", required=True, metavar="READINGS",
                     help="readings file (gatewayd run --record) with the tag held at the "
                          "boundary for 1-2 minutes")

@@ -106,12 +106,13 @@ def test_edit_zone_replaces_only_the_calibration_keys_of_that_zone() -> None:
     assert tail == '[[zones]]\nid = "yard"\nboundary_dbm = -85.0\n'
 
 
-def recording(path: Path, rssi: list[float], t0: float = 1_764_590_000.0) -> str:
-    with path.open("w") as f:
+def recording(path: Path, rssi: list[float], t0: float = 1_764_590_000.0,
+              tag: str = REF_TAG) -> str:
+    with path.open("a") as f:
         f.write(json.dumps({"type": "start", "t": t0}) + "\n")
         for i, v in enumerate(rssi):
             f.write(json.dumps({"type": "ble", "t": t0 + i * 1.25, "reader": "ble-yard",
-                                "tag": REF_TAG.lower(), "rssi": int(v)}) + "\n")
+                                "tag": tag.lower(), "rssi": int(v)}) + "\n")
             if i % 7 == 0:  # another tag, heard meanwhile: not the reference
                 f.write(json.dumps({"type": "ble", "t": t0 + i * 1.25 + 0.5,
                                     "reader": "ble-yard", "tag": "C0FFEE000001",
@@ -174,3 +175,17 @@ def test_an_edit_that_would_not_load_is_not_written(
     assert "would not load" in capsys.readouterr().err
     assert cfg.read_text() == CONFIG
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.jsonl", "gw.toml"]
+
+
+def test_several_reference_tags_are_pooled(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(CONFIG)
+    rec = tmp_path / "b.jsonl"
+    recording(rec, [-86.0] * 40)  # this tag's radio is 4 dB stronger than the other's
+    recording(rec, [-90.0] * 40, t0=1_764_590_000.6, tag="CA11B0000002")
+    assert cli.main(["calibrate", "yard", "--config", str(cfg), "--tag", REF_TAG,
+                     "--tag", "ca11b0000002", "--boundary", str(rec)]) == 0
+    out = capsys.readouterr().out
+    assert "tag(s) CA11B0000001, CA11B0000002" in out
+    assert "boundary  -88.0 dBm (median of 80 adverts)" in out
