@@ -16,9 +16,9 @@ Leaving a zone one must stay in is also a zone_alert (emergency lane).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
+from gateway.contract import iso_utc
 from gateway.engine.locate import unit_position
 from gateway.engine.runtime import Runtime, ZoneRuntime
 from gateway.engine.state import ENTERING, IN, LEAVING, OUT, EngineState, Presence
@@ -186,11 +186,6 @@ def expire(state: EngineState, runtime: Runtime, now: float, events: list[Event]
                 gone.append(tag)  # forget tags out of range: memory stays flat
         for tag in gone:
             del tags[tag]
-
-
-def iso_utc(t: float) -> str:
-    """RFC 3339 UTC with milliseconds, as the payload's own times (docs/mqtt.md)."""
-    return datetime.fromtimestamp(round(t, 3), UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _round1(v: float | None) -> float | None:
