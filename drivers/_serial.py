@@ -38,9 +38,10 @@ class SerialOptions(ReaderOptions):
 
     port: str = opt(doc="serial device, e.g. /dev/serial/by-id/... (stable across reboots)",
                     check=non_empty)
-    baud: int = opt(9600, "serial speed in baud", gt=0)
-    reconnect_initial_s: float = opt(0.5, "first back-off delay after the port is lost", gt=0)
-    reconnect_max_s: float = opt(30.0, "back-off cap while the reader is unplugged", gt=0)
+    baud: int = opt(9600, "serial speed in baud", gt=0, le=4_000_000)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after the port is lost",
+                                     gt=0, le=3600)
+    reconnect_max_s: float = opt(30.0, "back-off cap while the reader is unplugged", gt=0, le=3600)
 
     def where(self) -> str:
         return self.port

@@ -94,10 +94,12 @@ class BleOptions(ReaderOptions):
     tag_uuid: str | None = opt(None, "the tags' own iBeacon UUID, to attribute a press from a "
                                      "tag not seen before", check=_uuid)
     silence_s: float = opt(30.0, "no advert this long: restart the scan, then the adapter",
-                           gt=0)
-    power_off_s: float = opt(1.0, "how long the adapter stays off when power-cycled", gt=0)
-    reconnect_initial_s: float = opt(0.5, "first back-off delay after adapter trouble", gt=0)
-    reconnect_max_s: float = opt(30.0, "back-off cap while the adapter is in trouble", gt=0)
+                           gt=0, le=3600)
+    power_off_s: float = opt(1.0, "how long the adapter stays off when power-cycled", gt=0, le=3600)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after adapter trouble",
+                                     gt=0, le=3600)
+    reconnect_max_s: float = opt(30.0, "back-off cap while the adapter is in trouble",
+                                 gt=0, le=3600)
 
     def where(self) -> str:
         return self.adapter

@@ -83,6 +83,14 @@ def _fields(cls: type[ReaderOptions]) -> list[tuple[dataclasses.Field[Any], Any]
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
 
 
+def option_spec(cls: type[ReaderOptions], name: str) -> tuple[OptionSpec, Any]:
+    """(declaration, type) of one option, e.g. for the test that every number is bounded."""
+    for f, tp in _fields(cls):
+        if f.name == name:
+            return f.metadata.get(_META, OptionSpec("")), tp
+    raise KeyError(name)
+
+
 def option_names(cls: type[ReaderOptions]) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
