@@ -152,7 +152,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
         return 1
     state = state_from_dict(json.loads(blob))
     return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
-                        sys.stdout)
+                        sys.stdout, cfg.engine.timezone)
 
 
 def build_parser() -> argparse.ArgumentParser:
