@@ -1,8 +1,9 @@
-"""`kidsafe-sim`: simulated readers for technicians, and the end-to-end demo.
+"""kidsafe-sim: simulated readers for technicians, and the end-to-end demo.
 
-``kidsafe-sim run SCENARIO.toml`` starts every device a scenario names (UHF
+"kidsafe-sim run SCENARIO.toml" starts every device a scenario names (UHF
 R2000 and NMEA GPS on ptys, BLE tags on a mock BlueZ, RDM6300), prints where
-they are and a ``[[readers]]`` snippet, then plays the steps.
+they are and the [[readers]] and [[tags]] to paste into a gateway config,
+then plays the steps.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from firmware_sim import scenario as scen
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.simulator import Context, Started
 from firmware_sim.vserial import VirtualSerial
+from gateway.model import canonical_tag_id
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -200,6 +202,28 @@ def readers_snippet(readers: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")  # a BLE address, not a tag id
+
+
+def simulated_tags(sc: scen.MultiScenario, running: list[_Running]) -> list[str]:
+    """Ids of the tags a scenario simulates, in order of appearance: those its steps present
+    (a step with ``enrolled = false`` is a visitor: left out) and those a device declares."""
+    ids: dict[str, None] = {}
+    for r in running:
+        ids.update(dict.fromkeys(r.started.tags))
+    for step in sc.steps:
+        tag = step.args.get("tag")
+        if isinstance(tag, str) and not _ADDRESS.match(tag) and step.args.get("enrolled", True):
+            ids[canonical_tag_id(tag)] = None
+    return list(ids)
+
+
+def tags_snippet(tags: list[str]) -> str:
+    """``[[tags]]`` tables with made-up child references to replace with real ones."""
+    return "\n".join("[[tags]]\n" + tomli_w.dumps({"id": t, "child": f"child-{i:02d}"})
+                     for i, t in enumerate(tags, 1))
+
+
 def _start_devices(sc: scen.MultiScenario, ctx: Context) -> list[_Running]:
     """Start each device through its kind's declared simulator (see firmware_sim.simulator)."""
     running = []
@@ -255,8 +279,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say("start gatewayd with this in its environment:")
             for k, v in ctx.env.items():
                 print(f"{k}={v}", flush=True)
-        _say("config for gatewayd (add [[tags]] for the children to follow):")
+        tags = simulated_tags(sc, running)
+        _say("config for gatewayd: the readers"
+             + (" and the simulated tags (child references made up: use real ones):"
+                if tags else " (this scenario simulates no tags to enrol):"))
         print(readers_snippet([r.reader for r in running]), flush=True)
+        if tags:
+            print(tags_snippet(tags), flush=True)
         try:
             if args.start_delay > 0:
                 _say(f"playing in {args.start_delay:g} s (start gatewayd now)")

@@ -88,3 +88,12 @@ def test_run_options_have_help(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "the unit's TOML config" in text
     assert "least severe log lines shown" in text
+
+
+def test_sim_help_shows_no_raw_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    from firmware_sim import cli as sim_cli
+
+    with pytest.raises(SystemExit):
+        sim_cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "kidsafe-sim run SCENARIO.toml" in text and "``" not in text
