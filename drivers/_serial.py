@@ -9,6 +9,7 @@ exponential back-off and jitter (tenacity), reporting the outage once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import threading
 from abc import abstractmethod
@@ -30,6 +31,21 @@ log = logging.getLogger("gateway.driver")
 
 class _Stopped(Exception):
     pass
+
+
+# errnos a serial port gives when its adapter is pulled or loses power mid-read
+_GONE_ERRNOS = {errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF}
+
+
+def lost_in_words(e: OSError) -> str:
+    """Why a port was lost, for a technician: pyserial's own text on an unplugged adapter is
+    "device reports readiness to read but returned no data (device disconnected or multiple
+    access on port?)", which reads like a bug."""
+    text = str(e)
+    if "returned no data" in text or e.errno in _GONE_ERRNOS:
+        return ("the device went away: unplugged, a loose cable, no power, or another program "
+                "reading the port")
+    return text[:200]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,8 +124,9 @@ class SerialDriver(Driver[SerialT]):
             try:
                 self._read_loop(port, stop)
             except OSError as e:  # SerialException is an OSError too
-                log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, opts.port, e)
-                self._report(ReaderState.OFFLINE, str(e))
+                why = lost_in_words(e)
+                log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, opts.port, why)
+                self._report(ReaderState.OFFLINE, why)
             finally:
                 with contextlib.suppress(OSError):
                     port.close()

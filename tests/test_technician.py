@@ -97,3 +97,32 @@ def test_sim_help_shows_no_raw_markup(capsys: pytest.CaptureFixture[str]) -> Non
         sim_cli.main(["--help"])
     text = capsys.readouterr().out
     assert "kidsafe-sim run SCENARIO.toml" in text and "``" not in text
+
+
+def test_gate_event_log_lines_carry_the_direction(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gateway import config as configmod
+    from gateway.clock import FakeClock
+    from gateway.engine import Engine
+    from gateway.model import Event, Lane
+    from gateway.outbox import Outbox
+    from gateway.pipeline import Pipeline
+
+    cfg = configmod.parse({
+        "unit": {"id": "u-1", "site": "s"}, "broker": {},
+        "buffer": {"path": str(tmp_path / "b.db")},
+        "readers": [{"id": "g", "kind": "rdm6300", "port": "/dev/null"}],
+        "tags": [{"id": "62E3086CED", "child": "c-1"}],
+    })
+    pipe = Pipeline(cfg, Engine(configmod.engine_config(cfg)), Outbox(cfg.buffer.path, "u-1", "s"),
+                    FakeClock())
+    with caplog.at_level(logging.INFO, logger="gateway.pipeline"):
+        pipe.commit([Event("gate", 1.7e9, Lane.ROUTINE, "g", "c-1", {"direction": "arrival"}),
+                     Event("gate", 1.7e9 + 1, Lane.ROUTINE, "g", "c-1", {"direction": None}),
+                     Event("zone_enter", 1.7e9 + 2, Lane.ROUTINE, "g", "c-1", {"zone": "z"})])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event ")]
+    assert lines[0].endswith("lane=routine direction=arrival")
+    assert lines[1].endswith("lane=routine direction=-")
+    assert lines[2].endswith("lane=routine")
