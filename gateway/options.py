@@ -21,6 +21,7 @@ layers own), see :func:`option_names`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -179,6 +180,9 @@ def parse_options(cls: type[OptionsT], table: dict[str, Any], checker: Checker,
                 ok = False
             continue
         problem, value, scalars = _convert(tp, table[f.name])
+        if problem is None and any(isinstance(x, float) and not math.isfinite(x)
+                                   for x in scalars):
+            problem = "must be a finite number"  # TOML has inf and nan; no option means them
         if problem is None:
             # Limits apply to the scalars (each item of an array); other checks to the value.
             for check in spec.checks:

@@ -288,3 +288,18 @@ def test_every_numeric_reader_option_has_an_upper_bound() -> None:
             if numeric:  # some check refuses an absurd value (and inf: see bounds())
                 assert any(check(10**18) for check in spec.checks), \
                     f"{kind}.{f.name} has no upper bound"
+
+
+def test_an_option_without_limits_still_refuses_non_finite_numbers() -> None:
+    from gateway.options import ReaderOptions, opt, parse_options
+
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class Free(ReaderOptions):
+        gain: float = opt(1.0, "no limits declared")
+        gains: tuple[float, ...] = opt((1.0,), "no limits declared")
+
+    c = Checker("f")
+    assert parse_options(Free, {"gain": float("nan"), "gains": [1.0, float("inf")]}, c,
+                         "r") is None
+    assert {e.key: e.message for e in c.errors} == {"r.gain": "must be a finite number",
+                                                    "r.gains": "must be a finite number"}
