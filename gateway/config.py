@@ -203,7 +203,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         username=c.get(b, "username", "broker", str, None, check=printable),
         password=password,
         keepalive_s=c.get(b, "keepalive_s", "broker", int, 30,
-                          check=bounds(ge=5, le=MQTT_KEEPALIVE_MAX)),
+                          check=bounds(ge=1, le=MQTT_KEEPALIVE_MAX)),
         protocol=protocol,
         topic_prefix=c.get(b, "topic_prefix", "broker", str, "kidsafe/v1",
                            check=_topic_prefix).rstrip("/"),
@@ -234,7 +234,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     h = c.table(raw, "health", "health", required=False)
     c.unknown(h, {"interval_s"}, "health")
     health_interval = c.get(h, "interval_s", "health", float, 60.0,
-                            check=bounds(ge=1, le=86_400))
+                            check=bounds(gt=0, le=86_400))
 
     readers = _readers(raw, c)
 
