@@ -174,6 +174,8 @@ def test_buffer_path_a_directory_or_not_writable(tmp_path: Path) -> None:
         config.load(f)
     assert [(e.key, "is a directory" in e.message) for e in ei.value.errors] == [
         ("buffer.path", True)]
+    r = _run("run", "--config", str(f))  # was a traceback and a restart loop
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "buffer.path" in r.stderr
     # Under a regular file: nothing can be created there.
     (tmp_path / "afile").write_text("")
     f = _write(tmp_path, GOOD.replace('path = "buf.db"', 'path = "afile/sub/buf.db"'))
