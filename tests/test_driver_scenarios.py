@@ -5,6 +5,7 @@ or key, and each kind's simulator is found through the registry."""
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import threading
@@ -194,3 +195,20 @@ def test_the_bus_route_geofence_comment_is_valid_toml() -> None:
     gps = {"id": "bus-gps", "kind": "gps_nmea", "role": "gps", "port": "/dev/ttyS0"}
     cfg = config.parse(raw_config(readers=[gps], **fence))
     assert [(g.id, g.radius_m) for g in cfg.engine.geofences] == [("school", 120.0)]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_config_tables_in_scenario_comments_paste_as_valid_toml(path: Path) -> None:
+    """A `# [[tags]]` / `# [[geofences]]` block in a scenario's comment is TOML as written
+    (without the leading "# "), so a technician can paste it."""
+    blocks: list[list[str]] = []
+    for line in path.read_text().splitlines():
+        body = line.lstrip("#").strip() if line.startswith("#") else None
+        if body is not None and body.startswith("[["):
+            blocks.append([body])
+        elif blocks and body is not None and blocks[-1] and re.match(r"^\w+ = ", body):
+            blocks[-1].append(body)
+        elif blocks and blocks[-1]:
+            blocks.append([])  # the block ended
+    for block in filter(None, blocks):
+        tomllib.loads("\n".join(block))
