@@ -78,3 +78,38 @@ def test_one_sided_presentation_has_no_direction() -> None:
     _, events = run(eng, reads, until=T0 + 30)
     assert [(e.kind, e.data["direction"], e.data["sides"]) for e in events] == [
         ("gate", None, ["outer"])]
+
+
+def _walk(tag: str, t0: float, sides: list[tuple[int, float, float, float]]) -> list[TagRead]:
+    """Reads every 0.1 s: (antenna, from s, to s, dBm) runs."""
+    return [TagRead("uhf-gate", tag, t0 + a + k * 0.1, rssi=dbm, antenna=ant)
+            for ant, a, b, dbm in sides for k in range(round((b - a) / 0.1))]
+
+
+def test_reflections_weigh_little_and_time_is_the_crossing() -> None:
+    tags = child_tags(1)
+    eng = engine_of(raw_config(UHF, tags))
+    tag = tags[0]["id"]
+    # Lingers 20 s at the outer antenna with reflections on the inner one, then crosses
+    # at about +21 s: the inner reflections' early times must not count.
+    reads = sorted(_walk(tag, T0, [(1, 0, 21, -45.0), (2, 0.5, 20, -75.0), (2, 21.2, 22.5,
+                                                                           -45.0)])
+                   + _walk(tag, T0, [(2, 22.5, 24, -44.0)]), key=lambda r: r.time)
+    _, events = run(eng, reads, until=T0 + 60)
+    assert [(e.data["direction"], e.data["direction_inferred"]) for e in events] == [
+        ("arrival", False)]
+    assert abs(events[0].time - (T0 + 21.1)) < 0.5
+
+
+def test_missing_antenna_inferred_from_the_known_side_turn_back_no_passage() -> None:
+    tags = child_tags(1)
+    eng = engine_of(raw_config(UHF, tags))
+    tag = tags[0]["id"]
+    reads = _walk(tag, T0, [(1, 0, 1.5, -45.0), (2, 1.2, 2.5, -45.0)])  # arrival
+    reads += _walk(tag, T0 + 100, [(1, 0, 1.5, -45.0)])  # inside, out past a dead inner antenna
+    reads += _walk(tag, T0 + 200, [(1, 0, 3, -45.0), (2, 1, 2, -66.0)])  # outside: turns back
+    reads += _walk(tag, T0 + 300, [(1, 0, 3, -45.0)])  # again, or the inner antenna missed
+    _, events = run(eng, reads, until=T0 + 400)
+    assert [(e.data["direction"], e.data.get("direction_inferred")) for e in events] == [
+        ("arrival", False), ("departure", True), (None, None)]
+    assert abs(events[1].time - (T0 + 100)) < 0.5
