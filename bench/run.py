@@ -4,8 +4,10 @@
     python bench/run.py --quick         # a small run, e.g. for CI
     python bench/run.py --json out.json # also write the figures as one JSON object
 
-Targets (issue 4, 5, 6): e2e_ratio_vs_raw_paho >= 0.8; drain_events_per_s >= 0.8 of
-raw paho; drain_peak_rss_mb < 64; sos_ack_latency_p99_ms < 50;
+Targets (issue 4, 5, 6, 9): e2e_ratio_vs_raw_paho >= 0.8; e2e_ratio_vs_fast_paho >= 0.8
+(against paho on its external loop in one thread, the fastest plain-Python QoS 1
+publisher: the buffer's durability may cost at most a fifth); drain_events_per_s >= 0.8
+of raw paho; drain_peak_rss_mb < 64; sos_ack_latency_p99_ms < 50;
 engine_readings_per_s >= 100,000. Figures are printed, not asserted: a shared
 machine makes timed assertions flaky.
 """
@@ -27,6 +29,7 @@ from bench import codecs, delivery
 
 TARGETS: dict[str, tuple[str, float]] = {
     "e2e_ratio_vs_raw_paho": (">=", 0.8),
+    "e2e_ratio_vs_fast_paho": (">=", 0.8),
     "drain_ratio_vs_raw_paho": (">=", 0.8),
     "drain_peak_rss_mb": ("<", 64),
     "sos_ack_latency_p99_ms": ("<", 50),

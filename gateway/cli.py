@@ -84,10 +84,10 @@ def cmd_locate(args: argparse.Namespace) -> int:
         return main_locate(args.config, args.readings, args.who, sys.stdout)
     # No readings file: answer from the state the daemon last saved in its buffer.
     import json
-    import sqlite3
 
     from gateway.engine import locate, state_from_dict
     from gateway.engine.runtime import Runtime
+    from gateway.outbox import BufferReadError, Outbox
     from gateway.pipeline import STATE_KEY
     from gateway.replay import print_locate
 
@@ -95,16 +95,15 @@ def cmd_locate(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     try:
-        con = sqlite3.connect(f"file:{cfg.buffer.path}?mode=ro", uri=True, timeout=5)
-        row = con.execute("SELECT value FROM kv WHERE key=?", (STATE_KEY,)).fetchone()
-        con.close()
-    except sqlite3.Error as e:
-        print(f"gatewayd locate: cannot read the buffer {cfg.buffer.path}: {e}", file=sys.stderr)
+        with Outbox.saved(cfg.buffer.path) as saved:  # read-only: the daemon may be running
+            blob = saved.load_state(STATE_KEY)
+    except BufferReadError as e:
+        print(f"gatewayd locate: {e}", file=sys.stderr)
         return 2
-    if row is None:
+    if blob is None:
         print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
         return 1
-    state = state_from_dict(json.loads(row[0]))
+    state = state_from_dict(json.loads(blob))
     return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
                         sys.stdout)
 

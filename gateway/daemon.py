@@ -12,11 +12,12 @@ from drivers import registry
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config, engine_config
+from gateway.contract import iso_utc
 from gateway.engine import Engine
-from gateway.outbox import Outbox, iso_utc
+from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
-from gateway.replay import Recorder
+from gateway.recording import Recorder
 
 log = logging.getLogger("gateway")
 
@@ -105,7 +106,7 @@ class Gateway:
             t.join(max(0.0, deadline - time.monotonic()))
         self.outbox.close()
         if self.recorder is not None:
-            self.recorder.close()
+            self.recorder.close(self.pipeline.last_tick)
         log.info("gatewayd stopped")
 
 

@@ -29,7 +29,7 @@ from gateway.engine import (
 )
 from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagRead
 from gateway.outbox import BufferWriteError, Outbox
-from gateway.replay import Recorder
+from gateway.recording import Recorder
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -57,6 +57,7 @@ class Pipeline:
         self.clock = clock
         self.on_committed = on_committed
         self.record = record
+        self.last_tick: float | None = None  # time of the engine's last tick (the Recorder's end)
         self.enrolled = frozenset(cfg.tag_map())
         self.engine_state: EngineState = self._restore()
         self._state_saved = clock.monotonic()
@@ -133,7 +134,8 @@ class Pipeline:
             events = self.process(batch)
             if self.clock.monotonic() >= next_tick:
                 next_tick = self.clock.monotonic() + TICK_S
-                self.engine_state, more = self.engine.tick(self.engine_state, self.clock.now())
+                self.last_tick = self.clock.now()
+                self.engine_state, more = self.engine.tick(self.engine_state, self.last_tick)
                 events.extend(more)
             self.commit(events)
         # Drain what the drivers already handed over before we stop.

@@ -252,7 +252,8 @@ def parked_on_boundary(seed: int, duration_s: float, radius: float = 150.0) -> l
 def run(engine: Engine, readings: Sequence[Reading], state: Any = None, until: float | None = None
         ) -> tuple[Any, list[Any]]:
     """Replay readings with the replay's implicit ticks; tick on to ``until``."""
-    from gateway.replay import Control, Replayer
+    from gateway.recording import Control
+    from gateway.replay import Replayer
 
     rp = Replayer(engine, state)
     events = []

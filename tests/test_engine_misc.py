@@ -13,7 +13,8 @@ from test_engine_gate import UHF
 from gateway.config import ConfigInvalid, parse
 from gateway.engine import end_roll_call, locate, start_roll_call, state_from_dict, state_to_dict
 from gateway.model import BleSighting, GpsFix, Lane, Reading, TagRead
-from gateway.replay import Recorder, main_locate, main_replay, read_items
+from gateway.recording import Recorder, read_items
+from gateway.replay import main_locate, main_replay
 from scenarios import (
     SCHOOL,
     T0,

@@ -7,7 +7,8 @@ from typing import Any
 
 from gateway.engine import Engine, state_from_dict, state_to_dict
 from gateway.model import BleSighting
-from gateway.replay import Control, Replayer, event_line
+from gateway.recording import Control
+from gateway.replay import Replayer, event_line
 from scenarios import (
     T0,
     ZONE_SECTION,
