@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.engine.battery import BatteryTrack
+
 STATE_VERSION = 2  # 2: gate passages keep per-side RSSI summaries; battery filters
 
 # Zone presence of one tag: a small state machine (docs/zones.md).
@@ -160,7 +162,7 @@ class EngineState:
     # gate -> side -> typical strongest RSSI of a passage there (learnt, dBm)
     gate_peaks: dict[str, dict[str, float]] = field(default_factory=dict)
     sos: dict[str, float] = field(default_factory=dict)  # tag -> last button advert
-    battery_low: dict[str, int] = field(default_factory=dict)  # tag -> mv when it went low
+    battery: dict[str, BatteryTrack] = field(default_factory=dict)  # tag -> minute slots
     gps: GpsState = field(default_factory=GpsState)
     roll_call: RollCall | None = None
     downtime_s: float = 0.0  # total gaps treated as the unit being down
@@ -207,7 +209,7 @@ def state_to_dict(state: EngineState) -> dict[str, Any]:
         "gate_sides": {c: [day, side] for c, (day, side) in state.gate_sides.items()},
         "gate_peaks": {g: dict(peaks) for g, peaks in state.gate_peaks.items()},
         "sos": dict(state.sos),
-        "battery_low": dict(state.battery_low),
+        "battery": {t: track.to_list() for t, track in state.battery.items()},
         "gps": {"last_time": gps.last_time, "fix": _pos(gps.fix), "hdop": gps.hdop,
                 "pending": [_pos(p) for p in gps.pending],
                 "fences": {k: [v.inside, v.streak] for k, v in gps.fences.items()},
@@ -247,7 +249,7 @@ def state_from_dict(data: dict[str, Any]) -> EngineState:
     state.gate_sides = {c: (str(v[0]), str(v[1])) for c, v in data["gate_sides"].items()}
     state.gate_peaks = {g: dict(peaks) for g, peaks in data["gate_peaks"].items()}
     state.sos = dict(data["sos"])
-    state.battery_low = dict(data["battery_low"])
+    state.battery = {t: BatteryTrack.from_list(v) for t, v in data["battery"].items()}
     gps = data["gps"]
     state.gps = GpsState(last_time=gps["last_time"], fix=_unpos(gps["fix"]), hdop=gps["hdop"],
                          pending=[p for p in (_unpos(x) for x in gps["pending"]) if p is not None],
