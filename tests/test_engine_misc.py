@@ -168,6 +168,33 @@ def test_state_json_roundtrip_mid_scenario() -> None:
     assert state_to_dict(state_from_dict(json.loads(json.dumps(d)))) == d
 
 
+def test_gate_and_battery_state_survive_a_restart_mid_decision() -> None:
+    """Saved and restored in the middle of gate presentations and battery minutes, the
+    engine decides exactly as it would have without the restart."""
+    tags = child_tags(3)
+    eng = engine_of(full_raw(tags))
+    reads: list[Reading] = [BleSighting("ble-yard", tags[0]["id"], T0 + s, -70,
+                                        battery_mv=2560 - s // 20) for s in range(0, 1800, 7)]
+    for k, t0 in enumerate((T0 + 100, T0 + 700, T0 + 1300)):
+        first, second = (1, 2) if k != 1 else (2, 1)
+        reads += [TagRead("uhf-gate", tags[1]["id"], t0 + i * 0.1, rssi=-45.0 - (i % 3),
+                          antenna=first if i < 15 else second) for i in range(30)]
+        reads.append(TagRead("uhf-gate", tags[1]["id"], t0 + 1.0, rssi=-75.0,
+                             antenna=second))  # a reflection
+    reads.sort(key=lambda r: r.time)
+    _, whole = run(eng, reads, until=T0 + 1900)
+    cut = next(i for i, r in enumerate(reads) if r.time > T0 + 701)  # mid-passage
+    st, before = run(eng, reads[:cut])
+    d = json.loads(json.dumps(state_to_dict(st)))
+    assert d["passages"] and d["battery"]
+    _, after = run(eng, reads[cut:], state=state_from_dict(d), until=T0 + 1900)
+    assert [(e.kind, e.time, e.data) for e in before + after] == [
+        (e.kind, e.time, e.data) for e in whole]
+    assert [e.data["direction"] for e in whole if e.kind == "gate"] == [
+        "arrival", "departure", "arrival"]
+    assert [e.kind for e in whole].count("low_battery") == 1
+
+
 def test_recorder_and_replay_are_byte_identical(tmp_path: Path) -> None:
     tags = child_tags(8)
     cfg_path = tmp_path / "gw.toml"
