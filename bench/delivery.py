@@ -109,6 +109,7 @@ def fast_paho(port: int, msgs: list[tuple[str, bytes]]) -> float:
     c.on_publish = on_publish
     c.connect("127.0.0.1", port)
     sock = c.socket()
+    assert sock is not None, "paho has no socket after connect()"
     deadline = time.monotonic() + 10
     while not connected and time.monotonic() < deadline:
         readable, _, _ = select.select([sock], [sock] if c.want_write() else [], [], 0.1)

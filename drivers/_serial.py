@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from abc import abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,11 +66,20 @@ class SerialDriver(Driver[SerialT]):
     def readings(self, frame: Any, now: float) -> Iterable[Reading]:
         """Readings from one decoded frame."""
 
-    def on_open(self, port: serial.Serial) -> None:
-        """Hook for readers that must be told to start (commands to send)."""
+    # Hooks for readers that must be talked to. Each returns the bytes to send (b"" for
+    # none) and gets the injected clock's monotonic time; an OSError raised from one
+    # closes the port and reconnects like a lost adapter.
+    def on_open(self, mono: float) -> bytes:
+        """The port is open (a fresh decoder): e.g. the first command of a polled reader."""
+        return b""
 
-    def watch(self, mono: float, got_data: bool) -> None:
-        """Hook called after every read, empty or not (about every read_timeout_s): watchdogs."""
+    def on_frame(self, frame: Any, mono: float) -> bytes:
+        """A well-formed frame arrived (its readings are already passed on): answer it."""
+        return b""
+
+    def watch(self, mono: float, got_data: bool) -> bytes:
+        """Called after every read, empty or not (about every read_timeout_s): watchdogs."""
+        return b""
 
     def run(self, stop: threading.Event) -> None:
         opts = self.cfg.options
@@ -81,7 +89,7 @@ class SerialDriver(Driver[SerialT]):
 
         while not stop.is_set():
             retry = backoff.retrying(stop, log, f"reader {self.cfg.id}: opening {opts.port}",
-                                     initial, cap)
+                                     initial, cap, self.clock)
             try:
                 port = retry(self._open)
             except OSError:
@@ -97,7 +105,6 @@ class SerialDriver(Driver[SerialT]):
                 log.info("reader %s: reconnected on %s", self.cfg.id, opts.port)
             was_online = True
             try:
-                self.on_open(port)
                 self._read_loop(port, stop)
             except OSError as e:  # SerialException is an OSError too
                 log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, opts.port, e)
@@ -115,14 +122,21 @@ class SerialDriver(Driver[SerialT]):
         decoder = self.new_decoder()
         rid = self.cfg.id
         sink = self.sink
+        clock = self.clock
+        if out := self.on_open(clock.monotonic()):
+            port.write(out)
         while not stop.is_set():
             data = port.read(port.in_waiting or 1)
+            mono = clock.monotonic()
             if data:
-                now = self.clock.now()
+                now = clock.now()
                 for item in decoder.feed(data):
                     if isinstance(item, Reject):
                         sink.reject(rid, item.reason)
-                    else:
-                        for r in self.readings(item, now):
-                            sink.reading(r)
-            self.watch(time.monotonic(), bool(data))
+                        continue
+                    for r in self.readings(item, now):
+                        sink.reading(r)
+                    if out := self.on_frame(item, mono):
+                        port.write(out)
+            if out := self.watch(mono, bool(data)):
+                port.write(out)

@@ -31,9 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +47,7 @@ from dbus_fast.errors import DBusError
 from drivers._base import Driver
 from drivers.codecs import Reject
 from drivers.codecs import ble as codec
+from gateway import backoff
 from gateway.model import BleSighting, ReaderState
 from gateway.options import ReaderOptions, opt
 
@@ -130,7 +129,7 @@ class BleDriver(Driver[BleOptions]):
             by[addr] = tid
 
     def on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
-        self._last_adv = time.monotonic()  # any advert proves the scan is alive
+        self._last_adv = self.clock.monotonic()  # any advert proves the scan is alive
         frames = codec.decode_advertisement(adv.manufacturer_data, adv.service_data)
         if not frames:
             return  # phones, headphones, ...: not ours
@@ -180,39 +179,37 @@ class BleDriver(Driver[BleOptions]):
 
     async def _main(self, stop: threading.Event) -> None:
         self._report(ReaderState.STARTING, f"adapter {self.adapter}")
-        failures = 0
         was_online = False
+
+        def failed(f: backoff.Failure) -> None:
+            if f.attempt % 10 == 1:  # the first failure after scanning, then every tenth
+                log.warning("reader %s: %s; retrying with back-off", self.cfg.id,
+                            self._trouble(f.error))
+
+        restarts = backoff.Restarts(stop, self.clock, failed, initial=self.initial_s,
+                                    cap=self.cap_s, retry_on=DEVICE_ERRORS)
+
+        async def session() -> None:
+            nonlocal was_online
+            try:
+                async for _ in self._session(stop):
+                    restarts.healthy()  # scanning: the next failure backs off from the start
+                    if was_online:
+                        log.info("reader %s: scanning again on %s", self.cfg.id, self.adapter)
+                    was_online = True
+            except DEVICE_ERRORS as e:
+                self._report(ReaderState.OFFLINE, self._trouble(e))
+                await self._disconnect_bus()
+                raise
+
         try:
-            while not stop.is_set():
-                scanned = False
-                try:
-                    async for _ in self._session(stop):
-                        scanned = True
-                        if was_online:
-                            log.info("reader %s: scanning again on %s", self.cfg.id, self.adapter)
-                        was_online = True
-                except DEVICE_ERRORS as e:
-                    detail = f"adapter {self.adapter}: {type(e).__name__}: {e}"[:300]
-                    if scanned:
-                        failures = 0
-                    if failures % 10 == 0:
-                        log.warning("reader %s: %s; retrying with back-off", self.cfg.id, detail)
-                    self._report(ReaderState.OFFLINE, detail)
-                    await self._disconnect_bus()
-                if stop.is_set():
-                    break
-                delay = min(self.cap_s, self.initial_s * 2 ** min(failures, 16))
-                failures += 1
-                await self._sleep(delay + random.uniform(0, self.initial_s), stop)
+            await restarts.run_async(session)
         finally:
             await self._disconnect_bus()
             self._report(ReaderState.OFFLINE, "stopped")
 
-    @staticmethod
-    async def _sleep(seconds: float, stop: threading.Event) -> None:
-        end = time.monotonic() + seconds
-        while not stop.is_set() and time.monotonic() < end:
-            await asyncio.sleep(min(0.1, max(0.0, end - time.monotonic())))
+    def _trouble(self, e: BaseException) -> str:
+        return f"adapter {self.adapter}: {type(e).__name__}: {e}"[:300]
 
     async def _session(self, stop: threading.Event) -> Any:
         """Scan until stopped; yields once scanning has started. Raises on adapter trouble."""
@@ -222,14 +219,14 @@ class BleDriver(Driver[BleOptions]):
         try:
             self._report(ReaderState.ONLINE, f"scanning on {self.adapter}")
             yield
-            now = time.monotonic()
+            now = self.clock.monotonic()
             self._last_adv = now
             acted = now  # the watchdog's last action (or the scan start)
             stage = 0  # 0 fine, 1 scan restarted, 2+ adapter power-cycled
             next_check = now + CHECK_S
             while not stop.is_set():
                 await asyncio.sleep(0.1)
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 if now >= next_check:
                     next_check = now + CHECK_S
                     await self._check_adapter()
@@ -255,7 +252,7 @@ class BleDriver(Driver[BleOptions]):
                     await self._power_cycle(stop)
                     await scanner.start()
                 stage += 1
-                acted = time.monotonic()
+                acted = self.clock.monotonic()
         finally:
             with contextlib.suppress(*DEVICE_ERRORS):
                 await scanner.stop()
@@ -279,9 +276,10 @@ class BleDriver(Driver[BleOptions]):
 
     async def _power_cycle(self, stop: threading.Event) -> None:
         await self._call("Set", "ssv", [ADAPTER_IFACE, "Powered", Variant("b", False)])
-        await self._sleep(self.power_off_s, stop)
+        await self.clock.wait_async(stop, self.power_off_s)
         await self._call("Set", "ssv", [ADAPTER_IFACE, "Powered", Variant("b", True)])
-        await self._sleep(min(1.0, self.power_off_s), stop)  # BlueZ re-initialises the HCI
+        # BlueZ re-initialises the HCI.
+        await self.clock.wait_async(stop, min(1.0, self.power_off_s))
         self.power_cycles += 1
 
     async def _disconnect_bus(self) -> None:

@@ -19,12 +19,9 @@ back-off, in :class:`SerialDriver`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-import serial
 
 from drivers._gps import GpsTimeGate, no_fix_s
 from drivers._serial import SerialDriver, SerialOptions
@@ -65,23 +62,24 @@ class GpsNmeaDriver(SerialDriver[GpsNmeaOptions]):
         self.silence_s = self.cfg.options.silence_s
         self.no_fix_s = self.cfg.options.no_fix_s
         self.gate = GpsTimeGate(self.cfg.id, self.sink)
-        self._last_data = self._last_fix = time.monotonic()
+        self._last_data = self._last_fix = self.clock.monotonic()
 
     def new_decoder(self) -> _FixStream:
         return _FixStream()
 
     def readings(self, frame: nmea.Fix, now: float) -> Iterable[Reading]:
         if frame.has_position:
-            self._last_fix = time.monotonic()
+            self._last_fix = self.clock.monotonic()
         return (self.gate.fix(frame.time, now, lat=frame.lat, lon=frame.lon,
                               fix_quality=frame.fix_quality, fix_type=frame.fix_type,
                               satellites=frame.satellites, hdop=frame.hdop,
                               speed_mps=frame.speed_mps),)
 
-    def on_open(self, port: serial.Serial) -> None:
-        self._last_data = self._last_fix = time.monotonic()
+    def on_open(self, mono: float) -> bytes:
+        self._last_data = self._last_fix = mono
+        return b""
 
-    def watch(self, mono: float, got_data: bool) -> None:
+    def watch(self, mono: float, got_data: bool) -> bytes:
         if got_data:
             self._last_data = mono
         if mono - self._last_data >= self.silence_s:
@@ -91,6 +89,7 @@ class GpsNmeaDriver(SerialDriver[GpsNmeaOptions]):
             self._report(ReaderState.DEGRADED, f"no position fix for {self.no_fix_s:g} s")
         else:
             self._report(ReaderState.ONLINE, self.cfg.options.port)
+        return b""  # a receiver streams: nothing to send
 
 
 DRIVER = GpsNmeaDriver

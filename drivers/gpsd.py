@@ -21,7 +21,6 @@ import contextlib
 import logging
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +70,7 @@ class GpsdDriver(Driver[GpsdOptions]):
         was_online = False
         while not stop.is_set():
             retry = backoff.retrying(stop, log, f"reader {self.cfg.id}: connecting to {where}",
-                                     initial, cap)
+                                     initial, cap, self.clock)
             try:
                 sock = retry(lambda: socket.create_connection((self.host, self.port), 5.0))
             except OSError:
@@ -94,7 +93,7 @@ class GpsdDriver(Driver[GpsdOptions]):
 
     def _session(self, sock: socket.socket, stop: threading.Event) -> None:
         decoder = Decoder()
-        last_fix = time.monotonic()
+        last_fix = self.clock.monotonic()
         self._sky = (None, None)
         while not stop.is_set():
             try:
@@ -106,8 +105,8 @@ class GpsdDriver(Driver[GpsdOptions]):
             if data:
                 for frame in decoder.feed(data):
                     if self._frame(frame):
-                        last_fix = time.monotonic()
-            quiet = time.monotonic() - last_fix
+                        last_fix = self.clock.monotonic()
+            quiet = self.clock.monotonic() - last_fix
             if quiet >= self.no_fix_s:
                 self._report(ReaderState.DEGRADED, f"no fix from gpsd for {quiet:.0f} s")
 

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from drivers import registry
-from gateway import __version__
+from gateway import __version__, backoff
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config, engine_config
 from gateway.contract import iso_utc
@@ -86,22 +86,21 @@ class Gateway:
 
     def _supervise(self, name: str, target: Any) -> None:
         """A bug in one worker must not silently end it: log it and start it again."""
-        delay = 1.0
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                target(self.stop)
-                return
-            except Exception:
-                log.exception("worker %s failed; restarting it in %.0f s", name, delay)
-            if time.monotonic() - started > 60:
-                delay = 1.0
-            self.stop.wait(delay)
-            delay = min(delay * 2, 60.0)
+
+        def failed(f: backoff.Failure) -> None:
+            if f.delay is None:
+                log.error("worker %s failed while stopping", name, exc_info=f.error)
+            else:
+                log.error("worker %s failed; restarting it in %.0f s", name, f.delay,
+                          exc_info=f.error)
+
+        # 1, 2, 4 ... 60 s; a worker that ran for a minute starts over at 1 s.
+        backoff.Restarts(self.stop, self.clock, failed, initial=1.0, cap=60.0, jitter=0.0,
+                         healthy_s=60.0).run(lambda: target(self.stop))
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self.stop.set()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # real time: this waits on threads, not the clock
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self.outbox.close()

@@ -127,7 +127,7 @@ class Publisher:
 
         while not stop.is_set():
             retrying = backoff.retrying(stop, log, f"connecting to broker {b.host}:{b.port}",
-                                        0.5, self.reconnect_max_s)
+                                        0.5, self.reconnect_max_s, self.clock)
 
             def connect_once() -> mqtt.Client:
                 nonlocal use_v5
