@@ -35,7 +35,7 @@ def test_direction_accuracy(readers: list[dict[str, Any]], two: bool) -> None:
     correct, total, extra = score(truth, [e for e in events if e.kind == "gate"])
     print(f"gate direction: {correct}/{total} correct ({correct / total:.4f}), {extra} extra")
     assert correct / total >= 0.99
-    assert extra == 0
+    assert extra <= 0  # no events beyond the passages (a one-sided one may wait for proof)
 
 
 def test_first_arrival_and_day_in_site_time() -> None:
@@ -108,8 +108,12 @@ def test_missing_antenna_inferred_from_the_known_side_turn_back_no_passage() -> 
     reads = _walk(tag, T0, [(1, 0, 1.5, -45.0), (2, 1.2, 2.5, -45.0)])  # arrival
     reads += _walk(tag, T0 + 100, [(1, 0, 1.5, -45.0)])  # inside, out past a dead inner antenna
     reads += _walk(tag, T0 + 200, [(1, 0, 3, -45.0), (2, 1, 2, -66.0)])  # outside: turns back
-    reads += _walk(tag, T0 + 300, [(1, 0, 3, -45.0)])  # again, or the inner antenna missed
-    _, events = run(eng, reads, until=T0 + 400)
-    assert [(e.data["direction"], e.data.get("direction_inferred")) for e in events] == [
-        ("arrival", False), ("departure", True), (None, None)]
+    # Outer only again: a turn-back or a passage the inner antenna missed; nothing yet...
+    reads += _walk(tag, T0 + 300, [(1, 0, 3, -45.0)])
+    # ...until it leaves from the inside: it was an arrival, at the last outer read.
+    reads += _walk(tag, T0 + 400, [(2, 0, 1.5, -45.0), (1, 1.2, 2.5, -45.0)])
+    _, events = run(eng, sorted(reads, key=lambda r: r.time), until=T0 + 500)
+    assert [(e.data["direction"], e.data["direction_inferred"]) for e in events] == [
+        ("arrival", False), ("departure", True), ("arrival", True), ("departure", False)]
     assert abs(events[1].time - (T0 + 100)) < 0.5
+    assert abs(events[2].time - (T0 + 302.9)) < 0.5

@@ -35,7 +35,7 @@ import math
 from typing import Any
 
 from gateway.engine.runtime import GateSide, Runtime
-from gateway.engine.state import EngineState, Passage, SideReads
+from gateway.engine.state import EngineState, KnownSide, Passage, SideReads
 from gateway.model import Event, Lane, TagRead
 
 # A read within this many dB of its side's strongest read is "near the antenna".
@@ -166,38 +166,64 @@ def _close(state: EngineState, runtime: Runtime, gate: str, tag: str, passage: P
     has_inner = not _faint(inner, outer, peaks.get("inner"))
     if not (has_outer or has_inner):
         return  # read only at the edges of the fields: it never came near the gate
+    child = runtime.tags[tag].child
     if has_outer and has_inner:
         # Weighted mean read time inside minus outside: positive is an arrival.
         lag = inner.weighted_offset / inner.weight - outer.weighted_offset / outer.weight
         if lag:
             _learn(state, gate, outer, inner)
-        if lag > 0:
-            _emit(state, runtime, gate, tag, "arrival", _crossing(passage, outer, inner),
-                  inner.reader, reads, events, inferred=False)
-            return
-        if lag < 0:
-            _emit(state, runtime, gate, tag, "departure", _crossing(passage, inner, outer),
-                  outer.reader, reads, events, inferred=False)
+            arrival = lag > 0
+            first, second = (outer, inner) if arrival else (inner, outer)
+            t = _crossing(passage, first, second)
+            known = _known(state, runtime, child, t)
+            origin = "outer" if arrival else "inner"
+            if known is not None and known.side != origin and known.pending is not None:
+                _catch_up(state, runtime, gate, tag, known, origin, events)
+            _emit(state, runtime, gate, tag, "arrival" if arrival else "departure", t,
+                  second.reader, reads, events, inferred=False)
             return
         has_inner = inner.weight > outer.weight  # no lag at all: where it stayed
         has_outer = not has_inner
     near_side = "outer" if has_outer else "inner"
     near = outer if has_outer else inner
-    child = runtime.tags[tag].child
     t = near.first_strong if near.first_strength != -math.inf else passage.start
-    known = state.gate_sides.get(child)
-    day = runtime.day(t)
-    known_side = known[1] if known is not None and known[0] == day else "outer"
+    known = _known(state, runtime, child, t)
+    known_side = "outer" if known is None else known.side  # outside before the first passage
+    if known is not None and near_side != known_side and known.pending is not None:
+        # Its last presentation on its own side was a passage whose far antenna missed,
+        # and this one is on the far side: a revisit, or the start of its next passage.
+        _catch_up(state, runtime, gate, tag, known, near_side, events)
+        known_side = near_side
     if near_side != known_side:
         # Only the side it was not on read it near the antenna: it crossed, and the
         # antenna of its own side missed. It entered the near side's field at ``t``.
         _emit(state, runtime, gate, tag, "arrival" if near_side == "inner" else "departure",
               t, near.reader, reads, events, inferred=True)
     elif not (outer.reads and inner.reads):
-        # Its own side only: a turn-back, or the far antenna missed; no direction.
-        _emit(state, runtime, gate, tag, None, t, near.reader, reads, events,
-              sides=[near_side])
+        # Its own side only: a turn-back, or a passage whose far antenna missed (it
+        # would have crossed after the last read near its own antenna). A later
+        # presentation on the far side will say it was a passage (_catch_up). Before
+        # its first passage of the day its side is only assumed: say it was here.
+        if known is None:
+            _emit(state, runtime, gate, tag, None, t, near.reader, reads, events,
+                  sides=[near_side])
+        state.gate_sides[child] = KnownSide(runtime.day(t), known_side, near.last_strong,
+                                            near.reader, reads)
     # Else the far side read it faintly or in passing: a turn-back or a revisit.
+
+
+def _known(state: EngineState, runtime: Runtime, child: str, t: float) -> KnownSide | None:
+    """Where the child went at its last passage on the local day of ``t``, if any."""
+    known = state.gate_sides.get(child)
+    return known if known is not None and known.day == runtime.day(t) else None
+
+
+def _catch_up(state: EngineState, runtime: Runtime, gate: str, tag: str, known: KnownSide,
+              side: str, events: list[Event]) -> None:
+    """The passage from ``known.side`` to ``side`` that its pending presentation was."""
+    assert known.pending is not None
+    _emit(state, runtime, gate, tag, "arrival" if side == "inner" else "departure",
+          known.pending, known.pending_reader, known.pending_reads, events, inferred=True)
 
 
 def _crossing(passage: Passage, first: SideReads, second: SideReads) -> float:
@@ -226,7 +252,7 @@ def _emit(state: EngineState, runtime: Runtime, gate: str, tag: str, direction: 
     if inferred is not None:
         data["direction_inferred"] = inferred
     if direction is not None:
-        state.gate_sides[child] = (day, "inner" if direction == "arrival" else "outer")
+        state.gate_sides[child] = KnownSide(day, "inner" if direction == "arrival" else "outer")
     events.append(Event(kind="gate", time=t, lane=Lane.ROUTINE, reader=reader, child=child,
                         data=data))
 

@@ -93,6 +93,24 @@ class SideReads:
         return side
 
 
+class KnownSide:
+    """The side of the gates a child went to last on a local day, and a presentation
+    on that side since then that may have been a passage the far antenna missed."""
+
+    __slots__ = ("day", "pending", "pending_reader", "pending_reads", "side")
+
+    def __init__(self, day: str, side: str, pending: float | None = None,
+                 pending_reader: str = "", pending_reads: int = 0) -> None:
+        self.day = day
+        self.side = side  # "outer" / "inner"
+        self.pending = pending  # when it would have crossed
+        self.pending_reader = pending_reader
+        self.pending_reads = pending_reads
+
+    def to_list(self) -> list[Any]:
+        return [self.day, self.side, self.pending, self.pending_reader, self.pending_reads]
+
+
 class Passage:
     """An open presentation of one tag at a gate, closed by silence."""
 
@@ -157,8 +175,7 @@ class EngineState:
     passages: dict[str, dict[str, Passage]] = field(default_factory=dict)  # gate -> tag
     arrived: dict[str, str] = field(default_factory=dict)  # child -> local day of 1st arrival
     passed: dict[str, str] = field(default_factory=dict)  # child -> local day of 1st passage
-    # child -> (local day, "outer"/"inner"): the side of the gates the child went to last
-    gate_sides: dict[str, tuple[str, str]] = field(default_factory=dict)
+    gate_sides: dict[str, KnownSide] = field(default_factory=dict)  # child -> known side
     # gate -> side -> typical strongest RSSI of a passage there (learnt, dBm)
     gate_peaks: dict[str, dict[str, float]] = field(default_factory=dict)
     sos: dict[str, float] = field(default_factory=dict)  # tag -> last button advert
@@ -206,7 +223,7 @@ def state_to_dict(state: EngineState) -> dict[str, Any]:
                      for gid, tags in state.passages.items()},
         "arrived": dict(state.arrived),
         "passed": dict(state.passed),
-        "gate_sides": {c: [day, side] for c, (day, side) in state.gate_sides.items()},
+        "gate_sides": {c: known.to_list() for c, known in state.gate_sides.items()},
         "gate_peaks": {g: dict(peaks) for g, peaks in state.gate_peaks.items()},
         "sos": dict(state.sos),
         "battery": {t: track.to_list() for t, track in state.battery.items()},
@@ -246,7 +263,7 @@ def state_from_dict(data: dict[str, Any]) -> EngineState:
             p.outer, p.inner = SideReads.from_list(v[3]), SideReads.from_list(v[4])
     state.arrived = dict(data["arrived"])
     state.passed = dict(data["passed"])
-    state.gate_sides = {c: (str(v[0]), str(v[1])) for c, v in data["gate_sides"].items()}
+    state.gate_sides = {c: KnownSide(*v) for c, v in data["gate_sides"].items()}
     state.gate_peaks = {g: dict(peaks) for g, peaks in data["gate_peaks"].items()}
     state.sos = dict(data["sos"])
     state.battery = {t: BatteryTrack.from_list(v) for t, v in data["battery"].items()}
