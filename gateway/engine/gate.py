@@ -20,7 +20,9 @@ when the presentation ends (docs/zones.md, "Gates"):
   passage today went; outside before the first one) says whether it crossed:
   reads only on the other side mean it did (the near antenna missed), and the
   direction is marked ``direction_inferred``; reads on its own side only are a
-  turn-back, a revisit or a far antenna that missed: no direction.
+  turn-back or a passage whose far antenna missed: no event (a null-direction
+  one before its first passage of the day), remembered until a presentation on
+  the far side shows it was a passage.
 
 The event time is the estimated crossing: halfway between the last read near
 the first side's antenna and the first read near the second side's.
@@ -40,8 +42,9 @@ from gateway.model import Event, Lane, TagRead
 
 # A read within this many dB of its side's strongest read is "near the antenna".
 NEAR_DB = 10.0
-# A side whose strongest read is this much weaker than the other side's was never
-# passed: reflections off a child lingering on the other side, or the edge of its field.
+# A side whose strongest read is this much weaker than the side's typical passage (or,
+# until that is learnt, than the other side) was never passed: reflections off a child
+# lingering on the other side, or the edge of its field.
 FAINT_DB = 10.0
 # Reads at this rate (reads/s, decaying over RATE_TAU_S) are near the antenna; isolated
 # reads are strays (and the only sign of one without RSSI).
