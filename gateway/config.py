@@ -330,6 +330,9 @@ def _secret_file(c: Checker, key: str, path: str) -> None:
                      f"run: chmod 600 {path}")
 
 
+_AS_DAEMON = "check as the daemon's user, e.g. sudo -u kidsafe gatewayd check-config FILE"
+
+
 def _buffer_path(c: Checker, path: str) -> None:
     """The buffer file must be a regular file this user can write, or creatable: checked by
     looking, never by creating anything (the daemon creates the file and its folders)."""
@@ -342,7 +345,8 @@ def _buffer_path(c: Checker, path: str) -> None:
         if not p.is_file():
             c.error(key, f"{path} is not a regular file")
         elif not os.access(p, os.R_OK | os.W_OK):
-            c.error(key, f"{path} cannot be read and written by this user (uid {os.getuid()})")
+            c.error(key, f"{path} cannot be read and written by this user (uid {os.getuid()}; "
+                         f"{_AS_DAEMON})")
         return
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
@@ -351,7 +355,7 @@ def _buffer_path(c: Checker, path: str) -> None:
         c.error(key, f"cannot create {path}: {parent} is not a directory")
     elif not os.access(parent, os.W_OK | os.X_OK):
         c.error(key, f"cannot create {path}: {parent} is not writable by this user "
-                     f"(uid {os.getuid()})")
+                     f"(uid {os.getuid()}; {_AS_DAEMON})")
 
 
 def _children_on_two_tags(c: Checker, child_tags: dict[str, list[tuple[str, str]]]) -> None:
