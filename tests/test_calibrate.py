@@ -52,7 +52,7 @@ REF_TAG = "CA11B0000001"
 
 def samples(rnd: random.Random, mean: float, n: int, sigma: float = 6.0) -> list[float]:
     """RSSI with slow fades (an AR(1) of 3 s) plus 3 dB per advert, as a BLE tag gives."""
-    x, out = rnd.gauss(0, 5), []
+    x, out = rnd.gauss(0, 5), list[float]()
     for _ in range(n):
         x = 0.72 * x + math.sqrt(1 - 0.72 ** 2) * 5 * rnd.gauss(0, 1)
         out.append(round(mean + x + rnd.gauss(0, 3)))
