@@ -118,20 +118,20 @@ def test_daemon_sigkilled_20_times(tmp_path: Path, broker: LocalBroker,
         # Reads while the daemon is down are lost (nobody decided them); what was
         # committed before each kill must still arrive, with no seq reused.
         done = threading.Event()
-        flood, sent = start_flood(reader, 12_000, 400, lossless=False, stop=done)
+        flood, _ = start_flood(reader, 12_000, 400, lossless=False, stop=done)
         for _ in range(20):
-            time.sleep(rng.uniform(0.3, 1.0))  # a random moment: starting up or running
+            time.sleep(rng.uniform(0.4, 1.5))  # a random moment: starting up or running
             gw.kill(signal.SIGKILL)
             gw = GatewayProcess(cfg, log).start()
-        # The last instance decides reads too before the flood ends.
+        # The last instance decides a good run of reads before the flood ends.
         before = last_seq(tmp_path / "buf.db")
-        wait_until(lambda: last_seq(tmp_path / "buf.db") > before + 50, 30,
-                   "the last instance to decide reads")
+        wait_until(lambda: last_seq(tmp_path / "buf.db") >= before + 1_000, 30,
+                   "the last instance to decide 1,000 reads")
         done.set()
         flood.join(60)
         gw.stop()
         n = last_seq(tmp_path / "buf.db")
-        assert n > sent[0] // 6  # the run decided a good share of the reads
+        assert n > 2_000  # the run decided a good share of the reads
         gw = GatewayProcess(cfg, log).start()  # whatever is left in the buffer goes out
         wait_until(lambda: sub.seq_count() >= n, 90, f"all {n} committed events")
         assert_complete(sub, n)
