@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's two commands (and the set-up step both share):
 #   ./dev.sh demo    set up, then run the gateway on simulated hardware with a local broker
-#   ./dev.sh test    set up, then run ruff, mypy, the quick benchmark and the whole test suite
+#   ./dev.sh test    set up, then run ruff, mypy, import-linter, the quick bench and the test suite
 #   ./dev.sh setup   only the set-up: system packages (when missing), .venv, Python packages
 # Works on a fresh Debian 12 / Raspberry Pi OS bookworm as root or with sudo.
 set -euo pipefail
@@ -63,6 +63,7 @@ case "${1:-}" in
     setup
     say "ruff"; .venv/bin/ruff check .
     say "mypy"; .venv/bin/mypy && .venv/bin/mypy tests bench
+    say "import-linter"; .venv/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
     # The benchmark's quick run prints figures only (no pass/fail on speed: a shared
     # machine makes timed assertions flaky); it runs before pytest so pytest's summary
     # stays the last line CI reads.

@@ -85,7 +85,7 @@ def bench_engine(seconds: int = 600) -> float:
             st, evs = tick(st, next_tick)
             n_events += len(evs)
             next_tick += 0.5
-        st, evs = step(st, r, r.time)
+        st, evs = step(st, r)
         n_events += len(evs)
     elapsed = time.perf_counter() - t0
     assert n_events > 0

@@ -1,30 +1,25 @@
-"""Reader drivers: one module per hardware family, found by its file name.
+"""Reader drivers: one module per hardware family, listed in :mod:`drivers.registry`.
 
 A module ``drivers/<kind>.py`` defines ``DRIVER``, a :class:`drivers._base.Driver`
-subclass. Adding a reader model is adding a file; the config's ``kind`` is the
-module name. Modules starting with ``_`` are shared plumbing, and
-``drivers.codecs`` holds the pure protocol decoders the drivers use.
+subclass whose ``Options`` declare its config keys. Modules starting with ``_``
+are shared plumbing, and ``drivers.codecs`` holds the pure protocol decoders
+the drivers use. :func:`available` and :func:`load` are the registry's, kept
+for callers that name the package.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from drivers import registry
 
 if TYPE_CHECKING:
     from drivers._base import Driver
 
 
 def available() -> list[str]:
-    return sorted(
-        m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and not m.ispkg
-    )
+    return registry.names()
 
 
-def load(kind: str) -> type[Driver]:
-    if kind not in available():
-        raise KeyError(f"unknown reader kind {kind!r}")
-    module = importlib.import_module(f"{__name__}.{kind}")
-    driver: type[Driver] = module.DRIVER
-    return driver
+def load(kind: str) -> type[Driver[Any]]:
+    return registry.driver(kind)

@@ -1,16 +1,23 @@
-"""The one interface every reader driver implements."""
+"""The one interface every reader driver implements.
+
+A driver declares its options once, as ``Options`` (a frozen dataclass built with
+:func:`gateway.options.opt`); the config loader validates a reader's table
+against it and hands the driver the typed object as ``cfg.options``.
+"""
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 
-from gateway.model import ReaderState, Reading
+from gateway.model import ReaderConfig, ReaderState, Reading
+from gateway.options import ReaderOptions
 
 if TYPE_CHECKING:
     from gateway.clock import Clock
-    from gateway.config import ReaderConfig
+
+OptionsT = TypeVar("OptionsT", bound=ReaderOptions)
 
 
 class Sink(Protocol):
@@ -23,10 +30,15 @@ class Sink(Protocol):
     def state(self, reader: str, state: ReaderState, detail: str = "") -> None: ...
 
 
-class Driver(ABC):
+class Driver(ABC, Generic[OptionsT]):
     """Runs in its own thread; never raises out of :meth:`run` for device trouble."""
 
-    def __init__(self, cfg: ReaderConfig, sink: Sink, clock: Clock) -> None:
+    Options: ClassVar[type[ReaderOptions]]  # the declared options (OptionsT), for the loader
+
+    def __init__(self, cfg: ReaderConfig[OptionsT], sink: Sink, clock: Clock) -> None:
+        if not isinstance(cfg.options, self.Options):
+            raise TypeError(f"{type(self).__name__} takes {self.Options.__name__}, "
+                            f"not {type(cfg.options).__name__}")
         self.cfg = cfg
         self.sink = sink
         self.clock = clock
@@ -37,11 +49,6 @@ class Driver(ABC):
         if self._reported != (state, detail):
             self._reported = (state, detail)
             self.sink.state(self.cfg.id, state, detail)
-
-    @classmethod
-    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
-        """(key, message) for each problem in this reader's config section."""
-        return []
 
     @abstractmethod
     def run(self, stop: threading.Event) -> None:

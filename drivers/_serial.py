@@ -11,18 +11,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from abc import abstractmethod
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import serial
 
 from drivers._base import Driver
 from drivers.codecs import Reject
 from gateway import backoff
-from gateway.config import ReaderConfig
+from gateway.checker import non_empty
 from gateway.model import ReaderState, Reading
+from gateway.options import ReaderOptions, opt
 
 log = logging.getLogger("gateway.driver")
 
@@ -31,26 +32,31 @@ class _Stopped(Exception):
     pass
 
 
-class SerialDriver(Driver):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SerialOptions(ReaderOptions):
+    """Options of every serial reader; a kind redeclares ``baud`` with its own default."""
+
+    port: str = opt(doc="serial device, e.g. /dev/serial/by-id/... (stable across reboots)",
+                    check=non_empty)
+    baud: int = opt(9600, "serial speed in baud", gt=0)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after the port is lost", gt=0)
+    reconnect_max_s: float = opt(30.0, "back-off cap while the reader is unplugged", gt=0)
+
+    def where(self) -> str:
+        return self.port
+
+
+SerialT = TypeVar("SerialT", bound=SerialOptions)
+
+
+class SerialDriver(Driver[SerialT]):
     """Open, read, decode, reconnect. Subclasses name a decoder and map its frames."""
 
-    default_baud: ClassVar[int] = 9600
+    Options: ClassVar[type[SerialOptions]] = SerialOptions
     read_timeout_s: ClassVar[float] = 0.2
     # Readers that must answer commands are online when they answer, not when the port opens.
     online_when_open: ClassVar[bool] = True
     WAITING = "port open, waiting for the reader to answer"
-
-    @classmethod
-    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
-        problems = []
-        if not cfg.port:
-            problems.append(("port", "missing key (expected the serial device path, "
-                                     "e.g. /dev/ttyUSB0 or /dev/serial/by-id/...)"))
-        for key in ("reconnect_max_s", "reconnect_initial_s"):
-            v = cfg.options.get(key)
-            if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v <= 0):
-                problems.append((key, "expected a number greater than 0"))
-        return problems
 
     @abstractmethod
     def new_decoder(self) -> Any:
@@ -60,21 +66,30 @@ class SerialDriver(Driver):
     def readings(self, frame: Any, now: float) -> Iterable[Reading]:
         """Readings from one decoded frame."""
 
-    def on_open(self, port: serial.Serial) -> None:
-        """Hook for readers that must be told to start (commands to send)."""
+    # Hooks for readers that must be talked to. Each returns the bytes to send (b"" for
+    # none) and gets the injected clock's monotonic time; an OSError raised from one
+    # closes the port and reconnects like a lost adapter.
+    def on_open(self, mono: float) -> bytes:
+        """The port is open (a fresh decoder): e.g. the first command of a polled reader."""
+        return b""
 
-    def watch(self, mono: float, got_data: bool) -> None:
-        """Hook called after every read, empty or not (about every read_timeout_s): watchdogs."""
+    def on_frame(self, frame: Any, mono: float) -> bytes:
+        """A well-formed frame arrived (its readings are already passed on): answer it."""
+        return b""
+
+    def watch(self, mono: float, got_data: bool) -> bytes:
+        """Called after every read, empty or not (about every read_timeout_s): watchdogs."""
+        return b""
 
     def run(self, stop: threading.Event) -> None:
-        initial = float(self.cfg.options.get("reconnect_initial_s", 0.5))
-        cap = float(self.cfg.options.get("reconnect_max_s", 30.0))
-        self._report(ReaderState.STARTING, self.cfg.port)
+        opts = self.cfg.options
+        initial, cap = opts.reconnect_initial_s, opts.reconnect_max_s
+        self._report(ReaderState.STARTING, opts.port)
         was_online = False
 
         while not stop.is_set():
-            retry = backoff.retrying(stop, log, f"reader {self.cfg.id}: opening {self.cfg.port}",
-                                     initial, cap)
+            retry = backoff.retrying(stop, log, f"reader {self.cfg.id}: opening {opts.port}",
+                                     initial, cap, self.clock)
             try:
                 port = retry(self._open)
             except OSError:
@@ -83,17 +98,16 @@ class SerialDriver(Driver):
                 port.close()
                 return
             if self.online_when_open:
-                self._report(ReaderState.ONLINE, self.cfg.port)
+                self._report(ReaderState.ONLINE, opts.port)
             else:
                 self._report(ReaderState.STARTING, self.WAITING)
             if was_online:
-                log.info("reader %s: reconnected on %s", self.cfg.id, self.cfg.port)
+                log.info("reader %s: reconnected on %s", self.cfg.id, opts.port)
             was_online = True
             try:
-                self.on_open(port)
                 self._read_loop(port, stop)
             except OSError as e:  # SerialException is an OSError too
-                log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, self.cfg.port, e)
+                log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, opts.port, e)
                 self._report(ReaderState.OFFLINE, str(e))
             finally:
                 with contextlib.suppress(OSError):
@@ -101,21 +115,28 @@ class SerialDriver(Driver):
         self._report(ReaderState.OFFLINE, "stopped")
 
     def _open(self) -> serial.Serial:
-        return serial.Serial(self.cfg.port, baudrate=self.cfg.baud or self.default_baud,
-                             timeout=self.read_timeout_s)
+        opts = self.cfg.options
+        return serial.Serial(opts.port, baudrate=opts.baud, timeout=self.read_timeout_s)
 
     def _read_loop(self, port: serial.Serial, stop: threading.Event) -> None:
         decoder = self.new_decoder()
         rid = self.cfg.id
         sink = self.sink
+        clock = self.clock
+        if out := self.on_open(clock.monotonic()):
+            port.write(out)
         while not stop.is_set():
             data = port.read(port.in_waiting or 1)
+            mono = clock.monotonic()
             if data:
-                now = self.clock.now()
+                now = clock.now()
                 for item in decoder.feed(data):
                     if isinstance(item, Reject):
                         sink.reject(rid, item.reason)
-                    else:
-                        for r in self.readings(item, now):
-                            sink.reading(r)
-            self.watch(time.monotonic(), bool(data))
+                        continue
+                    for r in self.readings(item, now):
+                        sink.reading(r)
+                    if out := self.on_frame(item, mono):
+                        port.write(out)
+            if out := self.watch(mono, bool(data)):
+                port.write(out)

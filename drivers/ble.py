@@ -31,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
-import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from bleak import BleakScanner
@@ -47,8 +47,9 @@ from dbus_fast.errors import DBusError
 from drivers._base import Driver
 from drivers.codecs import Reject
 from drivers.codecs import ble as codec
-from gateway.config import ReaderConfig
+from gateway import backoff
 from gateway.model import BleSighting, ReaderState
+from gateway.options import ReaderOptions, opt
 
 log = logging.getLogger("gateway.driver")
 
@@ -66,46 +67,50 @@ class AdapterTrouble(Exception):
 DEVICE_ERRORS = (BleakError, DBusError, AdapterTrouble, OSError, EOFError, TimeoutError)
 
 
-def _uuid_ok(v: Any) -> bool:
-    import uuid
+def _adapter(v: str) -> str | None:
+    return None if v.isalnum() else "expected an adapter name such as \"hci0\""
 
+
+def _uuid(v: str) -> str | None:
     try:
-        uuid.UUID(str(v))
+        uuid.UUID(v)
     except ValueError:
-        return False
-    return isinstance(v, str)
+        return "expected a UUID such as \"f7826da6-4fa2-4e98-8024-bc5b71e0893e\""
+    return None
 
 
-class BleDriver(Driver):
-    @classmethod
-    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
-        o = cfg.options
-        problems = []
-        a = o.get("adapter", "hci0")
-        if not isinstance(a, str) or not a.isalnum():
-            problems.append(("adapter", "expected an adapter name such as \"hci0\""))
-        for key in ("button_uuid", "tag_uuid"):
-            if key in o and not _uuid_ok(o[key]):
-                problems.append((key, "expected a UUID such as "
-                                      "\"f7826da6-4fa2-4e98-8024-bc5b71e0893e\""))
-        for key in ("silence_s", "power_off_s", "reconnect_initial_s", "reconnect_max_s"):
-            v = o.get(key)
-            if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v <= 0):
-                problems.append((key, "expected a number greater than 0"))
-        return problems
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BleOptions(ReaderOptions):
+    adapter: str = opt("hci0", "BlueZ adapter to scan with", check=_adapter)
+    button_uuid: str | None = opt(None, "iBeacon UUID a tag advertises while its button is "
+                                        "pressed (SOS)", check=_uuid)
+    tag_uuid: str | None = opt(None, "the tags' own iBeacon UUID, to attribute a press from a "
+                                     "tag not seen before", check=_uuid)
+    silence_s: float = opt(30.0, "no advert this long: restart the scan, then the adapter",
+                           gt=0)
+    power_off_s: float = opt(1.0, "how long the adapter stays off when power-cycled", gt=0)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after adapter trouble", gt=0)
+    reconnect_max_s: float = opt(30.0, "back-off cap while the adapter is in trouble", gt=0)
+
+    def where(self) -> str:
+        return self.adapter
+
+
+class BleDriver(Driver[BleOptions]):
+    Options = BleOptions
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         o = self.cfg.options
-        self.adapter = str(o.get("adapter", "hci0"))
+        self.adapter = o.adapter
         self.path = f"/org/bluez/{self.adapter}"
-        bu, tu = o.get("button_uuid"), o.get("tag_uuid")
-        self.button_uuid: str | None = str(bu).lower() if bu else None
-        self.tag_uuid: str | None = str(tu).lower() if tu else None
-        self.silence_s = float(o.get("silence_s", 30.0))
-        self.power_off_s = float(o.get("power_off_s", 1.0))
-        self.initial_s = float(o.get("reconnect_initial_s", 0.5))
-        self.cap_s = float(o.get("reconnect_max_s", 30.0))
+        # Compared with decoded ids, which are lower case.
+        self.button_uuid = o.button_uuid.lower() if o.button_uuid else None
+        self.tag_uuid = o.tag_uuid.lower() if o.tag_uuid else None
+        self.silence_s = o.silence_s
+        self.power_off_s = o.power_off_s
+        self.initial_s = o.reconnect_initial_s
+        self.cap_s = o.reconnect_max_s
         self._by_addr: dict[str, str] = {}
         self._by_major_minor: dict[tuple[int, int], str] = {}
         self._last_adv = 0.0
@@ -124,7 +129,7 @@ class BleDriver(Driver):
             by[addr] = tid
 
     def on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
-        self._last_adv = time.monotonic()  # any advert proves the scan is alive
+        self._last_adv = self.clock.monotonic()  # any advert proves the scan is alive
         frames = codec.decode_advertisement(adv.manufacturer_data, adv.service_data)
         if not frames:
             return  # phones, headphones, ...: not ours
@@ -174,39 +179,37 @@ class BleDriver(Driver):
 
     async def _main(self, stop: threading.Event) -> None:
         self._report(ReaderState.STARTING, f"adapter {self.adapter}")
-        failures = 0
         was_online = False
+
+        def failed(f: backoff.Failure) -> None:
+            if f.attempt % 10 == 1:  # the first failure after scanning, then every tenth
+                log.warning("reader %s: %s; retrying with back-off", self.cfg.id,
+                            self._trouble(f.error))
+
+        restarts = backoff.Restarts(stop, self.clock, failed, initial=self.initial_s,
+                                    cap=self.cap_s, retry_on=DEVICE_ERRORS)
+
+        async def session() -> None:
+            nonlocal was_online
+            try:
+                async for _ in self._session(stop):
+                    restarts.healthy()  # scanning: the next failure backs off from the start
+                    if was_online:
+                        log.info("reader %s: scanning again on %s", self.cfg.id, self.adapter)
+                    was_online = True
+            except DEVICE_ERRORS as e:
+                self._report(ReaderState.OFFLINE, self._trouble(e))
+                await self._disconnect_bus()
+                raise
+
         try:
-            while not stop.is_set():
-                scanned = False
-                try:
-                    async for _ in self._session(stop):
-                        scanned = True
-                        if was_online:
-                            log.info("reader %s: scanning again on %s", self.cfg.id, self.adapter)
-                        was_online = True
-                except DEVICE_ERRORS as e:
-                    detail = f"adapter {self.adapter}: {type(e).__name__}: {e}"[:300]
-                    if scanned:
-                        failures = 0
-                    if failures % 10 == 0:
-                        log.warning("reader %s: %s; retrying with back-off", self.cfg.id, detail)
-                    self._report(ReaderState.OFFLINE, detail)
-                    await self._disconnect_bus()
-                if stop.is_set():
-                    break
-                delay = min(self.cap_s, self.initial_s * 2 ** min(failures, 16))
-                failures += 1
-                await self._sleep(delay + random.uniform(0, self.initial_s), stop)
+            await restarts.run_async(session)
         finally:
             await self._disconnect_bus()
             self._report(ReaderState.OFFLINE, "stopped")
 
-    @staticmethod
-    async def _sleep(seconds: float, stop: threading.Event) -> None:
-        end = time.monotonic() + seconds
-        while not stop.is_set() and time.monotonic() < end:
-            await asyncio.sleep(min(0.1, max(0.0, end - time.monotonic())))
+    def _trouble(self, e: BaseException) -> str:
+        return f"adapter {self.adapter}: {type(e).__name__}: {e}"[:300]
 
     async def _session(self, stop: threading.Event) -> Any:
         """Scan until stopped; yields once scanning has started. Raises on adapter trouble."""
@@ -216,14 +219,14 @@ class BleDriver(Driver):
         try:
             self._report(ReaderState.ONLINE, f"scanning on {self.adapter}")
             yield
-            now = time.monotonic()
+            now = self.clock.monotonic()
             self._last_adv = now
             acted = now  # the watchdog's last action (or the scan start)
             stage = 0  # 0 fine, 1 scan restarted, 2+ adapter power-cycled
             next_check = now + CHECK_S
             while not stop.is_set():
                 await asyncio.sleep(0.1)
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 if now >= next_check:
                     next_check = now + CHECK_S
                     await self._check_adapter()
@@ -249,7 +252,7 @@ class BleDriver(Driver):
                     await self._power_cycle(stop)
                     await scanner.start()
                 stage += 1
-                acted = time.monotonic()
+                acted = self.clock.monotonic()
         finally:
             with contextlib.suppress(*DEVICE_ERRORS):
                 await scanner.stop()
@@ -273,9 +276,10 @@ class BleDriver(Driver):
 
     async def _power_cycle(self, stop: threading.Event) -> None:
         await self._call("Set", "ssv", [ADAPTER_IFACE, "Powered", Variant("b", False)])
-        await self._sleep(self.power_off_s, stop)
+        await self.clock.wait_async(stop, self.power_off_s)
         await self._call("Set", "ssv", [ADAPTER_IFACE, "Powered", Variant("b", True)])
-        await self._sleep(min(1.0, self.power_off_s), stop)  # BlueZ re-initialises the HCI
+        # BlueZ re-initialises the HCI.
+        await self.clock.wait_async(stop, min(1.0, self.power_off_s))
         self.power_cycles += 1
 
     async def _disconnect_bus(self) -> None:

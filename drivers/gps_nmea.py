@@ -1,6 +1,6 @@
 """The unit's own GNSS receiver on a serial port, speaking NMEA 0183.
 
-Decoding is :mod:`drivers.codecs.nmea` (pynmea2 inside; any talker, checksum
+Decoding is :mod:`drivers.codecs.nmea` (its own parser; any talker, checksum
 required, GGA/RMC/GSA and more merged per epoch by its FixAssembler). Each
 finished epoch becomes a :class:`GpsFix`. An epoch is finished when the next
 one starts, so a fix reaches the engine one epoch (1 s at 1 Hz) late: the
@@ -19,17 +19,15 @@ back-off, in :class:`SerialDriver`).
 
 from __future__ import annotations
 
-import datetime as dt
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-import serial
-
-from drivers._serial import SerialDriver
+from drivers._gps import GpsTimeGate, no_fix_s
+from drivers._serial import SerialDriver, SerialOptions
 from drivers.codecs import Reject, nmea
-from gateway.config import ReaderConfig
-from gateway.model import GpsFix, ReaderState, Reading
+from gateway.model import ReaderState, Reading
+from gateway.options import opt
 
 
 class _FixStream:
@@ -49,63 +47,39 @@ class _FixStream:
         return out
 
 
-def check_watchdog_options(cfg: ReaderConfig, keys: tuple[str, ...]) -> list[tuple[str, str]]:
-    out = []
-    for key in keys:
-        v = cfg.options.get(key)
-        if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v <= 0):
-            out.append((key, "expected a number greater than 0"))
-    return out
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpsNmeaOptions(SerialOptions):
+    baud: int = opt(9600, "serial speed in baud", gt=0)
+    silence_s: float = opt(5.0, "no data from the receiver this long: reader degraded", gt=0)
+    no_fix_s: float = no_fix_s(30.0)
 
 
-class GpsTimeGate:
-    """Turns receiver fixes into GpsFix readings, checking the receiver's clock."""
-
-    def __init__(self, reader: str, sink: Any) -> None:
-        self.reader = reader
-        self.sink = sink
-        self.last_trusted: dt.datetime | None = None
-
-    def fix(self, when: dt.datetime | None, now: float, **fields: Any) -> GpsFix:
-        check = nmea.check_gps_time(when, dt.datetime.fromtimestamp(now, dt.UTC),
-                                    self.last_trusted)
-        if check.trusted and when is not None:
-            self.last_trusted = when
-        else:
-            self.sink.reject(self.reader, f"untrusted-time:{check.reason}")
-        t = when.timestamp() if when is not None else now
-        return GpsFix(reader=self.reader, time=t, time_trusted=check.trusted, **fields)
-
-
-class GpsNmeaDriver(SerialDriver):
-    default_baud = 9600
-
-    @classmethod
-    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
-        return super().check_options(cfg) + check_watchdog_options(cfg, ("silence_s", "no_fix_s"))
+class GpsNmeaDriver(SerialDriver[GpsNmeaOptions]):
+    Options = GpsNmeaOptions
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.silence_s = float(self.cfg.options.get("silence_s", 5.0))
-        self.no_fix_s = float(self.cfg.options.get("no_fix_s", 30.0))
+        self.silence_s = self.cfg.options.silence_s
+        self.no_fix_s = self.cfg.options.no_fix_s
         self.gate = GpsTimeGate(self.cfg.id, self.sink)
-        self._last_data = self._last_fix = time.monotonic()
+        self._last_data = self._last_fix = self.clock.monotonic()
 
     def new_decoder(self) -> _FixStream:
         return _FixStream()
 
     def readings(self, frame: nmea.Fix, now: float) -> Iterable[Reading]:
         if frame.has_position:
-            self._last_fix = time.monotonic()
+            self._last_fix = self.clock.monotonic()
         return (self.gate.fix(frame.time, now, lat=frame.lat, lon=frame.lon,
                               fix_quality=frame.fix_quality, fix_type=frame.fix_type,
                               satellites=frame.satellites, hdop=frame.hdop,
                               speed_mps=frame.speed_mps),)
 
-    def on_open(self, port: serial.Serial) -> None:
-        self._last_data = self._last_fix = time.monotonic()
+    def on_open(self, mono: float) -> bytes:
+        self._last_data = self._last_fix = mono
+        return b""
 
-    def watch(self, mono: float, got_data: bool) -> None:
+    def watch(self, mono: float, got_data: bool) -> bytes:
         if got_data:
             self._last_data = mono
         if mono - self._last_data >= self.silence_s:
@@ -114,7 +88,8 @@ class GpsNmeaDriver(SerialDriver):
         elif mono - self._last_fix >= self.no_fix_s:
             self._report(ReaderState.DEGRADED, f"no position fix for {self.no_fix_s:g} s")
         else:
-            self._report(ReaderState.ONLINE, self.cfg.port)
+            self._report(ReaderState.ONLINE, self.cfg.options.port)
+        return b""  # a receiver streams: nothing to send
 
 
 DRIVER = GpsNmeaDriver

@@ -8,14 +8,21 @@ engine, not here, so the driver stays a plain translator.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from drivers._serial import SerialDriver
+from drivers._serial import SerialDriver, SerialOptions
 from drivers.codecs import rdm6300
 from gateway.model import Reading, TagRead
+from gateway.options import opt
 
 
-class Rdm6300Driver(SerialDriver):
-    default_baud = 9600
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rdm6300Options(SerialOptions):
+    baud: int = opt(9600, "serial speed in baud (the RDM6300 only speaks 9600)", gt=0)
+
+
+class Rdm6300Driver(SerialDriver[Rdm6300Options]):
+    Options = Rdm6300Options
 
     def new_decoder(self) -> rdm6300.Decoder:
         return rdm6300.Decoder()

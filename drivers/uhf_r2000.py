@@ -18,69 +18,47 @@ looks exactly like this). Timeouts and reader errors are counted through
 
 from __future__ import annotations
 
-import enum
-import logging
-import threading
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import serial
 
-from drivers._serial import SerialDriver
-from drivers.codecs import Reject
+from drivers._serial import SerialDriver, SerialOptions
+from drivers._uhf_poll import Action, Count, Poller, Reopen, Report, Send
 from drivers.codecs import uhf_r2000 as r2k
-from gateway.config import ReaderConfig
-from gateway.model import ReaderState, Reading, TagRead
-
-log = logging.getLogger("gateway.driver")
-
-_NO_TAG = 0x36  # "no tag": an empty round, not a fault
+from gateway.checker import non_empty
+from gateway.model import Reading, TagRead
+from gateway.options import opt
 
 
-class _Phase(enum.Enum):
-    SET_ANTENNA = 1
-    INVENTORY = 2
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UhfR2000Options(SerialOptions):
+    baud: int = opt(115200, "serial speed in baud", gt=0)
+    antennas: tuple[int, ...] = opt((1,), "antenna ports to cycle through, 1..4", ge=1, le=4,
+                                    check=non_empty)
+    repeat: int = opt(1, "inventory rounds per 0x89 command (255: fastest)", ge=1, le=255)
+    address: int = opt(1, "the reader's bus address in command frames", ge=0, le=255)
+    reply_timeout_s: float = opt(1.0, "no answer this long: resend, reader degraded", gt=0)
+    silence_s: float = opt(5.0, "no answer this long: reopen the port", gt=0)
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-class UhfR2000Driver(SerialDriver):
+class UhfR2000Driver(SerialDriver[UhfR2000Options]):
+    Options = UhfR2000Options
     online_when_open = False  # online once the reader answers a command
-    default_baud = 115200
     read_timeout_s = 0.05  # short: the loop also drives the command timeouts
-
-    @classmethod
-    def check_options(cls, cfg: ReaderConfig) -> list[tuple[str, str]]:
-        problems = super().check_options(cfg)
-        o = cfg.options
-        ants = o.get("antennas", [1])
-        if (not isinstance(ants, list) or not ants
-                or not all(isinstance(a, int) and not isinstance(a, bool) and 1 <= a <= 4
-                           for a in ants)):
-            problems.append(("antennas", "expected a non-empty array of antenna numbers 1..4"))
-        for key in ("reply_timeout_s", "silence_s"):
-            if key in o and (not _num(o[key]) or o[key] <= 0):
-                problems.append((key, "expected a number greater than 0"))
-        for key, lo, hi in (("repeat", 1, 255), ("address", 0, 255)):
-            v = o.get(key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool)
-                                  or not lo <= v <= hi):
-                problems.append((key, f"expected an integer {lo}..{hi}"))
-        return problems
+    _poller: Poller  # one per connection, made in on_open
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         o = self.cfg.options
-        self.antennas: list[int] = list(o.get("antennas", [1]))
-        self.repeat = int(o.get("repeat", 1))
-        self.address = int(o.get("address", 1))
-        self.reply_timeout_s = float(o.get("reply_timeout_s", 1.0))
-        self.silence_s = float(o.get("silence_s", 5.0))
+        self.antennas = o.antennas
+        self.repeat = o.repeat
+        self.address = o.address
+        self.reply_timeout_s = o.reply_timeout_s
+        self.silence_s = o.silence_s
 
-    # SerialDriver hooks (the read loop below replaces the streaming one).
+    # SerialDriver hooks: the polling protocol itself is the sans-I/O Poller.
     def new_decoder(self) -> r2k.Decoder:
         return r2k.Decoder()
 
@@ -90,92 +68,32 @@ class UhfR2000Driver(SerialDriver):
                             rssi=frame.rssi_dbm, antenna=frame.antenna),)
         return ()
 
-    def _read_loop(self, port: serial.Serial, stop: threading.Event) -> None:
-        decoder = self.new_decoder()
-        rid, sink = self.cfg.id, self.sink
-        failing: dict[int, str] = {}  # antenna -> last error name
-        idx = 0
-        current_ant: int | None = None  # the work antenna the reader confirmed
-        last_reply = time.monotonic()
-        phase = _Phase.SET_ANTENNA
+    def on_open(self, mono: float) -> bytes:
+        self._poller = Poller(self.antennas, self.repeat, self.address, self.reply_timeout_s,
+                              self.silence_s, where=self.cfg.options.port)
+        return self._act(self._poller.start(mono))
 
-        def send() -> float:
-            ant = self.antennas[idx]
-            if phase is _Phase.SET_ANTENNA:
-                port.write(r2k.encode_set_work_antenna(ant, self.address))
-            else:
-                port.write(r2k.encode_real_time_inventory(self.repeat, self.address))
-            return time.monotonic() + self.reply_timeout_s
+    def on_frame(self, frame: Any, mono: float) -> bytes:
+        return self._act(self._poller.frame(frame, mono))
 
-        def health() -> None:
-            if failing:
-                self._report(ReaderState.DEGRADED, "; ".join(
-                    f"antenna {a}: {e}" for a, e in sorted(failing.items())))
-            else:
-                self._report(ReaderState.ONLINE, self.cfg.port)
+    def watch(self, mono: float, got_data: bool) -> bytes:
+        return self._act(self._poller.tick(mono))
 
-        def round_done(error: str | None) -> None:
-            nonlocal idx, phase
-            ant = self.antennas[idx]
-            if error is None:
-                failing.pop(ant, None)
-            else:
-                failing[ant] = error
-            health()
-            idx = (idx + 1) % len(self.antennas)
-            phase = (_Phase.SET_ANTENNA if self.antennas[idx] != current_ant
-                     else _Phase.INVENTORY)
-
-        deadline = send()
-        while not stop.is_set():
-            data = port.read(port.in_waiting or 1)
-            mono = time.monotonic()
-            if data:
-                now = self.clock.now()
-                for item in decoder.feed(data):
-                    if isinstance(item, Reject):
-                        sink.reject(rid, item.reason)
-                        continue
-                    last_reply = mono
-                    if self._reported and self._reported[0] is ReaderState.STARTING:
-                        health()  # the first well-formed reply: the reader is there
-                    if isinstance(item, r2k.R2000Tag):
-                        for r in self.readings(item, now):
-                            sink.reading(r)
-                    elif isinstance(item, r2k.R2000InventoryEnd):
-                        if phase is _Phase.INVENTORY:
-                            round_done(None)
-                            deadline = send()
-                    elif isinstance(item, r2k.R2000Status):
-                        if phase is _Phase.SET_ANTENNA and item.cmd == r2k.CMD_SET_WORK_ANTENNA:
-                            if item.success:
-                                current_ant = self.antennas[idx]
-                                phase = _Phase.INVENTORY
-                            else:
-                                sink.reject(rid, f"reader-error:{item.error}")
-                                round_done(f"set antenna failed ({item.error})")
-                            deadline = send()
-                        elif phase is _Phase.INVENTORY and item.cmd == r2k.CMD_REAL_TIME_INVENTORY:
-                            if item.error_code == _NO_TAG:
-                                round_done(None)
-                            else:
-                                sink.reject(rid, f"reader-error:{item.error}")
-                                round_done(f"{item.error} (0x{item.error_code:02X})")
-                            deadline = send()
-                    # Firmware/other replies are well framed and harmless: ignored.
-            if mono >= deadline:
-                sink.reject(rid, "no-reply")
-                if mono - last_reply >= self.silence_s:
-                    self._report(ReaderState.DEGRADED,
-                                 f"no reply for {mono - last_reply:.0f} s; reopening the port")
+    def _act(self, actions: list[Action]) -> bytes:
+        """Carry out the poller's actions; the bytes to send."""
+        out = b""
+        for a in actions:
+            match a:
+                case Send(data):
+                    out += data
+                case Count(reason):
+                    self.sink.reject(self.cfg.id, reason)
+                case Report(state, detail):
+                    self._report(state, detail)
+                case Reopen(reason):
                     # OSError: run() closes the port, reports OFFLINE and reopens with back-off.
-                    raise serial.SerialException(
-                        f"reader not answering for {mono - last_reply:.0f} s")
-                if mono - last_reply >= self.reply_timeout_s:
-                    self._report(ReaderState.DEGRADED,
-                                 f"no reply for {mono - last_reply:.1f} s")
-                # Resend the same command: a lost reply must not stall the cycle.
-                deadline = send()
+                    raise serial.SerialException(reason)
+        return out
 
 
 DRIVER = UhfR2000Driver

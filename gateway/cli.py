@@ -59,8 +59,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  buffer    {cfg.buffer.path} (cap {cfg.buffer.max_mb:g} MB / "
           f"{cfg.buffer.max_events} events)")
     for r in cfg.readers:
-        baud = f" @ {r.baud}" if r.baud else ""
-        where = f" on {r.port}{baud}" if r.port else ""
+        where = f" on {r.options.where()}" if r.options.where() else ""
         print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")
     print(f"  tags      {len(cfg.tags)} enrolled")
     return 0
@@ -85,10 +84,10 @@ def cmd_locate(args: argparse.Namespace) -> int:
         return main_locate(args.config, args.readings, args.who, sys.stdout)
     # No readings file: answer from the state the daemon last saved in its buffer.
     import json
-    import sqlite3
 
-    from gateway.engine import EngineConfig, locate, state_from_dict
+    from gateway.engine import locate, state_from_dict
     from gateway.engine.runtime import Runtime
+    from gateway.outbox import BufferReadError, Outbox
     from gateway.pipeline import STATE_KEY
     from gateway.replay import print_locate
 
@@ -96,17 +95,16 @@ def cmd_locate(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     try:
-        con = sqlite3.connect(f"file:{cfg.buffer.path}?mode=ro", uri=True, timeout=5)
-        row = con.execute("SELECT value FROM kv WHERE key=?", (STATE_KEY,)).fetchone()
-        con.close()
-    except sqlite3.Error as e:
-        print(f"gatewayd locate: cannot read the buffer {cfg.buffer.path}: {e}", file=sys.stderr)
+        with Outbox.saved(cfg.buffer.path) as saved:  # read-only: the daemon may be running
+            blob = saved.load_state(STATE_KEY)
+    except BufferReadError as e:
+        print(f"gatewayd locate: {e}", file=sys.stderr)
         return 2
-    if row is None:
+    if blob is None:
         print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
         return 1
-    state = state_from_dict(json.loads(row[0]))
-    return print_locate(locate(state, Runtime(EngineConfig.from_config(cfg)), args.who),
+    state = state_from_dict(json.loads(blob))
+    return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
                         sys.stdout)
 
 
@@ -129,13 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", metavar="FILE")
     c.set_defaults(func=cmd_check_config)
 
-    from drivers import codecs
+    from drivers import registry
 
     d = sub.add_parser("decode", help="decode a raw capture into JSON lines, rejects included")
-    d.add_argument("kind", choices=codecs.available(), metavar="KIND",
-                   help=f"protocol: {', '.join(codecs.available())}")
+    d.add_argument("kind", metavar="KIND", help=f"reader kind: {', '.join(registry.names())}")
     d.add_argument("file", metavar="FILE", help="serial bytes, a hex dump, an NMEA log, "
-                   "or BLE advertisement hex/JSON lines ('-' for stdin)")
+                   "BLE advertisement hex/JSON lines or a gpsd JSON log ('-' for stdin)")
     d.set_defaults(func=cmd_decode)
 
     rp = sub.add_parser("replay", help="run a recorded readings file through the engine and "

@@ -1,7 +1,13 @@
-"""Time, injected. Only the edge of the program reads the real clock."""
+"""Time, injected. Only the edge of the program reads the real clock.
+
+Everything that waits for time to pass (watchdogs, reply timeouts, back-off)
+asks the clock, so tests move a :class:`FakeClock` instead of sleeping.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Protocol
 
@@ -15,6 +21,14 @@ class Clock(Protocol):
         """Seconds that never go backwards (intervals, timeouts)."""
         ...
 
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Wait until ``event`` is set or ``seconds`` pass on this clock; True if it is set."""
+        ...
+
+    async def wait_async(self, event: threading.Event, seconds: float) -> bool:
+        """:meth:`wait` for a coroutine: the same, without blocking its event loop."""
+        ...
+
 
 class SystemClock:
     def now(self) -> float:
@@ -23,13 +37,32 @@ class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(max(0.0, seconds))
+
+    async def wait_async(self, event: threading.Event, seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while not event.is_set() and (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(0.1, left))  # a threading.Event cannot be awaited
+        return event.is_set()
+
 
 class FakeClock:
-    """A clock tests and replays move by hand."""
+    """A clock tests and replays move by hand. Thread-safe.
 
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
+    :meth:`wait` returns once another thread has advanced the clock far enough
+    (a driver thread waits, the test moves time). With ``autoadvance`` a wait
+    moves the clock itself and returns at once: for single-threaded tests, where
+    nobody else would move it.
+    """
+
+    POLL_S = 0.01  # how often a waiter looks at its event (setting it does not wake us)
+
+    def __init__(self, start: float = 1_700_000_000.0, *, autoadvance: bool = False) -> None:
         self._t = start
         self._m = 0.0
+        self.autoadvance = autoadvance
+        self._changed = threading.Condition()
 
     def now(self) -> float:
         return self._t
@@ -38,9 +71,32 @@ class FakeClock:
         return self._m
 
     def advance(self, seconds: float) -> None:
-        self._t += seconds
-        self._m += seconds
+        with self._changed:
+            self._t += seconds
+            self._m += seconds
+            self._changed.notify_all()
 
     def set(self, t: float) -> None:
-        self._m += max(0.0, t - self._t)
-        self._t = t
+        with self._changed:
+            self._m += max(0.0, t - self._t)
+            self._t = t
+            self._changed.notify_all()
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        if self.autoadvance:
+            if not event.is_set():
+                self.advance(max(0.0, seconds))
+            return event.is_set()
+        with self._changed:
+            deadline = self._m + seconds
+            while not event.is_set() and self._m < deadline:
+                self._changed.wait(self.POLL_S)
+        return event.is_set()
+
+    async def wait_async(self, event: threading.Event, seconds: float) -> bool:
+        if self.autoadvance:
+            return self.wait(event, seconds)
+        deadline = self._m + seconds
+        while not event.is_set() and self._m < deadline:
+            await asyncio.sleep(self.POLL_S)
+        return event.is_set()

@@ -4,42 +4,42 @@ Validation collects *every* error (file, key, what was expected) before
 giving up, so a technician fixes a config in one pass. Nothing starts on a
 config with errors. Secrets (the broker password) may live in files the
 config points to; relative paths are taken from the config file's folder.
+
+This module sits at the top: it composes what the layers below declare (the
+engine's sections in :mod:`gateway.engine.settings`, each driver's ``Options``
+listed by :mod:`drivers.registry`), and neither of them imports it.
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-import drivers
+from drivers import registry
+from gateway.checker import (
+    Checker,
+    ConfigError,
+    ConfigInvalid,
+    identifier,
+    one_of,
+    positive,
+    tcp_port,
+    type_name,
+)
+from gateway.engine.runtime import EngineConfig
+from gateway.engine.settings import READER_KEYS, EngineSettings, parse_settings
+from gateway.model import ReaderConfig, TagConfig, canonical_tag_id
+from gateway.options import ReaderOptions, option_names, parse_options
 
-if TYPE_CHECKING:
-    from gateway.engine.settings import EngineSettings
-
-T = TypeVar("T")
+# Re-exported: callers and tests name them through this module.
+__all__ = ["BrokerConfig", "BufferConfig", "Config", "ConfigError", "ConfigInvalid", "GateConfig",
+           "ReaderConfig", "TagConfig", "TlsConfig", "UnitConfig", "canonical_tag_id",
+           "engine_config", "load", "parse", "reader_config"]
 
 READER_ROLES = ("gate", "gate_outer", "gate_inner", "zone", "gps")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigError:
-    file: str
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.message}"
-
-
-class ConfigInvalid(Exception):
-    def __init__(self, errors: list[ConfigError]) -> None:
-        super().__init__("\n".join(str(e) for e in errors))
-        self.errors = errors
+READER_BASE_KEYS = ("id", "kind", "role")  # every reader table; the rest: engine's and driver's
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,23 +47,6 @@ class UnitConfig:
     id: str
     site: str
     config_version: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ReaderConfig:
-    id: str
-    kind: str
-    role: str
-    port: str = ""
-    baud: int | None = None  # None: the driver's own default (9600 RDM6300, 115200 R2000)
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class TagConfig:
-    id: str  # canonical, uppercase for hex ids
-    child: str  # pseudonymous child reference, never a name
-    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,107 +89,25 @@ class Config:
     unit: UnitConfig
     broker: BrokerConfig
     buffer: BufferConfig
-    readers: tuple[ReaderConfig, ...]
+    readers: tuple[ReaderConfig[Any], ...]
     tags: tuple[TagConfig, ...]
     gate: GateConfig = GateConfig()
     health_interval_s: float = 60.0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # for later sections
-    engine: EngineSettings = field(default_factory=lambda: _default_engine())
+    engine: EngineSettings = field(default_factory=EngineSettings)
 
     def tag_map(self) -> dict[str, TagConfig]:
         return {t.id: t for t in self.tags}
 
 
-def _default_engine() -> EngineSettings:
-    from gateway.engine.settings import EngineSettings  # imported late: it imports this module
-
-    return EngineSettings()
-
-
-def canonical_tag_id(text: str) -> str:
-    """Tag ids compare case-insensitively for hex ids; BLE ids keep their own form."""
-    t = text.strip()
-    return t.upper() if re.fullmatch(r"[0-9A-Fa-f]+", t) else t.lower()
-
-
-class _Checker:
-    """Reads typed values out of nested TOML tables, collecting errors."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.errors: list[ConfigError] = []
-
-    def error(self, key: str, message: str) -> None:
-        self.errors.append(ConfigError(self.file, key, message))
-
-    def table(self, parent: dict[str, Any], key: str, path: str, required: bool) -> dict[str, Any]:
-        value = parent.get(key)
-        if value is None:
-            if required:
-                self.error(path, "missing table")
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"expected a table, got {_tname(value)}")
-            return {}
-        return value
-
-    def get(
-        self,
-        tbl: dict[str, Any],
-        key: str,
-        path: str,
-        kind: type[T] | tuple[type, ...],
-        default: T | None = None,
-        required: bool = False,
-        check: Callable[[Any], str | None] | None = None,
-    ) -> Any:
-        full = f"{path}.{key}" if path else key
-        if key not in tbl:
-            if required:
-                self.error(full, f"missing key (expected {_kname(kind)})")
-            return default
-        value = tbl[key]
-        # bool is an int in Python; TOML keeps them apart, so do we.
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            self.error(full, f"expected {_kname(kind)}, got {_tname(value)} {value!r}")
-            return default
-        if check is not None and (msg := check(value)):
-            self.error(full, msg)
-            return default
-        return value
-
-    def unknown(self, tbl: dict[str, Any], allowed: set[str], path: str) -> None:
-        for key in tbl:
-            if key not in allowed:
-                full = f"{path}.{key}" if path else key
-                self.error(full, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _tname(v: Any) -> str:
-    return {
-        str: "string", int: "integer", float: "float", bool: "boolean", list: "array", dict: "table"
-    }.get(type(v), type(v).__name__)
-
-
-def _kname(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(_tname(k()) if k in (str, int, float, bool, list, dict) else k.__name__
-                       for k in kinds)
-
-
-def _positive(v: float) -> str | None:
-    return None if v > 0 else "must be greater than 0"
-
-
-def _port(v: int) -> str | None:
-    return None if 0 < v < 65536 else "must be a TCP port between 1 and 65535"
-
-
-def _ident(v: str) -> str | None:
-    return None if _ID_RE.match(v) else "must be 1-64 letters, digits, '_', '.', '-'"
+def engine_config(cfg: Config) -> EngineConfig:
+    """What the engine needs of a config (the engine itself never sees the loader)."""
+    return EngineConfig(
+        reader_roles={r.id: r.role for r in cfg.readers},
+        tags=cfg.tag_map(),
+        gate_window_s=cfg.gate.repeat_window_s,
+        settings=cfg.engine,
+    )
 
 
 def load(path: str | Path) -> Config:
@@ -225,7 +126,7 @@ def load(path: str | Path) -> Config:
 
 
 def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None) -> Config:
-    c = _Checker(file)
+    c = Checker(file)
     base = base or Path(".")
 
     def rel(s: str) -> str:
@@ -239,7 +140,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     u = c.table(raw, "unit", "unit", required=True)
     c.unknown(u, {"id", "site", "config_version"}, "unit")
     unit = UnitConfig(
-        id=c.get(u, "id", "unit", str, "", required=True, check=_ident),
+        id=c.get(u, "id", "unit", str, "", required=True, check=identifier),
         site=c.get(u, "site", "unit", str, "", required=True),
         config_version=c.get(u, "config_version", "unit", str, ""),
     )
@@ -274,19 +175,17 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
             key_file=files.get("key_file"),
             insecure_skip_hostname=c.get(t, "insecure_skip_hostname", "broker.tls", bool, False),
         )
-    protocol = c.get(b, "protocol", "broker", str, "auto",
-                     check=lambda v: None if v in ("auto", "5", "3.1.1")
-                     else "must be one of 'auto', '5', '3.1.1'")
+    protocol = c.get(b, "protocol", "broker", str, "auto", check=one_of(("auto", "5", "3.1.1")))
     broker = BrokerConfig(
         host=c.get(b, "host", "broker", str, "127.0.0.1"),
-        port=c.get(b, "port", "broker", int, 1883, check=_port),
+        port=c.get(b, "port", "broker", int, 1883, check=tcp_port),
         client_id=c.get(b, "client_id", "broker", str, "") or unit.id,
         username=c.get(b, "username", "broker", str, None),
         password=password,
-        keepalive_s=c.get(b, "keepalive_s", "broker", int, 30, check=_positive),
+        keepalive_s=c.get(b, "keepalive_s", "broker", int, 30, check=positive),
         protocol=protocol,
         topic_prefix=c.get(b, "topic_prefix", "broker", str, "kidsafe/v1").strip("/"),
-        reconnect_max_s=c.get(b, "reconnect_max_s", "broker", float, 60.0, check=_positive),
+        reconnect_max_s=c.get(b, "reconnect_max_s", "broker", float, 60.0, check=positive),
         tls=tls,
     )
 
@@ -294,62 +193,30 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     c.unknown(bf, {"path", "max_mb", "max_events"}, "buffer")
     buffer = BufferConfig(
         path=rel(c.get(bf, "path", "buffer", str, "", required=True)),
-        max_mb=c.get(bf, "max_mb", "buffer", float, 256.0, check=_positive),
-        max_events=c.get(bf, "max_events", "buffer", int, 2_000_000, check=_positive),
+        max_mb=c.get(bf, "max_mb", "buffer", float, 256.0, check=positive),
+        max_events=c.get(bf, "max_events", "buffer", int, 2_000_000, check=positive),
     )
 
     g = c.table(raw, "gate", "gate", required=False)
     c.unknown(g, {"repeat_window_s"}, "gate")
     gate = GateConfig(repeat_window_s=c.get(g, "repeat_window_s", "gate", float, 3.0,
-                                            check=_positive))
+                                            check=positive))
     h = c.table(raw, "health", "health", required=False)
     c.unknown(h, {"interval_s"}, "health")
-    health_interval = c.get(h, "interval_s", "health", float, 60.0, check=_positive)
+    health_interval = c.get(h, "interval_s", "health", float, 60.0, check=positive)
 
-    readers: list[ReaderConfig] = []
-    kinds = drivers.available()
-    seen: set[str] = set()
-    rl = raw.get("readers", [])
-    if not isinstance(rl, list):
-        c.error("readers", f"expected an array of tables ([[readers]]), got {_tname(rl)}")
-        rl = []
-    for i, r in enumerate(rl):
-        path = f"readers[{i}]"
-        if not isinstance(r, dict):
-            c.error(path, f"expected a table, got {_tname(r)}")
-            continue
-        rid = c.get(r, "id", path, str, f"reader{i}", required=True, check=_ident)
-        if rid in seen:
-            c.error(f"{path}.id", f"duplicate reader id {rid!r}")
-        seen.add(rid)
-        kind = c.get(r, "kind", path, str, "", required=True)
-        if kind and kind not in kinds:
-            c.error(f"{path}.kind", f"unknown reader kind {kind!r} (known: {', '.join(kinds)})")
-        role = c.get(r, "role", path, str, "gate",
-                     check=lambda v: None if v in READER_ROLES
-                     else f"must be one of {', '.join(READER_ROLES)}")
-        options = {k: v for k, v in r.items() if k not in ("id", "kind", "role", "port", "baud")}
-        readers.append(ReaderConfig(
-            id=rid, kind=kind, role=role,
-            port=c.get(r, "port", path, str, ""),
-            baud=c.get(r, "baud", path, int, None, check=_positive),
-            options=options,
-        ))
-        if kind in kinds:
-            # Each driver checks its own options (port required for serial ones, ...).
-            for key, msg in drivers.load(kind).check_options(readers[-1]):
-                c.error(f"{path}.{key}", msg)
+    readers = _readers(raw, c)
 
     tags: list[TagConfig] = []
     tl = raw.get("tags", [])
     if not isinstance(tl, list):
-        c.error("tags", f"expected an array of tables ([[tags]]), got {_tname(tl)}")
+        c.error("tags", f"expected an array of tables ([[tags]]), got {type_name(tl)}")
         tl = []
     tag_ids: set[str] = set()
     for i, tg in enumerate(tl):
         path = f"tags[{i}]"
         if not isinstance(tg, dict):
-            c.error(path, f"expected a table, got {_tname(tg)}")
+            c.error(path, f"expected a table, got {type_name(tg)}")
             continue
         c.unknown(tg, {"id", "child", "groups"}, path)
         tid = canonical_tag_id(c.get(tg, "id", path, str, "", required=True))
@@ -361,10 +228,8 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
             c.error(f"{path}.groups", "expected an array of strings")
             groups = []
         tags.append(TagConfig(id=tid, child=c.get(tg, "child", path, str, "", required=True,
-                                                  check=_ident),
+                                                  check=identifier),
                               groups=tuple(groups)))
-
-    from gateway.engine.settings import parse_settings  # imported late: it imports this module
 
     engine = parse_settings(raw, c, readers)  # [engine], [[zones]], ...: errors listed with ours
     if c.errors:
@@ -372,3 +237,54 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     return Config(file=file, unit=unit, broker=broker, buffer=buffer, readers=tuple(readers),
                   tags=tuple(tags), gate=gate, health_interval_s=health_interval, raw=raw,
                   engine=engine)
+
+
+def _readers(raw: dict[str, Any], c: Checker) -> list[ReaderConfig[Any]]:
+    """Each [[readers]] table: id, kind, role, the engine's keys and the driver's options.
+
+    Any other key is an error with a did-you-mean (``antenna_role`` would otherwise
+    silently turn a directional gate into a plain one).
+    """
+    readers: list[ReaderConfig[Any]] = []
+    kinds = registry.names()
+    seen: set[str] = set()
+    rl = raw.get("readers", [])
+    if not isinstance(rl, list):
+        c.error("readers", f"expected an array of tables ([[readers]]), got {type_name(rl)}")
+        rl = []
+    for i, r in enumerate(rl):
+        path = f"readers[{i}]"
+        if not isinstance(r, dict):
+            c.error(path, f"expected a table, got {type_name(r)}")
+            continue
+        rid = c.get(r, "id", path, str, f"reader{i}", required=True, check=identifier)
+        if rid in seen:
+            c.error(f"{path}.id", f"duplicate reader id {rid!r}")
+        seen.add(rid)
+        kind = c.get(r, "kind", path, str, "", required=True)
+        if kind and kind not in kinds:
+            c.error(f"{path}.kind", f"unknown reader kind {kind!r} (known: {', '.join(kinds)})")
+        role = c.get(r, "role", path, str, "gate", check=one_of(READER_ROLES))
+        options: ReaderOptions | None = None
+        if kind in kinds:
+            try:
+                declared = registry.driver(kind).Options
+            except ImportError as e:  # e.g. the BLE stack missing on this box
+                c.error(f"{path}.kind", f"cannot load the {kind} driver: {e}")
+            else:
+                c.unknown(r, {*READER_BASE_KEYS, *READER_KEYS, *option_names(declared)}, path)
+                options = parse_options(declared, r, c, path)
+        # A reader with errors still counts for the checks that follow (zone readers, gate
+        # roles); the config is refused anyway, so its options stay empty.
+        readers.append(ReaderConfig(id=rid, kind=kind, role=role,
+                                    options=options if options is not None else ReaderOptions()))
+    return readers
+
+
+def reader_config(table: dict[str, Any], file: str = "<reader>") -> ReaderConfig[Any]:
+    """One reader table checked as the loader checks it (for tools and tests)."""
+    c = Checker(file)
+    readers = _readers({"readers": [table]}, c)
+    if c.errors:
+        raise ConfigInvalid(c.errors)
+    return readers[0]

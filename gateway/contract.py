@@ -1,17 +1,60 @@
-"""The MQTT contract with the backend: topic names and the non-event payloads.
+"""The MQTT contract with the backend: topic names and every payload the unit sends.
 
 Every topic a unit publishes sits under ``<prefix>/<unit id>/`` so one broker
 ACL pattern confines a unit to its own subtree (docs/mqtt.md). Event payloads
-are built by the outbox when they are committed (gateway.outbox).
+are built here once, when the outbox commits an event (``event_payload``), and
+stored as bytes: the publisher sends them as they are.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway import __version__
+from gateway.model import Event, Lane
 
 SCHEMA_VERSION = 1
+
+_ISO_SECOND: dict[int, str] = {}
+
+
+def iso_utc(t: float) -> str:
+    """RFC 3339 UTC with milliseconds, the one time format of the MQTT contract."""
+    # Round to microseconds first, exactly as datetime.fromtimestamp does.
+    frac, whole_f = math.modf(t)
+    us = round(frac * 1e6)
+    whole = int(whole_f)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    head = _ISO_SECOND.get(whole)
+    if head is None:  # strftime is the costly part; events come many to a second
+        if len(_ISO_SECOND) > 4096:
+            _ISO_SECOND.clear()
+        head = _ISO_SECOND[whole] = datetime.fromtimestamp(whole, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S")
+    return f"{head}.{us // 1000:03d}Z"
+
+
+# One encoder for every event payload: json.dumps with options builds a new one per call.
+encode_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True,
+                               ensure_ascii=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An event as committed: its sequence number, id, lane, topic and finished payload."""
+
+    seq: int
+    uid: str
+    lane: int
+    topic: str  # below the unit's prefix, e.g. "event/gate"
+    payload: bytes
 
 
 class Topics:
@@ -24,6 +67,29 @@ class Topics:
 
     def of(self, suffix: str) -> str:
         return f"{self.base}/{suffix}"
+
+
+def event_topic(kind: str) -> str:
+    """An event's topic below the unit's prefix."""
+    return f"event/{kind}"
+
+
+def event_payload(ev: Event, seq: int, uid: str, unit: str, site: str, recorded: str) -> bytes:
+    """The event message (docs/schemas/event.schema.json), compact JSON with sorted keys."""
+    body: dict[str, Any] = {
+        "id": uid,
+        "seq": seq,
+        "unit": unit,
+        "site": site,
+        "kind": ev.kind,
+        "lane": Lane(ev.lane).name.lower(),
+        "time": iso_utc(ev.time),
+        "recorded": recorded,
+        "reader": ev.reader,
+        "child": ev.child,
+        "data": ev.data,
+    }
+    return encode_json(body).encode()
 
 
 def status_payload(unit: str, online: bool, time_iso: str | None, reason: str) -> dict[str, Any]:

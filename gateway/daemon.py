@@ -8,15 +8,16 @@ import threading
 import time
 from typing import Any
 
-import drivers
-from gateway import __version__
+from drivers import registry
+from gateway import __version__, backoff
 from gateway.clock import Clock, SystemClock
-from gateway.config import Config
-from gateway.engine import Engine, EngineConfig
-from gateway.outbox import Outbox, iso_utc
+from gateway.config import Config, engine_config
+from gateway.contract import iso_utc
+from gateway.engine import Engine
+from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
 from gateway.publisher import Publisher
-from gateway.replay import Recorder
+from gateway.recording import Recorder
 
 log = logging.getLogger("gateway")
 
@@ -30,13 +31,13 @@ class Gateway:
         self.stop = threading.Event()
         self.outbox = Outbox(cfg.buffer.path, cfg.unit.id, cfg.unit.site,
                              max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events)
-        self.engine = Engine(EngineConfig.from_config(cfg))
+        self.engine = Engine(engine_config(cfg))
         self.publisher = Publisher(cfg, self.outbox, self.clock, health=self.health)
         self.recorder = Recorder(record, now=self.clock.now()) if record else None
         self.pipeline = Pipeline(cfg, self.engine, self.outbox, self.clock,
                                  on_committed=self.publisher.notify, record=self.recorder)
         self.pipeline.roll_call(roll_call)
-        self.drivers = [drivers.load(r.kind)(r, self.pipeline, self.clock) for r in cfg.readers]
+        self.drivers = [registry.driver(r.kind)(r, self.pipeline, self.clock) for r in cfg.readers]
         self.threads: list[threading.Thread] = []
 
     def health(self) -> dict[str, Any]:
@@ -74,7 +75,7 @@ class Gateway:
                  self.cfg.unit.site, len(self.cfg.readers), len(self.cfg.tags),
                  self.cfg.buffer.path, self.outbox.depth())
         for r in self.cfg.readers:
-            where = f" on {r.port}" if r.port else ""
+            where = f" on {r.options.where()}" if r.options.where() else ""
             log.info("reader %s: %s, role %s%s", r.id, r.kind, r.role, where)
         if self.recorder is not None:
             log.info("recording readings of enrolled tags to %s", self.recorder.path)
@@ -85,18 +86,17 @@ class Gateway:
 
     def _supervise(self, name: str, target: Any) -> None:
         """A bug in one worker must not silently end it: log it and start it again."""
-        delay = 1.0
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                target(self.stop)
-                return
-            except Exception:
-                log.exception("worker %s failed; restarting it in %.0f s", name, delay)
-            if time.monotonic() - started > 60:
-                delay = 1.0
-            self.stop.wait(delay)
-            delay = min(delay * 2, 60.0)
+
+        def failed(f: backoff.Failure) -> None:
+            if f.delay is None:
+                log.error("worker %s failed while stopping", name, exc_info=f.error)
+            else:
+                log.error("worker %s failed; restarting it in %.0f s", name, f.delay,
+                          exc_info=f.error)
+
+        # 1, 2, 4 ... 60 s; a worker that ran for a minute starts over at 1 s.
+        backoff.Restarts(self.stop, self.clock, failed, initial=1.0, cap=60.0, jitter=0.0,
+                         healthy_s=60.0).run(lambda: target(self.stop))
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self.stop.set()
@@ -104,12 +104,12 @@ class Gateway:
         # pipeline's queue) so they see stop now; each still ends as a clean stop does.
         self.publisher.notify()
         self.pipeline.wake()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # real time: this waits on threads, not the clock
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self.outbox.close()
         if self.recorder is not None:
-            self.recorder.close()
+            self.recorder.close(self.pipeline.last_tick)
         log.info("gatewayd stopped")
 
 

@@ -4,29 +4,47 @@ Turns a capture into JSON-able dicts, one per frame: ``{"ok": true, "frame":
 <type>, ...fields}`` or ``{"ok": false, "reason": ..., "raw_hex": ...}``, so a
 technician can see exactly what the gateway would make of a reader's output.
 
-Input forms: binary serial bytes or a hex dump (a file of only hex digits and
-whitespace is unhexlified) for the binary protocols (rdm6300, uhf_r2000); NMEA
-log text (gpsd ``#`` comment lines skipped) for nmea; one advertisement per
-line for ble (see :class:`drivers.codecs.ble.Decoder`).
+KIND is a reader kind of :mod:`drivers.registry`; its codec says how it reads
+a file. ``INPUT = "binary"``: serial bytes, or a hex dump of them (a file of only
+hex digits and whitespace is unhexlified). ``INPUT = "lines"``: text lines as the
+codec takes them, without the whole lines that start with the codec's
+``COMMENT`` (gpsd's ``#`` log headers), when it declares one. The codec's
+``DERIVED`` names frame properties printed beside the fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import json
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TextIO
 
-from drivers import codecs
+from drivers import registry
 from drivers.codecs import Reject
 
 _HEX_DUMP = re.compile(rb"[0-9A-Fa-f\s]+")
-_BINARY_KINDS = frozenset({"rdm6300", "uhf_r2000"})
 _CHUNK = 4096
+INPUTS = frozenset({"binary", "lines"})
+
+
+def kinds() -> list[str]:
+    """What ``gatewayd decode`` accepts: every reader kind (each has a codec)."""
+    return registry.names()
+
+
+def codec(kind: str) -> ModuleType:
+    """The codec module of ``kind``; KeyError for an unknown kind."""
+    mod = registry.codec(kind)
+    if mod.INPUT not in INPUTS:
+        raise ValueError(f"codec {mod.__name__} declares INPUT {mod.INPUT!r}; "
+                         f"expected one of {sorted(INPUTS)}")
+    return mod
 
 
 def _jsonable(v: Any) -> Any:
@@ -36,11 +54,14 @@ def _jsonable(v: Any) -> Any:
         return v.isoformat()
     if isinstance(v, tuple | list):
         return [_jsonable(x) for x in v]
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):  # e.g. the tags of one reply
+        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
     return v
 
 
-def frame_dict(frame: object) -> dict[str, Any]:
-    """One decoder output as a JSON-able dict (bytes -> hex, times -> ISO 8601)."""
+def frame_dict(frame: object, derived: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One decoder output as a JSON-able dict (bytes -> hex, times -> ISO 8601);
+    ``derived``: properties (not fields) to include where the frame has them."""
     if isinstance(frame, Reject):
         d: dict[str, Any] = {"ok": False, "reason": frame.reason, "raw_hex": frame.raw.hex()}
         if frame.detail:
@@ -50,36 +71,39 @@ def frame_dict(frame: object) -> dict[str, Any]:
     if dataclasses.is_dataclass(frame) and not isinstance(frame, type):
         for f in dataclasses.fields(frame):
             d["raw_hex" if f.name == "raw" else f.name] = _jsonable(getattr(frame, f.name))
-    # Derived values that are properties rather than fields.
-    for prop in ("uptime_s", "firmware"):
+    for prop in derived:
         if hasattr(frame, prop):
-            d[prop] = getattr(frame, prop)
+            d[prop] = _jsonable(getattr(frame, prop))
     return d
 
 
-def _prepare(kind: str, data: bytes) -> bytes:
-    if kind in _BINARY_KINDS and data.strip() and _HEX_DUMP.fullmatch(data):
-        compact = b"".join(data.split())
-        if len(compact) % 2 == 0:
-            return bytes.fromhex(compact.decode("ascii"))
-    if kind == "nmea":
-        # gpsd logs: drop whole-line '#' comments (the header); keep the bytes otherwise.
+def _prepare(mod: ModuleType, data: bytes) -> bytes:
+    if mod.INPUT == "binary":
+        if data.strip() and _HEX_DUMP.fullmatch(data):
+            compact = b"".join(data.split())
+            if len(compact) % 2 == 0:
+                return bytes.fromhex(compact.decode("ascii"))
+        return data
+    comment: bytes | None = mod.COMMENT
+    if comment:
+        # Drop whole comment lines (a log's header); keep the bytes otherwise.
         lines = data.splitlines(keepends=True)
-        if any(ln.startswith(b"#") for ln in lines):
-            data = b"".join(ln for ln in lines if not ln.startswith(b"#"))
+        if any(ln.startswith(comment) for ln in lines):
+            data = b"".join(ln for ln in lines if not ln.startswith(comment))
     return data
 
 
 def decode_stream(kind: str, data: bytes) -> Iterator[dict[str, Any]]:
     """Decode a whole capture of ``kind``; raises KeyError for an unknown kind."""
-    mod = codecs.load(kind)
+    mod = codec(kind)
     dec = mod.Decoder()
-    data = _prepare(kind, data)
+    data = _prepare(mod, data)
+    derived: tuple[str, ...] = mod.DERIVED
     for i in range(0, len(data), _CHUNK):
         for frame in dec.feed(data[i : i + _CHUNK]):
-            yield frame_dict(frame)
+            yield frame_dict(frame, derived)
     for frame in dec.flush():
-        yield frame_dict(frame)
+        yield frame_dict(frame, derived)
 
 
 def decode_file(kind: str, path: str | Path) -> Iterator[dict[str, Any]]:
@@ -90,9 +114,12 @@ def main_decode(kind: str, path: str | Path, out: TextIO, err: TextIO | None = N
     """Write one JSON line per frame to ``out``. 0 on success; 2 (message on ``err``,
     default stderr) for an unknown kind or an unreadable file."""
     err = sys.stderr if err is None else err
-    kinds = codecs.available()
-    if kind not in kinds:
-        print(f"error: unknown kind {kind!r}; choose one of: {', '.join(kinds)}", file=err)
+    known = kinds()
+    if kind not in known:
+        close = difflib.get_close_matches(kind, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"error: unknown kind {kind!r}{hint}; choose one of: {', '.join(known)}",
+              file=err)
         return 2
     try:
         data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()

@@ -1,4 +1,5 @@
-"""Typed readings (what drivers report) and events (what the unit decided).
+"""Typed readings (what drivers report), events (what the unit decided), and the
+configured readers and tags both sides refer to.
 
 Readings are facts from hardware, stamped at the edge with the injected clock.
 Events are decisions; the outbox gives each one a unique id and a per-unit
@@ -8,8 +9,37 @@ sequence number when it is committed.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from gateway.options import ReaderOptions
+
+OptionsT = TypeVar("OptionsT", bound=ReaderOptions)
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderConfig(Generic[OptionsT]):
+    """One configured reader; ``options`` is its driver's declared options, already checked."""
+
+    id: str
+    kind: str
+    role: str
+    options: OptionsT
+
+
+@dataclass(frozen=True, slots=True)
+class TagConfig:
+    id: str  # canonical, uppercase for hex ids
+    child: str  # pseudonymous child reference, never a name
+    groups: tuple[str, ...] = ()
+
+
+def canonical_tag_id(text: str) -> str:
+    """Tag ids compare case-insensitively for hex ids; BLE ids keep their own form."""
+    t = text.strip()
+    return t.upper() if _HEX_RE.fullmatch(t) else t.lower()
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,16 +18,12 @@ never dropped; every drop is recorded and reported in a ``buffer_drop`` event
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,35 +38,11 @@ from peewee import (
 )
 from playhouse.sqlite_ext import AutoIncrementField
 
+from gateway import contract
+from gateway.contract import Stored
 from gateway.model import Event, Lane
 
 log = logging.getLogger("gateway.outbox")
-
-
-_ISO_SECOND: dict[int, str] = {}
-
-
-def iso_utc(t: float) -> str:
-    """RFC 3339 UTC with milliseconds, the one time format of the MQTT contract."""
-    # Round to microseconds first, exactly as datetime.fromtimestamp does.
-    frac, whole_f = math.modf(t)
-    us = round(frac * 1e6)
-    whole = int(whole_f)
-    if us >= 1_000_000:
-        whole, us = whole + 1, us - 1_000_000
-    elif us < 0:
-        whole, us = whole - 1, us + 1_000_000
-    head = _ISO_SECOND.get(whole)
-    if head is None:  # strftime is the costly part; events come many to a second
-        if len(_ISO_SECOND) > 4096:
-            _ISO_SECOND.clear()
-        head = _ISO_SECOND[whole] = datetime.fromtimestamp(whole, UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S")
-    return f"{head}.{us // 1000:03d}Z"
-
-
-# One encoder for every payload: json.dumps with options builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
 
 
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:
@@ -130,13 +102,49 @@ class BufferWriteError(Exception):
     """The buffer could not be written (disk full, card failing); nothing was committed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    seq: int
-    uid: str
-    lane: int
-    topic: str
-    payload: bytes
+class BufferReadError(Exception):
+    """A buffer file could not be read (missing, not a buffer, locked for too long)."""
+
+
+class SavedBuffer:
+    """A read-only look at a buffer file that a daemon may be writing right now.
+
+    For ``gatewayd locate`` and the bench: SQLite's read-only mode, so the file is
+    never created, migrated or written, and no Outbox (with its tables and pragmas) is
+    opened beside the daemon's. Raises BufferReadError rather than peewee's errors.
+    """
+
+    def __init__(self, path: str, timeout_s: float = 5.0) -> None:
+        self.path = path
+        self._db = SqliteDatabase(f"file:{path}?mode=ro", uri=True, timeout=timeout_s,
+                                  check_same_thread=False)
+        self._query("SELECT 1")  # fail here, with the file's name, not at the first read
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._db.execute_sql(sql, params).fetchall())
+        except PeeweeException as e:
+            raise BufferReadError(f"cannot read the buffer {self.path}: {e}") from e
+
+    def load_state(self, key: str) -> bytes | None:
+        rows = self._query("SELECT value FROM kv WHERE key=?", (key,))
+        return bytes(rows[0][0]) if rows else None
+
+    def depth(self) -> int:
+        return int(self._query("SELECT count(*) FROM outbox")[0][0])
+
+    def last_seq(self) -> int:
+        rows = self._query("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
+        return int(rows[0][0]) if rows else 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SavedBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Outbox:
@@ -207,7 +215,7 @@ class Outbox:
         return out
 
     def _insert(self, events: Sequence[Event], now: float) -> list[Stored]:
-        recorded = iso_utc(now)
+        recorded = contract.iso_utc(now)
         row = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         seq = row[0] if row else 0
         rows = []
@@ -215,8 +223,8 @@ class Outbox:
         for ev in events:
             seq += 1
             uid = str(uuid.uuid4())
-            payload = self._payload(ev, seq, uid, recorded)
-            topic = f"event/{ev.kind}"
+            payload = contract.event_payload(ev, seq, uid, self.unit, self.site, recorded)
+            topic = contract.event_topic(ev.kind)
             rows.append((seq, uid, int(ev.lane), ev.kind, topic, payload, now))
             out.append(Stored(seq, uid, int(ev.lane), topic, payload))
         self.db.cursor().executemany(
@@ -227,22 +235,6 @@ class Outbox:
         with self._lock:
             self._lanes.update(r[2] for r in rows)
         return out
-
-    def _payload(self, ev: Event, seq: int, uid: str, recorded: str) -> bytes:
-        body: dict[str, Any] = {
-            "id": uid,
-            "seq": seq,
-            "unit": self.unit,
-            "site": self.site,
-            "kind": ev.kind,
-            "lane": Lane(ev.lane).name.lower(),
-            "time": iso_utc(ev.time),
-            "recorded": recorded,
-            "reader": ev.reader,
-            "child": ev.child,
-            "data": ev.data,
-        }
-        return _encode(body).encode()
 
     def _used_bytes(self) -> int:
         pc = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
@@ -365,6 +357,11 @@ class Outbox:
     def load_state(self, key: str) -> bytes | None:
         row = KvRow.get_or_none(KvRow.key == key)
         return bytes(row.value) if row else None
+
+    @staticmethod
+    def saved(path: str, timeout_s: float = 5.0) -> SavedBuffer:
+        """Open a buffer file read-only (another process may own it); see SavedBuffer."""
+        return SavedBuffer(path, timeout_s)
 
     def close(self) -> None:
         self.db.close()

@@ -30,7 +30,7 @@ from gateway.engine import (
 )
 from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagRead
 from gateway.outbox import BufferWriteError, Outbox
-from gateway.replay import Recorder
+from gateway.recording import Recorder
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -58,6 +58,7 @@ class Pipeline:
         self.clock = clock
         self.on_committed = on_committed
         self.record = record
+        self.last_tick: float | None = None  # time of the engine's last tick (the Recorder's end)
         self.enrolled = frozenset(cfg.tag_map())
         self.engine_state: EngineState = self._restore()
         self._state_saved = clock.monotonic()
@@ -94,7 +95,7 @@ class Pipeline:
             self.engine_state = start_roll_call(self.engine_state, alert_id, now)
             log.warning("roll-call for alert %s active", alert_id)
         elif running is not None:
-            self.engine_state = end_roll_call(self.engine_state, None, now)
+            self.engine_state = end_roll_call(self.engine_state)
             log.warning("roll-call for alert %s ended", running.alert_id)
         if self.record is not None and (alert_id or running):
             self.record.control("roll_call_start" if alert_id else "roll_call_end", now,
@@ -141,7 +142,8 @@ class Pipeline:
             events = self.process(batch)
             if self.clock.monotonic() >= next_tick:
                 next_tick = self.clock.monotonic() + TICK_S
-                self.engine_state, more = self.engine.tick(self.engine_state, self.clock.now())
+                self.last_tick = self.clock.now()
+                self.engine_state, more = self.engine.tick(self.engine_state, self.last_tick)
                 events.extend(more)
             self.commit(events)
         # Drain what the drivers already handed over before we stop.
@@ -165,7 +167,7 @@ class Pipeline:
                 continue
             if self.record is not None:
                 self.record(r)
-            self.engine_state, evs = engine.step(self.engine_state, r, r.time)
+            self.engine_state, evs = engine.step(self.engine_state, r)
             events.extend(evs)
         return events
 

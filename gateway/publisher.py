@@ -1,4 +1,12 @@
-"""Sends the outbox to the broker: QoS 1, deleted only on the broker's PUBACK.
+"""Sends the outbox to the broker: the paho shell around the delivery core.
+
+What is sent when and what is deleted when is decided by the sans-I/O core
+(gateway/delivery.py: emergency first with reserved slots, live/backlog
+alternation, the in-flight window, ack batching, resend after a reconnect).
+This module does the I/O around it: sockets, TLS, MQTT version fallback,
+status/birth/health messages, commands, and the loop that feeds the core what
+happened (acks by paho mid, wake-ups) and carries out its actions (publish
+rows, delete acknowledged seqs from the outbox).
 
 One thread does all of it: it drives paho through its external-loop API
 (``socket()``, ``loop_read/loop_write/loop_misc``) with ``select`` on the
@@ -6,17 +14,11 @@ broker socket and a wake pipe the pipeline writes to. No paho network thread
 and no hand-offs between threads: on a small board the GIL hand-offs between
 a sender and paho's own thread cost more than the publishing itself.
 
-One paho client per connection: after a reconnect we resend from the outbox
-ourselves rather than letting paho replay its in-memory queue, so each stored
-event goes out once per connection and is deleted only on its own PUBACK.
-The broker session is persistent (clean_start off, session expiry), so
-commands queued for the unit during an outage still arrive.
-
-Lanes: emergency events go first, always. The other lanes are split at the
-moment a connection comes up into a *backlog* (seq at or below the last seq
-then) and *live* events (newer); batches alternate between the two so a live
-event never waits behind more than one backlog batch. Order is kept within
-each lane's backlog and live part.
+One paho client per connection: after a reconnect the core resends from the
+outbox rather than paho replaying its in-memory queue, so each stored event
+goes out once per connection and is deleted only on its own PUBACK. The
+broker session is persistent (clean_start off, session expiry), so commands
+queued for the unit during an outage still arrive.
 """
 
 from __future__ import annotations
@@ -41,14 +43,13 @@ from paho.mqtt.properties import Properties
 from gateway import backoff, contract
 from gateway.clock import Clock
 from gateway.config import Config
-from gateway.model import Lane
-from gateway.outbox import Outbox, Stored, iso_utc
+from gateway.contract import iso_utc
+from gateway.delivery import Action, Delete, Delivery, Limits, Publish, Refused
+from gateway.outbox import Outbox
 
 log = logging.getLogger("gateway.mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
-ACK_FLUSH_S = 0.02  # pending acks are deleted at least this often
-IDLE_S = 0.5  # select timeout with nothing to do (keepalive needs a turn now and then)
 
 
 class ConnectFailed(OSError):
@@ -86,6 +87,8 @@ class Publisher:
         self.batch = batch
         self.reconnect_max_s = reconnect_max_s or cfg.broker.reconnect_max_s
         self.connack_timeout_s = connack_timeout_s
+        self.core = Delivery(outbox.fetch, Limits(window=window, reserve=emergency_reserve,
+                                                  batch=batch))
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -124,7 +127,7 @@ class Publisher:
 
         while not stop.is_set():
             retrying = backoff.retrying(stop, log, f"connecting to broker {b.host}:{b.port}",
-                                        0.5, self.reconnect_max_s)
+                                        0.5, self.reconnect_max_s, self.clock)
 
             def connect_once() -> mqtt.Client:
                 nonlocal use_v5
@@ -296,6 +299,7 @@ class Publisher:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
+            self.core.committed()  # after draining: a commit after this wakes us again
         rc = mqtt.MQTT_ERR_SUCCESS
         if sock in readable:
             rc = client.loop_read()
@@ -316,9 +320,10 @@ class Publisher:
             if left <= 0 or not self._io(client, min(left, 0.1)):
                 return
 
-    # -- sending -----------------------------------------------------------------------------
+    # -- sending: the core decides, this carries it out ------------------------------------
 
     def _serve(self, client: mqtt.Client, stop: threading.Event) -> None:
+        core = self.core
         self._connected.set()
         client.subscribe(self.topics.commands, qos=1)
         self._publish_status(client, online=True)
@@ -330,93 +335,41 @@ class Publisher:
         log.info("broker %s:%d connected (MQTT %s); %d events to send",
                  self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,
                  self.outbox.depth())
-        # Cursor per (lane, part): the highest seq handed to paho on this connection.
-        cursors: dict[tuple[int, str], int] = {}
-        inflight: dict[int, int] = {}  # mid -> seq (negative: an emergency event)
-        pending_acks: list[int] = []
-        emergency_inflight = 0
-        turn = 0
         now = self.clock.monotonic()
+        core.connected(live_mark, now)
         next_health = now
-        last_flush = now
-        busy = True
+        acks = self._acks
+        acks.clear()  # a previous client's mids mean nothing on this connection
         while not stop.is_set() and not self._lost.is_set():
-            timeout = 0.0 if busy else (ACK_FLUSH_S if pending_acks else IDLE_S)
-            if not self._io(client, timeout):
+            if not self._io(client, core.timeout()):
                 break
-            # Resolve acknowledgements (and refusals) first: they free the window.
-            while self._acks:
-                mid, ok = self._acks.popleft()
-                seq = inflight.pop(mid, None)
-                if seq is None:
-                    continue  # a birth/status/health message
-                if seq < 0:
-                    emergency_inflight -= 1
-                    seq = -seq
-                if ok:
-                    pending_acks.append(seq)
-                else:
-                    self.refused += 1
-                    log.error("broker refused event seq %d; it stays buffered", seq)
-            # Deleted in batches: one transaction per batch of PUBACKs, not per PUBACK.
+            # Acknowledgements (and refusals) first: they free the window.
+            while acks:
+                mid, ok = acks.popleft()
+                core.acked(mid, ok)
             now = self.clock.monotonic()
-            if pending_acks and (len(pending_acks) >= self.batch or not inflight
-                                 or now - last_flush >= ACK_FLUSH_S):
-                self.outbox.ack(pending_acks)
-                self.acked += len(pending_acks)
-                if self.on_acked is not None:
-                    self.on_acked(pending_acks)
-                pending_acks = []
-                last_flush = now
-            sent_before = len(inflight)
-            # Emergency first, into the reserved part of the window too.
-            room = self.window + self.reserve - len(inflight)
-            rows = self._take(Lane.EMERGENCY, "all", cursors, room, None)
-            for r in rows:
-                inflight[self._send(client, r)] = -r.seq
-                emergency_inflight += 1
-            room = self.window - (len(inflight) - emergency_inflight)
-            # Refill in chunks: a query per freed slot would cost more than the publishing.
-            if not rows and (room >= self.batch // 2 or len(inflight) == emergency_inflight):
-                parts = ("live", "backlog") if turn % 2 == 0 else ("backlog", "live")
-                turn += 1
-                for part in parts:
-                    for lane in (Lane.ROUTINE, Lane.TELEMETRY):
-                        got = self._take(lane, part, cursors, min(room, self.batch), live_mark)
-                        for r in got:
-                            inflight[self._send(client, r)] = r.seq
-                        room -= len(got)
-                        if got:
-                            break
-                    if room <= 0:
-                        break
-            # Sent something: go round at once (more may fit); else wait in select.
-            busy = len(inflight) > sent_before
+            for action in core.poll(now):
+                self._execute(client, action)
             if self.health and now >= next_health:
                 next_health = now + self.cfg.health_interval_s
                 client.publish(self.topics.health, json.dumps(self.health()).encode(), qos=0)
-        if pending_acks:  # what the broker has is not sent again after a clean stop
-            self.outbox.ack(pending_acks)
-            self.acked += len(pending_acks)
+        # What the broker has is not sent again after a clean stop (or a lost connection).
+        for action in core.disconnected():
+            self._execute(client, action)
 
-    def _take(self, lane: Lane, part: str, cursors: dict[tuple[int, str], int], limit: int,
-              live_mark: int | None) -> list[Stored]:
-        if limit <= 0:
-            return []
-        key = (int(lane), part)
-        after = cursors.get(key, 0)
-        if part == "live":
-            after = max(after, live_mark or 0)
-            rows = self.outbox.fetch(int(lane), after, limit)
-        elif part == "backlog":
-            rows = self.outbox.fetch(int(lane), after, limit, upto=live_mark)
-        else:
-            rows = self.outbox.fetch(int(lane), after, limit)
-        if rows:
-            cursors[key] = rows[-1].seq
-        return rows
-
-    def _send(self, client: mqtt.Client, row: Stored) -> int:
-        info = client.publish(self.topics.of(row.topic), row.payload, qos=1)
-        self.sent += 1
-        return info.mid
+    def _execute(self, client: mqtt.Client, action: Action) -> None:
+        match action:
+            case Publish(rows):
+                publish, topic = client.publish, self.topics.of
+                mids = [publish(topic(r.topic), r.payload, qos=1).mid for r in rows]
+                self.sent += len(rows)
+                self.core.published(action, mids)
+            case Delete(seqs):
+                # One transaction per batch of PUBACKs, not per PUBACK.
+                self.outbox.ack(seqs)
+                self.acked += len(seqs)
+                if self.on_acked is not None:
+                    self.on_acked(seqs)
+            case Refused(seq):
+                self.refused += 1
+                log.error("broker refused event seq %d; it stays buffered", seq)

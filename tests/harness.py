@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 
 import contract
 from firmware_sim import procs
+from gateway.clock import FakeClock
 from gateway.model import ReaderState, Reading
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +91,21 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str = "condition"
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def advance_until(clock: FakeClock, pred: Callable[[], bool], step: float, timeout: float,
+                  what: str = "condition", settle: float = 0.15) -> None:
+    """Move a driver's FakeClock by ``step`` until ``pred`` holds, giving the driver thread
+    up to ``settle`` s of real time to act after each step (timeouts without the wait)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s advancing the clock "
+                                 f"for {what}")
+        clock.advance(step)
+        end = time.monotonic() + settle
+        while time.monotonic() < end and not pred():
+            time.sleep(0.01)
 
 
 def write_config(path: Path, *, broker_port: int, buffer: Path, readers: list[dict[str, Any]],

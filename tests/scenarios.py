@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import parse
-from gateway.engine import Engine, EngineConfig
+# Field-condition generators (issue 10) live in fieldgen.py; re-exported here.
+from fieldgen import *  # noqa: F403
+from fieldgen import BatteryField, Calibration, GateField, ZoneField, boundary_median
+from gateway.config import engine_config, parse
+from gateway.engine import Engine
 from gateway.model import BleSighting, GpsFix, Reading, TagRead
 
 T0 = 1_717_203_600.0  # 2024-06-01 01:00 UTC = 10:00 in Seoul (a Saturday)
@@ -40,7 +43,7 @@ def reader(rid: str, role: str, **options: Any) -> dict[str, Any]:
 
 
 def engine_of(raw: dict[str, Any]) -> Engine:
-    return Engine(EngineConfig.from_config(parse(raw)))
+    return Engine(engine_config(parse(raw)))
 
 
 def child_tags(n: int, prefix: str = "C0FFEE", groups: list[str] | None = None
@@ -252,7 +255,8 @@ def parked_on_boundary(seed: int, duration_s: float, radius: float = 150.0) -> l
 def run(engine: Engine, readings: Sequence[Reading], state: Any = None, until: float | None = None
         ) -> tuple[Any, list[Any]]:
     """Replay readings with the replay's implicit ticks; tick on to ``until``."""
-    from gateway.replay import Control, Replayer
+    from gateway.recording import Control
+    from gateway.replay import Replayer
 
     rp = Replayer(engine, state)
     events = []
@@ -284,3 +288,64 @@ def match(truth: list[Crossing], events: list[Any], early_s: float,
             used.add(id(best))
             matched += 1
     return matched, len(evs)
+
+
+# -- field conditions (issue 10): generators in fieldgen.py, engine glue here ------------------
+
+
+CALIBRATION_MARGIN_DB = 3.0
+
+
+def thresholds_from_calibration(cal: Calibration, margin_db: float = CALIBRATION_MARGIN_DB
+                                ) -> tuple[float, float]:
+    """(enter_dbm, exit_dbm) from what a technician recorded: the median RSSI of the
+    reference tag at the boundary, plus / minus ``margin_db``. The simplest honest
+    stand-in until a calibration command exists; never the generator's true parameters."""
+    m = boundary_median(cal)
+    return m + margin_db, m - margin_db
+
+
+def field_zone_engine(zf: ZoneField, margin_db: float = CALIBRATION_MARGIN_DB,
+                      **zone: Any) -> Engine:
+    """The current engine with zf's zone configured from zf's calibration readings."""
+    enter, exit_ = thresholds_from_calibration(zf.calibration, margin_db)
+    section = {"id": zf.site.zone, "readers": [zf.site.reader], "enter_dbm": round(enter, 1),
+               "exit_dbm": round(exit_, 1), **zone}
+    return engine_of(raw_config([reader(zf.site.reader, "zone")], zf.tags, zones=[section],
+                                engine={"timezone": "Asia/Seoul"}))
+
+
+def field_gate_engine(gf: GateField) -> Engine:
+    readers = ([reader("gate-out", "gate_outer"), reader("gate-in", "gate_inner")]
+               if gf.two_readers else
+               [reader("uhf-gate", "gate", antenna_roles={"1": "outer", "2": "inner"})])
+    return engine_of(raw_config(readers, gf.tags, engine={"timezone": "Asia/Seoul"}))
+
+
+def field_battery_engine(bf: BatteryField) -> Engine:
+    return engine_of(raw_config([reader("ble-bat", "zone")], bf.tags,
+                                battery={"low_mv": bf.low_mv},
+                                engine={"timezone": "Asia/Seoul"}))
+
+
+def run_field(engine: Engine, readings: Sequence[Reading], tail_s: float = 0.0) -> list[Any]:
+    """Events of a field scenario. Ticks stop at the newest reading (+ ``tail_s``): the
+    generators keep every tag advertising past the scored period, and ticking on past
+    the end would turn the end of the recording into absence exits."""
+    if not readings:
+        return []
+    _, events = run(engine, readings, until=max(r.time for r in readings) + tail_s)
+    return events
+
+
+def run_decided(engine: Engine, readings: Sequence[Reading], monos: Sequence[float]
+                ) -> list[tuple[Any, float]]:
+    """Events with the unit's monotonic time of the reading that decided them (what a
+    decision latency is measured on when the wall clock steps)."""
+    from gateway.replay import Replayer
+
+    rp = Replayer(engine)
+    out: list[tuple[Any, float]] = []
+    for r, mono in zip(readings, monos, strict=True):
+        out += [(e, mono) for e in rp.feed(r)]
+    return out

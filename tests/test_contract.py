@@ -10,9 +10,10 @@ import pytest
 import contract
 from gateway import config as configmod
 from gateway import contract as gwcontract
+from gateway.contract import iso_utc
 from gateway.daemon import Gateway
 from gateway.model import Event, Lane
-from gateway.outbox import Outbox, iso_utc
+from gateway.outbox import Outbox
 
 
 @pytest.mark.parametrize("name", ["event", "status", "birth", "health"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import re
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import pytest
 from firmware_sim.broker import LocalBroker
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
+from gateway.outbox import Outbox
 from harness import GatewayProcess, Subscriber, wait_until, write_config
 
 TAGS = [f"{0xA0_0000_0000 + i:010X}" for i in range(1000)]
@@ -38,12 +38,8 @@ def flood_config(tmp_path: Path, port: VirtualSerial, broker: LocalBroker) -> Pa
 
 
 def last_seq(db: Path) -> int:
-    con = sqlite3.connect(db)
-    try:
-        row = con.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
-        return int(row[0]) if row else 0
-    finally:
-        con.close()
+    with Outbox.saved(str(db)) as saved:  # read-only, beside the daemon that owns it
+        return saved.last_seq()
 
 
 def assert_complete(sub: Subscriber, n: int) -> None:

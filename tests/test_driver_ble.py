@@ -1,21 +1,23 @@
 """The BLE driver through bleak's real BlueZ backend, against python-dbusmock's bluez5
 template on a private system bus: decoding, TLM attribution, button presses, the
-adapter disappearing and coming back, and the silent-scan watchdog."""
+adapter disappearing and coming back, and the silent-scan watchdog. The driver's
+watchdog, adapter poll and back-off run on a FakeClock the tests move."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from blezmock import ALERT_UUID, TAG_UUID, ble_world
-from drivers.ble import BleDriver
+from drivers.ble import CHECK_S, BleDriver
 from firmware_sim.ble import BleSim, SimTag
-from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.clock import FakeClock
+from gateway.config import reader_config
 from gateway.model import BleSighting, ReaderState
-from harness import CollectSink, driver_running, wait_until
+from harness import CollectSink, advance_until, driver_running, wait_until
 
 IBEACON_ID = f"ibeacon:{TAG_UUID}:10:1"
 EDDY_ID = "eddystone:edd1ebeac04e5defa017:0000000000a2"
@@ -34,7 +36,7 @@ class Collect(CollectSink[BleSighting]):
         with self.lock:
             return len(self.seen)
 
-Rig = tuple[BleSim, BleDriver, Collect]
+Rig = tuple[BleSim, BleDriver, Collect, FakeClock]
 
 
 @pytest.fixture
@@ -48,20 +50,20 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
                            battery_mv=2950, temperature_c=23.5))
         sim.add_tag(SimTag("C0:00:00:00:00:03", "other", interval_s=0.15))
         sink = Collect()
-        cfg = ReaderConfig(id="ble-1", kind="ble", role="zone",
-                           options={"adapter": "hci0", "button_uuid": ALERT_UUID,
-                                    "silence_s": 1.0, "power_off_s": 0.3,
-                                    "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
-        assert BleDriver.check_options(cfg) == []
-        drv = BleDriver(cfg, sink, SystemClock())
+        cfg = reader_config({"id": "ble-1", "kind": "ble", "role": "zone",
+                             "adapter": "hci0", "button_uuid": ALERT_UUID,
+                             "silence_s": 1.0, "power_off_s": 0.3,
+                             "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
+        clock = FakeClock()
+        drv = BleDriver(cfg, sink, clock)
         with driver_running(drv):
             wait_until(lambda: sink.last()[0] == ReaderState.ONLINE, 10, "scanning")
             sim.start()
-            yield sim, drv, sink
+            yield sim, drv, sink, clock
 
 
 def test_ibeacon_eddystone_tlm_and_other_adverts(rig: Rig) -> None:
-    sim, _drv, sink = rig
+    sim, _drv, sink, _clock = rig
     wait_until(lambda: {IBEACON_ID, EDDY_ID} <= sink.tags(), 10, "both tags sighted")
     wait_until(lambda: any(s.battery_mv for s in sink.seen), 10, "a TLM attributed")
     with sink.lock:
@@ -79,7 +81,7 @@ def test_ibeacon_eddystone_tlm_and_other_adverts(rig: Rig) -> None:
 
 
 def test_button_press_is_attributed_to_the_tag(rig: Rig) -> None:
-    sim, _drv, sink = rig
+    sim, _drv, sink, _clock = rig
     wait_until(lambda: IBEACON_ID in sink.tags(), 10, "tag sighted")
     sim.press("C0:00:00:00:00:01", hold_s=0.6)
     wait_until(lambda: any(s.button for s in sink.seen), 10, "press seen")
@@ -89,32 +91,46 @@ def test_button_press_is_attributed_to_the_tag(rig: Rig) -> None:
 
 
 def test_adapter_removed_and_back(rig: Rig) -> None:
-    sim, _drv, sink = rig
+    sim, _drv, sink, clock = rig
     wait_until(lambda: sink.count() > 3, 10, "sightings")
     sim.remove_adapter()
-    wait_until(lambda: sink.last()[0] == ReaderState.OFFLINE, 10, "offline without adapter")
+    # A running scan raises nothing: the adapter's presence is polled every CHECK_S.
+    advance_until(clock, lambda: sink.last()[0] == ReaderState.OFFLINE, CHECK_S, 10,
+                  "offline without adapter")
     n = sink.count()
-    import time
-
-    time.sleep(1.0)  # a few failed restarts with back-off
+    for _ in range(3):  # a few failed restarts with back-off (cap 0.5 s)
+        clock.advance(0.5)
+        time.sleep(0.1)
     sim.add_adapter()
-    wait_until(lambda: sink.last()[0] == ReaderState.ONLINE, 10, "scanning again")
+    # Past the back-off (cap 0.5 s): the next restart finds the adapter.
+    advance_until(clock, lambda: sink.last()[0] == ReaderState.ONLINE, 0.5, 10,
+                  "scanning again")
     wait_until(lambda: sink.count() > n + 3, 10, "sightings again")
 
 
 def test_watchdog_restarts_scan_then_power_cycles_adapter(rig: Rig) -> None:
-    sim, drv, sink = rig
+    sim, drv, sink, clock = rig
     wait_until(lambda: sink.count() > 3, 10, "sightings")
     sim.stall("until-scan-restart")
-    wait_until(lambda: "scan restarted" in sink.last()[1], 10, "scan restarted")
+    # silence_s (1 s) without an advert; the watchdog looks every 0.1 s.
+    advance_until(clock, lambda: "scan restarted" in sink.last()[1], 1.0, 10, "scan restarted",
+                  settle=0.3)
     assert sink.last()[0] == ReaderState.DEGRADED
-    wait_until(lambda: sink.last()[0] == ReaderState.ONLINE, 10, "healed by the restart")
+    # Healed: adverts again, later than the restart.
+    advance_until(clock, lambda: sink.last()[0] == ReaderState.ONLINE, 0.1, 10,
+                  "healed by the restart")
     assert drv.scan_restarts == 1 and drv.power_cycles == 0
     n = sink.count()
     wait_until(lambda: sink.count() > n, 10, "sightings after the restart")
 
     sim.stall("until-power-cycle")
-    wait_until(lambda: "power-cycled" in sink.last()[1], 15, "adapter power-cycled")
-    wait_until(lambda: sink.last()[0] == ReaderState.ONLINE, 10, "healed by the power cycle")
+    # A silent second restarts the scan (no help), another power-cycles the adapter.
+    advance_until(clock, lambda: "power-cycled" in sink.last()[1], 1.0, 15,
+                  "adapter power-cycled", settle=0.3)
+    wait_until(lambda: not sim.mock.adapter_prop("hci0", "Powered"), 5, "adapter powered off")
+    time.sleep(0.2)  # the simulated adapter notices a power cycle by polling every 0.1 s
+    # Off for power_off_s (0.3 s), on, a pause, then scanning and adverts again.
+    advance_until(clock, lambda: sink.last()[0] == ReaderState.ONLINE, 0.35, 10,
+                  "healed by the power cycle", settle=0.3)
     assert drv.power_cycles == 1
     assert sim.mock.adapter_prop("hci0", "Powered")

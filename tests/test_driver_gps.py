@@ -1,5 +1,6 @@
 """The NMEA GPS driver through pyserial on a pty, against the simulated receiver:
-fixes, checksum errors, split sentences, a week-rollover date, no fix, unplug."""
+fixes, checksum errors, split sentences, a week-rollover date, no fix, unplug.
+The driver's watchdogs and back-off run on a FakeClock the tests move."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import pytest
 from drivers.gps_nmea import GpsNmeaDriver
 from firmware_sim.gps_nmea import GpsSim, Track, Waypoint, offset, sentence
 from firmware_sim.vserial import VirtualSerial
-from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.clock import FakeClock
+from gateway.config import reader_config
 from gateway.model import GpsFix, ReaderState
-from harness import CollectSink, driver_running, wait_until
+from harness import CollectSink, advance_until, driver_running, wait_until
 
 HOME = (37.5665, 126.9780)
 
@@ -30,7 +31,7 @@ class Collect(CollectSink[GpsFix]):
         with self.lock:
             return [f for f in self.fixes if f.lat is not None and f.time_trusted]
 
-Rig = tuple[VirtualSerial, GpsSim, Collect]
+Rig = tuple[VirtualSerial, GpsSim, Collect, FakeClock]
 
 
 @pytest.fixture
@@ -41,24 +42,24 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     track = Track([Waypoint(*HOME), Waypoint(*end)], speed_mps=10)
     sim = GpsSim(port, track, rate_hz=4, talker="GN", seed=3)
     sink = Collect()
-    cfg = ReaderConfig(id="gps", kind="gps_nmea", role="gps", port=port.path,
-                       options={"silence_s": 1.0, "no_fix_s": 1.0,
-                                "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
-    assert GpsNmeaDriver.check_options(cfg) == []
-    drv = GpsNmeaDriver(cfg, sink, SystemClock())
+    cfg = reader_config({"id": "gps", "kind": "gps_nmea", "role": "gps", "port": port.path,
+                         "silence_s": 2.0, "no_fix_s": 1.0,
+                         "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
+    clock = FakeClock(time.time())  # fix times are checked against it
+    drv = GpsNmeaDriver(cfg, sink, clock)
     try:
         with driver_running(drv):
             wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "online")
             time.sleep(0.2)  # pyserial flushes input on open
             sim.start()
-            yield port, sim, sink
+            yield port, sim, sink, clock
     finally:
         sim.stop()
         port.close()
 
 
 def test_fixes_with_position_speed_and_trusted_time(rig: Rig) -> None:
-    _port, _sim, sink = rig
+    _port, _sim, sink, _clock = rig
     wait_until(lambda: len(sink.good()) >= 4, 10, "4 good fixes")
     fixes = sink.good()
     f = fixes[-1]
@@ -73,7 +74,7 @@ def test_fixes_with_position_speed_and_trusted_time(rig: Rig) -> None:
 
 
 def test_checksum_errors_and_split_sentences(rig: Rig) -> None:
-    port, sim, sink = rig
+    port, sim, sink, _clock = rig
     wait_until(lambda: len(sink.good()) >= 1, 10, "first fix")
     sim.stop()
     time.sleep(0.3)
@@ -105,7 +106,7 @@ def test_checksum_errors_and_split_sentences(rig: Rig) -> None:
 
 
 def test_week_rollover_is_untrusted(rig: Rig) -> None:
-    _port, sim, sink = rig
+    _port, sim, sink, _clock = rig
     wait_until(lambda: len(sink.good()) >= 1, 10, "first fix")
     sim.week_rollover()
     wait_until(lambda: "untrusted-time:gps-week-rollover" in sink.rejects, 10, "rollover counted")
@@ -118,7 +119,7 @@ def test_week_rollover_is_untrusted(rig: Rig) -> None:
 
 
 def test_time_going_backwards_is_untrusted(rig: Rig) -> None:
-    port, sim, sink = rig
+    port, sim, sink, _clock = rig
     wait_until(lambda: len(sink.good()) >= 1, 10, "first fix")
     sim.stop()
     time.sleep(0.3)
@@ -128,28 +129,36 @@ def test_time_going_backwards_is_untrusted(rig: Rig) -> None:
 
 
 def test_no_fix_degrades_and_silence_degrades(rig: Rig) -> None:
-    _port, sim, sink = rig
+    _port, sim, sink, clock = rig
     wait_until(lambda: len(sink.good()) >= 1, 10, "first fix")
     sim.fix = False
-    wait_until(lambda: sink.last_state() == ReaderState.DEGRADED, 10, "degraded without fix")
+    wait_until(lambda: any(f.lat is None for f in sink.fixes[-2:]), 10, "fixes without position")
+    # Sentences keep coming (silence_s is 2 s away), positions do not (no_fix_s is 1 s).
+    advance_until(clock, lambda: sink.last_state() == ReaderState.DEGRADED, 1.0, 10,
+                  "degraded without fix", settle=0.5)
     with sink.lock:
         assert "no position fix" in sink.states[-1][1]
         assert any(f.lat is None and f.fix_quality == 0 for f in sink.fixes)
     sim.fix = True
     wait_until(lambda: sink.last_state() == ReaderState.ONLINE, 10, "online with a fix")
     sim.stop()
-    wait_until(lambda: sink.last_state() == ReaderState.DEGRADED, 10, "degraded when silent")
+    advance_until(clock, lambda: sink.last_state() == ReaderState.DEGRADED, 2.0, 10,
+                  "degraded when silent", settle=0.5)
     with sink.lock:
         assert "no data" in sink.states[-1][1]
 
 
 def test_unplug_and_replug(rig: Rig) -> None:
-    port, _sim, sink = rig
+    port, _sim, sink, clock = rig
     wait_until(lambda: len(sink.good()) >= 1, 10, "first fix")
     port.unplug()
     wait_until(lambda: sink.last_state() == ReaderState.OFFLINE, 10, "offline")
-    time.sleep(0.4)
+    for _ in range(3):  # failed re-opens with back-off (cap 0.3 s)
+        clock.advance(0.3)
+        time.sleep(0.05)
     port.plug()
+    # Past the back-off (cap 0.3 s): the next attempt opens the port.
+    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.3, 10, "reopened")
     n = len(sink.good())
     wait_until(lambda: len(sink.good()) > n + 1, 10, "fixes after replug")
     assert sentence("GPTXT,01,01,02,hi").endswith(b"\r\n")

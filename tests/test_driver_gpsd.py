@@ -1,6 +1,9 @@
 """The gpsd client driver against a real gpsd reading the simulated receiver's pty:
 fixes, the no-fix watchdog when the receiver goes quiet, gpsd killed and back.
-Malformed JSON is checked against a scripted TCP peer (gpsd never sends it)."""
+Malformed JSON is checked against a scripted TCP peer (gpsd never sends it).
+
+The driver's watchdog and back-off run on a FakeClock the tests move; the receiver
+sends 4 epochs a second (gpsd locks on to a 1 Hz receiver only after ~6 s)."""
 
 from __future__ import annotations
 
@@ -17,29 +20,28 @@ from drivers.gpsd import GpsdDriver
 from firmware_sim.broker import free_port
 from firmware_sim.gps_nmea import GpsSim, Track, Waypoint
 from firmware_sim.vserial import VirtualSerial
-from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.clock import Clock, FakeClock, SystemClock
+from gateway.config import reader_config
 from gateway.model import ReaderState
 from gpsdproc import Gpsd, require_gpsd
-from harness import wait_until
+from harness import advance_until, wait_until
 
 HOME = (37.5665, 126.9780)
 
 
-def start_driver(port: int, sink: Collect, no_fix_s: float = 3.0) -> tuple[threading.Event,
-                                                                           threading.Thread]:
-    cfg = ReaderConfig(id="gps", kind="gpsd", role="gps",
-                       options={"host": "127.0.0.1", "gpsd_port": port, "no_fix_s": no_fix_s,
-                                "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
-    assert GpsdDriver.check_options(cfg) == []
-    drv = GpsdDriver(cfg, sink, SystemClock())
+def start_driver(port: int, sink: Collect, no_fix_s: float = 3.0, clock: Clock | None = None
+                 ) -> tuple[threading.Event, threading.Thread]:
+    cfg = reader_config({"id": "gps", "kind": "gpsd", "role": "gps",
+                         "host": "127.0.0.1", "gpsd_port": port, "no_fix_s": no_fix_s,
+                         "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5})
+    drv = GpsdDriver(cfg, sink, clock or SystemClock())
     stop = threading.Event()
     t = threading.Thread(target=drv.run, args=(stop,), daemon=True)
     t.start()
     return stop, t
 
 
-Rig = tuple[VirtualSerial, GpsSim, Gpsd, Collect]
+Rig = tuple[GpsSim, Gpsd, Collect, FakeClock]
 
 
 @pytest.fixture
@@ -47,15 +49,16 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     require_gpsd()
     port = VirtualSerial(str(tmp_path / "ttyGPS0"))
     port.plug()
-    sim = GpsSim(port, Track([Waypoint(*HOME)]), rate_hz=1, seed=5).start()
+    sim = GpsSim(port, Track([Waypoint(*HOME)]), rate_hz=4, seed=5).start()
     gpsd = Gpsd(port.device, tmp_path / "gpsd.log")
     sink = Collect()
+    clock = FakeClock(time.time())  # fix times are checked against it
     stop: threading.Event | None = None
     t: threading.Thread | None = None
     try:
         gpsd.start()
-        stop, t = start_driver(gpsd.port, sink)
-        yield port, sim, gpsd, sink
+        stop, t = start_driver(gpsd.port, sink, clock=clock)
+        yield sim, gpsd, sink, clock
     finally:
         if stop is not None and t is not None:
             stop.set()
@@ -68,7 +71,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 @pytest.mark.slow
 def test_fixes_through_gpsd_and_reconnect_after_gpsd_dies(rig: Rig) -> None:
-    _port, _sim, gpsd, sink = rig
+    _sim, gpsd, sink, clock = rig
     wait_until(lambda: len(sink.good()) >= 2, 20, "fixes through gpsd")
     f = sink.good()[-1]
     assert f.lat is not None and f.lon is not None
@@ -78,18 +81,25 @@ def test_fixes_through_gpsd_and_reconnect_after_gpsd_dies(rig: Rig) -> None:
     assert sink.last_state() == ReaderState.ONLINE
     gpsd.stop(9)  # SIGKILL: gpsd crashed
     wait_until(lambda: sink.last_state() == ReaderState.OFFLINE, 10, "offline without gpsd")
-    time.sleep(0.5)  # the driver retries with back-off meanwhile
+    for _ in range(3):  # the driver retries with back-off meanwhile (cap 0.5 s), and fails
+        clock.advance(0.5)
+        time.sleep(0.05)
     gpsd.start()
     n = len(sink.good())
+    # Past the back-off (cap 0.5 s): the next attempt finds gpsd.
+    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.5, 10,
+                  "connected again")
     wait_until(lambda: len(sink.good()) > n, 20, "fixes after gpsd restarted")
     assert sink.last_state() == ReaderState.ONLINE
 
 
 def test_no_fix_watchdog_when_receiver_goes_quiet(rig: Rig) -> None:
-    _port, sim, _gpsd, sink = rig
+    sim, _gpsd, sink, clock = rig
     wait_until(lambda: len(sink.good()) >= 1, 20, "first fix")
     sim.stop()  # the receiver stops talking; gpsd just goes quiet
-    wait_until(lambda: sink.last_state() == ReaderState.DEGRADED, 10, "degraded")
+    # no_fix_s (3 s) passes without a fix; the driver looks every 0.5 s (socket timeout).
+    advance_until(clock, lambda: sink.last_state() == ReaderState.DEGRADED, 3.0, 10,
+                  "degraded", settle=0.6)
     with sink.lock:
         assert "no fix" in sink.states[-1][1]
     sim.start()
@@ -102,6 +112,7 @@ def test_bad_json_and_bad_fields_are_rejected() -> None:
     port = srv.getsockname()[1]
     sink = Collect()
     got_watch = threading.Event()
+    done = threading.Event()
 
     def serve() -> None:
         conn, _ = srv.accept()
@@ -122,7 +133,7 @@ def test_bad_json_and_bad_fields_are_rejected() -> None:
                 + f'{{"class":"TPV","mode":3,"status":2,"lat":37.5,"lon":126.9,"speed":1.5,'
                   f'"time":"{now}"}}\n'.encode()
                 + b'{"class":"TPV","mode":1,"time":"' + now.encode() + b'"}\n')
-            time.sleep(1.0)
+            done.wait(5)  # keep the connection open until the test has looked
 
     th = threading.Thread(target=serve, daemon=True)
     th.start()
@@ -140,6 +151,7 @@ def test_bad_json_and_bad_fields_are_rejected() -> None:
         assert good.time_trusted
         assert nofix.lat is None and nofix.fix_quality == 0 and nofix.fix_type == 1
     finally:
+        done.set()
         stop.set()
         t.join(5)
         srv.close()

@@ -1,9 +1,13 @@
 """The UHF R2000 driver through pyserial on a pty, against the simulated reader:
 tag reads per antenna, line noise, bad checks, antenna-missing errors, a hung
-reader and an unplugged adapter."""
+reader and an unplugged adapter. The polling protocol's own cases are in
+test_uhf_poller.py. The hung reader and the replug run the driver on a FakeClock
+the test moves (line noise can eat a reply, so the other tests keep real time
+for the reply timeout that recovers from it)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +19,10 @@ from drivers.uhf_r2000 import UhfR2000Driver
 from firmware_sim.uhf_r2000 import UhfR2000Sim, dbm_to_raw
 from firmware_sim.vserial import VirtualSerial
 from gateway import config as configmod
-from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.clock import Clock, FakeClock, SystemClock
+from gateway.config import reader_config
 from gateway.model import ReaderState, TagRead
-from harness import CollectSink, driver_running, wait_until
+from harness import CollectSink, advance_until, driver_running, wait_until
 
 EPC_A = "E2000017221101441890ABCD"
 EPC_B = "3034257BF7194E4000000001"
@@ -36,17 +40,17 @@ class Collect(CollectSink[TagRead]):
 Rig = tuple[VirtualSerial, UhfR2000Sim, Collect]
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
+@contextlib.contextmanager
+def running(tmp_path: Path, clock: Clock) -> Iterator[Rig]:
     port = VirtualSerial(str(tmp_path / "ttyUHF0"))
     port.plug()
     sim = UhfR2000Sim(port, miss_rate=0.2, seed=7).start()
     sink = Collect()
-    cfg = ReaderConfig(id="gate-uhf", kind="uhf_r2000", role="gate", port=port.path, baud=115200,
-                       options={"antennas": [1, 2], "reply_timeout_s": 0.3, "silence_s": 1.0,
-                                "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
-    assert UhfR2000Driver.check_options(cfg) == []
-    drv = UhfR2000Driver(cfg, sink, SystemClock())
+    cfg = reader_config({"id": "gate-uhf", "kind": "uhf_r2000", "role": "gate",
+                         "port": port.path, "baud": 115200, "antennas": [1, 2],
+                         "reply_timeout_s": 0.3, "silence_s": 1.0,
+                         "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
+    drv = UhfR2000Driver(cfg, sink, clock)
     try:
         with driver_running(drv):
             wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
@@ -54,6 +58,23 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     finally:
         sim.stop()
         port.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with running(tmp_path, SystemClock()) as r:
+        yield r
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fake_rig(tmp_path: Path, clock: FakeClock) -> Iterator[Rig]:
+    with running(tmp_path, clock) as r:
+        yield r
 
 
 def test_reads_per_antenna_with_rssi(rig: Rig) -> None:
@@ -107,29 +128,39 @@ def test_antenna_missing_degrades_then_recovers(rig: Rig) -> None:
     wait_until(lambda: sink.last_state() == ReaderState.ONLINE, 10, "online again")
 
 
-def test_hung_reader_reopens_port(rig: Rig) -> None:
-    _port, sim, sink = rig
+def test_hung_reader_reopens_port(fake_rig: Rig, clock: FakeClock) -> None:
+    _port, sim, sink = fake_rig
     sim.enter(EPC_A, antenna=1)
     wait_until(lambda: EPC_A in sink.epcs(), 10, "first read")
     sim.mute()
-    wait_until(lambda: ReaderState.OFFLINE in [s for s, _ in sink.states], 10,
-               "offline after silence_s without replies")
-    assert "no-reply" in sink.rejects
+    # Resent every reply_timeout_s (0.3 s) without an answer, reopened after silence_s (1 s).
+    advance_until(clock, lambda: ReaderState.OFFLINE in [s for s, _ in sink.states], 0.3, 10,
+                  "offline after silence_s without replies")
+    assert sink.rejects.count("no-reply") >= 3
     with sink.lock:
+        i = [s for s, _ in sink.states].index(ReaderState.OFFLINE)
+        assert sink.states[i - 1][0] == ReaderState.DEGRADED
+        assert "reopening the port" in sink.states[i - 1][1]
         before = len(sink.reads)
     sim.mute(False)
-    wait_until(lambda: sink.last_state() == ReaderState.ONLINE, 10, "answers again")
+    # Past the reopen back-off (cap 0.3 s); the reader answers the new connection's command.
+    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.3, 10,
+                  "answers again")
     wait_until(lambda: len(sink.reads) > before, 10, "reads again")
 
 
-def test_unplug_and_replug(rig: Rig) -> None:
-    port, sim, sink = rig
+def test_unplug_and_replug(fake_rig: Rig, clock: FakeClock) -> None:
+    port, sim, sink = fake_rig
     sim.enter(EPC_A, antenna=1)
     wait_until(lambda: EPC_A in sink.epcs(), 10, "first read")
     port.unplug()
     wait_until(lambda: sink.last_state() == ReaderState.OFFLINE, 10, "offline")
-    time.sleep(0.5)
+    for _ in range(3):  # failed re-opens with back-off (cap 0.3 s)
+        clock.advance(0.3)
+        time.sleep(0.05)
     port.plug()
+    # Past the back-off (cap 0.3 s): the next attempt opens the port and the reader answers.
+    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.3, 10, "reopened")
     with sink.lock:
         before = len(sink.reads)
     wait_until(lambda: len(sink.reads) > before, 10, "reads after replug")
@@ -137,16 +168,17 @@ def test_unplug_and_replug(rig: Rig) -> None:
 
 
 def test_config_options_are_checked(tmp_path: Path) -> None:
-    bad = ReaderConfig(id="u", kind="uhf_r2000", role="gate", port="/dev/null",
-                       options={"antennas": [0, 5], "repeat": 0, "silence_s": -1})
-    keys = {k for k, _ in UhfR2000Driver.check_options(bad)}
-    assert keys == {"antennas", "repeat", "silence_s"}
+    with pytest.raises(configmod.ConfigInvalid) as bad:
+        reader_config({"id": "u", "kind": "uhf_r2000", "role": "gate", "port": "/dev/null",
+                       "antennas": [0, 5], "repeat": 0, "silence_s": -1})
+    keys = {e.key for e in bad.value.errors}
+    assert keys == {"readers[0].antennas", "readers[0].repeat", "readers[0].silence_s"}
     cfg = tmp_path / "c.toml"
     cfg.write_text('[unit]\nid="u"\nsite="s"\n[broker]\n[buffer]\npath="b.db"\n'
                    '[[readers]]\nid="g"\nkind="uhf_r2000"\nport="/dev/ttyUSB0"\n'
                    'antennas=[1,2]\nantenna_roles={"1"="outer","2"="inner"}\n')
     loaded = configmod.load(cfg)
-    assert loaded.readers[0].options["antennas"] == [1, 2]
+    assert loaded.readers[0].options.antennas == (1, 2)
 
 
 def test_not_online_until_the_reader_answers(tmp_path: Path) -> None:
@@ -154,8 +186,8 @@ def test_not_online_until_the_reader_answers(tmp_path: Path) -> None:
     port = VirtualSerial(str(tmp_path / "ttyMUTE"))
     port.plug()  # a pty with nothing behind it: opens fine, never answers
     sink = Collect()
-    cfg = ReaderConfig(id="gate-uhf", kind="uhf_r2000", role="gate", port=port.path,
-                       options={"reply_timeout_s": 0.2, "silence_s": 5.0})
+    cfg = reader_config({"id": "gate-uhf", "kind": "uhf_r2000", "role": "gate",
+                         "port": port.path, "reply_timeout_s": 0.2, "silence_s": 5.0})
     drv = UhfR2000Driver(cfg, sink, SystemClock())
     try:
         with driver_running(drv):

@@ -7,7 +7,8 @@ from typing import Any
 
 from gateway.engine import Engine, state_from_dict, state_to_dict
 from gateway.model import BleSighting
-from gateway.replay import Control, Replayer, event_line
+from gateway.recording import Control
+from gateway.replay import Replayer, event_line
 from scenarios import (
     T0,
     ZONE_SECTION,
@@ -99,7 +100,7 @@ def test_leaving_a_stay_zone_in_hours_is_an_alert() -> None:
     # 10:00 Seoul: both tags close to the reader for a minute, then gone.
     for i in range(60):
         for tg in tags:
-            st, e = eng.step(st, BleSighting("ble-yard", tg["id"], T0 + i, -60), T0 + i)
+            st, e = eng.step(st, BleSighting("ble-yard", tg["id"], T0 + i, -60))
             evs += e
     for i in range(60, 120):
         st, e = eng.tick(st, T0 + i)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.model import Event, Lane
-from gateway.outbox import Outbox
+from gateway.outbox import BufferReadError, Outbox
 
 
 def ev(lane: Lane = Lane.ROUTINE, kind: str = "gate") -> Event:
@@ -88,7 +89,7 @@ def test_state_kv_survives_reopen(tmp_path: Path) -> None:
 def test_iso_utc_matches_datetime(t: float) -> None:
     from datetime import UTC, datetime
 
-    from gateway.outbox import iso_utc
+    from gateway.contract import iso_utc
 
     assert iso_utc(t) == datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -117,3 +118,18 @@ def test_lane_counts_in_memory_match_the_table(tmp_path: Path) -> None:
     assert ob.oldest_created() == ob.db.execute_sql("SELECT min(created) FROM outbox").fetchone()[0]
     ob.close()
     assert Outbox(path, "u1", "s1", max_events=300).depth_by_lane() == ob.depth_by_lane()
+
+
+def test_saved_buffer_reads_beside_the_owner_and_never_writes(tmp_path: Path) -> None:
+    path = str(tmp_path / "b.db")
+    ob = Outbox(path, "u", "s")
+    ob.add([ev(), ev()], state=("engine", b'{"v": 1}'))
+    ob.ack([1])
+    with Outbox.saved(path) as saved:  # while the owner still has it open
+        assert saved.load_state("engine") == b'{"v": 1}'
+        assert saved.load_state("other") is None
+        assert saved.depth() == 1 and saved.last_seq() == 2
+    ob.close()
+    with pytest.raises(BufferReadError, match="cannot read the buffer"):
+        Outbox.saved(str(tmp_path / "missing.db"))
+    assert not (tmp_path / "missing.db").exists()  # read-only: nothing created

@@ -9,7 +9,7 @@ import pytest
 
 from gateway import config as configmod
 from gateway.clock import FakeClock
-from gateway.engine import Engine, EngineConfig
+from gateway.engine import Engine
 from gateway.model import Event, Lane, TagRead
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline
@@ -23,7 +23,7 @@ def make(tmp_path: Path) -> tuple[Pipeline, Outbox]:
         "tags": [{"id": "62E3086CED", "child": "c-1"}],
     })
     ob = Outbox(cfg.buffer.path, "u-1", "s")
-    return Pipeline(cfg, Engine(EngineConfig.from_config(cfg)), ob, FakeClock()), ob
+    return Pipeline(cfg, Engine(configmod.engine_config(cfg)), ob, FakeClock()), ob
 
 
 def events(n: int, lane: Lane = Lane.ROUTINE) -> list[Event]:

@@ -1,4 +1,5 @@
-"""The RDM6300 driver through pyserial on a pseudo-terminal, with line noise and a replug."""
+"""The RDM6300 driver through pyserial on a pseudo-terminal, with line noise and a replug.
+The driver's reconnect back-off runs on a FakeClock the tests move."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from drivers.rdm6300 import Rdm6300Driver
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
-from gateway.clock import SystemClock
-from gateway.config import ReaderConfig
+from gateway.clock import FakeClock
+from gateway.config import reader_config
 from gateway.model import ReaderState, TagRead
-from harness import CollectSink, driver_running, wait_until
+from harness import CollectSink, advance_until, driver_running, wait_until
 
 
 class Collect(CollectSink[TagRead]):
@@ -27,26 +28,29 @@ class Collect(CollectSink[TagRead]):
         with self.lock:
             return [r.tag for r in self.reads]
 
+Rig = tuple[VirtualSerial, Rdm6300Sim, Collect, FakeClock]
+
+
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[tuple[VirtualSerial, Rdm6300Sim, Collect]]:
+def rig(tmp_path: Path) -> Iterator[Rig]:
     port = VirtualSerial(str(tmp_path / "ttyRFID0"))
     port.plug()
     sink = Collect()
-    cfg = ReaderConfig(id="gate-a", kind="rdm6300", role="gate", port=port.path,
-                       options={"reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
-    drv = Rdm6300Driver(cfg, sink, SystemClock())
+    cfg = reader_config({"id": "gate-a", "kind": "rdm6300", "role": "gate", "port": port.path,
+                         "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
+    clock = FakeClock()
+    drv = Rdm6300Driver(cfg, sink, clock)
     try:
         with driver_running(drv):
             wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
             time.sleep(0.2)  # pyserial flushes input on open
-            yield port, Rdm6300Sim(port), sink
+            yield port, Rdm6300Sim(port), sink, clock
     finally:
         port.close()
 
 
-def test_frames_garbage_split_and_bad_checksums(rig: tuple[VirtualSerial, Rdm6300Sim,
-                                                           Collect]) -> None:
-    port, sim, sink = rig
+def test_frames_garbage_split_and_bad_checksums(rig: Rig) -> None:
+    port, sim, sink, _clock = rig
     sim.present("62E3086CED", hold_s=0.0)
     sim.garbage(40)
     sim.bad_checksum("01000734E0")
@@ -62,17 +66,20 @@ def test_frames_garbage_split_and_bad_checksums(rig: tuple[VirtualSerial, Rdm630
     assert "garbage" in sink.rejects and "truncated" in sink.rejects
 
 
-def test_unplug_and_replug_reconnects(rig: tuple[VirtualSerial, Rdm6300Sim, Collect],
-                                      caplog: pytest.LogCaptureFixture) -> None:
-    port, sim, sink = rig
+def test_unplug_and_replug_reconnects(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    port, sim, sink, clock = rig
     caplog.set_level(logging.INFO, logger="gateway.driver")
     sim.present("62E3086CED", hold_s=0.0)
     wait_until(lambda: len(sink.tags()) == 1, 10, "first read")
     port.unplug()
     wait_until(lambda: sink.state_count(ReaderState.OFFLINE) >= 1, 10, "driver notices the unplug")
-    time.sleep(0.5)  # a few failed re-opens with back-off
+    for _ in range(3):  # a few failed re-opens with back-off (cap 0.3 s)
+        clock.advance(0.3)
+        time.sleep(0.05)
     port.plug()
-    wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 2, 10, "driver reconnects")
+    # Past the back-off (cap 0.3 s): the next attempt opens the port.
+    advance_until(clock, lambda: sink.state_count(ReaderState.ONLINE) >= 2, 0.3, 10,
+                  "driver reconnects")
     time.sleep(0.2)
     sim.present("01000734E0", hold_s=0.0)
     wait_until(lambda: len(sink.tags()) == 2, 10, "read after replug")

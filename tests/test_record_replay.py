@@ -86,3 +86,45 @@ def test_roll_call_switch(tmp_path: Path, broker: LocalBroker) -> None:
     finally:
         gw.stop()
         sub.stop()
+
+
+def test_a_recorded_run_replays_to_the_events_it_published(tmp_path: Path,
+                                                            broker: LocalBroker) -> None:
+    """A two-sided gate decides a passage at a tick after its last read, so the last
+    passage comes after the last recorded reading: the recording's closing tick (the live
+    engine's last tick) makes the replay decide it too. Live events == replayed events."""
+    outer, inner = VirtualSerial(str(tmp_path / "ttyOUT")), VirtualSerial(str(tmp_path / "ttyIN"))
+    outer.plug()
+    inner.plug()
+    cfg = write_config(tmp_path / "gw.toml", broker_port=broker.port, buffer=tmp_path / "b.db",
+                       readers=[{"id": "gate-out", "kind": "rdm6300", "role": "gate_outer",
+                                 "port": outer.path},
+                                {"id": "gate-in", "kind": "rdm6300", "role": "gate_inner",
+                                 "port": inner.path}],
+                       tags=TAGS, gate_window_s=0.5)
+    rec = tmp_path / "readings.jsonl"
+    sub = Subscriber(broker.port).start()
+    gw = GatewayProcess(cfg, tmp_path / "gw.log", args=["--record", str(rec)]).start()
+    try:
+        gw.wait_log("reader gate-in: online")
+        gw.wait_log("reader gate-out: online")
+        for tag, first, then in (("62E3086CED", outer, inner), ("01000734E0", inner, outer),
+                                 ("62E3086CED", inner, outer)):
+            Rdm6300Sim(first).present(tag, 0.3)
+            Rdm6300Sim(then).present(tag, 0.3)
+            time.sleep(0.2)
+        wait_until(lambda: len(sub.events("gate")) == 3, 15, "3 gate passages")
+        time.sleep(1.0)  # ticks after the last passage, with nothing more to decide
+    finally:
+        gw.stop()
+        sub.stop()
+        outer.close()
+        inner.close()
+    live = sorted((e["kind"], e["child"], e["reader"], json.dumps(e["data"], sort_keys=True))
+                  for e in sub.events())
+    assert json.loads(rec.read_text().splitlines()[-1])["type"] == "tick"  # the closing tick
+    done = gatewayd("replay", "--config", str(cfg), str(rec))
+    assert done.returncode == 0, done.stderr
+    replayed = sorted((e["kind"], e["child"], e["reader"], json.dumps(e["data"], sort_keys=True))
+                      for e in map(json.loads, done.stdout.splitlines()))
+    assert len(live) == 3 and replayed == live

@@ -29,6 +29,12 @@ from dataclasses import dataclass
 from drivers.codecs._frames import Reject
 
 KIND = "ble"
+# ``gatewayd decode``: lines of advertisement hex or JSON; the Decoder skips ``#`` lines itself.
+INPUT = "lines"
+COMMENT = None
+REASONS = frozenset({"not-ibeacon", "truncated", "bad-length", "bad-url", "bad-frame-type",
+                     "bad-version", "no-beacon", "not-hex", "bad-json", "too-long"})
+DERIVED = ("uptime_s",)  # frame properties ``gatewayd decode`` prints beside the fields
 APPLE = 0x004C
 EDDYSTONE_UUID = "0000feaa-0000-1000-8000-00805f9b34fb"
 EDDYSTONE_UUID16 = 0xFEAA

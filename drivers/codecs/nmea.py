@@ -1,10 +1,19 @@
 """NMEA 0183 from GNSS receivers: stream decoder, fix assembler, GPS time sanity check.
 
 Protocol: NMEA 0183 (sentences ``$<talker><type>,<fields>*<hh>``, hh = XOR of the
-bytes between ``$`` and ``*``). Field splitting uses pynmea2
-(``pynmea2.parse(line, check=True)``); numbers are converted here, strictly,
-because pynmea2 quietly returns the raw string when a typed field fails to
-convert.
+bytes between ``$`` and ``*``). This module owns the whole parse: framing,
+checksum, field split and strict number conversion. It does not use pynmea2,
+measured on the twelve receiver captures in ``../shared/data/captures/nmea``
+(130 kB, 2294 frames, median of 5x20 runs, this 2-core box):
+
+* pynmea2 only to split fields (as before): 101-111k frames/s; splitting here:
+  125-127k frames/s (1.15-1.23x), identical output on the captures and on
+  196,881 mutated sentences;
+* pynmea2 used fully (``parse(check=True)`` + its typed attributes): 51k
+  lines/s for the parse alone, before framing and rejects, and it hides
+  receiver quirks: MediaTek's pre-fix placeholder ``8960.000000,N`` reads as
+  latitude 90.0 (the North Pole), and a malformed altitude such as ``5a5.4``
+  comes back as the raw string instead of an error.
 
 Decoder rules (all learned from real captures, see tests/test_codec_nmea.py):
 
@@ -37,11 +46,15 @@ from dataclasses import dataclass, field
 from functools import reduce
 from operator import xor
 
-import pynmea2
-
 from drivers.codecs._frames import Reject
 
-KIND = "nmea"
+KIND = "gps_nmea"
+# ``gatewayd decode``: text lines; gpsd's regression logs start with ``#`` notes.
+INPUT = "lines"
+COMMENT = b"#"
+REASONS = frozenset({"too-long", "bad-char", "truncated", "no-checksum", "malformed", "checksum",
+                     "parse", "bad-field", "garbage"})
+DERIVED: tuple[str, ...] = ()  # frame properties ``gatewayd decode`` prints beside the fields
 MAX_LINE = 512
 MAX_STANDARD = 100
 KNOT_MPS = 1852.0 / 3600.0
@@ -371,14 +384,14 @@ def decode_sentence(line: bytes, cut: bool = False) -> NmeaFrame | Reject:
     talker, stype = addr[:2].decode("ascii"), addr[2:].decode("ascii")
     if stype not in _DECODED:
         return NmeaOther(talker, stype, line)
-    text = line.decode("ascii")
+    if comma < 0:
+        return Reject("parse", line, "no fields after the address")
+    if b"*" in body:
+        return Reject("parse", line, "'*' inside the fields")
     try:
-        msg = pynmea2.parse(text[: star + 1] + text[star + 1 :].upper(), check=True)
-        return _build(talker, stype, list(msg.data), line)
+        return _build(talker, stype, body[comma + 1 :].decode("ascii").split(","), line)
     except _FieldError as e:
         return Reject("bad-field", line, str(e))
-    except (pynmea2.ParseError, ValueError, TypeError, IndexError, AttributeError) as e:
-        return Reject("parse", line, type(e).__name__)
 
 
 class Decoder:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from drivers.codecs._frames import Reject
 
 KIND = "rdm6300"
+INPUT = "binary"  # ``gatewayd decode``: serial bytes, or a hex dump of them
+REASONS = frozenset({"garbage", "truncated", "no-etx", "not-hex", "checksum"})
+DERIVED: tuple[str, ...] = ()  # frame properties ``gatewayd decode`` prints beside the fields
 STX = 0x02
 ETX = 0x03
 FRAME_LEN = 14

@@ -41,6 +41,9 @@ from dataclasses import dataclass
 from drivers.codecs._frames import Reject
 
 KIND = "uhf_r2000"
+INPUT = "binary"  # ``gatewayd decode``: serial bytes, or a hex dump of them
+REASONS = frozenset({"garbage", "truncated", "bad-length", "checksum"})
+DERIVED = ("firmware",)  # frame properties ``gatewayd decode`` prints beside the fields
 HEAD = 0xA0
 MIN_LEN = 3  # Address + Cmd + Check
 

@@ -1,8 +1,8 @@
 """The edge decision engine: a pure function of (state, reading, time).
 
-``Engine.step(state, reading, now) -> (state, events)`` and
-``Engine.tick(state, now) -> (state, events)`` (time-driven decisions such as
-absence timeouts and roll-calls) do no I/O and read no clock, so a recorded
+``Engine.step(state, reading) -> (state, events)`` (at the reading's own time)
+and ``Engine.tick(state, now) -> (state, events)`` (time-driven decisions such
+as absence timeouts and roll-calls) do no I/O and read no clock, so a recorded
 field log replays to the same events every time. State is a plain dataclass
 the caller owns; the engine updates it in place for speed and returns it.
 ``state_to_dict`` / ``state_from_dict`` make it JSON for the daemon to persist.
@@ -18,7 +18,7 @@ The caller must tick more often than that (the pipeline ticks every 0.5 s).
 
 from __future__ import annotations
 
-from gateway.engine import gate, geofence, zones
+from gateway.engine import battery, gate, geofence, zones
 from gateway.engine.locate import (
     cameras_near,
     end_roll_call,
@@ -57,143 +57,145 @@ __all__ = [
 class Engine:
     def __init__(self, cfg: EngineConfig) -> None:
         self.cfg = cfg
-        self.rt = Runtime(cfg)
+        self.runtime = Runtime(cfg)
 
     def initial_state(self) -> EngineState:
         return EngineState()
 
     def _advance(self, state: EngineState, t: float) -> None:
-        c = state.clock
-        if c and t - c > self.rt.s.resume_gap_s:
-            shift_times(state, t - c)
+        clock = state.clock
+        if clock and t - clock > self.runtime.settings.resume_gap_s:
+            shift_times(state, t - clock)
         state.clock = t
 
-    def step(self, state: EngineState, reading: Reading,
-             now: float) -> tuple[EngineState, list[Event]]:
-        cls = type(reading)
-        if cls is BleSighting:
-            return state, self._ble(state, reading)  # type: ignore[arg-type]
-        if cls is TagRead:
-            return state, self._tag(state, reading)  # type: ignore[arg-type]
-        if cls is GpsFix:
-            events: list[Event] = []
-            geofence.on_fix(state, self.rt, reading, events)  # type: ignore[arg-type]
-            return state, events
+    def step(self, state: EngineState, reading: Reading) -> tuple[EngineState, list[Event]]:
+        """Decide on one reading; engine time is the reading's own time (GPS fixes aside)."""
+        match reading:
+            case BleSighting():
+                return state, self._ble(state, reading)
+            case TagRead():
+                return state, self._tag(state, reading)
+            case GpsFix():
+                events: list[Event] = []
+                geofence.on_fix(state, self.runtime, reading, events)
+                return state, events
         return state, []
 
     def _seen(self, state: EngineState, tag: str, reader: str, t: float,
               rssi: float | None) -> None:
-        s = state.seen.get(tag)
-        if s is None:
+        sighting = state.seen.get(tag)
+        if sighting is None:
             state.seen[tag] = Sighting(reader, t, rssi, state.gps.fix)
-        elif t >= s.time:
-            s.reader, s.time, s.rssi, s.position = reader, t, rssi, state.gps.fix
+        elif t >= sighting.time:
+            sighting.reader, sighting.time, sighting.rssi, sighting.position = (
+                reader, t, rssi, state.gps.fix)
 
-    def _tag(self, state: EngineState, r: TagRead) -> list[Event]:
-        rt = self.rt
-        if r.tag not in rt.tags:
+    def _tag(self, state: EngineState, read: TagRead) -> list[Event]:
+        runtime = self.runtime
+        if read.tag not in runtime.tags:
             return []
-        if r.time > state.clock:
-            self._advance(state, r.time)
-        self._seen(state, r.tag, r.reader, r.time, r.rssi)
+        if read.time > state.clock:
+            self._advance(state, read.time)
+        self._seen(state, read.tag, read.reader, read.time, read.rssi)
         events: list[Event] = []
-        gs = rt.gates.get(r.reader)
-        if gs is not None:
-            gate.on_read(state, rt, gs, r, events)
+        gate_side = runtime.gates.get(read.reader)
+        if gate_side is not None:
+            gate.on_read(state, runtime, gate_side, read, events)
         return events
 
-    def _ble(self, state: EngineState, b: BleSighting) -> list[Event]:
-        rt = self.rt
-        tag = b.tag
-        tc = rt.tags.get(tag)
-        if tc is None:
+    def _ble(self, state: EngineState, advert: BleSighting) -> list[Event]:
+        runtime = self.runtime
+        tag = advert.tag
+        tag_config = runtime.tags.get(tag)
+        if tag_config is None:
             return []
-        t = b.time
+        t = advert.time
         if t > state.clock:
             self._advance(state, t)
-        reader = b.reader
-        s = state.seen.get(tag)
-        if s is None:
-            state.seen[tag] = Sighting(reader, t, b.rssi, state.gps.fix)
-        elif t >= s.time:
-            s.reader, s.time, s.rssi, s.position = reader, t, b.rssi, state.gps.fix
+        reader = advert.reader
+        # _seen inlined: this is the hottest path (most readings are BLE adverts).
+        sighting = state.seen.get(tag)
+        if sighting is None:
+            state.seen[tag] = Sighting(reader, t, advert.rssi, state.gps.fix)
+        elif t >= sighting.time:
+            sighting.reader, sighting.time, sighting.rssi, sighting.position = (
+                reader, t, advert.rssi, state.gps.fix)
         state.heard[reader] = t
         events: list[Event] = []
-        zl = rt.reader_zones.get(reader)
-        if zl:
-            ws = state.rssi.get(reader)
-            if ws is None:
-                ws = state.rssi[reader] = {}
-            w = ws.get(tag)
-            if w is None:
-                w = ws[tag] = Window()
-            w.add(t, b.rssi)
-            st = rt.s
-            lvl = level(w, t, st.rssi_window_s, st.rssi_min_samples)
-            for z in zl:
-                zl_lvl = lvl
-                if len(z.s.readers) > 1:  # the strongest of the zone's readers
-                    zl_lvl = self._zone_level(state, z.s.readers, tag, t)
-                zones.on_level(state, rt, z, tag, reader, t, b.rssi, zl_lvl, events)
-        mv = b.battery_mv
-        if mv is not None:
-            low = state.battery_low
-            if tag in low:
-                if mv >= rt.s.battery_clear_mv:
-                    del low[tag]
-            elif mv < rt.s.battery_low_mv:
-                low[tag] = mv
-                events.append(Event(kind="low_battery", time=t, lane=Lane.ROUTINE, reader=reader,
-                                    child=tc.child,
-                                    data={"battery_mv": mv,
-                                          "threshold_mv": rt.s.battery_low_mv}))
-        if b.button:
-            self._sos(state, b, events)
+        reader_zones = runtime.reader_zones.get(reader)
+        settings = runtime.settings
+        if reader_zones:
+            windows = state.rssi.get(reader)
+            if windows is None:
+                windows = state.rssi[reader] = {}
+            window = windows.get(tag)
+            if window is None:
+                window = windows[tag] = Window()
+            window.add(t, advert.rssi)
+            reader_level = level(window, t, settings.rssi_window_s, settings.rssi_min_samples)
+            for zone in reader_zones:
+                zone_level = reader_level
+                zone_readers = zone.settings.readers
+                if len(zone_readers) > 1:  # the strongest of the zone's readers
+                    zone_level = self._zone_level(state, zone_readers, reader, reader_level,
+                                                  tag, t)
+                zones.on_level(state, runtime, zone, tag, reader, t, advert.rssi, zone_level,
+                               events)
+        battery_mv = advert.battery_mv
+        if battery_mv is not None:
+            battery.on_reading(state.battery, tag, tag_config.child, reader, t, battery_mv,
+                               settings.battery_low_mv, settings.battery_clear_mv, events)
+        if advert.button:
+            self._sos(state, advert, events)
         return events
 
-    def _zone_level(self, state: EngineState, readers: tuple[str, ...], tag: str,
-                    t: float) -> float | None:
-        best = None
-        st = self.rt.s
-        for r in readers:
-            w = state.rssi.get(r, {}).get(tag)
-            if w is not None:
-                v = level(w, t, st.rssi_window_s, st.rssi_min_samples)
-                if v is not None and (best is None or v > best):
-                    best = v
+    def _zone_level(self, state: EngineState, readers: tuple[str, ...], current: str,
+                    current_level: float | None, tag: str, t: float) -> float | None:
+        """The strongest level of ``tag`` over ``readers``; ``current``'s level at ``t``
+        is already known (level() is idempotent at one time, so it is not redone)."""
+        best = current_level
+        settings = self.runtime.settings
+        for reader in readers:
+            if reader == current:
+                continue
+            window = state.rssi.get(reader, {}).get(tag)
+            if window is not None:
+                value = level(window, t, settings.rssi_window_s, settings.rssi_min_samples)
+                if value is not None and (best is None or value > best):
+                    best = value
         return best
 
-    def _sos(self, state: EngineState, b: BleSighting, events: list[Event]) -> None:
+    def _sos(self, state: EngineState, advert: BleSighting, events: list[Event]) -> None:
         """One event per press: adverts repeating the press within the debounce are one."""
-        last = state.sos.get(b.tag)
-        if last is not None and b.time <= last:
+        last = state.sos.get(advert.tag)
+        if last is not None and advert.time <= last:
             return  # an older advert than one already handled
-        state.sos[b.tag] = b.time
-        if last is not None and b.time - last < self.rt.s.sos_debounce_s:
+        state.sos[advert.tag] = advert.time
+        runtime = self.runtime
+        if last is not None and advert.time - last < runtime.settings.sos_debounce_s:
             return
-        rt = self.rt
-        pos = unit_position(state, rt)
-        zl = zones_of(state, b.tag)
-        zone = zl[0] if zl else state.last_zone.get(b.tag)
+        pos = unit_position(state, runtime)
+        zones_now = zones_of(state, advert.tag)
+        zone = zones_now[0] if zones_now else state.last_zone.get(advert.tag)
         if zone is None:
-            rz = rt.reader_zones.get(b.reader)
-            zone = rz[0].s.id if rz else None
+            reader_zones = runtime.reader_zones.get(advert.reader)
+            zone = reader_zones[0].settings.id if reader_zones else None
         # Emergency first: the outbox orders by lane, but the log and tests read in order.
-        events.insert(0, Event(kind="sos", time=b.time, lane=Lane.EMERGENCY, reader=b.reader,
-                               child=rt.tags[b.tag].child,
+        events.insert(0, Event(kind="sos", time=advert.time, lane=Lane.EMERGENCY,
+                               reader=advert.reader, child=runtime.tags[advert.tag].child,
                                data={"zone": zone, "position": pos,
-                                     "cameras": cameras_near(pos, rt), "rssi": b.rssi,
-                                     "battery_mv": b.battery_mv}))
+                                     "cameras": cameras_near(pos, runtime), "rssi": advert.rssi,
+                                     "battery_mv": advert.battery_mv}))
 
     def tick(self, state: EngineState, now: float) -> tuple[EngineState, list[Event]]:
         if now > state.clock:
             self._advance(state, now)
         now = state.clock
         events: list[Event] = []
-        gate.expire(state, self.rt, now, events)
-        zones.expire(state, self.rt, now, events)
-        roll_call(state, self.rt, now, events)
+        gate.expire(state, self.runtime, now, events)
+        zones.expire(state, self.runtime, now, events)
+        roll_call(state, self.runtime, now, events)
         return state, events
 
     def locate(self, state: EngineState, who: str) -> dict[str, object]:
-        return locate(state, self.rt, who)
+        return locate(state, self.runtime, who)

@@ -24,7 +24,7 @@ def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 class Shape:
     """A circle or polygon; ``signed_distance`` is negative inside, positive outside."""
 
-    __slots__ = ("kx", "ky", "lat0", "lon0", "pts", "radius")
+    __slots__ = ("lat0", "lon0", "m_per_deg_lat", "m_per_deg_lon", "radius", "vertices")
 
     def __init__(self, center: tuple[float, float] | None, radius_m: float,
                  points: tuple[tuple[float, float], ...]) -> None:
@@ -33,25 +33,26 @@ class Shape:
         else:
             self.lat0 = sum(p[0] for p in points) / len(points)
             self.lon0 = sum(p[1] for p in points) / len(points)
-        self.ky = EARTH_R * _DEG
-        self.kx = EARTH_R * _DEG * math.cos(self.lat0 * _DEG)
+        self.m_per_deg_lat = EARTH_R * _DEG
+        self.m_per_deg_lon = EARTH_R * _DEG * math.cos(self.lat0 * _DEG)
         self.radius = radius_m
-        self.pts = [self.xy(lat, lon) for lat, lon in points]
+        self.vertices = [self.project(lat, lon) for lat, lon in points]  # polygon, in metres
 
-    def xy(self, lat: float, lon: float) -> tuple[float, float]:
-        return (lon - self.lon0) * self.kx, (lat - self.lat0) * self.ky
+    def project(self, lat: float, lon: float) -> tuple[float, float]:
+        """Metres east and north of (lat0, lon0): the circle's centre or the polygon's mean."""
+        return (lon - self.lon0) * self.m_per_deg_lon, (lat - self.lat0) * self.m_per_deg_lat
 
     def signed_distance(self, lat: float, lon: float) -> float:
-        x, y = self.xy(lat, lon)
-        if not self.pts:
+        x, y = self.project(lat, lon)
+        vertices = self.vertices
+        if not vertices:
             return math.hypot(x, y) - self.radius
         inside = False
         best = math.inf
-        pts = self.pts
-        n = len(pts)
+        n = len(vertices)
         for i in range(n):
-            x1, y1 = pts[i]
-            x2, y2 = pts[(i + 1) % n]
+            x1, y1 = vertices[i]
+            x2, y2 = vertices[(i + 1) % n]
             if (y1 > y) != (y2 > y) and x < (x2 - x1) * (y - y1) / (y2 - y1) + x1:
                 inside = not inside
             dx, dy = x2 - x1, y2 - y1

@@ -19,21 +19,21 @@ from gateway.engine.state import Window
 MAX_SAMPLES = 64  # a fast-advertising tag must not grow the window without bound
 
 
-def level(w: Window, t: float, window_s: float, min_samples: int) -> float | None:
+def level(window: Window, t: float, window_s: float, min_samples: int) -> float | None:
     """Smoothed RSSI at time ``t``, or None while the window holds too few samples."""
-    times = w.times
+    times = window.times
     cutoff = t - window_s
     if times and (times[0] < cutoff or len(times) > MAX_SAMPLES):
-        vals, ordered = w.vals, w.ordered
+        values, ordered = window.values, window.ordered
         while times and (times[0] < cutoff or len(times) > MAX_SAMPLES):
             times.popleft()
-            del ordered[bisect_left(ordered, vals.popleft())]
-    ordered = w.ordered
+            del ordered[bisect_left(ordered, values.popleft())]
+    ordered = window.ordered
     n = len(ordered)
     if n < min_samples or n == 0:
         return None
-    q = (n - 1) // 2 if n < 4 else n >> 2  # 1-3 samples: the median (or mean of two)
-    if n - 2 * q == 1:
-        return ordered[q]
-    core = ordered[q:n - q]
+    quarter = (n - 1) // 2 if n < 4 else n >> 2  # 1-3 samples: the median (or mean of two)
+    if n - 2 * quarter == 1:
+        return ordered[quarter]
+    core = ordered[quarter:n - quarter]
     return sum(core) / len(core)

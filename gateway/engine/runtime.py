@@ -5,46 +5,35 @@ from __future__ import annotations
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
-from gateway.config import TagConfig
 from gateway.engine.geo import Shape
 from gateway.engine.settings import (
     EngineSettings,
     GeofenceSettings,
     ZoneSettings,
 )
-
-if TYPE_CHECKING:
-    from gateway.config import Config
+from gateway.model import TagConfig
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
+    """What the engine needs of a config; ``gateway.config.engine_config`` builds it."""
+
     reader_roles: dict[str, str]
     tags: dict[str, TagConfig]
     gate_window_s: float = 3.0
     settings: EngineSettings = field(default_factory=EngineSettings)
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> EngineConfig:
-        return cls(
-            reader_roles={r.id: r.role for r in cfg.readers},
-            tags=cfg.tag_map(),
-            gate_window_s=cfg.gate.repeat_window_s,
-            settings=cfg.engine,
-        )
-
 
 @dataclass(slots=True)
-class ZoneRt:
-    s: ZoneSettings
+class ZoneRuntime:
+    settings: ZoneSettings
     stay_groups: frozenset[str]
 
 
 @dataclass(slots=True)
-class FenceRt:
-    s: GeofenceSettings
+class FenceRuntime:
+    settings: GeofenceSettings
     shape: Shape
 
 
@@ -59,47 +48,51 @@ class Runtime:
     """Lookup tables for the hot path, built from an EngineConfig."""
 
     def __init__(self, cfg: EngineConfig) -> None:
-        s = cfg.settings
+        settings = cfg.settings
         self.cfg = cfg
-        self.s = s
+        self.settings = settings
         self.tags = cfg.tags
-        self.tz = zoneinfo.ZoneInfo(s.timezone)
-        self.zones = [ZoneRt(z, frozenset(z.stay_groups)) for z in s.zones]
-        self.reader_zones: dict[str, tuple[ZoneRt, ...]] = {}
-        for z in self.zones:
-            for r in z.s.readers:
-                self.reader_zones[r] = (*self.reader_zones.get(r, ()), z)
-        self.fences = [FenceRt(g, Shape(g.center, g.radius_m, g.points)) for g in s.geofences]
+        self.tzinfo = zoneinfo.ZoneInfo(settings.timezone)
+        self.zones = [ZoneRuntime(zone, frozenset(zone.stay_groups)) for zone in settings.zones]
+        self.reader_zones: dict[str, tuple[ZoneRuntime, ...]] = {}
+        for zone in self.zones:
+            for reader in zone.settings.readers:
+                self.reader_zones[reader] = (*self.reader_zones.get(reader, ()), zone)
+        self.fences = [FenceRuntime(fence, Shape(fence.center, fence.radius_m, fence.points))
+                       for fence in settings.geofences]
         self.gates: dict[str, GateSide] = {}
         for rid, role in cfg.reader_roles.items():
-            gid = s.reader_gate.get(rid, "gate" if role in ("gate_outer", "gate_inner") else rid)
+            gid = settings.reader_gate.get(
+                rid, "gate" if role in ("gate_outer", "gate_inner") else rid)
             if role == "gate_outer":
                 self.gates[rid] = GateSide(gid, "outer", None)
             elif role == "gate_inner":
                 self.gates[rid] = GateSide(gid, "inner", None)
             elif role == "gate":
-                ants = s.antenna_roles.get(rid)
-                self.gates[rid] = GateSide(gid, None, ants or None)
+                antennas = settings.antenna_roles.get(rid)
+                self.gates[rid] = GateSide(gid, None, antennas or None)
         # Children of each zone's stay groups, for the roll-call's "missing" list.
         self.child_tags: dict[str, list[str]] = {}
-        for tid, t in sorted(cfg.tags.items()):
-            self.child_tags.setdefault(t.child, []).append(tid)
+        for tid, tag in sorted(cfg.tags.items()):
+            self.child_tags.setdefault(tag.child, []).append(tid)
 
     def local(self, t: float) -> datetime:
-        return datetime.fromtimestamp(t, self.tz)
+        return datetime.fromtimestamp(t, self.tzinfo)
 
     def day(self, t: float) -> str:
         return self.local(t).date().isoformat()
 
-    def staying(self, z: ZoneRt, tag: TagConfig, t: float) -> list[str]:
-        """The tag's groups that must stay in zone ``z`` at time ``t`` (empty: free to go)."""
-        if not z.stay_groups:
+    def staying(self, zone: ZoneRuntime, tag: TagConfig, t: float) -> list[str]:
+        """The tag's groups that must stay in ``zone`` at time ``t`` (empty: free to go)."""
+        if not zone.stay_groups:
             return []
-        groups = sorted(z.stay_groups.intersection(tag.groups))
+        groups = sorted(zone.stay_groups.intersection(tag.groups))
         if not groups:
             return []
-        lt = self.local(t)
-        if lt.weekday() not in z.s.stay_days:
+        local = self.local(t)
+        if local.weekday() not in zone.settings.stay_days:
             return []
-        m = lt.hour * 60 + lt.minute
-        return groups if any(a <= m < b for a, b in z.s.stay_hours) else []
+        minute = local.hour * 60 + local.minute
+        if any(start <= minute < end for start, end in zone.settings.stay_hours):
+            return groups
+        return []

@@ -12,11 +12,14 @@ import re
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gateway.config import ReaderConfig, _Checker
+from gateway.checker import Checker, identifier, non_negative, positive
+from gateway.model import ReaderConfig
 
+# Keys of a [[readers]] table that the engine reads (the config loader allows them on any
+# reader, beside id/kind/role and the driver's declared options).
+READER_KEYS = ("antenna_roles", "gate")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SIDES = ("outer", "inner")
 _HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
@@ -77,14 +80,6 @@ class EngineSettings:
     reader_gate: dict[str, str] = field(default_factory=dict)  # reader -> gate id
 
 
-def _pos(v: float) -> str | None:
-    return None if v > 0 else "must be greater than 0"
-
-
-def _nonneg(v: float) -> str | None:
-    return None if v >= 0 else "must be 0 or more"
-
-
 def _dbm(v: float) -> str | None:
     return None if -130 <= v <= 20 else "must be a dBm value between -130 and 20"
 
@@ -98,7 +93,7 @@ def _latlon(v: Any) -> str | None:
     return None
 
 
-def _strings(c: _Checker, tbl: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
+def _strings(c: Checker, tbl: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
     v = c.get(tbl, key, path, list, [])
     if not all(isinstance(x, str) for x in v):
         c.error(f"{path}.{key}", "expected an array of strings")
@@ -106,7 +101,8 @@ def _strings(c: _Checker, tbl: dict[str, Any], key: str, path: str) -> tuple[str
     return tuple(v)
 
 
-def _array_of_tables(c: _Checker, raw: dict[str, Any], key: str) -> list[tuple[str, dict]]:
+def _array_of_tables(c: Checker, raw: dict[str, Any],
+                     key: str) -> list[tuple[str, dict[str, Any]]]:
     v = raw.get(key, [])
     if not isinstance(v, list):
         c.error(key, f"expected an array of tables ([[{key}]])")
@@ -120,11 +116,6 @@ def _array_of_tables(c: _Checker, raw: dict[str, Any], key: str) -> list[tuple[s
     return out
 
 
-def _ident(v: str) -> str | None:
-    return None if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", v) else \
-        "must be 1-64 letters, digits, '_', '.', '-'"
-
-
 def antenna_roles_of(options: dict[str, Any]) -> dict[int, str]:
     """A reader's ``antenna_roles`` option as {antenna: side}; lenient (validated elsewhere)."""
     v = options.get("antenna_roles")
@@ -133,8 +124,8 @@ def antenna_roles_of(options: dict[str, Any]) -> dict[int, str]:
     return {int(k): s for k, s in v.items() if str(k).isdigit() and s in SIDES}
 
 
-def parse_settings(raw: dict[str, Any], c: _Checker,
-                   readers: Sequence[ReaderConfig]) -> EngineSettings:
+def parse_settings(raw: dict[str, Any], c: Checker,
+                   readers: Sequence[ReaderConfig[Any]]) -> EngineSettings:
     """Read the engine's sections out of the raw TOML, reporting errors to ``c``."""
     reader_ids = {r.id for r in readers}
     roles = {r.id: r.role for r in readers}
@@ -151,32 +142,32 @@ def parse_settings(raw: dict[str, Any], c: _Checker,
         c.error("engine.timezone", f"unknown time zone {tz!r} (expected e.g. 'Asia/Seoul')")
         tz = "UTC"
     position = c.get(e, "position", "engine", list, None, check=_latlon)
-    fence_hyst = c.get(e, "geofence_hysteresis_m", "engine", float, 30.0, check=_nonneg)
+    fence_hyst = c.get(e, "geofence_hysteresis_m", "engine", float, 30.0, check=non_negative)
 
-    def num(tbl: dict[str, Any], key: str, path: str, default: float, check: Any = _pos) -> Any:
+    def num(tbl: dict[str, Any], key: str, path: str, default: float, check: Any = positive) -> Any:
         return c.get(tbl, key, path, float, default, check=check)
 
     settings: dict[str, Any] = dict(
         timezone=tz,
         position=(float(position[0]), float(position[1])) if position else None,
-        camera_radius_m=num(e, "camera_radius_m", "engine", 150.0, _nonneg),
+        camera_radius_m=num(e, "camera_radius_m", "engine", 150.0, non_negative),
         gate_pair_s=num(e, "gate_pair_s", "engine", 8.0),
         tick_s=num(e, "tick_s", "engine", 1.0),
         resume_gap_s=num(e, "resume_gap_s", "engine", 10.0),
         rssi_window_s=num(e, "rssi_window_s", "engine", 15.0),
-        rssi_min_samples=c.get(e, "rssi_min_samples", "engine", int, 5, check=_pos),
-        sos_debounce_s=num(e, "sos_debounce_s", "engine", 10.0, _nonneg),
+        rssi_min_samples=c.get(e, "rssi_min_samples", "engine", int, 5, check=positive),
+        sos_debounce_s=num(e, "sos_debounce_s", "engine", 10.0, non_negative),
         gps_max_hdop=num(e, "gps_max_hdop", "engine", 5.0),
         gps_min_fix_type=c.get(e, "gps_min_fix_type", "engine", int, 2,
                                check=lambda v: None if v in (1, 2, 3) else "must be 1, 2 or 3"),
         gps_max_speed_mps=num(e, "gps_max_speed_mps", "engine", 40.0),
-        geofence_confirm=c.get(e, "geofence_confirm", "engine", int, 2, check=_pos),
+        geofence_confirm=c.get(e, "geofence_confirm", "engine", int, 2, check=positive),
     )
 
     b = c.table(raw, "battery", "battery", required=False)
     c.unknown(b, {"low_mv", "clear_mv"}, "battery")
-    low = c.get(b, "low_mv", "battery", int, 2600, check=_pos)
-    clear = c.get(b, "clear_mv", "battery", int, max(2800, low), check=_pos)
+    low = c.get(b, "low_mv", "battery", int, 2600, check=positive)
+    clear = c.get(b, "clear_mv", "battery", int, max(2800, low), check=positive)
     if clear < low:
         c.error("battery.clear_mv", f"must be at least low_mv ({low})")
     settings.update(battery_low_mv=low, battery_clear_mv=clear)
@@ -191,7 +182,7 @@ def parse_settings(raw: dict[str, Any], c: _Checker,
     for path, z in _array_of_tables(c, raw, "zones"):
         c.unknown(z, {"id", "readers", "enter_dbm", "exit_dbm", "dwell_s", "exit_dwell_s",
                       "absence_s", "stay_groups", "stay_hours", "stay_days"}, path)
-        zid: str = c.get(z, "id", path, str, path, required=True, check=_ident)
+        zid: str = c.get(z, "id", path, str, path, required=True, check=identifier)
         if zid in seen:
             c.error(f"{path}.id", f"duplicate zone id {zid!r}")
         seen.add(zid)
@@ -223,8 +214,8 @@ def parse_settings(raw: dict[str, Any], c: _Checker,
             hours = [(0, 24 * 60)]  # stay groups without hours: all day
         zones.append(ZoneSettings(
             id=zid, readers=zr, enter_dbm=enter, exit_dbm=exit_,
-            dwell_s=num(z, "dwell_s", path, 5.0, _nonneg),
-            exit_dwell_s=num(z, "exit_dwell_s", path, 3.0, _nonneg),
+            dwell_s=num(z, "dwell_s", path, 5.0, non_negative),
+            exit_dwell_s=num(z, "exit_dwell_s", path, 3.0, non_negative),
             absence_s=num(z, "absence_s", path, 30.0),
             stay_groups=groups, stay_hours=tuple(hours),
             stay_days=tuple(sorted(DAYS.index(d.lower()) for d in days if d.lower() in DAYS)),
@@ -235,17 +226,17 @@ def parse_settings(raw: dict[str, Any], c: _Checker,
     seen = set()
     for path, g in _array_of_tables(c, raw, "geofences"):
         c.unknown(g, {"id", "center", "radius_m", "points", "hysteresis_m"}, path)
-        gid: str = c.get(g, "id", path, str, path, required=True, check=_ident)
+        gid: str = c.get(g, "id", path, str, path, required=True, check=identifier)
         if gid in seen:
             c.error(f"{path}.id", f"duplicate geofence id {gid!r}")
         seen.add(gid)
-        hyst = num(g, "hysteresis_m", path, fence_hyst, _nonneg)
+        hyst = num(g, "hysteresis_m", path, fence_hyst, non_negative)
         if ("center" in g) == ("points" in g):
             c.error(path, "give either center + radius_m (circle) or points (polygon)")
             continue
         if "center" in g:
             center = c.get(g, "center", path, list, None, check=_latlon)
-            radius = c.get(g, "radius_m", path, float, 0.0, required=True, check=_pos)
+            radius = c.get(g, "radius_m", path, float, 0.0, required=True, check=positive)
             if center and radius:
                 fences.append(GeofenceSettings(gid, (float(center[0]), float(center[1])),
                                                radius, (), hyst))
@@ -285,7 +276,7 @@ def parse_settings(raw: dict[str, Any], c: _Checker,
         if not isinstance(reader_id, str):
             continue
         if "gate" in rt:
-            gate_id = c.get(rt, "gate", path, str, None, check=_ident)
+            gate_id = c.get(rt, "gate", path, str, None, check=identifier)
             if gate_id:
                 gates[reader_id] = gate_id
         if "antenna_roles" in rt:

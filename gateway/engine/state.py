@@ -7,12 +7,15 @@ All times are reading times (UTC epoch seconds), never wall-clock reads.
 
 from __future__ import annotations
 
+import math
 from bisect import insort
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-STATE_VERSION = 1
+from gateway.engine.battery import BatteryTrack
+
+STATE_VERSION = 2  # 2: gate passages keep per-side RSSI summaries; battery filters
 
 # Zone presence of one tag: a small state machine (docs/zones.md).
 OUT, ENTERING, IN, LEAVING = 0, 1, 2, 3
@@ -24,17 +27,17 @@ class Window:
     """RSSI samples of one tag at one reader over the last window_s, kept twice:
     in arrival order (to expire) and sorted (for the interquartile mean)."""
 
-    __slots__ = ("ordered", "sorted", "times", "vals")
+    __slots__ = ("ordered", "times", "values")
 
     def __init__(self) -> None:
         self.times: deque[float] = deque()
-        self.vals: deque[float] = deque()
-        self.ordered: list[float] = []  # same values as vals, sorted
+        self.values: deque[float] = deque()
+        self.ordered: list[float] = []  # same values as ``values``, sorted
 
-    def add(self, t: float, v: float) -> None:
+    def add(self, t: float, value: float) -> None:
         self.times.append(t)
-        self.vals.append(v)
-        insort(self.ordered, v)
+        self.values.append(value)
+        insort(self.ordered, value)
 
 
 class Presence:
@@ -51,19 +54,73 @@ class Presence:
         self.seen = last_seen if seen is None else seen  # real time of the last sighting
 
 
+class SideReads:
+    """What one side of a two-sided gate read of one presentation, summed so that it
+    stays small however long a child lingers (docs/zones.md, "Gates").
+
+    ``strength`` is the RSSI in dBm, or without RSSI (RDM6300) the side's read rate
+    (reads/s, decaying over 1 s): reads close to the antenna are both strong and dense,
+    reflections and stray reads are weak or isolated."""
+
+    __slots__ = ("first_strength", "first_strong", "has_rssi", "last_strong", "peak", "previous",
+                 "rate", "reader", "reads", "weight", "weighted_offset")
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.weight = 0.0  # sum of the reads' weights (power, or rate without RSSI)
+        self.weighted_offset = 0.0  # sum of weight * (read time - passage start)
+        self.peak = -math.inf  # strongest strength seen
+        self.first_strong = self.last_strong = 0.0  # first/last read near the peak
+        self.first_strength = -math.inf  # strength of the read at first_strong
+        self.rate = 0.0  # decaying read rate at ``previous``
+        self.previous = 0.0  # time of the side's last read
+        self.reader = ""  # reader of the side's first read
+        self.has_rssi = False  # strengths are dBm (else read rates)
+
+    def to_list(self) -> list[Any]:
+        return [self.reads, self.weight, self.weighted_offset, _finite(self.peak),
+                self.first_strong, self.last_strong, _finite(self.first_strength), self.rate,
+                self.previous, self.reader, self.has_rssi]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> SideReads:
+        side = cls()
+        (side.reads, side.weight, side.weighted_offset, peak, side.first_strong,
+         side.last_strong, first_strength, side.rate, side.previous, side.reader,
+         side.has_rssi) = v
+        side.peak = -math.inf if peak is None else float(peak)
+        side.first_strength = -math.inf if first_strength is None else float(first_strength)
+        return side
+
+
+class KnownSide:
+    """The side of the gates a child went to last on a local day, and a presentation
+    on that side since then that may have been a passage the far antenna missed."""
+
+    __slots__ = ("day", "pending", "pending_reader", "pending_reads", "side")
+
+    def __init__(self, day: str, side: str, pending: float | None = None,
+                 pending_reader: str = "", pending_reads: int = 0) -> None:
+        self.day = day
+        self.side = side  # "outer" / "inner"
+        self.pending = pending  # when it would have crossed
+        self.pending_reader = pending_reader
+        self.pending_reads = pending_reads
+
+    def to_list(self) -> list[Any]:
+        return [self.day, self.side, self.pending, self.pending_reader, self.pending_reads]
+
+
 class Passage:
     """An open presentation of one tag at a gate, closed by silence."""
 
-    __slots__ = ("emitted", "first_in", "first_out", "last_t", "n_in", "n_out", "reader_in",
-                 "reader_out", "start", "sum_in", "sum_out")
+    __slots__ = ("emitted", "inner", "last_time", "outer", "start")
 
     def __init__(self, start: float) -> None:
         self.start = start
-        self.last_t = start
-        self.n_out = self.n_in = 0
-        self.sum_out = self.sum_in = 0.0  # sums of read times (minus start) per side
-        self.first_out = self.first_in = 0.0
-        self.reader_out = self.reader_in = ""
+        self.last_time = start
+        self.outer = SideReads()
+        self.inner = SideReads()
         self.emitted = False
 
 
@@ -80,13 +137,23 @@ class Sighting:
         self.position = position
 
 
+class FenceSide:
+    """Which side of one geofence the unit is on, and the run of fixes saying otherwise."""
+
+    __slots__ = ("inside", "streak")
+
+    def __init__(self, inside: bool | None = None, streak: int = 0) -> None:
+        self.inside = inside  # None: no trusted fix outside the hysteresis band yet
+        self.streak = streak  # consecutive fixes beyond the band on the other side
+
+
 @dataclass(slots=True)
 class GpsState:
     last_time: float = 0.0  # newest fix time considered (ordering)
     fix: Position | None = None  # last trusted fix
     hdop: float | None = None
     pending: list[Position] = field(default_factory=list)  # consistent fixes after a jump
-    fences: dict[str, list[Any]] = field(default_factory=dict)  # id -> [inside|None, streak]
+    fences: dict[str, FenceSide] = field(default_factory=dict)  # geofence id -> side
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
@@ -108,11 +175,18 @@ class EngineState:
     passages: dict[str, dict[str, Passage]] = field(default_factory=dict)  # gate -> tag
     arrived: dict[str, str] = field(default_factory=dict)  # child -> local day of 1st arrival
     passed: dict[str, str] = field(default_factory=dict)  # child -> local day of 1st passage
+    gate_sides: dict[str, KnownSide] = field(default_factory=dict)  # child -> known side
+    # gate -> side -> typical strongest RSSI of a passage there (learnt, dBm)
+    gate_peaks: dict[str, dict[str, float]] = field(default_factory=dict)
     sos: dict[str, float] = field(default_factory=dict)  # tag -> last button advert
-    battery_low: dict[str, int] = field(default_factory=dict)  # tag -> mv when it went low
+    battery: dict[str, BatteryTrack] = field(default_factory=dict)  # tag -> minute slots
     gps: GpsState = field(default_factory=GpsState)
     roll_call: RollCall | None = None
     downtime_s: float = 0.0  # total gaps treated as the unit being down
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None  # JSON has no -inf
 
 
 def _pos(p: Position | None) -> list[float] | None:
@@ -123,82 +197,94 @@ def _unpos(p: list[float] | None) -> Position | None:
     return None if p is None else (float(p[0]), float(p[1]), float(p[2]))
 
 
+def _fence_side(v: list[Any]) -> FenceSide:
+    inside, streak = v
+    return FenceSide(None if inside is None else bool(inside), int(streak))
+
+
 def state_to_dict(state: EngineState) -> dict[str, Any]:
     """A JSON-able copy of the state (lists and dicts of str/float/int/bool/None)."""
-    g = state.gps
+    gps = state.gps
     return {
         "version": STATE_VERSION,
         "clock": state.clock,
         "downtime_s": state.downtime_s,
         "seen": {t: [s.reader, s.time, s.rssi, _pos(s.position)] for t, s in state.seen.items()},
-        "rssi": {r: {t: [list(w.times), list(w.vals)] for t, w in tags.items()}
+        "rssi": {r: {t: [list(w.times), list(w.values)] for t, w in tags.items()}
                  for r, tags in state.rssi.items()},
         "heard": dict(state.heard),
         "zones": {z: {t: [p.status, p.since, p.last_seen, p.level, p.seen]
                       for t, p in tags.items()}
                   for z, tags in state.zones.items()},
         "last_zone": dict(state.last_zone),
-        "passages": {gid: {t: [p.start, p.last_t, p.n_out, p.n_in, p.sum_out, p.sum_in,
-                               p.first_out, p.first_in, p.reader_out, p.reader_in, p.emitted]
+        "passages": {gid: {t: [p.start, p.last_time, p.emitted, p.outer.to_list(),
+                               p.inner.to_list()]
                            for t, p in tags.items()}
                      for gid, tags in state.passages.items()},
         "arrived": dict(state.arrived),
         "passed": dict(state.passed),
+        "gate_sides": {c: known.to_list() for c, known in state.gate_sides.items()},
+        "gate_peaks": {g: dict(peaks) for g, peaks in state.gate_peaks.items()},
         "sos": dict(state.sos),
-        "battery_low": dict(state.battery_low),
-        "gps": {"last_time": g.last_time, "fix": _pos(g.fix), "hdop": g.hdop,
-                "pending": [_pos(p) for p in g.pending],
-                "fences": {k: list(v) for k, v in g.fences.items()},
-                "rejected": dict(g.rejected)},
+        "battery": {t: track.to_list() for t, track in state.battery.items()},
+        "gps": {"last_time": gps.last_time, "fix": _pos(gps.fix), "hdop": gps.hdop,
+                "pending": [_pos(p) for p in gps.pending],
+                "fences": {k: [v.inside, v.streak] for k, v in gps.fences.items()},
+                "rejected": dict(gps.rejected)},
         "roll_call": None if state.roll_call is None else {
             "alert_id": state.roll_call.alert_id, "started": state.roll_call.started,
             "next_due": state.roll_call.next_due},
     }
 
 
-def state_from_dict(d: dict[str, Any]) -> EngineState:
+def state_from_dict(data: dict[str, Any]) -> EngineState:
     """Inverse of :func:`state_to_dict`; raises ValueError for another version."""
-    if d.get("version") != STATE_VERSION:
-        raise ValueError(f"engine state version {d.get('version')!r}, expected {STATE_VERSION}")
-    s = EngineState(clock=float(d["clock"]), downtime_s=float(d.get("downtime_s", 0.0)))
-    s.seen = {t: Sighting(v[0], v[1], v[2], _unpos(v[3])) for t, v in d["seen"].items()}
-    for r, tags in d["rssi"].items():
-        out = s.rssi[r] = {}
-        for t, (times, vals) in tags.items():
-            w = out[t] = Window()
-            for tt, vv in zip(times, vals, strict=True):
-                w.add(tt, vv)
-    s.heard = dict(d["heard"])
-    s.zones = {z: {t: Presence(v[0], v[1], v[2], v[3], v[4]) for t, v in tags.items()}
-               for z, tags in d["zones"].items()}
-    s.last_zone = dict(d["last_zone"])
-    for gid, tags in d["passages"].items():
-        out_p = s.passages[gid] = {}
-        for t, v in tags.items():
-            p = out_p[t] = Passage(v[0])
-            (p.last_t, p.n_out, p.n_in, p.sum_out, p.sum_in, p.first_out, p.first_in,
-             p.reader_out, p.reader_in, p.emitted) = v[1:]
-    s.arrived = dict(d["arrived"])
-    s.passed = dict(d["passed"])
-    s.sos = dict(d["sos"])
-    s.battery_low = dict(d["battery_low"])
-    g = d["gps"]
-    s.gps = GpsState(last_time=g["last_time"], fix=_unpos(g["fix"]), hdop=g["hdop"],
-                     pending=[p for p in (_unpos(x) for x in g["pending"]) if p is not None],
-                     fences={k: list(v) for k, v in g["fences"].items()},
-                     rejected=dict(g["rejected"]))
-    rc = d.get("roll_call")
-    if rc:
-        s.roll_call = RollCall(rc["alert_id"], rc["started"], rc["next_due"])
-    return s
+    if data.get("version") != STATE_VERSION:
+        raise ValueError(f"engine state version {data.get('version')!r}, "
+                         f"expected {STATE_VERSION}")
+    state = EngineState(clock=float(data["clock"]),
+                        downtime_s=float(data.get("downtime_s", 0.0)))
+    state.seen = {t: Sighting(v[0], v[1], v[2], _unpos(v[3])) for t, v in data["seen"].items()}
+    for reader, tags in data["rssi"].items():
+        windows = state.rssi[reader] = {}
+        for tag, (times, values) in tags.items():
+            window = windows[tag] = Window()
+            for t, value in zip(times, values, strict=True):
+                window.add(t, value)
+    state.heard = dict(data["heard"])
+    state.zones = {z: {t: Presence(v[0], v[1], v[2], v[3], v[4]) for t, v in tags.items()}
+                   for z, tags in data["zones"].items()}
+    state.last_zone = dict(data["last_zone"])
+    for gid, tags in data["passages"].items():
+        passages = state.passages[gid] = {}
+        for tag, v in tags.items():
+            p = passages[tag] = Passage(v[0])
+            p.last_time, p.emitted = v[1], v[2]
+            p.outer, p.inner = SideReads.from_list(v[3]), SideReads.from_list(v[4])
+    state.arrived = dict(data["arrived"])
+    state.passed = dict(data["passed"])
+    state.gate_sides = {c: KnownSide(*v) for c, v in data["gate_sides"].items()}
+    state.gate_peaks = {g: dict(peaks) for g, peaks in data["gate_peaks"].items()}
+    state.sos = dict(data["sos"])
+    state.battery = {t: BatteryTrack.from_list(v) for t, v in data["battery"].items()}
+    gps = data["gps"]
+    state.gps = GpsState(last_time=gps["last_time"], fix=_unpos(gps["fix"]), hdop=gps["hdop"],
+                         pending=[p for p in (_unpos(x) for x in gps["pending"]) if p is not None],
+                         fences={k: _fence_side(v) for k, v in gps["fences"].items()},
+                         rejected=dict(gps["rejected"]))
+    roll_call = data.get("roll_call")
+    if roll_call:
+        state.roll_call = RollCall(roll_call["alert_id"], roll_call["started"],
+                                   roll_call["next_due"])
+    return state
 
 
 def shift_times(state: EngineState, gap: float) -> None:
     """Move the zone timers forward by ``gap``: the unit was down, and time it did
     not listen must not count as a tag's absence or dwell (no false exits on restart).
     Facts (sighting times, reported ``last_seen``) keep their real times."""
-    for ztags in state.zones.values():
-        for p in ztags.values():
-            p.since += gap
-            p.last_seen += gap
+    for tags in state.zones.values():
+        for presence in tags.values():
+            presence.since += gap
+            presence.last_seen += gap
     state.downtime_s += gap

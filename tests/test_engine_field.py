@@ -1,0 +1,295 @@
+"""Issue 10: the engine against field conditions (tests/fieldgen.py), and the generator.
+
+The first tests check the generator and the measures themselves (they must
+pass). The engine tests assert the issue's targets on fixed seeds and on fresh
+seeds drawn per run (ids ``seed<N>``; replay one with ``KIDSAFE_SEED=<N>``).
+The current engine misses most targets, so those are xfail (not strict) until
+the engine work of issue 10 lands; remove the marks as they start passing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import statistics
+from typing import Any
+
+import pytest
+
+from fieldgen import (
+    FIELD_T0,
+    FLOOR_DBM,
+    GateEpisode,
+    UnitClock,
+    ZoneField,
+    draw_clock_step,
+    missed_alerts,
+    score_battery,
+    score_gate,
+    score_zone,
+    seeds,
+)
+from gateway.model import BleSighting, Event, TagRead
+from scenarios import (
+    battery_field,
+    field_battery_engine,
+    field_gate_engine,
+    field_zone_engine,
+    gate_field,
+    replay_hint,
+    run_decided,
+    run_field,
+    thresholds_from_calibration,
+    zone_field,
+)
+
+EXPONENTS = (2.0, 2.35, 2.7)
+DWELL_S = 5.0  # the engine's default, kept by field_zone_engine
+
+
+def _ids(values: list[int]) -> list[str]:
+    return [f"seed{v}" for v in values]
+
+
+ZONE_SEEDS = seeds([11])
+GATE_SEEDS = seeds([21])
+BATTERY_SEEDS = seeds([31])
+XFAIL = "issue 10: the engine is not yet robust to field conditions"
+
+
+# -- the generator and the measures ----------------------------------------------------------
+
+def test_generators_are_deterministic() -> None:
+    a, b = zone_field(5, hours=0.2), zone_field(5, hours=0.2)
+    assert a.readings == b.readings and a.crossings == b.crossings and a.monos == b.monos
+    assert gate_field(5, 5, 2).readings == gate_field(5, 5, 2).readings
+    assert battery_field(5, 4, 0.6).readings == battery_field(5, 4, 0.6).readings
+
+
+@pytest.mark.parametrize("exponent", EXPONENTS)
+def test_zone_truth_and_radio_are_physical(exponent: float) -> None:
+    zf = zone_field(7, hours=1.0, exponent=exponent)
+    site = zf.site
+    assert 10 <= site.radius_m <= 30 and site.exponent == exponent
+    reads = [r for r in zf.readings if isinstance(r, BleSighting)]
+    assert all(r.rssi >= FLOOR_DBM for r in reads)
+    # Still children never cross after they stood; only moving ones cross more than once.
+    for s in zf.still:
+        assert all(c.time < s.start for c in zf.crossings if c.child == s.child)
+        assert 0.3 <= s.depth_m <= 3.0 or s.role == "inside"
+    by_role: dict[str, int] = {}
+    for c in zf.crossings:
+        by_role[zf.roles[c.child]] = by_role.get(zf.roles[c.child], 0) + 1
+    assert "outside" not in by_role and by_role["moving"] > by_role["boundary"]
+    # Adverts heard per second of a still child near the reader: 1 Hz minus the loss.
+    inner = next(s for s in zf.still if s.role == "inside")
+    n = sum(1 for r in reads if r.tag == inner.tag and inner.start <= r.time < zf.end)
+    assert abs(n / (zf.end - inner.start) - (1 - site.loss)) < 0.06
+
+
+def test_shadowing_fades_last_seconds() -> None:
+    """Consecutive adverts of a still tag are correlated (slow fades), far ones are not."""
+    zf = zone_field(8, hours=1.0, moving=0, boundary=0, inside=1, outside=0)
+    s = zf.still[0]
+    xs = [(r.time, float(r.rssi)) for r in zf.readings
+          if isinstance(r, BleSighting) and r.time >= s.start]
+
+    def corr(lag: float) -> float:
+        pairs = [(a[1], b[1]) for a, b in itertools.pairwise(xs)
+                 if abs(b[0] - a[0] - lag) < 0.2]
+        if lag > 1.5:  # pairs at a larger lag
+            j = 0
+            pairs = []
+            for a in xs:
+                while j < len(xs) and xs[j][0] < a[0] + lag:
+                    j += 1
+                if j < len(xs) and xs[j][0] - a[0] < lag + 1.0:
+                    pairs.append((a[1], xs[j][1]))
+        return statistics.correlation([p[0] for p in pairs], [p[1] for p in pairs])
+
+    assert corr(1.0) > 0.35
+    assert abs(corr(60.0)) < 0.15
+    sd = statistics.pstdev(x for _, x in xs)
+    assert 4.5 < sd < 8.0  # ~6 dB overall
+
+
+def test_calibration_readings_estimate_the_boundary() -> None:
+    errors = []
+    for seed in range(12):
+        zf = zone_field(seed, hours=0.05, moving=1, boundary=0, inside=0, outside=0)
+        cal = zf.calibration
+        assert 55 <= len(cal.boundary) / (1 - zf.site.loss) <= 125
+        assert len(cal.one_m) > 40
+        enter, exit_ = thresholds_from_calibration(cal)
+        errors.append((enter + exit_) / 2 - zf.site.mean_rssi(zf.site.radius_m))
+    assert statistics.median(abs(e) for e in errors) < 3.0
+
+
+def test_battery_truth() -> None:
+    bf = battery_field(3, 30, hours=2.0)
+    crossers = [b for b in bf.truth if b.crossing is not None]
+    assert 0 < len(crossers) < len(bf.truth)
+    for b in crossers:
+        assert b.crossing is not None
+        near = [r.battery_mv for r in bf.readings if isinstance(r, BleSighting)
+                and r.tag == b.tag and abs(r.time - b.crossing) < 120]
+        assert not near or abs(statistics.mean(x for x in near if x) - bf.low_mv) < 25
+    for b in bf.truth:
+        if b.crossing is None:
+            late = [r.battery_mv for r in bf.readings if isinstance(r, BleSighting)
+                    and r.tag == b.tag and r.battery_mv is not None]
+            assert statistics.mean(late[-30:]) > bf.low_mv + 5
+
+
+def test_gate_truth() -> None:
+    gf = gate_field(4, 40, 4)
+    assert len(gf.passages) == 160
+    kinds = {e.kind for e in gf.episodes}
+    assert kinds == {"passage", "turn_back", "revisit"}
+    for p in gf.passages:
+        ep = [e for e in gf.episodes if e.child == p.child and e.start <= p.time <= e.end]
+        assert [e.kind for e in ep] == ["passage"]
+    rssi = [r.rssi for r in gf.readings if isinstance(r, TagRead) and r.rssi is not None]
+    assert len(rssi) == len(gf.readings)
+    # Field reads are -45 dBm minus 10 dB/m within 2 m; reflections -78..-69 dBm.
+    assert min(rssi) >= -78.0 and sum(1 for v in rssi if v <= -69.0) > 10
+    missed: list[GateEpisode] = [e for e in gf.episodes if e.missed]
+    assert missed, "some antenna should miss a whole episode at 2 % each"
+
+
+def test_clock_stamps_wall_and_mono() -> None:
+    at = FIELD_T0 + 600
+    clock = UnitClock.ntp_step(at, -1800)
+    assert clock.stamp(at - 1) == (at - 1 + 1800, clock.stamp(at - 1)[1])
+    assert clock.stamp(at + 1)[0] == at + 1
+    zf = zone_field(2, hours=0.3, clock=clock)
+    walls = [r.time for r in zf.readings]
+    assert any(b < a - 1000 for a, b in itertools.pairwise(walls))  # the step
+    assert all(b >= a for a, b in zip(zf.monos, zf.monos[1:], strict=False))
+    assert [clock.true_of_mono(m) for m in zf.monos] == pytest.approx(zf.true_times)
+
+
+def test_seeds_fixed_fresh_and_replay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KIDSAFE_SEED", raising=False)
+    s = seeds([1, 2], fresh=3)
+    assert s[:2] == [1, 2] and len(set(s)) == 5
+    monkeypatch.setenv("KIDSAFE_SEED", "77")
+    assert seeds([1, 2]) == [77]
+
+
+def _perfect_events(zf: ZoneField) -> list[Event]:
+    return [Event(kind=c.kind, time=c.time + 3.0, child=c.child, data={"zone": zf.site.zone})
+            for c in zf.crossings]
+
+
+def test_measures_score_truth_as_perfect() -> None:
+    zf = zone_field(9, hours=1.0)
+    sc = score_zone(zf, _perfect_events(zf), DWELL_S)
+    assert sc.precision == sc.recall == sc.within_share == 1.0
+    assert sc.false_exits_per_100h == 0 and sc.time_error_p50_s == pytest.approx(3.0)
+    late = [Event(kind=e.kind, time=e.time + 60.0, child=e.child, data=e.data)
+            for e in _perfect_events(zf)]
+    assert score_zone(zf, late, DWELL_S).within_share == 0.0
+    gf = gate_field(9, 10, 2)
+    evs = [Event(kind="gate", time=p.time, child=p.child, data={"direction": p.direction})
+           for p in gf.passages]
+    g = score_gate(gf, evs)
+    assert g.direction_accuracy == g.recall_with_direction == 1.0 and g.spurious == 0
+    bf = battery_field(9, 10, 1.0)
+    bev = [Event(kind="low_battery", time=b.crossing + 100, child=b.child)
+           for b in bf.truth if b.crossing is not None]
+    assert score_battery(bf, bev).ratio == 1.0
+    assert score_battery(bf, bev + bev[:1]).ratio < 1.0
+
+
+# -- the engine against the issue's targets --------------------------------------------------
+
+def _zone_run(seed: int, exponent: float, **kw: Any) -> tuple[ZoneField, Any]:
+    zf = zone_field(seed, exponent=exponent, **kw)
+    return zf, score_zone(zf, run_field(field_zone_engine(zf), zf.readings), DWELL_S)
+
+
+@pytest.mark.xfail(reason=f"{XFAIL}: zone precision/recall 0.3-0.9 (boundary children)",
+                   strict=False, raises=AssertionError)
+@pytest.mark.parametrize("exponent", EXPONENTS)
+@pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
+def test_zone_precision_recall(seed: int, exponent: float) -> None:
+    zf, sc = _zone_run(seed, exponent, hours=1.0)
+    assert sc.precision >= 0.98 and sc.recall >= 0.98, (
+        f"{replay_hint(seed)}, n={exponent}, R={zf.site.radius_m:.0f} m: precision "
+        f"{sc.precision:.3f} recall {sc.recall:.3f} ({sc.matched}/{sc.events} events, "
+        f"{sc.crossings} crossings)")
+
+
+@pytest.mark.xfail(reason=f"{XFAIL}: fades give weak exits of still children", strict=False,
+                   raises=AssertionError)
+@pytest.mark.parametrize("exponent", EXPONENTS)
+@pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
+def test_zone_still_children_no_false_exits(seed: int, exponent: float) -> None:
+    _zf, sc = _zone_run(seed, exponent, hours=2.0, moving=0, boundary=12, inside=6,
+                       outside=0)
+    assert sc.false_exits <= sc.still_hours / 100, (
+        f"{replay_hint(seed)}, n={exponent}: {sc.false_exits} false exits in "
+        f"{sc.still_hours:.0f} still tag-hours")
+
+
+@pytest.mark.xfail(reason=f"{XFAIL}: event time is the decision time", strict=False,
+                   raises=AssertionError)
+@pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
+def test_zone_event_times_near_the_crossing(seed: int) -> None:
+    rnd = random.Random(seed)
+    _zf, sc = _zone_run(seed, rnd.uniform(2.0, 2.7), hours=1.0)
+    assert sc.within_share >= 0.98, (
+        f"{replay_hint(seed)}: {sc.within}/{sc.events} events within dwell + 30 s, "
+        f"median error {sc.time_error_p50_s:.1f} s")
+
+
+@pytest.mark.parametrize("seed", BATTERY_SEEDS, ids=_ids(BATTERY_SEEDS))
+def test_low_battery_exactly_once_near_the_crossing(seed: int) -> None:
+    bf = battery_field(seed, 20, hours=2.0)
+    sc = score_battery(bf, run_field(field_battery_engine(bf), bf.readings))
+    assert sc.ratio == 1.0, (f"{replay_hint(seed)}: {sc.exact}/{sc.tags} tags right, "
+                             f"{sc.early} events early")
+
+
+@pytest.mark.parametrize("two", [False, True], ids=["antennas", "readers"])
+@pytest.mark.parametrize("seed", GATE_SEEDS, ids=_ids(GATE_SEEDS))
+def test_gate_direction(seed: int, two: bool) -> None:
+    gf = gate_field(seed, 60, 4, two_readers=two)
+    sc = score_gate(gf, run_field(field_gate_engine(gf), gf.readings))
+    assert sc.direction_accuracy >= 0.99 and sc.recall_with_direction >= 0.95, (
+        f"{replay_hint(seed)}: direction {sc.correct}/{sc.decided}, recall "
+        f"{sc.correct}/{sc.passages}, {sc.undecided_matched} without direction, "
+        f"{sc.spurious} spurious")
+
+
+@pytest.mark.xfail(reason=f"{XFAIL}: engine time freezes after a wall-clock step back",
+                   strict=False, raises=AssertionError)
+@pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
+def test_no_missed_zone_alert_across_a_step_back(seed: int) -> None:
+    at = FIELD_T0 + 600.0
+    clock = draw_clock_step(random.Random(seed), at, back=True)  # 30 s to 2 h back
+    back = -clock.steps[0].delta_s
+    zf = zone_field(seed, hours=1.0, moving=20, boundary=0, inside=2, outside=0,
+                    exponent=2.35, clock=clock, groups=["class-3a"])
+    decided = run_decided(field_zone_engine(zf, stay_groups=["class-3a"]), zf.readings,
+                          zf.monos)
+    exits, missed = missed_alerts(zf, decided, at, at + back)
+    assert missed == 0, (f"{replay_hint(seed)}: step back {back:.0f} s, {missed} of {exits} "
+                         "exits without an alert")
+
+
+@pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
+def test_forward_step_neither_fires_nor_misses_alerts(seed: int) -> None:
+    """A forward step is handled today (downtime shift): alerts are as without it."""
+    at = FIELD_T0 + 600.0
+    kw: dict[str, Any] = dict(hours=1.0, moving=12, boundary=0, inside=2, outside=0,
+                              exponent=2.35, groups=["class-3a"])
+    counts = []
+    for clock in (None, draw_clock_step(random.Random(seed), at, back=False)):
+        zf = zone_field(seed, clock=clock, **kw)
+        decided = run_decided(field_zone_engine(zf, stay_groups=["class-3a"]), zf.readings,
+                              zf.monos)
+        counts.append(missed_alerts(zf, decided, at, math.inf))
+    assert counts[1][1] <= counts[0][1], f"{replay_hint(seed)}: missed {counts}"
