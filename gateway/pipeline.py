@@ -9,6 +9,7 @@ per batch, and wakes the publisher. Nothing here waits on the network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -61,7 +62,8 @@ class Pipeline:
         self.enrolled = frozenset(cfg.tag_map())
         self.engine_state: EngineState = self._restore()
         self._state_saved = clock.monotonic()
-        self._q: queue.Queue[Reading] = queue.Queue(QUEUE_MAX)
+        # None is not a reading: wake() puts it to end a wait for readings at once.
+        self._q: queue.Queue[Reading | None] = queue.Queue(QUEUE_MAX)
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
         self._failing = False  # the last commit failed
         self._lock = threading.Lock()
@@ -119,18 +121,24 @@ class Pipeline:
         if old != state:
             log.info("reader %s: %s%s", reader, state.value, f" ({detail})" if detail else "")
 
+    def wake(self) -> None:
+        """End the pipeline thread's wait for readings now (shutdown: stop is already set)."""
+        with contextlib.suppress(queue.Full):  # full: the thread is not waiting anyway
+            self._q.put_nowait(None)
+
     # -- the pipeline thread -----------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         next_tick = self.clock.monotonic() + TICK_S
         while not stop.is_set():
-            batch: list[Reading] = []
+            got: list[Reading | None] = []
             try:
-                batch.append(self._q.get(timeout=TICK_S))
-                while len(batch) < BATCH:
-                    batch.append(self._q.get_nowait())
+                got.append(self._q.get(timeout=TICK_S))
+                while len(got) < BATCH:
+                    got.append(self._q.get_nowait())
             except queue.Empty:
                 pass
+            batch = [r for r in got if r is not None]
             events = self.process(batch)
             if self.clock.monotonic() >= next_tick:
                 next_tick = self.clock.monotonic() + TICK_S
@@ -142,9 +150,11 @@ class Pipeline:
         rest: list[Reading] = []
         while True:
             try:
-                rest.append(self._q.get_nowait())
+                r = self._q.get_nowait()
             except queue.Empty:
                 break
+            if r is not None:
+                rest.append(r)
         self.commit(self.process(rest), final=True)
 
     def process(self, batch: list[Reading]) -> list[Event]:
