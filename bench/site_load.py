@@ -3,6 +3,10 @@
     python bench/site_load.py                 # 60 s window, prints the figures
     python bench/site_load.py --seconds 20    # a shorter window
     python bench/site_load.py --profile out   # also py-spy the daemon over the window
+    python bench/site_load.py --park-only     # the shipped park's load (BLE only, 2 s)
+    python bench/site_load.py --summarize out # shares of a profile made before
+
+``--profile`` needs py-spy (``pip install py-spy``; not a dependency of the project).
 
 The load, all simulated behind the real libraries (docs: hardware-without-hardware):
 
@@ -77,15 +81,22 @@ def _epc(gate: int, i: int) -> str:
     return f"E2801160600002{gate:02X}{i % 65536:08X}"
 
 
-def scenario(duration_s: float) -> dict[str, Any]:
-    """The simulated site as a ``kidsafe-sim run`` scenario."""
+def scenario(duration_s: float, park_only: bool = False) -> dict[str, Any]:
+    """The simulated site as a ``kidsafe-sim run`` scenario; ``park_only``: the shipped
+    park scenario's load instead (config/scenarios/park.toml: BLE only, each tag every
+    2 s, 15 % of adverts dropped), for comparing with the figures before issue 10."""
+    ble: dict[str, Any] = {
+        "id": "park-ble", "kind": "ble", "adapter": "hci0", "wait_replies": False,
+        "drop_rate": 0.15 if park_only else 0.0, "rssi_jitter_db": 4.0,
+        "generate": {"count": BLE_TAGS, "uuid": TAG_UUID, "major": 100, "first_minor": 1,
+                     "rssi_min": -98.0 if park_only else -95.0, "rssi_max": -55.0,
+                     "interval_s": 2.0 if park_only else 1.0,
+                     "address_prefix": "D0:00:00:00"}}
+    if park_only:
+        return {"name": "site-load-park", "description": "bench/site_load.py: park only",
+                "duration_s": duration_s, "device": [ble]}
     devices: list[dict[str, Any]] = [
-        {"id": "park-ble", "kind": "ble", "adapter": "hci0", "drop_rate": 0.0,
-         "wait_replies": False,
-         "rssi_jitter_db": 4.0,
-         "generate": {"count": BLE_TAGS, "uuid": TAG_UUID, "major": 100, "first_minor": 1,
-                      "rssi_min": -95.0, "rssi_max": -55.0, "interval_s": 1.0,
-                      "address_prefix": "D0:00:00:00"}},
+        ble,
         {"id": "gate-a", "kind": "rdm6300"},
         {"id": "gate-b", "kind": "rdm6300"},
         {"id": "gate-c", "kind": "uhf_r2000", "antennas": 2, "miss_rate": 0.05,
@@ -248,7 +259,7 @@ def _wait_for(pred: Any, timeout: float, what: str) -> None:
 
 
 def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True,
-        keep: bool = False) -> dict[str, float]:
+        keep: bool = False, park_only: bool = False) -> dict[str, float]:
     def say(msg: str) -> None:
         if progress:
             print(f"  ... {msg}", file=sys.stderr, flush=True)
@@ -257,7 +268,7 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
     warmup_s = 2 * HEALTH_S
     duration = seconds + warmup_s + 3 * HEALTH_S + 20.0
     sc_path = work / "site.toml"
-    sc_path.write_text(tomli_w.dumps(scenario(duration)))
+    sc_path.write_text(tomli_w.dumps(scenario(duration, park_only)))
     broker = LocalBroker(str(work / "broker"), persistence=False).start()
     sim_log = work / "sim.log"
     sim: subprocess.Popen[bytes] | None = None
@@ -282,7 +293,7 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
         snippet = text.split("add [[tags]] for the children to follow):\n", 1)[1]
         snippet = snippet.split("[sim]", 1)[0]
         readers = tomllib.loads(snippet)["readers"]
-        n_passages = int(duration / GATE_EVERY_S) + 1
+        n_passages = 0 if park_only else int(duration / GATE_EVERY_S) + 1
         cfg = work / "gateway.toml"
         cfg.write_text(tomli_w.dumps(gateway_config(work, broker.port, readers, n_passages)))
         health = Health(broker.port)
@@ -378,6 +389,49 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
             say(f"files kept in {work}")
 
 
+# -- reading a py-spy profile -------------------------------------------------------------
+
+# Where a sample's time goes: the first rule whose marks are all in its stack.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("engine state save (state_to_dict + json.dumps)", ("state_to_dict",)),
+    ("engine state save (state_to_dict + json.dumps)", ("json/", "Pipeline.commit")),
+    ("SQLite commits (peewee, outbox)", ("gateway/outbox.py",)),
+    ("engine (step, tick)", ("gateway/engine/",)),
+    ("logging", ("logging/",)),
+    ("gateway BLE driver (decode, hand-over)", ("BleDriver.on_advertisement",)),
+    ("gateway BLE driver (decode, hand-over)", ("BleDriver._hand_over",)),
+    ("bleak (BlueZ manager, scanner, AdvertisementData)", ("bleak/",)),
+    ("D-Bus messages (dbus_fast) + asyncio loop", ("BleDriver.run",)),
+    ("serial readers: pyserial", ("serial/",)),
+    ("serial readers: codecs, UHF poller, driver loop", ("SerialDriver",)),
+    ("pipeline: queue, filter, batches", ("Pipeline.",)),
+    ("MQTT publisher (paho, health)", ("Publisher",)),
+)
+
+
+def summarize(raw: str, top: int = 15) -> str:
+    """Shares of a ``py-spy record --format raw`` profile: by category, then the
+    functions with the most samples of their own (line numbers merged)."""
+    cats: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in Path(raw).read_text().splitlines():
+        stack, _, n_text = line.rpartition(" ")
+        if not stack or not n_text.isdigit():  # a line py-spy was still writing
+            continue
+        n = int(n_text)
+        total += n
+        cats[next((name for name, marks in CATEGORIES if all(m in stack for m in marks)),
+                  "other")] += n
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf.rsplit(":", 1)[0] + ")" if ":" in leaf else leaf] += n
+    lines = [f"{total} samples of the thread holding the GIL", "by category:"]
+    lines += [f"  {100 * v / total:5.1f} %  {k}" for k, v in cats.most_common()]
+    lines.append("functions with the most samples of their own:")
+    lines += [f"  {100 * v / total:5.1f} %  {k}" for k, v in own.most_common(top)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
@@ -385,11 +439,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="FILE",
                    help="py-spy the daemon over the window (raw collapsed stacks to FILE)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, buffer)")
+    p.add_argument("--summarize", metavar="FILE", help="only summarize a profile made before")
+    p.add_argument("--park-only", action="store_true",
+                   help="the shipped park scenario's load (BLE only, 300 tags every 2 s)")
     args = p.parse_args(argv)
-    figures = run(args.seconds, args.profile, keep=args.keep)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
+    figures = run(args.seconds, args.profile, keep=args.keep, park_only=args.park_only)
     for k, v in figures.items():
         t = TARGETS.get(k)
         print(f"{k:34} {v:>10}" + (f"  target {t[0]} {t[1]:g}" if t else ""))
+    if args.profile and Path(args.profile).exists():
+        print(summarize(args.profile))
     return 0
 
 
