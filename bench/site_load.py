@@ -19,6 +19,9 @@ The load, all simulated behind the real libraries (docs: hardware-without-hardwa
 - a GPS module at 1 Hz (NMEA on a pty);
 - a real local mosquitto.
 
+Both processes start in this repository (``-m`` puts the working directory first on
+``sys.path``), so the code measured is this checkout's whatever the caller's directory.
+
 The simulators run in their own process (``kidsafe-sim run`` with a generated
 scenario), with the mock BlueZ and the bus daemon as its children; the daemon is a real
 ``gatewayd run`` process. ``site_load_cpu_percent`` is that process's utime + stime over
@@ -281,7 +284,7 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
             sim = subprocess.Popen(
                 [sys.executable, "-m", "firmware_sim", "run", str(sc_path), "--workdir",
                  str(work / "sim"), "--start-delay", "8"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         _wait_for(lambda: "playing in" in sim_log.read_text(errors="replace")
                   or sim.poll() is not None, 120, "the simulators to start")
@@ -301,7 +304,7 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
         with open(gw_log, "wb") as out:
             gw = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--config", str(cfg)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
                 env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
         say("gatewayd started; waiting for every reader to be online")
 

@@ -22,14 +22,27 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("paho").setLevel(logging.WARNING)
 
 
-def _load(path: str) -> configmod.Config | None:
+def _load(path: str, warnings: bool = True) -> configmod.Config | None:
+    """The config (its warnings printed unless ``warnings`` is false); None (errors
+    printed) when it must not run."""
     try:
-        return configmod.load(path)
+        cfg = configmod.load(path)
     except configmod.ConfigInvalid as e:
         print(f"gatewayd: {path}: {len(e.errors)} error(s) in the configuration:", file=sys.stderr)
         for err in e.errors:
             print(f"  {err}", file=sys.stderr)
+        _print_warnings(path, e.warnings)
         return None
+    if warnings:
+        _print_warnings(path, cfg.warnings)
+    return cfg
+
+
+def _print_warnings(path: str, warnings: Sequence[configmod.ConfigError]) -> None:
+    if warnings:
+        print(f"gatewayd: {path}: {len(warnings)} warning(s):", file=sys.stderr)
+        for w in warnings:
+            print(f"  warning: {w}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -43,11 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
+    cfg = _load(args.file, warnings=False)  # printed after the summary, on stdout
     if cfg is None:
         return 2
     b = cfg.broker
-    print(f"{cfg.file}: OK")
+    print(f"{cfg.file}: OK" + (f" with {len(cfg.warnings)} warning(s)" if cfg.warnings else ""))
     print(f"  unit      {cfg.unit.id} at {cfg.unit.site}"
           + (f" (config version {cfg.unit.config_version})" if cfg.unit.config_version else ""))
     tls = "no TLS"
@@ -61,8 +74,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for r in cfg.readers:
         where = f" on {r.options.where()}" if r.options.where() else ""
         print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")
+        opts = _options_text(r.options)
+        if opts:
+            print(f"            {opts}")
     print(f"  tags      {len(cfg.tags)} enrolled")
+    print(f"  gate      repeat window {cfg.gate.repeat_window_s:g} s")
+    _print_engine_summary(cfg)
+    for w in cfg.warnings:
+        print(f"warning: {w.key}: {w.message}")
     return 0
+
+
+def _print_engine_summary(cfg: configmod.Config) -> None:
+    """Zones, geofences and where the unit stands, as parsed: typos show up here."""
+    e = cfg.engine
+    where = f"{e.position[0]:.6f}, {e.position[1]:.6f}" if e.position else "not set"
+    print(f"  position  {where}; time zone {e.timezone}")
+    for z in e.zones:
+        print(f"  zone      {z.id}: readers {', '.join(z.readers) or '-'}, enter "
+              f"{z.enter_dbm:g} dBm / exit {z.exit_dbm:g} dBm"
+              + (f", stay groups {', '.join(z.stay_groups)}" if z.stay_groups else ""))
+    for g in e.geofences:
+        shape = (f"circle {g.center[0]:.6f}, {g.center[1]:.6f} r {g.radius_m:g} m" if g.center
+                 else f"polygon of {len(g.points)} points")
+        print(f"  geofence  {g.id}: {shape}, band {g.hysteresis_m:g} m")
+    if e.cameras:
+        print(f"  cameras   {len(e.cameras)}: {', '.join(c.id for c in e.cameras)}")
+
+
+def _options_text(options: object) -> str:
+    """A reader's options as ``key = value`` pairs (defaults included)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(options):
+        return ""
+    return ", ".join(f"{f.name} = {getattr(options, f.name)!r}"
+                     for f in dataclasses.fields(options) if f.name != "port")
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -105,7 +152,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
         return 1
     state = state_from_dict(json.loads(blob))
     return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
-                        sys.stdout)
+                        sys.stdout, cfg.engine.timezone)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run the gateway daemon in the foreground")
-    r.add_argument("--config", "-c", required=True, metavar="FILE")
-    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--config", "-c", required=True, metavar="FILE",
+                   help="the unit's TOML config (checked first: errors exit 2 before anything "
+                        "starts; see gatewayd check-config)")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe log lines shown (default: info; debug is verbose)")
     r.add_argument("--record", metavar="FILE",
                    help="append the readings of enrolled tags to FILE (for gatewayd replay)")
     r.add_argument("--roll-call", metavar="ALERT_ID",
@@ -123,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(without it, a roll-call saved from before ends)")
     r.set_defaults(func=cmd_run)
 
-    c = sub.add_parser("check-config", help="validate a config file and print a summary")
+    c = sub.add_parser("check-config", help="validate a config file and print a summary "
+                       "(exit 0: fine, warnings printed; 2: errors)")
     c.add_argument("file", metavar="FILE")
     c.set_defaults(func=cmd_check_config)
 

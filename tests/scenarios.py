@@ -38,8 +38,9 @@ def raw_config(readers: list[dict[str, Any]] | None = None,
 
 
 def reader(rid: str, role: str, **options: Any) -> dict[str, Any]:
-    # The engine does not care about the hardware kind; rdm6300 validates anywhere.
-    return {"id": rid, "kind": "rdm6300", "role": role, "port": "/dev/null", **options}
+    # The engine does not care about the hardware kind; rdm6300 validates anywhere. One port
+    # per reader: the loader refuses two readers on one port.
+    return {"id": rid, "kind": "rdm6300", "role": role, "port": f"/dev/null-{rid}", **options}
 
 
 def engine_of(raw: dict[str, Any]) -> Engine:

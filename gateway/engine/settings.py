@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.checker import Checker, identifier, non_negative, positive
+from gateway.checker import Checker, bounds, identifier, non_negative, positive, seconds
 from gateway.model import ReaderConfig
 
 # Keys of a [[readers]] table that the engine reads (the config loader allows them on any
@@ -142,7 +142,8 @@ def parse_settings(raw: dict[str, Any], c: Checker,
         c.error("engine.timezone", f"unknown time zone {tz!r} (expected e.g. 'Asia/Seoul')")
         tz = "UTC"
     position = c.get(e, "position", "engine", list, None, check=_latlon)
-    fence_hyst = c.get(e, "geofence_hysteresis_m", "engine", float, 30.0, check=non_negative)
+    fence_hyst = c.get(e, "geofence_hysteresis_m", "engine", float, 30.0,
+                       check=bounds(ge=0, le=10_000))
 
     def num(tbl: dict[str, Any], key: str, path: str, default: float, check: Any = positive) -> Any:
         return c.get(tbl, key, path, float, default, check=check)
@@ -150,31 +151,34 @@ def parse_settings(raw: dict[str, Any], c: Checker,
     settings: dict[str, Any] = dict(
         timezone=tz,
         position=(float(position[0]), float(position[1])) if position else None,
-        camera_radius_m=num(e, "camera_radius_m", "engine", 150.0, non_negative),
-        gate_pair_s=num(e, "gate_pair_s", "engine", 8.0),
-        tick_s=num(e, "tick_s", "engine", 1.0),
-        resume_gap_s=num(e, "resume_gap_s", "engine", 10.0),
-        rssi_window_s=num(e, "rssi_window_s", "engine", 15.0),
-        rssi_min_samples=c.get(e, "rssi_min_samples", "engine", int, 5, check=positive),
-        sos_debounce_s=num(e, "sos_debounce_s", "engine", 10.0, non_negative),
-        gps_max_hdop=num(e, "gps_max_hdop", "engine", 5.0),
+        # Every number bounded (issue 11): a window of a day is already nonsense at a gate.
+        camera_radius_m=num(e, "camera_radius_m", "engine", 150.0, bounds(ge=0, le=100_000)),
+        gate_pair_s=num(e, "gate_pair_s", "engine", 8.0, seconds(600)),
+        tick_s=num(e, "tick_s", "engine", 1.0, seconds(60)),
+        resume_gap_s=num(e, "resume_gap_s", "engine", 10.0, seconds(86_400)),
+        rssi_window_s=num(e, "rssi_window_s", "engine", 15.0, seconds(3600)),
+        rssi_min_samples=c.get(e, "rssi_min_samples", "engine", int, 5,
+                               check=bounds(ge=1, le=10_000)),
+        sos_debounce_s=num(e, "sos_debounce_s", "engine", 10.0, bounds(ge=0, le=3600)),
+        gps_max_hdop=num(e, "gps_max_hdop", "engine", 5.0, bounds(gt=0, le=100)),
         gps_min_fix_type=c.get(e, "gps_min_fix_type", "engine", int, 2,
                                check=lambda v: None if v in (1, 2, 3) else "must be 1, 2 or 3"),
-        gps_max_speed_mps=num(e, "gps_max_speed_mps", "engine", 40.0),
-        geofence_confirm=c.get(e, "geofence_confirm", "engine", int, 2, check=positive),
+        gps_max_speed_mps=num(e, "gps_max_speed_mps", "engine", 40.0, bounds(gt=0, le=1000)),
+        geofence_confirm=c.get(e, "geofence_confirm", "engine", int, 2,
+                               check=bounds(ge=1, le=1000)),
     )
 
     b = c.table(raw, "battery", "battery", required=False)
     c.unknown(b, {"low_mv", "clear_mv"}, "battery")
-    low = c.get(b, "low_mv", "battery", int, 2600, check=positive)
-    clear = c.get(b, "clear_mv", "battery", int, max(2800, low), check=positive)
+    low = c.get(b, "low_mv", "battery", int, 2600, check=bounds(gt=0, le=10_000))
+    clear = c.get(b, "clear_mv", "battery", int, max(2800, low), check=bounds(gt=0, le=10_000))
     if clear < low:
         c.error("battery.clear_mv", f"must be at least low_mv ({low})")
     settings.update(battery_low_mv=low, battery_clear_mv=clear)
 
     rc = c.table(raw, "roll_call", "roll_call", required=False)
     c.unknown(rc, {"interval_s"}, "roll_call")
-    settings["roll_call_interval_s"] = num(rc, "interval_s", "roll_call", 60.0)
+    settings["roll_call_interval_s"] = num(rc, "interval_s", "roll_call", 60.0, seconds(3600))
 
     zone_readers = tuple(sorted(r.id for r in readers if r.role == "zone"))
     zones: list[ZoneSettings] = []
@@ -230,13 +234,14 @@ def parse_settings(raw: dict[str, Any], c: Checker,
         if gid in seen:
             c.error(f"{path}.id", f"duplicate geofence id {gid!r}")
         seen.add(gid)
-        hyst = num(g, "hysteresis_m", path, fence_hyst, non_negative)
+        hyst = num(g, "hysteresis_m", path, fence_hyst, bounds(ge=0, le=10_000))
         if ("center" in g) == ("points" in g):
             c.error(path, "give either center + radius_m (circle) or points (polygon)")
             continue
         if "center" in g:
             center = c.get(g, "center", path, list, None, check=_latlon)
-            radius = c.get(g, "radius_m", path, float, 0.0, required=True, check=positive)
+            radius = c.get(g, "radius_m", path, float, 0.0, required=True,
+                           check=bounds(gt=0, le=1_000_000))
             if center and radius:
                 fences.append(GeofenceSettings(gid, (float(center[0]), float(center[1])),
                                                radius, (), hyst))
