@@ -293,7 +293,8 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
             raise RuntimeError(f"kidsafe-sim run failed: {text[-2000:]}")
         env_lines = text.split("in its environment:\n", 1)[1].split("[sim]", 1)[0]
         env = dict(line.split("=", 1) for line in env_lines.split())
-        snippet = text.split("add [[tags]] for the children to follow):\n", 1)[1]
+        # The [[readers]] (and [[tags]]) tables it prints after "config for gatewayd...".
+        snippet = text.split("config for gatewayd", 1)[1].split("\n", 1)[1]
         snippet = snippet.split("[sim]", 1)[0]
         readers = tomllib.loads(snippet)["readers"]
         n_passages = 0 if park_only else int(duration / GATE_EVERY_S) + 1
