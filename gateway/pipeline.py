@@ -69,6 +69,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
+        self.reader_readings: Counter[str] = Counter()  # per reader, for the health message
         self.reader_states: dict[str, tuple[ReaderState, str]] = {
             r.id: (ReaderState.STARTING, "") for r in cfg.readers
         }
@@ -160,8 +161,11 @@ class Pipeline:
     def process(self, batch: list[Reading]) -> list[Event]:
         events: list[Event] = []
         engine, enrolled = self.engine, self.enrolled
+        if batch:
+            self.counters["readings"] += len(batch)
+        by_reader = self.reader_readings
         for r in batch:
-            self.counters["readings"] += 1
+            by_reader[r.reader] += 1
             if isinstance(r, TagRead | BleSighting) and r.tag not in enrolled:
                 self.counters["unenrolled_reads"] += 1
                 continue
@@ -230,6 +234,7 @@ class Pipeline:
             rejects: dict[str, dict[str, int]] = {}
             for (reader, reason), n in self.rejects.items():
                 rejects.setdefault(reader, {})[reason] = n
-            readers = {rid: {"state": st.value, "detail": d, "rejects": rejects.get(rid, {})}
+            readers = {rid: {"state": st.value, "detail": d, "rejects": rejects.get(rid, {}),
+                             "readings": self.reader_readings[rid]}
                        for rid, (st, d) in self.reader_states.items()}
         return {"counters": dict(self.counters), "readers": readers}
