@@ -65,6 +65,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    from gateway.status import main_status
+
+    return main_status(cfg, args.json, sys.stdout, sys.stderr)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    from gateway.doctor import main_doctor
+
+    return main_doctor(cfg, args.json, sys.stdout)
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     from gateway.decode import main_decode
 
@@ -126,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and print a summary")
     c.add_argument("file", metavar="FILE")
     c.set_defaults(func=cmd_check_config)
+
+    st = sub.add_parser("status", help="the running daemon's health: readers, buffer, broker, "
+                        "clock, disk, counters (exit 1: not running, 3: a worker is hung)")
+    st.add_argument("--config", "-c", required=True, metavar="FILE",
+                    help="the daemon's config (its buffer's folder holds the status socket)")
+    st.add_argument("--json", action="store_true", help="the whole status document as JSON")
+    st.set_defaults(func=cmd_status)
+
+    dr = sub.add_parser("doctor", help="check the box: serial devices, BlueZ, gpsd, broker "
+                        "and TLS files, clock, disk, buffer integrity; each with what to fix")
+    dr.add_argument("--config", "-c", required=True, metavar="FILE")
+    dr.add_argument("--json", action="store_true", help="the checks as JSON")
+    dr.set_defaults(func=cmd_doctor)
 
     from drivers import registry
 

@@ -87,11 +87,17 @@ class Gateway:
         """What `gatewayd status` shows: the health message and the box around it."""
         doc = self.health()
         b = self.cfg.broker
+        now = self.clock.now()
         doc["pid"] = os.getpid()
         doc["broker"] = {"address": f"{b.host}:{b.port}", "connected": self.publisher.online,
                          "protocol": self.publisher.connected_protocol or None,
-                         "last_ack": iso_utc(self.last_ack) if self.last_ack else None}
-        doc["clock"] = sysinfo.clock_sync().as_dict()
+                         "last_ack": iso_utc(self.last_ack) if self.last_ack else None,
+                         "last_ack_age_s": round(now - self.last_ack, 1)
+                         if self.last_ack else None}
+        # GPS fixes whose time failed the gate (drivers/_gps.py) are counted as rejects.
+        untrusted = sum(n for r in doc["readers"].values() for why, n in r["rejects"].items()
+                        if why.startswith("untrusted-time"))
+        doc["clock"] = {**sysinfo.clock_sync().as_dict(), "gps_untrusted": untrusted}
         disk = sysinfo.disk(self.cfg.buffer.path)
         doc["disk"] = disk.as_dict() if disk else None
         doc["workers"] = {n: self.problems.get(n, "ok") for n in self.beats.names()}
