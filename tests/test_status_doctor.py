@@ -22,7 +22,8 @@ from gateway import daemon, doctor
 from gateway.outbox import Outbox
 from harness import GatewayProcess, Subscriber, wait_until, write_config
 
-TAG = {"id": "62E3086CED", "child": "c-1001", "groups": ["3a"]}
+TAG_ID = "62E3086CED"
+TAG = {"id": TAG_ID, "child": "c-1001", "groups": ["3a"]}
 
 
 def gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,7 +60,7 @@ def test_status_and_doctor_on_a_running_daemon(tmp_path: Path, broker: LocalBrok
     try:
         gw.wait_log("reader gate-main: online")
         gw.wait_log("connected (MQTT")
-        Rdm6300Sim(port, repeat_s=0.1).present(TAG["id"], hold_s=0.3)
+        Rdm6300Sim(port, repeat_s=0.1).present(TAG_ID, hold_s=0.3)
         wait_until(lambda: len(sub.events("gate")) == 1, 15, "the gate event")
         sock = state / "gatewayd.sock"
         wait_until(sock.exists, 10, "the status socket")
