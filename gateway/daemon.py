@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from drivers import registry
-from gateway import __version__, backoff, control, sdnotify, sysinfo
+from gateway import __version__, backoff, control, logs, sdnotify, sysinfo
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config, engine_config
 from gateway.contract import iso_utc
@@ -175,6 +175,7 @@ def private_files(path: str) -> None:
 
 def _watch(gw: Gateway, dog: sdnotify.Watchdog) -> None:
     """One turn of the main loop's watch over the workers (logged when it changes)."""
+    logs.flush()  # "suppressed N lines like ..." once a flood's window has ended
     problems = dog.check(gw.dead_workers(), gw.status_line())
     for name, what in problems.items():
         if name not in gw.problems:
@@ -209,4 +210,5 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None) ->
         sock.close()
     dog.stopping()
     gw.shutdown()
+    logs.flush(final=True)
     return 0

@@ -67,15 +67,23 @@ class Heartbeats:
     """
 
     def __init__(self) -> None:
-        # name -> real monotonic time until which the worker is known to be fine
+        # name -> real monotonic time until which the worker is known to be fine. One
+        # writer per name, and a dict item assignment is atomic: no lock on this hot path
+        # (the publisher and the readers read their clocks many times a second).
         self._until: dict[str, float] = {}
-        self._lock = threading.Lock()
 
     def beat(self, name: str, idle_s: float = 0.0) -> None:
-        """``name`` turned its loop; with ``idle_s``, it now waits that long on purpose."""
-        until = time.monotonic() + max(0.0, idle_s)
-        with self._lock:
-            self._until[name] = until
+        """``name`` turned its loop; with ``idle_s``, it now waits that long on purpose.
+        A beat never shortens a declared wait (a coroutine of the same worker may run
+        while another one waits)."""
+        now = time.monotonic()
+        until = self._until
+        if now + idle_s > until.get(name, 0.0):
+            until[name] = now + idle_s
+
+    def woke(self, name: str) -> None:
+        """``name``'s wait ended (perhaps early): from now on it must turn again."""
+        self._until[name] = time.monotonic()
 
     def clock(self, name: str, base: Clock) -> BeatingClock:
         """The clock to give worker ``name``; its reads and waits are its heartbeats."""
@@ -83,15 +91,13 @@ class Heartbeats:
         return BeatingClock(base, self, name)
 
     def names(self) -> list[str]:
-        with self._lock:
-            return list(self._until)
+        return list(self._until)
 
     def late(self, after_s: float) -> dict[str, float]:
         """Workers silent for more than ``after_s`` past their last beat (or idle), with
         the seconds since."""
         now = time.monotonic()
-        with self._lock:
-            return {n: round(now - t, 1) for n, t in self._until.items() if now - t > after_s}
+        return {n: round(now - t, 1) for n, t in dict(self._until).items() if now - t > after_s}
 
 
 class BeatingClock:
@@ -115,14 +121,14 @@ class BeatingClock:
         try:
             return self.base.wait(event, seconds)
         finally:
-            self.beats.beat(self.name)
+            self.beats.woke(self.name)
 
     async def wait_async(self, event: threading.Event, seconds: float) -> bool:
         self.beats.beat(self.name, seconds)
         try:
             return await self.base.wait_async(event, seconds)
         finally:
-            self.beats.beat(self.name)
+            self.beats.woke(self.name)
 
     def __getattr__(self, attr: str) -> Any:
         # Whatever else the wrapped clock offers (a FakeClock's advance, ...).

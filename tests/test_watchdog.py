@@ -148,3 +148,35 @@ def test_watchdog_stops_when_a_reader_hangs(tmp_path: Path, broker: LocalBroker,
         systemd.close()
     assert systemd.lines("STOPPING=1")
     assert "Traceback" not in gw.log_text()
+
+
+def test_heartbeats_count_reads_and_waits_as_signs_of_life() -> None:
+    from gateway.clock import FakeClock
+
+    beats = sdnotify.Heartbeats()
+    clock = beats.clock("reader-a", FakeClock())
+    beats.clock("pipeline", FakeClock())
+    assert beats.late(0.05) == {}
+    time.sleep(0.1)
+    assert set(beats.late(0.05)) == {"reader-a", "pipeline"}
+    clock.monotonic()  # a loop turn
+    assert set(beats.late(0.05)) == {"pipeline"}
+
+    # A wait declares a healthy idle of its length; while it lasts, nothing is late,
+    # and a read from another coroutine of the worker does not shorten it.
+    stop = threading.Event()
+    done = threading.Event()
+
+    def waiter() -> None:
+        clock.wait(stop, 30.0)  # a FakeClock nobody moves: waits until stop
+        done.set()
+
+    threading.Thread(target=waiter, daemon=True).start()
+    time.sleep(0.1)
+    clock.now()
+    time.sleep(0.1)
+    assert "reader-a" not in beats.late(0.05)
+    stop.set()
+    assert done.wait(2)
+    time.sleep(0.1)
+    assert "reader-a" in beats.late(0.05)  # woke up: it must turn again
