@@ -18,7 +18,7 @@ The caller must tick more often than that (the pipeline ticks every 0.5 s).
 
 from __future__ import annotations
 
-from gateway.engine import gate, geofence, zones
+from gateway.engine import battery, gate, geofence, zones
 from gateway.engine.locate import (
     cameras_near,
     end_roll_call,
@@ -143,16 +143,8 @@ class Engine:
                                events)
         battery_mv = advert.battery_mv
         if battery_mv is not None:
-            low = state.battery_low
-            if tag in low:
-                if battery_mv >= settings.battery_clear_mv:
-                    del low[tag]
-            elif battery_mv < settings.battery_low_mv:
-                low[tag] = battery_mv
-                events.append(Event(kind="low_battery", time=t, lane=Lane.ROUTINE, reader=reader,
-                                    child=tag_config.child,
-                                    data={"battery_mv": battery_mv,
-                                          "threshold_mv": settings.battery_low_mv}))
+            battery.on_reading(state.battery, tag, tag_config.child, reader, t, battery_mv,
+                               settings.battery_low_mv, settings.battery_clear_mv, events)
         if advert.button:
             self._sos(state, advert, events)
         return events
