@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -42,6 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     _setup_logging(args.log_level)
+    # systemd's watchdog kills a hung unit with SIGABRT: the journal then shows where
+    # every thread was (the hung one included), not just that it was killed.
+    faulthandler.enable(all_threads=True)
     from gateway import daemon
 
     return daemon.run(cfg, record=args.record, roll_call=args.roll_call)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
 import termios
 import threading
@@ -140,13 +141,25 @@ def test_watchdog_stops_when_a_reader_hangs(tmp_path: Path, broker: LocalBroker,
         wait_until(lambda: bool(systemd.lines("WATCHDOG=1", again)), 4 * WATCHDOG_S,
                    "pings after the reader is going again")
         gw.wait_log("worker reader-uhf1: going again")
+
+        # Hung again, and this time systemd's watchdog fires: it kills with SIGABRT, and
+        # the log shows where each thread was, the reader's inside the serial write.
+        termios.tcflow(stopped_fd, termios.TCOOFF)
+        wait_until(lambda: gw.log_text().count("worker reader-uhf1: no sign of life") == 2,
+                   3 * WATCHDOG_S, "the second hang noticed")
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGABRT)
+        gw.proc.wait(10)
+        log = gw.log_text()
+        assert "Fatal Python error: Aborted" in log
+        stack = log[log.index("Fatal Python error: Aborted"):]
+        assert "serialposix.py" in stack and "in write" in stack, stack
     finally:
         if stopped_fd is not None:
             termios.tcflow(stopped_fd, termios.TCOON)
             os.close(stopped_fd)
         gw.stop()
         systemd.close()
-    assert systemd.lines("STOPPING=1")
     assert "Traceback" not in gw.log_text()
 
 
