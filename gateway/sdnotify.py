@@ -20,7 +20,6 @@ A wait declares a healthy idle: a worker backing off for 30 s is not late until
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
@@ -154,7 +153,7 @@ class Watchdog:
         self.env = env
         self.ready = False
         self._next_ping = 0.0
-        self._reported: frozenset[str] = frozenset()
+        self._status = ""
         self.pings = 0
 
     @property
@@ -183,10 +182,13 @@ class Watchdog:
             self.pings += 1
         if problems:
             status = "hung: " + ", ".join(f"{n} ({w})" for n, w in sorted(problems.items()))
-        fields.append(f"STATUS={status}"[:400])
-        notify(*fields, env=self.env)
+        status = f"STATUS={status}"[:400]
+        if status != self._status:  # systemd keeps the last one: send changes only
+            self._status = status
+            fields.append(status)
+        if fields:
+            notify(*fields, env=self.env)
         return problems
 
     def stopping(self) -> None:
-        with contextlib.suppress(OSError):
-            notify("STOPPING=1", "STATUS=stopping", env=self.env)
+        notify("STOPPING=1", "STATUS=stopping", env=self.env)
