@@ -21,8 +21,8 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
                         stream=sys.stderr)
     logging.getLogger("paho").setLevel(logging.WARNING)
-    # Bounded lines, and at most 10 a minute from one call site with a "suppressed N"
-    # summary: nobody reads a flooded journal, and it wears the card.
+    # Bounded lines, and from one call site a burst of 20 then 2 a second, with a
+    # "suppressed N" count: nobody reads a flooded journal, and it wears the card.
     from gateway import logs
 
     logs.install()

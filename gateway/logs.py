@@ -1,12 +1,14 @@
 """Log lines a technician can follow: bounded in length, rate-limited with a summary.
 
 :class:`Throttle` is a logging filter the CLI puts on the daemon's log handler. Each
-call site (logger, level, message template) may log ``burst`` lines per
-``window_s``; beyond that its lines are counted, not written, and when the window
-ends one line says how many were suppressed (with the template, so a technician
-sees what they were). Every message is cut to ``max_chars`` with the length of what
-was cut. A flood of commands on the broker, a reader spewing errors, or a hostile
-60,000-character topic cannot fill the journal (or the SD card under it).
+call site (logger, level, message template) has a token bucket: ``burst`` lines at
+once, then ``rate`` lines a second. Lines beyond that are counted, not written; the
+next line of that site that gets through says how many were suppressed before it,
+and a flood that stops is summarised by :func:`flush` (the daemon's main loop, and
+on stop). Every message is cut to ``max_chars`` with the length of what was cut. A
+flood of commands on the broker, a reader spewing errors, or a hostile
+60,000-character topic cannot fill the journal (or the SD card under it), while the
+ordinary lines (one per decided event) pass untouched.
 
 :func:`clip` makes untrusted text (a topic, a device's answer) safe for one log
 line: control characters escaped, length bounded.
@@ -21,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_CHARS = 1000
-BURST = 10
-WINDOW_S = 60.0
+BURST = 20
+RATE = 2.0  # lines a second per call site, once the burst is spent
+QUIET_S = 5.0  # a site suppressed nothing for this long: its count is summarised
 MAX_SITES = 2048  # call sites tracked; more (none expected) share one budget
 
 
@@ -37,21 +40,21 @@ def clip(text: str, limit: int = 120) -> str:
 
 @dataclass(slots=True)
 class _Site:
-    window_end: float
-    logged: int = 0
+    tokens: float
+    at: float  # when tokens was last brought up to date
     suppressed: int = 0
+    last_suppressed: float = 0.0
 
 
 class Throttle(logging.Filter):
     """Length bound and per-call-site rate limit for a handler (see the module doc)."""
 
-    def __init__(self, max_chars: int = MAX_CHARS, burst: int = BURST,
-                 window_s: float = WINDOW_S,
+    def __init__(self, max_chars: int = MAX_CHARS, burst: int = BURST, rate: float = RATE,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.max_chars = max_chars
         self.burst = burst
-        self.window_s = window_s
+        self.rate = rate
         self.monotonic = monotonic
         self._sites: dict[tuple[str, int, str], _Site] = {}
         self._lock = threading.Lock()
@@ -67,19 +70,20 @@ class Throttle(logging.Filter):
             if site is None:
                 if len(self._sites) >= MAX_SITES:
                     key = ("*", record.levelno, "*")
-                    site = self._sites.setdefault(key, _Site(now + self.window_s))
+                    site = self._sites.setdefault(key, _Site(self.burst, now))
                 else:
-                    site = self._sites[key] = _Site(now + self.window_s)
-            note = ""
-            if now >= site.window_end:
-                if site.suppressed:
-                    note = f" [{site.suppressed} similar lines suppressed before this one]"
-                site.window_end, site.logged, site.suppressed = now + self.window_s, 0, 0
-            if site.logged >= self.burst:
+                    site = self._sites[key] = _Site(self.burst, now)
+            site.tokens = min(self.burst, site.tokens + (now - site.at) * self.rate)
+            site.at = now
+            if site.tokens < 1.0:
                 site.suppressed += 1
+                site.last_suppressed = now
                 self.suppressed_total += 1
                 return False
-            site.logged += 1
+            site.tokens -= 1.0
+            note = (f" [{site.suppressed} similar lines suppressed before this one]"
+                    if site.suppressed else "")
+            site.suppressed = 0
         self._bound(record, note)
         return True
 
@@ -95,17 +99,17 @@ class Throttle(logging.Filter):
         record.msg, record.args = msg + note, None
 
     def pending(self, final: bool = False) -> list[tuple[int, str, int]]:
-        """Summaries for windows that ended (all windows if ``final``: the daemon stops)
-        with lines suppressed: (level, template, n). Each is returned once."""
+        """Counts of floods that stopped (nothing suppressed for QUIET_S; every count if
+        ``final``: the daemon stops): (level, template, n). Each is returned once."""
         now = self.monotonic()
         out = []
         with self._lock:
             for key, site in list(self._sites.items()):
-                if now < site.window_end and not final:
-                    continue
-                if site.suppressed:
+                if site.suppressed and (final or now - site.last_suppressed >= QUIET_S):
                     out.append((key[1], key[2], site.suppressed))
-                del self._sites[key]  # idle sites go, so the table stays small
+                    site.suppressed = 0
+                if not site.suppressed and now - site.at >= self.burst / self.rate:
+                    del self._sites[key]  # its bucket is full again: forget it
         return out
 
 
@@ -114,9 +118,9 @@ _log = logging.getLogger("gateway.logs")
 
 
 def install(handlers: list[logging.Handler] | None = None, *, max_chars: int = MAX_CHARS,
-            burst: int = BURST, window_s: float = WINDOW_S) -> Throttle:
+            burst: int = BURST, rate: float = RATE) -> Throttle:
     """Put one Throttle on the root logger's handlers (the CLI's log set-up)."""
-    throttle = Throttle(max_chars, burst, window_s)
+    throttle = Throttle(max_chars, burst, rate)
     for h in handlers if handlers is not None else logging.getLogger().handlers:
         h.addFilter(throttle)
     _installed.append(throttle)
@@ -124,7 +128,7 @@ def install(handlers: list[logging.Handler] | None = None, *, max_chars: int = M
 
 
 def flush(final: bool = False) -> None:
-    """Write the "suppressed N" summaries whose window has ended (the daemon's main loop
+    """Write the "suppressed N" summaries of floods that stopped (the daemon's main loop
     calls this every turn, so a flood that stopped is still reported; ``final`` on stop)."""
     for throttle in _installed:
         for level, template, n in throttle.pending(final):

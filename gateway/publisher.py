@@ -275,7 +275,7 @@ class Publisher:
 
     def _unsupported_command(self, suffix: str, payload: bytes) -> None:
         # The topic is the broker's (anyone with publish rights): clipped; the CLI's log
-        # filter limits these lines to 10 a minute with a "suppressed N" summary.
+        # filter rate-limits these lines with a "suppressed N" count (gateway/logs.py).
         log.warning("command %s received (%d bytes): no handler for it in this version",
                     logs.clip(suffix, 80), len(payload))
 
