@@ -22,7 +22,7 @@ log = logging.getLogger("gateway.driver")
 
 
 def no_fix_s(default: float) -> Any:
-    return opt(default, NO_FIX_DOC, gt=0)
+    return opt(default, NO_FIX_DOC, gt=0, le=3600)
 
 
 class GpsTimeGate:

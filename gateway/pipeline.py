@@ -194,8 +194,10 @@ class Pipeline:
         for ev, s in zip(events, stored, strict=True):
             self.counters[f"events_{ev.kind}"] += 1
             log.log(logging.WARNING if ev.lane == Lane.EMERGENCY else logging.INFO,
-                    "event %s seq=%d child=%s reader=%s lane=%s", ev.kind, s.seq,
-                    ev.child or "-", ev.reader or "-", Lane(ev.lane).name.lower())
+                    "event %s seq=%d child=%s reader=%s lane=%s%s", ev.kind, s.seq,
+                    ev.child or "-", ev.reader or "-", Lane(ev.lane).name.lower(),
+                    f" direction={ev.data.get('direction') or '-'}"  # gates: arrival/departure
+                    if "direction" in ev.data else "")
         self.on_committed()
 
     def _hold(self, events: list[Event], error: Exception) -> None:
