@@ -79,7 +79,8 @@ def test_broken_config_does_not_restart_loop(tmp_path: Path) -> None:
     # `gatewayd run` instead, which exits 2 before starting anything.
     assert "ExecStartPre" not in s
     assert s["RestartPreventExitStatus"] == ["2"]
-    assert s["StartLimitBurst"] and s["StartLimitIntervalSec"]
+    # Other failures restart for ever (no start limit would leave a gate dark).
+    assert s["StartLimitIntervalSec"] == ["0"] and s["Restart"] == ["always"]
     bad = tmp_path / "gw.toml"
     bad.write_text('[unit]\nid = "u1"\n')  # no site, no broker, no buffer
     r = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", str(bad)],
