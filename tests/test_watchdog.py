@@ -14,6 +14,8 @@ import itertools
 import os
 import signal
 import socket
+import subprocess
+import sys
 import termios
 import threading
 import time
@@ -134,6 +136,11 @@ def test_watchdog_stops_when_a_reader_hangs(tmp_path: Path, broker: LocalBroker,
         assert last_ping - hung < WATCHDOG_S + 1.5
         assert any("hung: reader-uhf1" in m for _, m in systemd.lines("STATUS=", hung))
         assert "systemd's watchdog will restart the unit" in gw.log_text()
+        # `gatewayd status` says it too (exit 3: running with a hung worker).
+        r = subprocess.run([sys.executable, "-m", "gateway", "status", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert "workers   HUNG: reader-uhf1 (no sign of life for" in r.stdout
 
         # Released (under systemd the unit would have been restarted by now): pings resume.
         termios.tcflow(stopped_fd, termios.TCOON)
