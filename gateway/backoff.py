@@ -4,7 +4,9 @@ Exponential with jitter and a cap, interrupted at once by the stop event, and
 timed by the injected clock (tests move a FakeClock instead of sleeping).
 
 * :func:`retrying`: retry an operation (opening a port, connecting) until it
-  succeeds, logging the first failure and every tenth after it.
+  succeeds, logging each failure with its reason and the delay before the next
+  attempt; failures repeating the same reason faster than one per ``LOG_EVERY_S``
+  are counted into the next line instead.
 * :class:`Restarts`: run something that should run forever (a worker, a scan
   session) and start it again after each failure; once a run is healthy, the
   next failure waits the initial delay again.
@@ -27,20 +29,38 @@ from tenacity import (
 )
 
 from gateway.clock import Clock, SystemClock
+from gateway.logs import clip
 
 Errors = type[BaseException] | tuple[type[BaseException], ...]
+
+
+LOG_EVERY_S = 10.0  # the same failure again sooner than this is counted, not logged
+
+
+@dataclass
+class _Logged:
+    at: float = 0.0
+    reason: str = ""
+    quiet: int = 0  # failures since the last line
 
 
 def retrying(stop: threading.Event, log: logging.Logger, what: str, initial: float = 0.5,
              cap: float = 30.0, clock: Clock | None = None) -> Retrying:
     """Retry on OSError until success or ``stop``; re-raises the last error if stopped."""
     clock = clock or SystemClock()
+    last = _Logged()
 
     def before_sleep(rs: RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome else None
-        if rs.attempt_number == 1 or rs.attempt_number % 10 == 0:
-            log.warning("%s failed (%s); retrying with back-off, attempt %d", what, exc,
-                        rs.attempt_number)
+        reason = clip(str(exc), 300)
+        now = clock.monotonic()
+        if rs.attempt_number == 1 or reason != last.reason or now - last.at >= LOG_EVERY_S:
+            more = f" ({last.quiet} more failures since the last line)" if last.quiet else ""
+            log.warning("%s failed (%s); retrying with back-off, attempt %d, next in %.1f s%s",
+                        what, reason, rs.attempt_number, rs.upcoming_sleep, more)
+            last.at, last.reason, last.quiet = now, reason, 0
+        else:
+            last.quiet += 1
 
     def sleep(seconds: float) -> None:
         clock.wait(stop, seconds)

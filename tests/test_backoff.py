@@ -106,7 +106,12 @@ def test_retrying_waits_on_the_injected_clock(caplog: pytest.LogCaptureFixture) 
     caplog.set_level(logging.WARNING)
     backoff.retrying(stop, logging.getLogger("t"), "opening x", 0.5, 2.0, clock)(w)
     assert len(w.runs) == 13 and clock.monotonic() > 12.0
-    assert [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records] == ["1", "10"]
+    # Each failure has a reason of its own here ("failure N"), so each is logged, with the
+    # delay before the next attempt (issue 11: not only the first and every tenth).
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split("attempt ")[1].split(",")[0] for line in lines] == [
+        str(n) for n in range(1, 13)]
+    assert all(", next in " in line for line in lines)
 
 
 def test_fake_clock_wait_returns_when_another_thread_moves_time() -> None:
@@ -132,7 +137,7 @@ def test_fake_clock_wait_returns_when_another_thread_moves_time() -> None:
 def test_daemon_supervisor_logs_and_restarts_a_failing_worker(
         caplog: pytest.LogCaptureFixture) -> None:
     clock, stop = FakeClock(autoadvance=True), threading.Event()
-    gw = cast(Any, SimpleNamespace(stop=stop, clock=clock))
+    gw = cast(Any, SimpleNamespace(stop=stop, clock=clock, clocks={}))
     runs: list[float] = []
 
     def worker(s: threading.Event) -> None:
