@@ -262,10 +262,11 @@ class BleDriver(Driver[BleOptions]):
         self._report(ReaderState.STARTING, f"adapter {self.adapter}")
         was_online = False
 
+        note = backoff.FailureLog(log, f"reader {self.cfg.id}: scanning on {self.adapter}",
+                                  self.clock)
+
         def failed(f: backoff.Failure) -> None:
-            if f.attempt % 10 == 1:  # the first failure after scanning, then every tenth
-                log.warning("reader %s: %s; retrying with back-off", self.cfg.id,
-                            self._trouble(f.error))
+            note(self._trouble(f.error), f.attempt, f.delay)
 
         restarts = backoff.Restarts(stop, self.clock, failed, initial=self.initial_s,
                                     cap=self.cap_s, retry_on=DEVICE_ERRORS)

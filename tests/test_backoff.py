@@ -114,6 +114,26 @@ def test_retrying_waits_on_the_injected_clock(caplog: pytest.LogCaptureFixture) 
     assert all(", next in " in line for line in lines)
 
 
+def test_failure_log_counts_a_repeated_reason_into_the_next_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The BLE scan's restarts log through it too: every failure, not every tenth.
+    clock = FakeClock()
+    note = backoff.FailureLog(logging.getLogger("t"), "reader ble-1: scanning on hci0", clock)
+    caplog.set_level(logging.WARNING)
+    note("adapter gone", 1, 0.5)
+    for attempt in range(2, 6):
+        clock.advance(1.0)
+        note("adapter gone", attempt, 1.0)  # same reason within LOG_EVERY_S: counted
+    clock.advance(backoff.LOG_EVERY_S)
+    note("adapter gone", 6, 2.0)
+    note("bus refused", 7, None)  # a new reason is logged at once
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert "attempt 1, next in 0.5 s" in lines[0]
+    assert "attempt 6, next in 2.0 s (4 more failures since the last line)" in lines[1]
+    assert "bus refused" in lines[2] and "next in" not in lines[2]
+
+
 def test_fake_clock_wait_returns_when_another_thread_moves_time() -> None:
     clock, stop = FakeClock(), threading.Event()
     woke = threading.Event()
