@@ -29,7 +29,7 @@ class GpsTimeGate:
         self.sink = sink
         self.last_trusted: dt.datetime | None = None
 
-    def fix(self, when: dt.datetime | None, now: float, **fields: Any) -> GpsFix:
+    def fix(self, when: dt.datetime | None, now: float, mono: float, **fields: Any) -> GpsFix:
         check = nmea.check_gps_time(when, dt.datetime.fromtimestamp(now, dt.UTC),
                                     self.last_trusted)
         if check.trusted and when is not None:
@@ -37,4 +37,5 @@ class GpsTimeGate:
         else:
             self.sink.reject(self.reader, f"untrusted-time:{check.reason}")
         t = when.timestamp() if when is not None else now
-        return GpsFix(reader=self.reader, time=t, time_trusted=check.trusted, **fields)
+        return GpsFix(reader=self.reader, time=t, time_trusted=check.trusted, mono=mono,
+                      **fields)

@@ -165,12 +165,13 @@ class BleDriver(Driver[BleOptions]):
             ids.append(known)
         battery = (tlm.battery_mv or None) if tlm is not None else None  # 0: not supported
         temp = tlm.temperature_c if tlm is not None else None
-        now = self.clock.now()
+        now, mono = self.clock.now(), self.clock.monotonic()
         for tid in pressed:
-            sink.reading(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True))
+            sink.reading(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True,
+                                     mono=mono))
         for tid in ids:
             if tid not in pressed:
-                sink.reading(BleSighting(rid, tid, now, adv.rssi, battery, temp))
+                sink.reading(BleSighting(rid, tid, now, adv.rssi, battery, temp, mono=mono))
 
     # -- the loop ----------------------------------------------------------------------------
 
