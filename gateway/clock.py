@@ -82,6 +82,12 @@ class FakeClock:
             self._t = t
             self._changed.notify_all()
 
+    def step_wall(self, delta_s: float) -> None:
+        """Step the wall clock (NTP, a GPS correction); monotonic time does not move."""
+        with self._changed:
+            self._t += delta_s
+            self._changed.notify_all()
+
     def wait(self, event: threading.Event, seconds: float) -> bool:
         if self.autoadvance:
             if not event.is_set():

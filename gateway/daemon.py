@@ -5,7 +5,9 @@ the boot's zero in a new process, so the daemon reads the saved engine state fir
 and gives everyone a clock whose monotonic time continues from the state's: plus
 the downtime the wall clock measured when that is plausible (a wall clock stepped
 while the unit was down, or one that is wrong after a boot without an RTC, counts
-as no downtime, and the engine reports the step at the first reading).
+as no downtime, and the engine reports the step at the first reading). The
+engine's silence timers move over the downtime (engine.resume): time the unit did
+not listen is no evidence that a tag left or a card was taken away.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from gateway import __version__, backoff
 from gateway.clock import Clock, ShiftedClock, SystemClock
 from gateway.config import Config, engine_config
 from gateway.contract import iso_utc
-from gateway.engine import Engine, EngineState
+from gateway.engine import Engine, EngineState, resume
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline, restore_state
 from gateway.publisher import Publisher
@@ -33,7 +35,8 @@ MAX_DOWNTIME_S = 366 * 86400.0  # a longer (or negative) downtime is a wrong wal
 
 
 def continued(clock: Clock, state: EngineState) -> ShiftedClock:
-    """``clock`` with monotonic time shifted to continue the saved ``state``'s engine time."""
+    """``clock`` with monotonic time shifted to continue the saved ``state``'s engine time
+    (which is moved on over the downtime)."""
     if not state.clock:
         return ShiftedClock(clock, 0.0)  # nothing saved: engine time is this boot's
     down = clock.now() - (state.clock + state.wall_offset)
@@ -41,7 +44,8 @@ def continued(clock: Clock, state: EngineState) -> ShiftedClock:
         log.warning("wall clock %s the saved engine state by %.0f s: downtime not counted",
                     "behind" if down < 0 else "ahead of", abs(down))
         down = 0.0
-    return ShiftedClock(clock, state.clock + down - clock.monotonic())
+    resume(state, down)
+    return ShiftedClock(clock, state.clock - clock.monotonic())
 
 
 class Gateway:

@@ -232,3 +232,12 @@ def shift_times(state: EngineState, gap: float) -> None:
         for passage in passages.values():
             passage.last_time += gap
     state.downtime_s += gap
+
+
+def resume(state: EngineState, downtime: float) -> None:
+    """The unit was down for ``downtime`` seconds (the daemon measured it on the wall
+    clock): engine time moves on by it and the silence timers move over it, however
+    short, so a card still held at the gate after a restart is not a new passage."""
+    if state.clock and downtime > 0:
+        shift_times(state, downtime)
+        state.clock += downtime
