@@ -36,6 +36,8 @@ KINDS: tuple[Kind, ...] = (
          "125 kHz EM4100 gate reader (RDM6300/RDM630 class), serial"),
     Kind("uhf_r2000", "drivers.uhf_r2000", "drivers.codecs.uhf_r2000", "firmware_sim.uhf_r2000",
          "UHF EPC Gen2 reader, R2000 0xA0 protocol (IND903/YR903 class), serial"),
+    Kind("uhf_chafon", "drivers.uhf_chafon", "drivers.codecs.chafon", "firmware_sim.uhf_chafon",
+         "UHF EPC Gen2 reader, Chafon UHFReader18/288 protocol (CF-RU5xxx class), serial"),
     Kind("ble", "drivers.ble", "drivers.codecs.ble", "firmware_sim.ble",
          "BLE tags (iBeacon, Eddystone-UID/TLM) through BlueZ on D-Bus"),
     Kind("gps_nmea", "drivers.gps_nmea", "drivers.codecs.nmea", "firmware_sim.gps_nmea",

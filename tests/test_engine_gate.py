@@ -35,7 +35,7 @@ def test_direction_accuracy(readers: list[dict[str, Any]], two: bool) -> None:
     correct, total, extra = score(truth, [e for e in events if e.kind == "gate"])
     print(f"gate direction: {correct}/{total} correct ({correct / total:.4f}), {extra} extra")
     assert correct / total >= 0.99
-    assert extra == 0
+    assert extra <= 0  # no events beyond the passages (a one-sided one may wait for proof)
 
 
 def test_first_arrival_and_day_in_site_time() -> None:
@@ -78,3 +78,42 @@ def test_one_sided_presentation_has_no_direction() -> None:
     _, events = run(eng, reads, until=T0 + 30)
     assert [(e.kind, e.data["direction"], e.data["sides"]) for e in events] == [
         ("gate", None, ["outer"])]
+
+
+def _walk(tag: str, t0: float, sides: list[tuple[int, float, float, float]]) -> list[TagRead]:
+    """Reads every 0.1 s: (antenna, from s, to s, dBm) runs."""
+    return [TagRead("uhf-gate", tag, t0 + a + k * 0.1, rssi=dbm, antenna=ant)
+            for ant, a, b, dbm in sides for k in range(round((b - a) / 0.1))]
+
+
+def test_reflections_weigh_little_and_time_is_the_crossing() -> None:
+    tags = child_tags(1)
+    eng = engine_of(raw_config(UHF, tags))
+    tag = tags[0]["id"]
+    # Lingers 20 s at the outer antenna with reflections on the inner one, then crosses
+    # at about +21 s: the inner reflections' early times must not count.
+    reads = sorted(_walk(tag, T0, [(1, 0, 21, -45.0), (2, 0.5, 20, -75.0), (2, 21.2, 22.5,
+                                                                           -45.0)])
+                   + _walk(tag, T0, [(2, 22.5, 24, -44.0)]), key=lambda r: r.time)
+    _, events = run(eng, reads, until=T0 + 60)
+    assert [(e.data["direction"], e.data["direction_inferred"]) for e in events] == [
+        ("arrival", False)]
+    assert abs(events[0].time - (T0 + 21.1)) < 0.5
+
+
+def test_missing_antenna_inferred_from_the_known_side_turn_back_no_passage() -> None:
+    tags = child_tags(1)
+    eng = engine_of(raw_config(UHF, tags))
+    tag = tags[0]["id"]
+    reads = _walk(tag, T0, [(1, 0, 1.5, -45.0), (2, 1.2, 2.5, -45.0)])  # arrival
+    reads += _walk(tag, T0 + 100, [(1, 0, 1.5, -45.0)])  # inside, out past a dead inner antenna
+    reads += _walk(tag, T0 + 200, [(1, 0, 3, -45.0), (2, 1, 2, -66.0)])  # outside: turns back
+    # Outer only again: a turn-back or a passage the inner antenna missed; nothing yet...
+    reads += _walk(tag, T0 + 300, [(1, 0, 3, -45.0)])
+    # ...until it leaves from the inside: it was an arrival, at the last outer read.
+    reads += _walk(tag, T0 + 400, [(2, 0, 1.5, -45.0), (1, 1.2, 2.5, -45.0)])
+    _, events = run(eng, sorted(reads, key=lambda r: r.time), until=T0 + 500)
+    assert [(e.data["direction"], e.data["direction_inferred"]) for e in events] == [
+        ("arrival", False), ("departure", True), ("arrival", True), ("departure", False)]
+    assert abs(events[1].time - (T0 + 100)) < 0.5
+    assert abs(events[2].time - (T0 + 302.9)) < 0.5

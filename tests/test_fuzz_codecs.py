@@ -32,6 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.codecs import Reject, ble, gpsd, nmea, rdm6300
+from drivers.codecs import chafon as cf
 from drivers.codecs import uhf_r2000 as r2k
 
 N = 100_000
@@ -441,3 +442,72 @@ def _parses(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# ---------------------------------------------------------------- Chafon UHFReader18/288
+
+# Fewer than N: with no start byte the Chafon codec tries a CRC at every offset of noise
+# (about 10 kB/s of mutated input here), so 100,000 frames would take minutes.
+CHAFON_N = 5_000
+
+
+def _valid_chafon(model: str) -> Callable[[random.Random], bytes]:
+    def valid(rng: random.Random) -> bytes:
+        k = rng.random()
+        if k < 0.75:
+            tags = [(rng.randbytes(2 * rng.randint(1, 8)).hex(), rng.randint(0, 255))
+                    for _ in range(rng.randint(0, 4))]
+            return cf.encode_inventory(tags, model, rng.randint(1, 4), rng.choice([1, 2, 3, 4]),
+                                       rng.randint(0, 255))
+        if k < 0.9:
+            return cf.encode_reply(cf.CMD_INVENTORY, 0xF8)
+        return cf.encode_reply(cf.CMD_GET_READER_INFO, 0, rng.randbytes(12))
+    return valid
+
+
+def _check_chafon(model: str, out: Sequence[object], fed: bytes) -> None:
+    """Every output is a declared reject or a CRC-valid frame, and together they are the input."""
+    assert b"".join(f.raw for f in out) == fed  # type: ignore[attr-defined]
+    for f in out:
+        if isinstance(f, Reject):
+            assert f.reason in cf.REASONS and f.raw
+            continue
+        assert isinstance(f, cf.ChafonInventory | cf.ChafonReaderInfo | cf.ChafonReply)
+        raw = f.raw
+        assert len(raw) == raw[0] + 1 and cf.crc16(raw[:-2]) == int.from_bytes(raw[-2:], "little")
+        assert (f.addr, f.cmd, f.status) == (raw[1], raw[2], raw[3])
+        if isinstance(f, cf.ChafonInventory) and not any(t.tid for t in f.tags):
+            assert cf.encode_inventory([(t.epc, t.rssi_raw or 0) for t in f.tags], model,
+                                       f.antenna or 1, f.status, f.addr) == raw
+
+
+@pytest.mark.parametrize("model", cf.MODELS)
+def test_chafon_mutated_frames_decode_to_what_was_sent(model: str) -> None:
+    rng = random.Random(f"kidsafe-uhf_chafon-{model}")
+    valid = _valid_chafon(model)
+    dec, fed, out = cf.Decoder(model), bytearray(), []
+    t0 = time.monotonic()
+    for i in range(CHAFON_N):
+        chunk = _mutate(rng, valid)
+        fed += chunk
+        out += dec.feed(chunk)
+        if i % 997 == 0:
+            out += dec.flush()
+            _check_chafon(model, out, bytes(fed))
+            dec, fed, out = cf.Decoder(model), bytearray(), []
+    out += dec.flush()
+    _check_chafon(model, out, bytes(fed))
+    assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.parametrize("model", cf.MODELS)
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 10_000), max_size=30))
+def test_chafon_any_split_of_valid_stream_decodes_the_same(model: str, seed: int,
+                                                          cuts: list[int]) -> None:
+    rng = random.Random(seed)
+    frames = [_valid_chafon(model)(rng) for _ in range(rng.randint(1, 12))]
+    factory = lambda: cf.Decoder(model)  # noqa: E731
+    whole = _run(factory, [b"".join(frames)])
+    assert [f.raw for f in whole] == frames and not any(isinstance(f, Reject) for f in whole)
+    assert _run(factory, _chunks(b"".join(frames), cuts)) == whole

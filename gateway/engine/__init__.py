@@ -31,7 +31,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gateway.engine import gate, geofence, zones
+from gateway.contract import iso_utc
+from gateway.engine import battery, gate, geofence, zones
 from gateway.engine.locate import (
     cameras_near,
     end_roll_call,
@@ -58,9 +59,11 @@ from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead
 # A change of wall minus monotonic time larger than this is a step of the wall clock
 # (NTP slews by at most 0.5 ms/s; the two clocks are read microseconds apart).
 CLOCK_STEP_S = 2.0
-# Event data fields that hold engine times (converted to wall time with the events),
-# also inside lists of objects (roll_call's present/missing).
-WALL_KEYS = frozenset({"last_seen", "started", "decided"})
+# Event data fields that hold engine times (converted to wall time with the events,
+# epoch seconds), also inside lists of objects (roll_call's present/missing); and those
+# the contract wants as RFC 3339 text (the internals give them as engine times too).
+WALL_KEYS = frozenset({"last_seen", "started"})
+WALL_ISO_KEYS = frozenset({"decided"})
 
 __all__ = [
     "Engine",
@@ -104,8 +107,6 @@ class Engine:
     def _walled(self, state: EngineState, events: list[Event]) -> list[Event]:
         """Events with their engine times turned into wall times (the current offset)."""
         offset = state.wall_offset
-        if not offset:
-            return events
         out = []
         for ev in events:
             if ev.kind == "clock_step":  # stamped in wall time already
@@ -202,16 +203,8 @@ class Engine:
                                events)
         battery_mv = advert.battery_mv
         if battery_mv is not None:
-            low = state.battery_low
-            if tag in low:
-                if battery_mv >= settings.battery_clear_mv:
-                    del low[tag]
-            elif battery_mv < settings.battery_low_mv:
-                low[tag] = battery_mv
-                events.append(Event(kind="low_battery", time=t, lane=Lane.ROUTINE, reader=reader,
-                                    child=tag_config.child,
-                                    data={"battery_mv": battery_mv,
-                                          "threshold_mv": settings.battery_low_mv}))
+            battery.on_reading(state.battery, tag, tag_config.child, reader, t, battery_mv,
+                               settings.battery_low_mv, settings.battery_clear_mv, events)
         if advert.button:
             self._sos(state, advert, t, events)
         return events
@@ -280,6 +273,8 @@ def _walled_data(data: dict[str, Any], offset: float) -> dict[str, Any]:
     for key, value in data.items():
         if key in WALL_KEYS and isinstance(value, float | int) and not isinstance(value, bool):
             value = round(value + offset, 3)
+        elif key in WALL_ISO_KEYS and isinstance(value, float | int):
+            value = iso_utc(value + offset)
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             value = [_walled_data(item, offset) for item in value]
         out[key] = value

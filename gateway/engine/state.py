@@ -10,12 +10,15 @@ receiver's own UTC times.
 
 from __future__ import annotations
 
+import math
 from bisect import insort
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-STATE_VERSION = 1
+from gateway.engine.battery import BatteryTrack
+
+STATE_VERSION = 2  # 2: gate passages keep per-side RSSI summaries; battery filters
 
 # Zone presence of one tag: a small state machine (docs/zones.md).
 OUT, ENTERING, IN, LEAVING = 0, 1, 2, 3
@@ -54,19 +57,73 @@ class Presence:
         self.seen = last_seen if seen is None else seen  # real time of the last sighting
 
 
+class SideReads:
+    """What one side of a two-sided gate read of one presentation, summed so that it
+    stays small however long a child lingers (docs/zones.md, "Gates").
+
+    ``strength`` is the RSSI in dBm, or without RSSI (RDM6300) the side's read rate
+    (reads/s, decaying over 1 s): reads close to the antenna are both strong and dense,
+    reflections and stray reads are weak or isolated."""
+
+    __slots__ = ("first_strength", "first_strong", "has_rssi", "last_strong", "peak", "previous",
+                 "rate", "reader", "reads", "weight", "weighted_offset")
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.weight = 0.0  # sum of the reads' weights (power, or rate without RSSI)
+        self.weighted_offset = 0.0  # sum of weight * (read time - passage start)
+        self.peak = -math.inf  # strongest strength seen
+        self.first_strong = self.last_strong = 0.0  # first/last read near the peak
+        self.first_strength = -math.inf  # strength of the read at first_strong
+        self.rate = 0.0  # decaying read rate at ``previous``
+        self.previous = 0.0  # time of the side's last read
+        self.reader = ""  # reader of the side's first read
+        self.has_rssi = False  # strengths are dBm (else read rates)
+
+    def to_list(self) -> list[Any]:
+        return [self.reads, self.weight, self.weighted_offset, _finite(self.peak),
+                self.first_strong, self.last_strong, _finite(self.first_strength), self.rate,
+                self.previous, self.reader, self.has_rssi]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> SideReads:
+        side = cls()
+        (side.reads, side.weight, side.weighted_offset, peak, side.first_strong,
+         side.last_strong, first_strength, side.rate, side.previous, side.reader,
+         side.has_rssi) = v
+        side.peak = -math.inf if peak is None else float(peak)
+        side.first_strength = -math.inf if first_strength is None else float(first_strength)
+        return side
+
+
+class KnownSide:
+    """The side of the gates a child went to last on a local day, and a presentation
+    on that side since then that may have been a passage the far antenna missed."""
+
+    __slots__ = ("day", "pending", "pending_reader", "pending_reads", "side")
+
+    def __init__(self, day: str, side: str, pending: float | None = None,
+                 pending_reader: str = "", pending_reads: int = 0) -> None:
+        self.day = day
+        self.side = side  # "outer" / "inner"
+        self.pending = pending  # when it would have crossed
+        self.pending_reader = pending_reader
+        self.pending_reads = pending_reads
+
+    def to_list(self) -> list[Any]:
+        return [self.day, self.side, self.pending, self.pending_reader, self.pending_reads]
+
+
 class Passage:
     """An open presentation of one tag at a gate, closed by silence."""
 
-    __slots__ = ("emitted", "first_in", "first_out", "last_time", "offsets_in", "offsets_out",
-                 "reader_in", "reader_out", "reads_in", "reads_out", "start")
+    __slots__ = ("emitted", "inner", "last_time", "outer", "start")
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.last_time = start
-        self.reads_out = self.reads_in = 0
-        self.offsets_out = self.offsets_in = 0.0  # sums of read times (minus start) per side
-        self.first_out = self.first_in = 0.0
-        self.reader_out = self.reader_in = ""
+        self.outer = SideReads()
+        self.inner = SideReads()
         self.emitted = False
 
 
@@ -122,11 +179,18 @@ class EngineState:
     passages: dict[str, dict[str, Passage]] = field(default_factory=dict)  # gate -> tag
     arrived: dict[str, str] = field(default_factory=dict)  # child -> local day of 1st arrival
     passed: dict[str, str] = field(default_factory=dict)  # child -> local day of 1st passage
+    gate_sides: dict[str, KnownSide] = field(default_factory=dict)  # child -> known side
+    # gate -> side -> typical strongest RSSI of a passage there (learnt, dBm)
+    gate_peaks: dict[str, dict[str, float]] = field(default_factory=dict)
     sos: dict[str, float] = field(default_factory=dict)  # tag -> last button advert
-    battery_low: dict[str, int] = field(default_factory=dict)  # tag -> mv when it went low
+    battery: dict[str, BatteryTrack] = field(default_factory=dict)  # tag -> minute slots
     gps: GpsState = field(default_factory=GpsState)
     roll_call: RollCall | None = None
     downtime_s: float = 0.0  # total gaps treated as the unit being down
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None  # JSON has no -inf
 
 
 def _pos(p: Position | None) -> list[float] | None:
@@ -158,15 +222,16 @@ def state_to_dict(state: EngineState) -> dict[str, Any]:
                       for t, p in tags.items()}
                   for z, tags in state.zones.items()},
         "last_zone": dict(state.last_zone),
-        "passages": {gid: {t: [p.start, p.last_time, p.reads_out, p.reads_in, p.offsets_out,
-                               p.offsets_in, p.first_out, p.first_in, p.reader_out, p.reader_in,
-                               p.emitted]
+        "passages": {gid: {t: [p.start, p.last_time, p.emitted, p.outer.to_list(),
+                               p.inner.to_list()]
                            for t, p in tags.items()}
                      for gid, tags in state.passages.items()},
         "arrived": dict(state.arrived),
         "passed": dict(state.passed),
+        "gate_sides": {c: known.to_list() for c, known in state.gate_sides.items()},
+        "gate_peaks": {g: dict(peaks) for g, peaks in state.gate_peaks.items()},
         "sos": dict(state.sos),
-        "battery_low": dict(state.battery_low),
+        "battery": {t: track.to_list() for t, track in state.battery.items()},
         "gps": {"last_time": gps.last_time, "fix": _pos(gps.fix), "hdop": gps.hdop,
                 "pending": [_pos(p) for p in gps.pending],
                 "fences": {k: [v.inside, v.streak] for k, v in gps.fences.items()},
@@ -200,12 +265,14 @@ def state_from_dict(data: dict[str, Any]) -> EngineState:
         passages = state.passages[gid] = {}
         for tag, v in tags.items():
             p = passages[tag] = Passage(v[0])
-            (p.last_time, p.reads_out, p.reads_in, p.offsets_out, p.offsets_in, p.first_out,
-             p.first_in, p.reader_out, p.reader_in, p.emitted) = v[1:]
+            p.last_time, p.emitted = v[1], v[2]
+            p.outer, p.inner = SideReads.from_list(v[3]), SideReads.from_list(v[4])
     state.arrived = dict(data["arrived"])
     state.passed = dict(data["passed"])
+    state.gate_sides = {c: KnownSide(*v) for c, v in data["gate_sides"].items()}
+    state.gate_peaks = {g: dict(peaks) for g, peaks in data["gate_peaks"].items()}
     state.sos = dict(data["sos"])
-    state.battery_low = dict(data["battery_low"])
+    state.battery = {t: BatteryTrack.from_list(v) for t, v in data["battery"].items()}
     gps = data["gps"]
     state.gps = GpsState(last_time=gps["last_time"], fix=_unpos(gps["fix"]), hdop=gps["hdop"],
                          pending=[p for p in (_unpos(x) for x in gps["pending"]) if p is not None],
