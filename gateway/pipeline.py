@@ -9,7 +9,10 @@ per batch, and wakes the publisher. Nothing here waits on the network.
 The engine state is saved in the same transaction as every commit that holds
 events (and at least every STATE_SAVE_S otherwise): a power cut then never
 loses the record of a decision whose event is in the buffer, so a restart does
-not decide it again under a new id (docs/architecture.md).
+not decide it again under a new id (docs/architecture.md). To bound what that
+costs when events come fast (a flooded gate), routine events decided within
+STATE_COALESCE_S of the last save wait for the next commit, at most that long;
+emergency events never wait.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ QUEUE_MAX = 50_000  # readings waiting for the pipeline; beyond it they are coun
 PENDING_MAX = 100_000  # decided events waiting for a buffer that cannot be written
 STATE_KEY = "engine"
 STATE_SAVE_S = 1.0  # engine state goes to disk with every commit of events, else this often
+STATE_COALESCE_S = 0.2  # routine events wait at most this long to share a state save
 
 
 class Pipeline:
@@ -72,6 +76,7 @@ class Pipeline:
         self._state_saved = -math.inf
         self._q: queue.Queue[Reading] = queue.Queue(QUEUE_MAX)
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
+        self._deferred: list[Event] = []  # routine events waiting to share a state save
         self._failing = False  # the last commit failed
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
@@ -121,7 +126,11 @@ class Pipeline:
         while not stop.is_set():
             batch: list[Reading] = []
             try:
-                batch.append(self._q.get(timeout=TICK_S))
+                wait = TICK_S
+                if self._deferred:  # not longer than the coalescing allows
+                    wait = min(wait, max(0.0, self._state_saved + STATE_COALESCE_S
+                                         - self.clock.monotonic()))
+                batch.append(self._q.get(timeout=wait))
                 while len(batch) < BATCH:
                     batch.append(self._q.get_nowait())
             except queue.Empty:
@@ -165,10 +174,18 @@ class Pipeline:
         memory, are retried with the next commit, and the failure is logged; past
         PENDING_MAX the oldest non-emergency ones are dropped and counted.
         """
+        since_save = self.clock.monotonic() - self._state_saved
+        if self._deferred:
+            events = self._deferred + events
+            self._deferred = []
+        if (events and not final and since_save < STATE_COALESCE_S
+                and all(e.lane != Lane.EMERGENCY for e in events)):
+            self._deferred = events  # with the next commit (and its state save)
+            return
         if self._pending:
             events = self._pending + events
             self._pending = []
-        save = bool(events) or final or self.clock.monotonic() - self._state_saved >= STATE_SAVE_S
+        save = bool(events) or final or since_save >= STATE_SAVE_S
         if not events and not save:
             return
         state = None

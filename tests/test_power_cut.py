@@ -11,6 +11,7 @@ at all). With the state saved at most once a second this counted 26 of 81.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -23,7 +24,12 @@ import pytest
 from firmware_sim.broker import LocalBroker
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
+from gateway import config as configmod
+from gateway.clock import FakeClock
+from gateway.engine import Engine, state_from_dict
+from gateway.model import Event, Lane, TagRead
 from gateway.outbox import Outbox
+from gateway.pipeline import STATE_KEY, Pipeline
 from harness import GatewayProcess, Subscriber, wait_until, write_config
 
 KILLS = 22
@@ -50,6 +56,42 @@ def _present_all(port: VirtualSerial, tags: list[str], stop: threading.Event,
         sim.present(tag, HOLD_S, stop)
         done.append(tag)
         time.sleep(0.1)
+
+
+def test_every_commit_of_events_saves_the_state(tmp_path: Path) -> None:
+    """The state goes to the buffer in the transaction of the events it decided; routine
+    events within STATE_COALESCE_S of the last save wait to share the next one."""
+    cfg = configmod.parse({
+        "unit": {"id": "u-1", "site": "s"}, "broker": {},
+        "buffer": {"path": str(tmp_path / "b.db")},
+        "readers": [{"id": "g", "kind": "rdm6300", "role": "gate", "port": "/dev/null"}],
+        "tags": [{"id": f"62E3086C{i:02X}", "child": f"c-{i}"} for i in range(3)],
+    })
+    ob = Outbox(cfg.buffer.path, "u-1", "s")
+    clock = FakeClock(1.7e9)
+    pipe = Pipeline(cfg, Engine(configmod.engine_config(cfg)), ob, clock)
+
+    def passed() -> set[str]:
+        blob = ob.load_state(STATE_KEY)
+        return set() if blob is None else set(state_from_dict(json.loads(blob)).passed)
+
+    def read(i: int) -> None:
+        clock.advance(0.05)
+        pipe.commit(pipe.process([TagRead("g", f"62E3086C{i:02X}", clock.now(),
+                                          mono=clock.monotonic())]))
+
+    read(0)  # the first commit after a start saves at once (no first-second gap)
+    assert ob.last_seq() == 1 and passed() == {"c-0"}
+    read(1)  # 0.05 s later: waits to share the next save
+    assert ob.last_seq() == 1 and passed() == {"c-0"}
+    pipe.commit([Event("sos", clock.now(), Lane.EMERGENCY, "g", "c-2", {})])  # never waits
+    assert ob.last_seq() == 3 and passed() == {"c-0", "c-1"}
+    read(2)
+    assert ob.last_seq() == 3
+    clock.advance(0.2)
+    pipe.commit([])  # the coalescing time is over: the waiting event goes, with the state
+    assert ob.last_seq() == 4 and passed() == {"c-0", "c-1", "c-2"}
+    ob.close()
 
 
 @pytest.mark.slow
@@ -112,7 +154,8 @@ def test_sigkill_at_a_busy_gate_neither_loses_nor_redecides(tmp_path: Path,
     id_reused = [i for i, s in seqs_of_id.items() if len(s) > 1]
     ids_of_child: dict[str, set[str]] = {}
     firsts: dict[str, int] = {}
-    for e in events:
+    unique = {e["id"]: e for e in events}  # at least once: a resend is not a decision
+    for e in unique.values():
         ids_of_child.setdefault(e["child"], set()).add(e["id"])
         firsts[e["child"]] = firsts.get(e["child"], 0) + bool(e["data"]["first_passage_today"])
     redecided = sum(len(ids) - 1 for ids in ids_of_child.values())
