@@ -230,3 +230,19 @@ def test_restart_continues_engine_time(wall_step: float) -> None:
     assert exit_.data["reason"] == "absent"
     # About 30 s after the last advert, on the stepped wall clock.
     assert exit_.time == pytest.approx(T0 + 1000.0 + 21.0 + 20.0 + wall_step + 32.0, abs=2.0)
+
+
+def test_clock_step_event_validates_as_sent(tmp_path: Path) -> None:
+    import contract  # tests/contract.py: the schemas as the backend checks them
+
+    eng = _zone_engine()
+    st = eng.initial_state()
+    events: list[Event] = []
+    for i, wall in enumerate((T0, T0 + 1.0, T0 - 3600.0)):
+        st, evs = eng.step(st, BleSighting("ble-z", KID, wall, -60, mono=10.0 + i))
+        events += evs
+    assert _kinds(events) == ["clock_step"]
+    ob = Outbox(str(tmp_path / "b.db"), "u-1", "site")
+    for s in ob.add(events):
+        assert contract.violations(f"kidsafe/v1/u-1/{s.topic}", s.payload) == [], s.payload
+    ob.close()
