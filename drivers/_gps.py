@@ -18,7 +18,7 @@ NO_FIX_DOC = "no position fix for this long: reader degraded"
 
 
 def no_fix_s(default: float) -> Any:
-    return opt(default, NO_FIX_DOC, gt=0)
+    return opt(default, NO_FIX_DOC, gt=0, le=3600)
 
 
 class GpsTimeGate:

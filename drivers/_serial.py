@@ -9,6 +9,7 @@ exponential back-off and jitter (tenacity), reporting the outage once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import threading
 from abc import abstractmethod
@@ -32,15 +33,31 @@ class _Stopped(Exception):
     pass
 
 
+# errnos a serial port gives when its adapter is pulled or loses power mid-read
+_GONE_ERRNOS = {errno.EIO, errno.ENXIO, errno.ENODEV, errno.EBADF}
+
+
+def lost_in_words(e: OSError) -> str:
+    """Why a port was lost, for a technician: pyserial's own text on an unplugged adapter is
+    "device reports readiness to read but returned no data (device disconnected or multiple
+    access on port?)", which reads like a bug."""
+    text = str(e)
+    if "returned no data" in text or e.errno in _GONE_ERRNOS:
+        return ("the device went away: unplugged, a loose cable, no power, or another program "
+                "reading the port")
+    return text[:200]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SerialOptions(ReaderOptions):
     """Options of every serial reader; a kind redeclares ``baud`` with its own default."""
 
     port: str = opt(doc="serial device, e.g. /dev/serial/by-id/... (stable across reboots)",
                     check=non_empty)
-    baud: int = opt(9600, "serial speed in baud", gt=0)
-    reconnect_initial_s: float = opt(0.5, "first back-off delay after the port is lost", gt=0)
-    reconnect_max_s: float = opt(30.0, "back-off cap while the reader is unplugged", gt=0)
+    baud: int = opt(9600, "serial speed in baud", gt=0, le=4_000_000)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after the port is lost",
+                                     gt=0, le=3600)
+    reconnect_max_s: float = opt(30.0, "back-off cap while the reader is unplugged", gt=0, le=3600)
 
     def where(self) -> str:
         return self.port
@@ -107,8 +124,9 @@ class SerialDriver(Driver[SerialT]):
             try:
                 self._read_loop(port, stop)
             except OSError as e:  # SerialException is an OSError too
-                log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, opts.port, e)
-                self._report(ReaderState.OFFLINE, str(e))
+                why = lost_in_words(e)
+                log.warning("reader %s: lost %s (%s); reconnecting", self.cfg.id, opts.port, why)
+                self._report(ReaderState.OFFLINE, why)
             finally:
                 with contextlib.suppress(OSError):
                     port.close()

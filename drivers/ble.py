@@ -9,6 +9,11 @@ beyond bleak's own. Tag ids: ``ibeacon:<uuid>:<major>:<minor>`` /
 
 * TLM frames carry no id: a TLM is attributed to the id last seen from the
   same BLE address (Eddystone beacons interleave UID and TLM frames).
+* Hostile radio: anyone in range can advertise a fresh id from a fresh
+  address every frame. The driver only remembers tags that are enrolled
+  (the sink's ``enrolled`` set, which the pipeline has), so ids of other tags
+  are never kept (privacy) and its memory does not grow with them; both maps
+  are capped at ``MAX_REMEMBERED`` entries, least recently used forgotten first.
 * A button press is an iBeacon advertising ``button_uuid``; it is attributed
   to the tag seen from the same address, else to the tag with the same
   major/minor, else (a tag never seen before the press) to ``tag_uuid`` with
@@ -33,6 +38,8 @@ import contextlib
 import logging
 import threading
 import uuid
+from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +61,7 @@ from gateway.options import ReaderOptions, opt
 log = logging.getLogger("gateway.driver")
 
 CHECK_S = 1.0  # adapter presence poll
-MAX_ADDRESSES = 4096  # address -> tag id memory, oldest forgotten first
+MAX_REMEMBERED = 4096  # address -> tag id and major/minor -> tag id, each; LRU
 ADAPTER_IFACE = "org.bluez.Adapter1"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
@@ -87,13 +94,22 @@ class BleOptions(ReaderOptions):
     tag_uuid: str | None = opt(None, "the tags' own iBeacon UUID, to attribute a press from a "
                                      "tag not seen before", check=_uuid)
     silence_s: float = opt(30.0, "no advert this long: restart the scan, then the adapter",
-                           gt=0)
-    power_off_s: float = opt(1.0, "how long the adapter stays off when power-cycled", gt=0)
-    reconnect_initial_s: float = opt(0.5, "first back-off delay after adapter trouble", gt=0)
-    reconnect_max_s: float = opt(30.0, "back-off cap while the adapter is in trouble", gt=0)
+                           gt=0, le=3600)
+    power_off_s: float = opt(1.0, "how long the adapter stays off when power-cycled", gt=0, le=3600)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after adapter trouble",
+                                     gt=0, le=3600)
+    reconnect_max_s: float = opt(30.0, "back-off cap while the adapter is in trouble",
+                                 gt=0, le=3600)
 
     def where(self) -> str:
         return self.adapter
+
+
+def _put(lru: OrderedDict[Any, str], key: Any, value: str) -> None:
+    lru[key] = value
+    lru.move_to_end(key)
+    if len(lru) > MAX_REMEMBERED:
+        lru.popitem(last=False)
 
 
 class BleDriver(Driver[BleOptions]):
@@ -111,8 +127,11 @@ class BleDriver(Driver[BleOptions]):
         self.power_off_s = o.power_off_s
         self.initial_s = o.reconnect_initial_s
         self.cap_s = o.reconnect_max_s
-        self._by_addr: dict[str, str] = {}
-        self._by_major_minor: dict[tuple[int, int], str] = {}
+        # The pipeline (the daemon's sink) knows the enrolled tags; a bare sink (driver tests)
+        # does not, and then every id is remembered, still within the caps.
+        self.enrolled: Collection[str] | None = getattr(self.sink, "enrolled", None)
+        self._by_addr: OrderedDict[str, str] = OrderedDict()
+        self._by_major_minor: OrderedDict[tuple[int, int], str] = OrderedDict()
         self._last_adv = 0.0
         self._bus: MessageBus | None = None
         self.power_cycles = 0
@@ -120,13 +139,13 @@ class BleDriver(Driver[BleOptions]):
 
     # -- advertisements (called by bleak on our loop) ----------------------------------------
 
-    def _remember(self, addr: str, tid: str) -> None:
-        by = self._by_addr
-        if by.get(addr) != tid:
-            by.pop(addr, None)
-            if len(by) >= MAX_ADDRESSES:
-                del by[next(iter(by))]
-            by[addr] = tid
+    def _remember(self, addr: str, tid: str, major_minor: tuple[int, int] | None) -> None:
+        """Keep what attributes a later TLM or button press to ``tid``: enrolled tags only."""
+        if self.enrolled is not None and tid not in self.enrolled:
+            return
+        _put(self._by_addr, addr, tid)
+        if major_minor is not None:
+            _put(self._by_major_minor, major_minor, tid)
 
     def on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
         self._last_adv = self.clock.monotonic()  # any advert proves the scan is alive
@@ -154,9 +173,8 @@ class BleDriver(Driver[BleOptions]):
                     pressed.append(who)
             elif (tid := codec.tag_id(f)) is not None:
                 ids.append(tid)
-                self._remember(addr, tid)
-                if isinstance(f, codec.IBeacon):
-                    self._by_major_minor[(f.major, f.minor)] = tid
+                self._remember(addr, tid,
+                               (f.major, f.minor) if isinstance(f, codec.IBeacon) else None)
         if tlm is not None and not ids and not pressed:
             known = self._by_addr.get(addr)
             if known is None:
@@ -176,7 +194,20 @@ class BleDriver(Driver[BleOptions]):
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        asyncio.run(self._main(stop))
+        with asyncio.Runner() as runner:
+            runner.get_loop().set_exception_handler(self._loop_exception)
+            runner.run(self._main(stop))
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Device trouble that surfaces outside our tasks (a task of bleak or dbus_fast
+        whose bus went away, reported when it is collected, often after we stopped) is
+        one log line, not asyncio's traceback after "gatewayd stopped"."""
+        exc = context.get("exception")
+        if isinstance(exc, DEVICE_ERRORS):
+            log.debug("reader %s: after the adapter's bus went away: %s", self.cfg.id,
+                      self._trouble(exc))
+            return
+        loop.default_exception_handler(context)
 
     async def _main(self, stop: threading.Event) -> None:
         self._report(ReaderState.STARTING, f"adapter {self.adapter}")

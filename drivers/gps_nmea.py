@@ -49,8 +49,9 @@ class _FixStream:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GpsNmeaOptions(SerialOptions):
-    baud: int = opt(9600, "serial speed in baud", gt=0)
-    silence_s: float = opt(5.0, "no data from the receiver this long: reader degraded", gt=0)
+    baud: int = opt(9600, "serial speed in baud", gt=0, le=4_000_000)
+    silence_s: float = opt(5.0, "no data from the receiver this long: reader degraded",
+                           gt=0, le=3600)
     no_fix_s: float = no_fix_s(30.0)
 
 

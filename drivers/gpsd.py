@@ -43,8 +43,9 @@ class GpsdOptions(ReaderOptions):
     host: str = opt("127.0.0.1", "where gpsd listens (host name or address)", check=non_empty)
     gpsd_port: int = opt(2947, "gpsd's TCP port", check=tcp_port)
     no_fix_s: float = no_fix_s(10.0)
-    reconnect_initial_s: float = opt(0.5, "first back-off delay after gpsd goes away", gt=0)
-    reconnect_max_s: float = opt(30.0, "back-off cap while gpsd is away", gt=0)
+    reconnect_initial_s: float = opt(0.5, "first back-off delay after gpsd goes away",
+                                     gt=0, le=3600)
+    reconnect_max_s: float = opt(30.0, "back-off cap while gpsd is away", gt=0, le=3600)
 
     def where(self) -> str:
         return f"{self.host}:{self.gpsd_port}"

@@ -18,7 +18,7 @@ from gateway.options import opt
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rdm6300Options(SerialOptions):
-    baud: int = opt(9600, "serial speed in baud (the RDM6300 only speaks 9600)", gt=0)
+    baud: int = opt(9600, "serial speed in baud (the RDM6300 only speaks 9600)", gt=0, le=4_000_000)
 
 
 class Rdm6300Driver(SerialDriver[Rdm6300Options]):

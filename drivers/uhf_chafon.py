@@ -60,7 +60,7 @@ ANSWER_GAP_S = 0.1
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UhfChafonOptions(SerialOptions):
     baud: int = opt(57600, "serial speed in baud (the family's factory setting is 57600)",
-                    gt=0)
+                    gt=0, le=4_000_000)
     model: str = opt("288", "frame layout: 288 (UHFReader288/86, antenna + RSSI) or 18 "
                             "(UHFReader18, one antenna)", choices=("288", "18"))
     antennas: tuple[int, ...] = opt((1,), "antenna ports to cycle through, 1..8 (a model 18 "
@@ -73,8 +73,9 @@ class UhfChafonOptions(SerialOptions):
     scan_time: int = opt(3, "longest inventory per command, in 100 ms (model 288)",
                          ge=3, le=255)
     reply_timeout_s: float = opt(0.5, "no answer this long after the scan time: resend, "
-                                      "reader degraded", gt=0)
-    silence_s: float = opt(5.0, "no well-formed answer this long: reopen the port", gt=0)
+                                      "reader degraded", gt=0, le=3600)
+    silence_s: float = opt(5.0, "no well-formed answer this long: reopen the port",
+                           gt=0, le=3600)
 
 
 def encode_inventory(o: UhfChafonOptions, antenna: int) -> bytes:

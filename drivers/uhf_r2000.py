@@ -34,13 +34,13 @@ from gateway.options import opt
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UhfR2000Options(SerialOptions):
-    baud: int = opt(115200, "serial speed in baud", gt=0)
+    baud: int = opt(115200, "serial speed in baud", gt=0, le=4_000_000)
     antennas: tuple[int, ...] = opt((1,), "antenna ports to cycle through, 1..4", ge=1, le=4,
                                     check=non_empty)
     repeat: int = opt(1, "inventory rounds per 0x89 command (255: fastest)", ge=1, le=255)
     address: int = opt(1, "the reader's bus address in command frames", ge=0, le=255)
-    reply_timeout_s: float = opt(1.0, "no answer this long: resend, reader degraded", gt=0)
-    silence_s: float = opt(5.0, "no answer this long: reopen the port", gt=0)
+    reply_timeout_s: float = opt(1.0, "no answer this long: resend, reader degraded", gt=0, le=3600)
+    silence_s: float = opt(5.0, "no answer this long: reopen the port", gt=0, le=3600)
 
 
 class UhfR2000Driver(SerialDriver[UhfR2000Options]):

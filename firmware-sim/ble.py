@@ -428,8 +428,10 @@ def _start(device_id: str, s: Settings, ctx: Context) -> Started:
     reader: dict[str, Any] = {"kind": SIMULATOR.kind, "role": "zone", "adapter": adapter}
     if s["alert_uuid"]:
         reader["button_uuid"] = s["alert_uuid"]
+    named = [SimTag(**t) for t in s.get("tags") or []]  # the crowd is not for enrolling
     return Started(reader, f"BlueZ adapter {adapter}",
-                   lambda action, a, stop: _act(sim, action, a, stop))
+                   lambda action, a, stop: _act(sim, action, a, stop),
+                   tags=tuple(t.tag_id for t in named if t.kind != "other"))
 
 
 SIMULATOR = Simulator(

@@ -1,8 +1,9 @@
-"""`kidsafe-sim`: simulated readers for technicians, and the end-to-end demo.
+"""kidsafe-sim: simulated readers for technicians, and the end-to-end demo.
 
-``kidsafe-sim run SCENARIO.toml`` starts every device a scenario names (UHF
+"kidsafe-sim run SCENARIO.toml" starts every device a scenario names (UHF
 R2000 and NMEA GPS on ptys, BLE tags on a mock BlueZ, RDM6300), prints where
-they are and a ``[[readers]]`` snippet, then plays the steps.
+they are and the [[readers]] and [[tags]] to paste into a gateway config,
+then plays the steps.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from firmware_sim import scenario as scen
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.simulator import Context, Started
 from firmware_sim.vserial import VirtualSerial
+from gateway.model import canonical_tag_id
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,7 +116,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg_path.write_text(text)
     sc = scen.load(str(REPO / "config" / "demo-scenario.toml"))
     expected = sum(1 for s in sc.steps if s.action == "present" and s.args.get("enrolled", True))
+    noise = noise_fed(sc)
     got: list[dict[str, object]] = []
+    health: list[tuple[float, dict[str, Any]]] = []  # (when received, body)
     ready = threading.Event()
 
     def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -122,6 +126,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             body = json.loads(msg.payload)
         except ValueError:
             body = msg.payload.decode(errors="replace")
+        if isinstance(body, dict) and msg.topic.endswith("/health"):
+            health.append((time.monotonic(), body))
         if isinstance(body, dict) and "/event/" in msg.topic:
             got.append(body)
             print(f"[backend] {msg.topic}  seq={body.get('seq')} child={body.get('child')} "
@@ -148,13 +154,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         time.sleep(2.0)  # let the driver open the port (pyserial flushes input on open)
         _say(f"scenario '{sc.name}': {len(sc.steps)} steps over {sc.duration:.0f} s "
              f"({expected} presentations of enrolled cards)")
+        _say("noise fed in on the way: " + "; ".join(noise))
         Rdm6300Sim(port).run(sc)
-        deadline = time.monotonic() + 5
+        played = time.monotonic()
+        deadline = played + 5
         while len(got) < expected and time.monotonic() < deadline:
             time.sleep(0.1)
         _say(f"backend received {len(got)} gate events; the scenario presented "
              f"{expected} enrolled cards")
-        rc = 0 if len(got) == expected else 1
+        # The next health message counts what the gateway refused (sent every interval_s).
+        deadline = time.monotonic() + 15
+        while not any(t > played for t, _ in health) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        counted = noise_counted(next((b for t, b in health if t > played), None))
+        _say(counted[1])
+        rc = 0 if len(got) == expected and counted[0] else 1
         if args.stay:
             _say("still running: type tag ids into another 'kidsafe-sim' or press Ctrl-C")
             while gw.poll() is None:
@@ -168,6 +182,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         broker.stop()
     _say(f"done; files in {work}")
     return rc
+
+
+def noise_fed(sc: scen.Scenario) -> list[str]:
+    """What the demo scenario feeds the reader besides enrolled cards, in words."""
+    words = []
+    for s in sc.steps:
+        if s.action == "garbage":
+            words.append(f"{s.args.get('bytes', 16)} garbage bytes at {s.at:g} s")
+        elif s.action == "bad_checksum":
+            words.append(f"a frame with a bad checksum at {s.at:g} s")
+        elif s.action == "present" and not s.args.get("enrolled", True):
+            words.append(f"a visitor's card {s.args.get('tag')} (not enrolled) at {s.at:g} s")
+    return words
+
+
+def noise_counted(health: dict[str, Any] | None) -> tuple[bool, str]:
+    """(rejects and the visitor counted?, a line saying what the gateway counted)."""
+    if health is None:
+        return False, "no health message from the gateway: cannot show the noise counted"
+    rejects = {rid: r.get("rejects", {}) for rid, r in health.get("readers", {}).items()}
+    visitors = int(health.get("counters", {}).get("unenrolled_reads", 0))
+    shown = "; ".join(f"reader {rid} rejected " + (", ".join(f"{n} {why}" for why, n in
+                                                             sorted(rj.items())) or "nothing")
+                      for rid, rj in rejects.items())
+    ok = any(rejects.values()) and visitors > 0
+    return ok, (f"the gateway's health message: {shown}; {visitors} read(s) of cards that are "
+                "not enrolled (counted only, never stored or sent)")
 
 
 # -- kidsafe-sim run: every simulated device a scenario needs ------------------------------
@@ -198,6 +239,28 @@ def readers_snippet(readers: list[dict[str, Any]]) -> str:
         body = tomli_w.dumps({"readers": reader})
         parts.append("[[readers]]\n" + body.removeprefix("[readers]\n"))
     return "\n".join(parts)
+
+
+_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")  # a BLE address, not a tag id
+
+
+def simulated_tags(sc: scen.MultiScenario, running: list[_Running]) -> list[str]:
+    """Ids of the tags a scenario simulates, in order of appearance: those its steps present
+    (a step with ``enrolled = false`` is a visitor: left out) and those a device declares."""
+    ids: dict[str, None] = {}
+    for r in running:
+        ids.update(dict.fromkeys(r.started.tags))
+    for step in sc.steps:
+        tag = step.args.get("tag")
+        if isinstance(tag, str) and not _ADDRESS.match(tag) and step.args.get("enrolled", True):
+            ids[canonical_tag_id(tag)] = None
+    return list(ids)
+
+
+def tags_snippet(tags: list[str]) -> str:
+    """``[[tags]]`` tables with made-up child references to replace with real ones."""
+    return "\n".join("[[tags]]\n" + tomli_w.dumps({"id": t, "child": f"child-{i:02d}"})
+                     for i, t in enumerate(tags, 1))
 
 
 def _start_devices(sc: scen.MultiScenario, ctx: Context) -> list[_Running]:
@@ -255,8 +318,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say("start gatewayd with this in its environment:")
             for k, v in ctx.env.items():
                 print(f"{k}={v}", flush=True)
-        _say("config for gatewayd (add [[tags]] for the children to follow):")
+        tags = simulated_tags(sc, running)
+        _say("config for gatewayd: the readers"
+             + (" and the simulated tags (child references made up: use real ones):"
+                if tags else " (this scenario simulates no tags to enrol):"))
         print(readers_snippet([r.reader for r in running]), flush=True)
+        if tags:
+            print(tags_snippet(tags), flush=True)
         try:
             if args.start_delay > 0:
                 _say(f"playing in {args.start_delay:g} s (start gatewayd now)")

@@ -52,6 +52,9 @@ class Started:
     reader: dict[str, Any]  # its [[readers]] snippet for gatewayd, without the id
     where: str  # where the gateway finds it, for the log
     act: Callable[[str, StepArgs, threading.Event], None]  # play one step (own thread)
+    # Ids of the tags it simulates that no step names (e.g. BLE tags listed in the device
+    # table), for the [[tags]] snippet; steps' ``tag`` values are collected by kidsafe-sim.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,18 @@ The bottom layer of the config: the config loader, the engine's settings and
 the drivers' option declarations (:mod:`gateway.options`) all report through
 one :class:`Checker`, so a technician sees every problem of a file at once.
 The shared checks live here once: :func:`positive` is *the* "number greater
-than 0" check. Nothing here imports the loader, the engine or the drivers.
+than 0" check. Every number is finite (TOML allows ``inf`` and ``nan``; a
+``repeat_window_s = inf`` would pass any lower bound and break the unit), and
+:func:`seconds` is the bounded duration. A :class:`Checker` also collects
+warnings: things that still work but are probably wrong (``check-config``
+prints them and exits 0). Nothing here imports the loader, the engine or the
+drivers.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,6 +26,9 @@ T = TypeVar("T")
 Check = Callable[[Any], str | None]  # a message when the value is wrong, else None
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+MAX_DELAY_S = 3600.0  # the longest back-off, timeout or silence any part of the unit waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +42,11 @@ class ConfigError:
 
 
 class ConfigInvalid(Exception):
-    def __init__(self, errors: list[ConfigError]) -> None:
+    def __init__(self, errors: list[ConfigError],
+                 warnings: list[ConfigError] | None = None) -> None:
         super().__init__("\n".join(str(e) for e in errors))
         self.errors = errors
+        self.warnings = warnings or []
 
 
 def type_name(value: Any) -> str:
@@ -66,10 +77,14 @@ def bounds(gt: float | None = None, ge: float | None = None, le: float | None = 
         high = f"{_num(le)} or less"
     if ge is not None and le is not None:
         wording = f"between {_num(ge)} and {_num(le)}"
+    elif low and le is not None:
+        wording = f"{low} and at most {_num(le)}"
     else:
         wording = " and ".join(w for w in (low, high) if w)
 
     def check(v: float) -> str | None:
+        if not math.isfinite(v):
+            return f"must be a finite number ({wording})"
         ok = ((gt is None or v > gt) and (ge is None or v >= ge)
               and (le is None or v <= le) and (lt is None or v < lt))
         return None if ok else f"must be {wording}"
@@ -79,6 +94,18 @@ def bounds(gt: float | None = None, ge: float | None = None, le: float | None = 
 
 positive = bounds(gt=0)  # "must be greater than 0"
 non_negative = bounds(ge=0)  # "must be 0 or more"
+
+
+def seconds(most: float = MAX_DELAY_S) -> Check:
+    """A duration: greater than 0 and at most ``most`` seconds."""
+    return bounds(gt=0, le=most)
+
+
+def printable(v: str) -> str | None:
+    """No control characters (a tag id or host name with a newline breaks logs and topics)."""
+    if (m := _CONTROL_RE.search(v)) is not None:
+        return f"must not contain control characters (found {m.group()!r})"
+    return None
 
 
 def tcp_port(v: int) -> str | None:
@@ -113,9 +140,14 @@ class Checker:
     def __init__(self, file: str) -> None:
         self.file = file
         self.errors: list[ConfigError] = []
+        self.warnings: list[ConfigError] = []
 
     def error(self, key: str, message: str) -> None:
         self.errors.append(ConfigError(self.file, key, message))
+
+    def warn(self, key: str, message: str) -> None:
+        """Works, but probably not as meant: reported, never refused."""
+        self.warnings.append(ConfigError(self.file, key, message))
 
     def table(self, parent: dict[str, Any], key: str, path: str, required: bool) -> dict[str, Any]:
         value = parent.get(key)
@@ -150,6 +182,9 @@ class Checker:
             value, ok = float(value), True
         if not ok:
             self.error(full, f"expected {kind_name(kind)}, got {type_name(value)} {value!r}")
+            return default
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error(full, f"must be a finite number, got {value!r}")
             return default
         if check is not None and (msg := check(value)):
             self.error(full, msg)

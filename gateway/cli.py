@@ -22,14 +22,27 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("paho").setLevel(logging.WARNING)
 
 
-def _load(path: str) -> configmod.Config | None:
+def _load(path: str, warnings: bool = True) -> configmod.Config | None:
+    """The config (its warnings printed unless ``warnings`` is false); None (errors
+    printed) when it must not run."""
     try:
-        return configmod.load(path)
+        cfg = configmod.load(path)
     except configmod.ConfigInvalid as e:
         print(f"gatewayd: {path}: {len(e.errors)} error(s) in the configuration:", file=sys.stderr)
         for err in e.errors:
             print(f"  {err}", file=sys.stderr)
+        _print_warnings(path, e.warnings)
         return None
+    if warnings:
+        _print_warnings(path, cfg.warnings)
+    return cfg
+
+
+def _print_warnings(path: str, warnings: Sequence[configmod.ConfigError]) -> None:
+    if warnings:
+        print(f"gatewayd: {path}: {len(warnings)} warning(s):", file=sys.stderr)
+        for w in warnings:
+            print(f"  warning: {w}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -43,11 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.file)
+    cfg = _load(args.file, warnings=False)  # printed after the summary, on stdout
     if cfg is None:
         return 2
     b = cfg.broker
-    print(f"{cfg.file}: OK")
+    print(f"{cfg.file}: OK" + (f" with {len(cfg.warnings)} warning(s)" if cfg.warnings else ""))
     print(f"  unit      {cfg.unit.id} at {cfg.unit.site}"
           + (f" (config version {cfg.unit.config_version})" if cfg.unit.config_version else ""))
     tls = "no TLS"
@@ -61,8 +74,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for r in cfg.readers:
         where = f" on {r.options.where()}" if r.options.where() else ""
         print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")
+        opts = _options_text(r.options)
+        if opts:
+            print(f"            {opts}")
     print(f"  tags      {len(cfg.tags)} enrolled")
+    print(f"  gate      repeat window {cfg.gate.repeat_window_s:g} s")
+    _print_engine_summary(cfg)
+    for w in cfg.warnings:
+        print(f"warning: {w.key}: {w.message}")
     return 0
+
+
+def _print_engine_summary(cfg: configmod.Config) -> None:
+    """Zones, geofences and where the unit stands, as parsed: typos show up here."""
+    e = cfg.engine
+    where = f"{e.position[0]:.6f}, {e.position[1]:.6f}" if e.position else "not set"
+    print(f"  position  {where}; time zone {e.timezone}")
+    for z in e.zones:
+        print(f"  zone      {z.id}: readers {', '.join(z.readers) or '-'}, enter "
+              f"{z.enter_dbm:g} dBm / exit {z.exit_dbm:g} dBm"
+              + (f", stay groups {', '.join(z.stay_groups)}" if z.stay_groups else ""))
+    for g in e.geofences:
+        shape = (f"circle {g.center[0]:.6f}, {g.center[1]:.6f} r {g.radius_m:g} m" if g.center
+                 else f"polygon of {len(g.points)} points")
+        print(f"  geofence  {g.id}: {shape}, band {g.hysteresis_m:g} m")
+    if e.cameras:
+        print(f"  cameras   {len(e.cameras)}: {', '.join(c.id for c in e.cameras)}")
+
+
+def _options_text(options: object) -> str:
+    """A reader's options as ``key = value`` pairs (defaults included)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(options):
+        return ""
+    return ", ".join(f"{f.name} = {getattr(options, f.name)!r}"
+                     for f in dataclasses.fields(options) if f.name != "port")
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -105,7 +152,110 @@ def cmd_locate(args: argparse.Namespace) -> int:
         return 1
     state = state_from_dict(json.loads(blob))
     return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
-                        sys.stdout)
+                        sys.stdout, cfg.engine.timezone)
+
+
+def _samples(path: str, tags: set[str], readers: tuple[str, ...]
+             ) -> tuple[dict[str, list[float]], float]:
+    """RSSI of ``tags`` per reader of the zone in a readings file, and its newest time."""
+    from gateway.model import BleSighting
+    from gateway.recording import read_items
+
+    out: dict[str, list[float]] = {}
+    newest = 0.0
+    for item in read_items(path):
+        if isinstance(item, BleSighting) and item.tag in tags and item.reader in readers:
+            out.setdefault(item.reader, []).append(float(item.rssi))
+            newest = max(newest, item.time)
+    return out, newest
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import datetime
+    import tempfile
+    from pathlib import Path
+
+    from gateway import calibrate
+    from gateway.model import canonical_tag_id
+    from gateway.recording import ReadingsError
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    zone = next((z for z in cfg.engine.zones if z.id == args.zone), None)
+    if zone is None:
+        print(f"gatewayd calibrate: no zone {args.zone!r} in {args.config} "
+              f"(zones: {', '.join(z.id for z in cfg.engine.zones) or 'none'})", file=sys.stderr)
+        return 2
+    radius = args.radius if args.radius is not None else zone.radius_m
+    if radius is None:
+        print(f"gatewayd calibrate: zone {zone.id!r} has no radius_m: give --radius",
+              file=sys.stderr)
+        return 2
+    # Several reference tags held together average out their own differences in power.
+    tags = {canonical_tag_id(t) for t in args.tag}
+    try:
+        at_boundary, newest = _samples(args.boundary, tags, zone.readers)
+        at_one_m, newest_1m = _samples(args.one_m, tags, zone.readers) if args.one_m else ({}, 0.0)
+    except (OSError, ReadingsError) as e:
+        print(f"gatewayd calibrate: {e}", file=sys.stderr)
+        return 2
+    newest = max(newest, newest_1m)
+    # The zone is a circle around one reader: the one that heard the tag most often.
+    reader = max(at_boundary, key=lambda r: len(at_boundary[r]), default=zone.readers[0])
+    try:
+        est = calibrate.estimate(at_boundary.get(reader, []), at_one_m.get(reader) or None,
+                                 radius)
+    except calibrate.CalibrationError as e:
+        print(f"gatewayd calibrate: {e}", file=sys.stderr)
+        return 1
+    th = calibrate.thresholds(est)
+    date = datetime.datetime.fromtimestamp(newest, datetime.UTC).date().isoformat()
+    print(f"zone {zone.id}: reader {reader}, tag(s) {', '.join(sorted(tags))}, "
+          f"boundary at {radius:g} m")
+    print(f"  boundary  {est.boundary_dbm:.1f} dBm (median of {est.samples} adverts), "
+          f"spread {est.spread_db:.1f} dB, standard error {est.stderr_db:.1f} dB")
+    if est.ref_dbm is not None and est.exponent is not None:
+        print(f"  1 m       {est.ref_dbm:.1f} dBm: path-loss exponent {est.exponent:.2f}")
+    print(f"  enter at {th.enter_dbm:.1f} dBm, exit below {th.exit_dbm:.1f} dBm "
+          f"(was {zone.enter_dbm:.1f} / {zone.exit_dbm:.1f})")
+    lines = calibrate.snippet(est, th, date)
+    if not args.write:
+        print(f"\n# in the [[zones]] table with id = \"{zone.id}\" (or run again with --write):")
+        print("\n".join(lines))
+        return 0
+    path = Path(args.config)
+    text = path.read_text(encoding="utf-8")
+    try:
+        new = calibrate.edit_zone(text, zone.id, lines)
+    except KeyError:
+        print(f"gatewayd calibrate: cannot find the [[zones]] table with id = \"{zone.id}\" "
+              f"in {path} to edit; add the lines above by hand", file=sys.stderr)
+        return 1
+    # Never a half-written config: write a temp file beside it, validate it with the
+    # loader check-config uses, then rename it over the original (atomic on POSIX).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        try:
+            configmod.load(tmp)
+        except configmod.ConfigInvalid as e:
+            print(f"gatewayd calibrate: the edited config would not load; {path} left as it was:",
+                  file=sys.stderr)
+            for err in e.errors:
+                print(f"  {err}", file=sys.stderr)
+            return 1
+        os.replace(tmp, path)
+        tmp = ""
+    finally:
+        if tmp:
+            os.unlink(tmp)
+    print(f"wrote the thresholds into {path} (zone {zone.id})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run the gateway daemon in the foreground")
-    r.add_argument("--config", "-c", required=True, metavar="FILE")
-    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--config", "-c", required=True, metavar="FILE",
+                   help="the unit's TOML config (checked first: errors exit 2 before anything "
+                        "starts; see gatewayd check-config)")
+    r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="least severe log lines shown (default: info; debug is verbose)")
     r.add_argument("--record", metavar="FILE",
                    help="append the readings of enrolled tags to FILE (for gatewayd replay)")
     r.add_argument("--roll-call", metavar="ALERT_ID",
@@ -123,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(without it, a roll-call saved from before ends)")
     r.set_defaults(func=cmd_run)
 
-    c = sub.add_parser("check-config", help="validate a config file and print a summary")
+    c = sub.add_parser("check-config", help="validate a config file and print a summary "
+                       "(exit 0: fine, warnings printed; 2: errors)")
     c.add_argument("file", metavar="FILE")
     c.set_defaults(func=cmd_check_config)
 
@@ -147,6 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--readings", metavar="FILE",
                     help="replay this readings file first (default: the daemon's saved state)")
     lc.set_defaults(func=cmd_locate)
+
+    cb = sub.add_parser("calibrate", help="set a zone's thresholds from a reference tag "
+                        "recorded at its boundary (and at 1 m): docs/zones.md")
+    cb.add_argument("zone", metavar="ZONE", help="zone id")
+    cb.add_argument("--config", "-c", required=True, metavar="FILE")
+    cb.add_argument("--tag", required=True, action="append",
+                    help="the reference tag's id (repeat for several tags held together)")
+    cb.add_argument("--boundary", required=True, metavar="READINGS",
+                    help="readings file (gatewayd run --record) with the tag held at the "
+                         "boundary for 1-2 minutes")
+    cb.add_argument("--one-m", metavar="READINGS",
+                    help="readings file with the tag held 1 m from the reader (gives the "
+                         "path-loss exponent)")
+    cb.add_argument("--radius", type=float, metavar="M",
+                    help="boundary distance in metres (default: the zone's radius_m)")
+    cb.add_argument("--write", action="store_true",
+                    help="write the thresholds into the config (validated, atomic)")
+    cb.set_defaults(func=cmd_calibrate)
     return p
 
 

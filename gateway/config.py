@@ -5,6 +5,16 @@ giving up, so a technician fixes a config in one pass. Nothing starts on a
 config with errors. Secrets (the broker password) may live in files the
 config points to; relative paths are taken from the config file's folder.
 
+Strict on purpose (issue 11): a config that passes here must not break the
+unit later. Every number is finite and bounded (MQTT's keep-alive, the
+back-offs, the buffer caps, the engine's windows), tag ids are printable,
+two readers never share a serial port, a secret file readable by every user
+is refused (with the chmod that fixes it), a topic prefix the broker would
+refuse is refused here, and the buffer path must be a file this user can
+write. What still works but is probably wrong is a warning (``warnings``):
+port 8883 without TLS, one child on two tags of one kind, a zone reader that
+no zone covers on a unit with no position.
+
 This module sits at the top: it composes what the layers below declare (the
 engine's sections in :mod:`gateway.engine.settings`, each driver's ``Options``
 listed by :mod:`drivers.registry`), and neither of them imports it.
@@ -12,6 +22,8 @@ listed by :mod:`drivers.registry`), and neither of them imports it.
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +34,11 @@ from gateway.checker import (
     Checker,
     ConfigError,
     ConfigInvalid,
+    bounds,
     identifier,
     one_of,
-    positive,
+    printable,
+    seconds,
     tcp_port,
     type_name,
 )
@@ -40,6 +54,8 @@ __all__ = ["BrokerConfig", "BufferConfig", "Config", "ConfigError", "ConfigInval
 
 READER_ROLES = ("gate", "gate_outer", "gate_inner", "zone", "gps")
 READER_BASE_KEYS = ("id", "kind", "role")  # every reader table; the rest: engine's and driver's
+MQTT_KEEPALIVE_MAX = 65535  # the CONNECT packet's two bytes; more and paho raises at connect
+MAX_TAG_ID = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +109,7 @@ class Config:
     tags: tuple[TagConfig, ...]
     gate: GateConfig = GateConfig()
     health_interval_s: float = 60.0
+    warnings: tuple[ConfigError, ...] = ()  # works, but probably not as meant
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # for later sections
     engine: EngineSettings = field(default_factory=EngineSettings)
 
@@ -151,6 +168,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     password = None
     pw_file = c.get(b, "password_file", "broker", str)
     if pw_file:
+        _secret_file(c, "broker.password_file", rel(pw_file))
         try:
             password = Path(rel(pw_file)).read_text(encoding="utf-8").strip()
         except OSError as e:
@@ -166,6 +184,8 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
                 v = rel(v)
                 if not Path(v).is_file():
                     c.error(f"broker.tls.{k}", f"file not found: {v}")
+                elif k == "key_file":
+                    _secret_file(c, "broker.tls.key_file", v)
             files[k] = v
         if bool(files.get("cert_file")) != bool(files.get("key_file")):
             c.error("broker.tls", "cert_file and key_file go together (client certificate)")
@@ -177,33 +197,44 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         )
     protocol = c.get(b, "protocol", "broker", str, "auto", check=one_of(("auto", "5", "3.1.1")))
     broker = BrokerConfig(
-        host=c.get(b, "host", "broker", str, "127.0.0.1"),
+        host=c.get(b, "host", "broker", str, "127.0.0.1", check=_host),
         port=c.get(b, "port", "broker", int, 1883, check=tcp_port),
-        client_id=c.get(b, "client_id", "broker", str, "") or unit.id,
-        username=c.get(b, "username", "broker", str, None),
+        client_id=c.get(b, "client_id", "broker", str, "", check=_client_id) or unit.id,
+        username=c.get(b, "username", "broker", str, None, check=printable),
         password=password,
-        keepalive_s=c.get(b, "keepalive_s", "broker", int, 30, check=positive),
+        keepalive_s=c.get(b, "keepalive_s", "broker", int, 30,
+                          check=bounds(ge=1, le=MQTT_KEEPALIVE_MAX)),
         protocol=protocol,
-        topic_prefix=c.get(b, "topic_prefix", "broker", str, "kidsafe/v1").strip("/"),
-        reconnect_max_s=c.get(b, "reconnect_max_s", "broker", float, 60.0, check=positive),
+        topic_prefix=c.get(b, "topic_prefix", "broker", str, "kidsafe/v1",
+                           check=_topic_prefix).rstrip("/"),
+        reconnect_max_s=c.get(b, "reconnect_max_s", "broker", float, 60.0, check=seconds()),
         tls=tls,
     )
+    if broker.port == 8883 and tls is None:
+        c.warn("broker.port", "8883 is MQTT over TLS, but [broker.tls] is missing: the "
+                              "connection will fail or go out in clear (add [broker.tls] "
+                              "or use port 1883)")
 
     bf = c.table(raw, "buffer", "buffer", required=True)
     c.unknown(bf, {"path", "max_mb", "max_events"}, "buffer")
     buffer = BufferConfig(
-        path=rel(c.get(bf, "path", "buffer", str, "", required=True)),
-        max_mb=c.get(bf, "max_mb", "buffer", float, 256.0, check=positive),
-        max_events=c.get(bf, "max_events", "buffer", int, 2_000_000, check=positive),
+        path=rel(c.get(bf, "path", "buffer", str, "", required=True, check=printable)),
+        max_mb=c.get(bf, "max_mb", "buffer", float, 256.0, check=bounds(gt=0, le=1_000_000)),
+        max_events=c.get(bf, "max_events", "buffer", int, 2_000_000,
+                         check=bounds(ge=1, le=1_000_000_000)),
     )
+    if buffer.path:
+        _buffer_path(c, buffer.path)
 
     g = c.table(raw, "gate", "gate", required=False)
     c.unknown(g, {"repeat_window_s"}, "gate")
+    # A window of minutes would swallow a child's way out after the way in.
     gate = GateConfig(repeat_window_s=c.get(g, "repeat_window_s", "gate", float, 3.0,
-                                            check=positive))
+                                            check=seconds(600)))
     h = c.table(raw, "health", "health", required=False)
     c.unknown(h, {"interval_s"}, "health")
-    health_interval = c.get(h, "interval_s", "health", float, 60.0, check=positive)
+    health_interval = c.get(h, "interval_s", "health", float, 60.0,
+                            check=bounds(gt=0, le=86_400))
 
     readers = _readers(raw, c)
 
@@ -213,13 +244,14 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         c.error("tags", f"expected an array of tables ([[tags]]), got {type_name(tl)}")
         tl = []
     tag_ids: set[str] = set()
+    child_tags: dict[str, list[tuple[str, str]]] = {}  # child -> [(path, tag id)]
     for i, tg in enumerate(tl):
         path = f"tags[{i}]"
         if not isinstance(tg, dict):
             c.error(path, f"expected a table, got {type_name(tg)}")
             continue
         c.unknown(tg, {"id", "child", "groups"}, path)
-        tid = canonical_tag_id(c.get(tg, "id", path, str, "", required=True))
+        tid = canonical_tag_id(c.get(tg, "id", path, str, "", required=True, check=_tag_id))
         if tid and tid in tag_ids:
             c.error(f"{path}.id", f"tag {tid} is enrolled twice")
         tag_ids.add(tid)
@@ -227,16 +259,133 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         if not all(isinstance(x, str) for x in groups):
             c.error(f"{path}.groups", "expected an array of strings")
             groups = []
-        tags.append(TagConfig(id=tid, child=c.get(tg, "child", path, str, "", required=True,
-                                                  check=identifier),
-                              groups=tuple(groups)))
+        child = c.get(tg, "child", path, str, "", required=True, check=identifier)
+        if tid and child:
+            child_tags.setdefault(child, []).append((path, tid))
+        tags.append(TagConfig(id=tid, child=child, groups=tuple(groups)))
+    _children_on_two_tags(c, child_tags)
 
     engine = parse_settings(raw, c, readers)  # [engine], [[zones]], ...: errors listed with ours
+    _uncovered_zone_readers(c, readers, engine)
     if c.errors:
-        raise ConfigInvalid(c.errors)
+        raise ConfigInvalid(c.errors, c.warnings)
     return Config(file=file, unit=unit, broker=broker, buffer=buffer, readers=tuple(readers),
-                  tags=tuple(tags), gate=gate, health_interval_s=health_interval, raw=raw,
-                  engine=engine)
+                  tags=tuple(tags), gate=gate, health_interval_s=health_interval,
+                  warnings=tuple(c.warnings), raw=raw, engine=engine)
+
+
+# -- the strict checks (issue 11) -----------------------------------------------------------
+
+def _host(v: str) -> str | None:
+    if not v.strip():
+        return "must not be empty"
+    return printable(v) or (None if " " not in v else "must not contain spaces")
+
+
+def _client_id(v: str) -> str | None:
+    # MQTT 3.1.1 brokers must accept 1-23 of [0-9a-zA-Z]; most take more, none take control
+    # characters. An empty value means "the unit id".
+    return printable(v) or (None if len(v) <= 128 else "must be at most 128 characters")
+
+
+def _tag_id(v: str) -> str | None:
+    t = v.strip()
+    if not t:
+        return "must not be empty"
+    if len(t) > MAX_TAG_ID:
+        return f"must be at most {MAX_TAG_ID} characters"
+    if problem := printable(v):
+        return problem
+    return None if " " not in t else "must not contain spaces"
+
+
+def _topic_prefix(v: str) -> str | None:
+    """What a broker accepts as the start of a topic name (MQTT 5 section 4.7), so a bad
+    prefix is refused here, not by the broker at every publish ("Unspecified")."""
+    if problem := printable(v):
+        return problem
+    if not v.strip("/"):
+        return "must not be empty (e.g. \"kidsafe/v1\")"
+    if v.startswith("/"):
+        return "must not start with '/' (that makes an empty first level)"
+    if v.startswith("$"):
+        return "must not start with '$' (brokers reserve those topics, e.g. $SYS)"
+    if "+" in v or "#" in v:
+        return "must not contain the wildcards '+' or '#' (they are for subscribing)"
+    if "" in v.rstrip("/").split("/"):
+        return "must not contain empty levels ('//')"
+    if len(v.encode()) > 1024:
+        return "must be at most 1024 bytes"
+    return None
+
+
+def _secret_file(c: Checker, key: str, path: str) -> None:
+    """A password or private key readable by every user on the box is refused."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # the read that follows reports it
+    if mode & stat.S_IROTH:
+        c.error(key, f"{path} is readable by every user (mode {stat.S_IMODE(mode):04o}); "
+                     f"run: chmod 600 {path}")
+
+
+_AS_DAEMON = "check as the daemon's user, e.g. sudo -u kidsafe gatewayd check-config FILE"
+
+
+def _buffer_path(c: Checker, path: str) -> None:
+    """The buffer file must be a regular file this user can write, or creatable: checked by
+    looking, never by creating anything (the daemon creates the file and its folders)."""
+    p = Path(path)
+    key = "buffer.path"
+    if p.is_dir():
+        c.error(key, f"{path} is a directory; give a file in it (e.g. {p / 'buffer.db'})")
+        return
+    if p.exists():
+        if not p.is_file():
+            c.error(key, f"{path} is not a regular file")
+        elif not os.access(p, os.R_OK | os.W_OK):
+            c.error(key, f"{path} cannot be read and written by this user (uid {os.getuid()}; "
+                         f"{_AS_DAEMON})")
+        return
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        c.error(key, f"cannot create {path}: {parent} is not a directory")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        c.error(key, f"cannot create {path}: {parent} is not writable by this user "
+                     f"(uid {os.getuid()}; {_AS_DAEMON})")
+
+
+def _children_on_two_tags(c: Checker, child_tags: dict[str, list[tuple[str, str]]]) -> None:
+    """A warning, not an error: a child with a gate card and a BLE tag is the normal
+    two-technology set-up, and a spare card is legitimate; two tags of one kind are more
+    often a typo or a lost card still enrolled (whoever finds it passes as the child)."""
+    for child, entries in child_tags.items():
+        by_kind: dict[str, list[tuple[str, str]]] = {}
+        for path, tid in entries:
+            by_kind.setdefault(tid.split(":", 1)[0] if ":" in tid else "card", []).append(
+                (path, tid))
+        for same in by_kind.values():
+            if len(same) > 1:
+                c.warn(f"{same[-1][0]}.child",
+                       f"child {child!r} is also on {same[0][0]} ({same[0][1]}): both tags "
+                       f"report as {child}; fine for a spare, else remove the lost one")
+
+
+def _uncovered_zone_readers(c: Checker, readers: list[ReaderConfig[Any]],
+                            engine: EngineSettings) -> None:
+    """A zone reader outside every zone, on a unit with no position: an SOS it hears goes
+    out with no zone, no position and no cameras."""
+    if engine.position is not None:
+        return
+    covered = {rid for z in engine.zones for rid in z.readers}
+    for i, r in enumerate(readers):
+        if r.role == "zone" and r.id not in covered:
+            c.warn(f"readers[{i}]", f"zone reader {r.id!r} is in no [[zones]] and "
+                                    "[engine].position is not set: an SOS it hears goes out "
+                                    "with no zone, no position and no cameras")
 
 
 def _readers(raw: dict[str, Any], c: Checker) -> list[ReaderConfig[Any]]:
@@ -278,7 +427,25 @@ def _readers(raw: dict[str, Any], c: Checker) -> list[ReaderConfig[Any]]:
         # roles); the config is refused anyway, so its options stay empty.
         readers.append(ReaderConfig(id=rid, kind=kind, role=role,
                                     options=options if options is not None else ReaderOptions()))
+    _shared_devices(c, readers)
     return readers
+
+
+def _shared_devices(c: Checker, readers: list[ReaderConfig[Any]]) -> None:
+    """Two readers on one serial port steal each other's bytes: refused. Names are resolved
+    (/dev/serial/by-id/... is a link to /dev/ttyUSB0)."""
+    first: dict[str, tuple[int, str]] = {}
+    for i, r in enumerate(readers):
+        where = r.options.where()
+        if not where.startswith("/"):
+            continue  # a BLE adapter, a gpsd host: shared by design
+        device = os.path.realpath(where)
+        if device in first:
+            j, rid = first[device]
+            c.error(f"readers[{i}].port", f"{where} is also the port of reader {rid!r} "
+                                          f"(readers[{j}]): one reader per serial port")
+        else:
+            first[device] = (i, r.id)
 
 
 def reader_config(table: dict[str, Any], file: str = "<reader>") -> ReaderConfig[Any]:

@@ -9,7 +9,9 @@ a file. ``INPUT = "binary"``: serial bytes, or a hex dump of them (a file of onl
 hex digits and whitespace is unhexlified). ``INPUT = "lines"``: text lines as the
 codec takes them, without the whole lines that start with the codec's
 ``COMMENT`` (gpsd's ``#`` log headers), when it declares one. The codec's
-``DERIVED`` names frame properties printed beside the fields.
+``DERIVED`` names frame properties printed beside the fields. A codec with a
+``tag_id(frame)`` function (BLE) also gets ``tag_id``: the id to put in
+``[[tags]]`` (``ibeacon:<uuid>:<major>:<minor>``), so nobody assembles it by hand.
 """
 
 from __future__ import annotations
@@ -99,11 +101,19 @@ def decode_stream(kind: str, data: bytes) -> Iterator[dict[str, Any]]:
     dec = mod.Decoder()
     data = _prepare(mod, data)
     derived: tuple[str, ...] = mod.DERIVED
+    tag_id = getattr(mod, "tag_id", None)
+
+    def out(frame: object) -> dict[str, Any]:
+        d = frame_dict(frame, derived)
+        if tag_id is not None and d["ok"] and (tid := tag_id(frame)) is not None:
+            d["tag_id"] = tid
+        return d
+
     for i in range(0, len(data), _CHUNK):
         for frame in dec.feed(data[i : i + _CHUNK]):
-            yield frame_dict(frame, derived)
+            yield out(frame)
     for frame in dec.flush():
-        yield frame_dict(frame, derived)
+        yield out(frame)
 
 
 def decode_file(kind: str, path: str | Path) -> Iterator[dict[str, Any]]:

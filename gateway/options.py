@@ -21,6 +21,7 @@ layers own), see :func:`option_names`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -81,6 +82,14 @@ class OptionDoc:
 def _fields(cls: type[ReaderOptions]) -> list[tuple[dataclasses.Field[Any], Any]]:
     hints = typing.get_type_hints(cls)
     return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def option_spec(cls: type[ReaderOptions], name: str) -> tuple[OptionSpec, Any]:
+    """(declaration, type) of one option, e.g. for the test that every number is bounded."""
+    for f, tp in _fields(cls):
+        if f.name == name:
+            return f.metadata.get(_META, OptionSpec("")), tp
+    raise KeyError(name)
 
 
 def option_names(cls: type[ReaderOptions]) -> set[str]:
@@ -171,6 +180,9 @@ def parse_options(cls: type[OptionsT], table: dict[str, Any], checker: Checker,
                 ok = False
             continue
         problem, value, scalars = _convert(tp, table[f.name])
+        if problem is None and any(isinstance(x, float) and not math.isfinite(x)
+                                   for x in scalars):
+            problem = "must be a finite number"  # TOML has inf and nan; no option means them
         if problem is None:
             # Limits apply to the scalars (each item of an array); other checks to the value.
             for check in spec.checks:

@@ -213,8 +213,10 @@ class Pipeline:
                             ev.data["step_s"], s.seq)
                 continue
             log.log(logging.WARNING if ev.lane == Lane.EMERGENCY else logging.INFO,
-                    "event %s seq=%d child=%s reader=%s lane=%s", ev.kind, s.seq,
-                    ev.child or "-", ev.reader or "-", Lane(ev.lane).name.lower())
+                    "event %s seq=%d child=%s reader=%s lane=%s%s", ev.kind, s.seq,
+                    ev.child or "-", ev.reader or "-", Lane(ev.lane).name.lower(),
+                    f" direction={ev.data.get('direction') or '-'}"  # gates: arrival/departure
+                    if "direction" in ev.data else "")
         self.on_committed()
 
     def _hold(self, events: list[Event], error: Exception) -> None:

@@ -4,6 +4,10 @@ The file format and the Recorder live in gateway/recording.py; this module is
 the replay tool: deterministic implicit ticks, and the ``gatewayd replay`` and
 ``gatewayd locate`` mains.
 
+Times in their output: ``time`` stays epoch seconds (what scripts compare),
+with ``time_utc`` and ``time_local`` beside it as RFC 3339 (local: the
+config's ``[engine] timezone``, the site's clock), because people read those.
+
 Implicit ticks: before each line that is not GPS, the replay ticks the engine
 at every multiple of ``[engine] tick_s`` of engine time (the line's ``m``, its
 monotonic stamp; ``t`` in files without it) since the previous tick up to the
@@ -18,11 +22,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+import zoneinfo
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.config import ConfigInvalid, engine_config, load
+from gateway.contract import iso_utc
 from gateway.engine import (
     Engine,
     EngineState,
@@ -92,13 +99,27 @@ class Replayer:
             yield from self.feed(it)
 
 
-def event_to_dict(ev: Event) -> dict[str, Any]:
-    return {"kind": ev.kind, "time": ev.time, "lane": Lane(ev.lane).name.lower(),
-            "reader": ev.reader, "child": ev.child, "data": ev.data}
+def iso_local(t: float, timezone: str) -> str:
+    """RFC 3339 in ``timezone`` with milliseconds and the offset, e.g. ...T08:01:02.000+09:00."""
+    return datetime.fromtimestamp(t, zoneinfo.ZoneInfo(timezone)).isoformat(
+        timespec="milliseconds")
 
 
-def event_line(ev: Event) -> str:
-    return json.dumps(event_to_dict(ev), sort_keys=True, ensure_ascii=False)
+def with_times(d: dict[str, Any], timezone: str) -> dict[str, Any]:
+    """``d`` with ``time_utc`` and ``time_local`` beside its epoch ``time`` (if it has one)."""
+    t = d.get("time")
+    if isinstance(t, int | float) and not isinstance(t, bool):
+        return {**d, "time_utc": iso_utc(t), "time_local": iso_local(t, timezone)}
+    return d
+
+
+def event_to_dict(ev: Event, timezone: str = "UTC") -> dict[str, Any]:
+    return with_times({"kind": ev.kind, "time": ev.time, "lane": Lane(ev.lane).name.lower(),
+                       "reader": ev.reader, "child": ev.child, "data": ev.data}, timezone)
+
+
+def event_line(ev: Event, timezone: str = "UTC") -> str:
+    return json.dumps(event_to_dict(ev, timezone), sort_keys=True, ensure_ascii=False)
 
 
 def _engine(config_path: str) -> Engine:
@@ -109,9 +130,10 @@ def replay(engine: Engine, readings_path: str | Path,
            out: TextIO | None = None) -> EngineState:
     """Replay a file; write each event as a JSON line to ``out``; return the final state."""
     rp = Replayer(engine)
+    tz = engine.runtime.settings.timezone
     for ev in rp.run(read_items(readings_path)):
         if out is not None:
-            out.write(event_line(ev) + "\n")
+            out.write(event_line(ev, tz) + "\n")
     return rp.state
 
 
@@ -135,9 +157,10 @@ def main_replay(config_path: str, readings_path: str, out: TextIO) -> int:
     return done if isinstance(done, int) else 0
 
 
-def print_locate(answer: dict[str, Any], out: TextIO) -> int:
-    """One JSON line; exit code 0 when found, 1 when not."""
-    out.write(json.dumps(answer, sort_keys=True, ensure_ascii=False) + "\n")
+def print_locate(answer: dict[str, Any], out: TextIO, timezone: str = "UTC") -> int:
+    """One JSON line (times also as RFC 3339); exit code 0 when found, 1 when not."""
+    out.write(json.dumps(with_times(answer, timezone), sort_keys=True, ensure_ascii=False)
+              + "\n")
     return 0 if answer.get("found") else 1
 
 
@@ -147,4 +170,5 @@ def main_locate(config_path: str, readings_path: str, who: str, out: TextIO) -> 
     if isinstance(done, int):
         return done
     engine, state = done
-    return print_locate(locate(state, engine.runtime, who), out)
+    return print_locate(locate(state, engine.runtime, who), out,
+                        engine.runtime.settings.timezone)

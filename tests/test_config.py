@@ -127,6 +127,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_password_from_file_is_not_printed(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o600)  # a world-readable secret is refused
     f = tmp_path / "c.toml"
     f.write_text(GOOD.replace("[broker]", '[broker]\nusername = "u"\npassword_file = "pw"'))
     cfg = config.load(f)
@@ -192,10 +193,11 @@ def test_check_config_refuses_antenna_role_on_a_uhf_gate(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("reconnect_max_s = 0", "must be greater than 0"),
-        ("reconnect_max_s = -1.5", "must be greater than 0"),
+        ("reconnect_max_s = 0", "must be greater than 0 and at most 3600"),
+        ("reconnect_max_s = -1.5", "must be greater than 0 and at most 3600"),
+        ("reconnect_max_s = 3601", "must be greater than 0 and at most 3600"),
         ('reconnect_max_s = "10"', "expected number, got string '10'"),
-        ("baud = 0", "must be greater than 0"),
+        ("baud = 0", "must be greater than 0 and at most 4000000"),
         ('port = ""', "must not be empty"),
     ],
 )

@@ -5,6 +5,7 @@ or key, and each kind's simulator is found through the registry."""
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import threading
@@ -121,9 +122,12 @@ def test_shipped_scenarios_start(path: Path, tmp_path: Path) -> None:
         ctx = simulator.Context(tmp_path, stack)
         running = cli._start_devices(sc, ctx)
         assert [r.dev.id for r in running] == [d.id for d in sc.devices]
-        snippet = tomllib.loads(cli.readers_snippet([r.reader for r in running]))
-        cfg = config.parse(raw_config(readers=snippet["readers"]))
+        snippet = tomllib.loads(cli.readers_snippet([r.reader for r in running])
+                                + "\n" + cli.tags_snippet(cli.simulated_tags(sc, running)))
+        cfg = config.parse(raw_config(readers=snippet["readers"], tags=snippet.get("tags")))
         assert [r.kind for r in cfg.readers] == [d.kind for d in sc.devices]
+        # The [[tags]] it prints are what it simulates (GPS: none), enrolled as printed.
+        assert bool(cfg.tags) == any(d.kind != "gps_nmea" for d in sc.devices)
         for r in running:
             port = r.reader.get("port")
             assert port is None or Path(port).exists(), f"{r.dev.id}: no device at {port}"
@@ -159,3 +163,52 @@ def test_the_sim_command_starts_the_bus_route(tmp_path: Path) -> None:
         assert proc.wait(10) == 0
     finally:
         procs.end(proc)
+
+
+def test_the_tags_snippet_leaves_out_visitors_and_ble_addresses() -> None:
+    sc = scen.load_multi(str(REPO / "config" / "scenarios" / "morning-rush.toml"))
+    running = [cli._Running(d, simulator.Started({}, "", lambda *_: None)) for d in sc.devices]
+    tags = cli.simulated_tags(sc, running)
+    assert "300833B2DDD9014000000000" not in tags  # the visitor (enrolled = false)
+    assert tags[0] == "E28011606000020000000001" and len(tags) == len(set(tags)) >= 10
+    park = scen.load_multi(str(REPO / "config" / "scenarios" / "park.toml"))
+    named = ("ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:7:42",
+             "eddystone:edd1ebeac04e5defa017:0000000000b7")
+    running = [cli._Running(d, simulator.Started({}, "", lambda *_: None, tags=named))
+               for d in park.devices]
+    assert cli.simulated_tags(park, running) == list(named)  # steps name C0:...: addresses
+    parsed = tomllib.loads(cli.tags_snippet(list(named)))
+    assert parsed == {"tags": [{"id": named[0], "child": "child-01"},
+                               {"id": named[1], "child": "child-02"}]}
+
+
+def test_the_bus_route_geofence_comment_is_valid_toml() -> None:
+    text = (REPO / "config" / "scenarios" / "bus-route.toml").read_text()
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if "geofence_enter" in ln) + 1
+    block = []
+    for ln in lines[start:]:
+        if not ln.startswith("# ") or ln.startswith("# On the way"):
+            break
+        block.append(ln[2:])
+    fence = tomllib.loads("\n".join(block))
+    gps = {"id": "bus-gps", "kind": "gps_nmea", "role": "gps", "port": "/dev/ttyS0"}
+    cfg = config.parse(raw_config(readers=[gps], **fence))
+    assert [(g.id, g.radius_m) for g in cfg.engine.geofences] == [("school", 120.0)]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_config_tables_in_scenario_comments_paste_as_valid_toml(path: Path) -> None:
+    """A `# [[tags]]` / `# [[geofences]]` block in a scenario's comment is TOML as written
+    (without the leading "# "), so a technician can paste it."""
+    blocks: list[list[str]] = []
+    for line in path.read_text().splitlines():
+        body = line.lstrip("#").strip() if line.startswith("#") else None
+        if body is not None and body.startswith("[["):
+            blocks.append([body])
+        elif blocks and body is not None and blocks[-1] and re.match(r"^\w+ = ", body):
+            blocks[-1].append(body)
+        elif blocks and blocks[-1]:
+            blocks.append([])  # the block ended
+    for block in filter(None, blocks):
+        tomllib.loads("\n".join(block))

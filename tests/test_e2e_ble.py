@@ -101,8 +101,9 @@ def test_adapter_unplugged_while_running(rig: Rig) -> None:
 
 @pytest.mark.slow
 def test_kidsafe_sim_run_sos_scenario(tmp_path: Path, broker: LocalBroker) -> None:
-    """The technician's path: `kidsafe-sim run sos.toml` prints the bus address and a
-    [[readers]] snippet; gatewayd started with them reports the press as one SOS."""
+    """The technician's path: `kidsafe-sim run sos.toml` prints the bus address and the
+    [[readers]] and [[tags]] to paste; gatewayd started with them reports the press as one
+    SOS."""
     require_ble_tools()
     sim = subprocess.Popen(
         [sys.executable, "-m", "firmware_sim", "run", str(REPO / "config/scenarios/sos.toml"),
@@ -121,17 +122,16 @@ def test_kidsafe_sim_run_sos_scenario(tmp_path: Path, broker: LocalBroker) -> No
         address = re.search(r"^DBUS_SYSTEM_BUS_ADDRESS=(\S+)$", text, re.M)
         snippet = text[text.index("[[readers]]"):text.index("[sim] playing")]
         assert address and 'kind = "ble"' in snippet
+        assert f'[[tags]]\nid = "ibeacon:{TAG_UUID}:7:42"\nchild = "child-01"' in snippet
         cfg = write_config(tmp_path / "gw.toml", broker_port=broker.port,
-                           buffer=tmp_path / "buf.db", readers=[],
-                           tags=[{"id": f"ibeacon:{TAG_UUID}:7:42", "child": "c-3001"}],
-                           extra=snippet)
+                           buffer=tmp_path / "buf.db", readers=[], tags=[], extra=snippet)
         configmod.load(cfg)
         sub = Subscriber(broker.port).start()
         gw = GatewayProcess(cfg, tmp_path / "gateway.log",
                             env={"DBUS_SYSTEM_BUS_ADDRESS": address.group(1)}).start()
         wait_until(lambda: len(sub.events("sos")) >= 1, 25, "SOS from the scenario")
         time.sleep(1.0)
-        assert [e["child"] for e in sub.events("sos")] == ["c-3001"]
+        assert [e["child"] for e in sub.events("sos")] == ["child-01"]
         assert "Traceback" not in gw.log_text()
     finally:
         if gw is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ STEPS = [-3.0, -120.0, -7200.0, 3.0, 120.0, 3600.0]  # seconds to hours, both wa
 
 def _kinds(events: list[Event]) -> list[str]:
     return [e.kind for e in events]
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 # -- a card held at a gate while the wall clock steps ----------------------------------------
@@ -144,8 +149,12 @@ def test_zone_timers_neither_freeze_nor_fire_across_a_step(step: float) -> None:
     exit_, mono = next((e, m) for e, m in decided if e.kind == "zone_exit")
     # Absent 30 s after the last advert at 59 s: decided on the monotonic clock.
     assert 500.0 + 89.0 <= mono <= 500.0 + 91.0
-    assert exit_.time == pytest.approx(T0 + (mono - 500.0) + step)  # the new wall clock
+    # On the new wall clock: decided then, crossed (estimated) between the last advert
+    # and the decision.
+    decided = _epoch(exit_.data["decided"])
+    assert decided == pytest.approx(T0 + (mono - 500.0) + step, abs=0.001)
     assert exit_.data["last_seen"] == pytest.approx(T0 + 59.0 + step, abs=0.01)
+    assert exit_.data["last_seen"] - 0.01 <= exit_.time <= decided
     assert st.downtime_s == 0.0  # a forward step is not downtime
 
 
@@ -228,8 +237,12 @@ def test_restart_continues_engine_time(wall_step: float) -> None:
     assert kinds.count("clock_step") == (1 if wall_step < 0 else 0)
     exit_ = next(e for e in events if e.kind == "zone_exit")
     assert exit_.data["reason"] == "absent"
-    # About 30 s after the last advert, on the stepped wall clock.
-    assert exit_.time == pytest.approx(T0 + 1000.0 + 21.0 + 20.0 + wall_step + 32.0, abs=2.0)
+    # The last advert 1.5 s after the restart, decided absent 30 s later: on the stepped
+    # wall clock.
+    last = T0 + 1000.0 + 21.0 + 20.0 + wall_step + 1.5
+    assert exit_.data["last_seen"] == pytest.approx(last, abs=0.6)
+    assert _epoch(exit_.data["decided"]) == pytest.approx(last + 30.0, abs=1.1)
+    assert last - 0.6 <= exit_.time <= last + 31.1
 
 
 def test_clock_step_event_validates_as_sent(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import itertools
 import math
 import random
 import statistics
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -210,7 +211,8 @@ def _zone_run(seed: int, exponent: float, **kw: Any) -> tuple[ZoneField, Any]:
     return zf, score_zone(zf, run_field(field_zone_engine(zf), zf.readings), DWELL_S)
 
 
-@pytest.mark.xfail(reason=f"{XFAIL}: zone precision/recall 0.3-0.9 (boundary children)",
+@pytest.mark.xfail(reason=f"{XFAIL}: zone precision/recall 0.91-0.98 (children at the "
+                   "boundary entered late; near exits at exponent 2.0)",
                    strict=False, raises=AssertionError)
 @pytest.mark.parametrize("exponent", EXPONENTS)
 @pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
@@ -222,8 +224,6 @@ def test_zone_precision_recall(seed: int, exponent: float) -> None:
         f"{sc.crossings} crossings)")
 
 
-@pytest.mark.xfail(reason=f"{XFAIL}: fades give weak exits of still children", strict=False,
-                   raises=AssertionError)
 @pytest.mark.parametrize("exponent", EXPONENTS)
 @pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
 def test_zone_still_children_no_false_exits(seed: int, exponent: float) -> None:
@@ -234,7 +234,8 @@ def test_zone_still_children_no_false_exits(seed: int, exponent: float) -> None:
         f"{sc.still_hours:.0f} still tag-hours")
 
 
-@pytest.mark.xfail(reason=f"{XFAIL}: event time is the decision time", strict=False,
+@pytest.mark.xfail(reason=f"{XFAIL}: 92-97 % within (children at the boundary entered "
+                   "late)", strict=False,
                    raises=AssertionError)
 @pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
 def test_zone_event_times_near_the_crossing(seed: int) -> None:
@@ -287,10 +288,15 @@ def test_no_missed_zone_alert_across_a_step_back(seed: int) -> None:
     steps = [e for e, _ in decided if e.kind == "clock_step"]
     assert [e.data["step_s"] for e in steps] == [pytest.approx(-back, abs=0.01)]
     # Event times are on the unit's wall clock as it was when decided (true once it was
-    # corrected), a decision lag before it: never frozen, never on the wrong side.
+    # corrected): ``decided`` is that clock's time, ``time`` (the crossing) at most a few
+    # minutes before it; never frozen, never on the wrong side of the step.
     for e, mono in decided:
         wall = clock.wall(clock.true_of_mono(mono))
-        assert wall - 120 <= e.time <= wall + 0.01, f"{replay_hint(seed)}: {e}"
+        assert wall - 600 <= e.time <= wall + 0.01, f"{replay_hint(seed)}: {e}"
+        if "decided" in e.data:
+            at = datetime.fromisoformat(e.data["decided"].replace("Z", "+00:00")).timestamp()
+            # (an absence is decided at a replay tick, up to tick_s before the reading)
+            assert wall - 1.01 <= at <= wall + 0.002, f"{replay_hint(seed)}: {e}"
 
 
 @pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))

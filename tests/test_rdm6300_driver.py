@@ -86,3 +86,5 @@ def test_unplug_and_replug_reconnects(rig: Rig, caplog: pytest.LogCaptureFixture
     assert sink.tags() == ["62E3086CED", "01000734E0"]
     text = caplog.text
     assert "lost" in text and "reconnected" in text
+    # In words, not pyserial's "device reports readiness to read but returned no data".
+    assert "the device went away: unplugged" in text and "returned no data" not in text

@@ -96,6 +96,7 @@ def backend(pki: Pki, port: int, check_schemas: bool = True) -> Subscriber:
 def test_unit_over_tls_with_client_certificate_and_password(tmp_path: Path, pki: Pki,
                                                             tls_broker: LocalBroker) -> None:
     (tmp_path / "pw").write_text("unit-pw\n")
+    (tmp_path / "pw").chmod(0o600)  # a world-readable secret is refused
     port = VirtualSerial(str(tmp_path / "ttyRFID0"))
     port.plug()
     cfg = write_config(
@@ -141,6 +142,7 @@ def test_missing_or_wrong_client_certificate_is_refused(pki: Pki,
 def test_gateway_with_a_rogue_certificate_keeps_retrying_without_crashing(
         tmp_path: Path, pki: Pki, tls_broker: LocalBroker) -> None:
     (tmp_path / "pw").write_text("unit-pw\n")
+    (tmp_path / "pw").chmod(0o600)  # a world-readable secret is refused
     cfg = write_config(
         tmp_path / "gw.toml", broker_port=tls_broker.port, buffer=tmp_path / "b.db",
         readers=[], tags=[], unit=UNIT,

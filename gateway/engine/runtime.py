@@ -29,6 +29,7 @@ class EngineConfig:
 class ZoneRuntime:
     settings: ZoneSettings
     stay_groups: frozenset[str]
+    multi: bool = False  # covered by several readers: the strongest one decides
 
 
 @dataclass(slots=True)
@@ -56,7 +57,8 @@ class Runtime:
         # Wall minus engine time, kept equal to the state's by the Engine before each
         # decision, so local times (stay hours, the day) are wall-clock times.
         self.wall_offset = 0.0
-        self.zones = [ZoneRuntime(zone, frozenset(zone.stay_groups)) for zone in settings.zones]
+        self.zones = [ZoneRuntime(zone, frozenset(zone.stay_groups), len(zone.readers) > 1)
+                      for zone in settings.zones]
         self.reader_zones: dict[str, tuple[ZoneRuntime, ...]] = {}
         for zone in self.zones:
             for reader in zone.settings.readers:
