@@ -17,6 +17,7 @@ emergency events never wait.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -74,13 +75,15 @@ class Pipeline:
         self.engine_state: EngineState = (state if state is not None
                                           else restore_state(outbox, engine))
         self._state_saved = -math.inf
-        self._q: queue.Queue[Reading] = queue.Queue(QUEUE_MAX)
+        # None is not a reading: wake() puts it to end a wait for readings at once.
+        self._q: queue.Queue[Reading | None] = queue.Queue(QUEUE_MAX)
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
         self._deferred: list[Event] = []  # routine events waiting to share a state save
         self._failing = False  # the last commit failed
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
+        self.reader_readings: Counter[str] = Counter()  # per reader, for the health message
         self.reader_states: dict[str, tuple[ReaderState, str]] = {
             r.id: (ReaderState.STARTING, "") for r in cfg.readers
         }
@@ -119,22 +122,28 @@ class Pipeline:
         if old != state:
             log.info("reader %s: %s%s", reader, state.value, f" ({detail})" if detail else "")
 
+    def wake(self) -> None:
+        """End the pipeline thread's wait for readings now (shutdown: stop is already set)."""
+        with contextlib.suppress(queue.Full):  # full: the thread is not waiting anyway
+            self._q.put_nowait(None)
+
     # -- the pipeline thread -----------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         next_tick = self.clock.monotonic() + TICK_S
         while not stop.is_set():
-            batch: list[Reading] = []
+            got: list[Reading | None] = []
             try:
                 wait = TICK_S
                 if self._deferred:  # not longer than the coalescing allows
                     wait = min(wait, max(0.0, self._state_saved + STATE_COALESCE_S
                                          - self.clock.monotonic()))
-                batch.append(self._q.get(timeout=wait))
-                while len(batch) < BATCH:
-                    batch.append(self._q.get_nowait())
+                got.append(self._q.get(timeout=wait))
+                while len(got) < BATCH:
+                    got.append(self._q.get_nowait())
             except queue.Empty:
                 pass
+            batch = [r for r in got if r is not None]
             events = self.process(batch)
             mono = self.clock.monotonic()
             if mono >= next_tick:
@@ -147,16 +156,21 @@ class Pipeline:
         rest: list[Reading] = []
         while True:
             try:
-                rest.append(self._q.get_nowait())
+                r = self._q.get_nowait()
             except queue.Empty:
                 break
+            if r is not None:
+                rest.append(r)
         self.commit(self.process(rest), final=True)
 
     def process(self, batch: list[Reading]) -> list[Event]:
         events: list[Event] = []
         engine, enrolled = self.engine, self.enrolled
+        if batch:
+            self.counters["readings"] += len(batch)
+        by_reader = self.reader_readings
         for r in batch:
-            self.counters["readings"] += 1
+            by_reader[r.reader] += 1
             if isinstance(r, TagRead | BleSighting) and r.tag not in enrolled:
                 self.counters["unenrolled_reads"] += 1
                 continue
@@ -239,7 +253,8 @@ class Pipeline:
             rejects: dict[str, dict[str, int]] = {}
             for (reader, reason), n in self.rejects.items():
                 rejects.setdefault(reader, {})[reason] = n
-            readers = {rid: {"state": st.value, "detail": d, "rejects": rejects.get(rid, {})}
+            readers = {rid: {"state": st.value, "detail": d, "rejects": rejects.get(rid, {}),
+                             "readings": self.reader_readings[rid]}
                        for rid, (st, d) in self.reader_states.items()}
         return {"counters": dict(self.counters), "readers": readers}
 
