@@ -1,7 +1,7 @@
 """The edge decision engine: a pure function of (state, reading, time).
 
 ``Engine.step(state, reading) -> (state, events)`` (at the reading's own time)
-and ``Engine.tick(state, now) -> (state, events)`` (time-driven decisions such
+and ``Engine.tick(state, now, mono) -> (state, events)`` (time-driven decisions such
 as absence timeouts and roll-calls) do no I/O and read no clock, so a recorded
 field log replays to the same events every time. State is a plain dataclass
 the caller owns; the engine updates it in place for speed and returns it.
@@ -16,8 +16,9 @@ steps. ``state.wall_offset`` is wall minus engine time of the newest reading
 or tick; event times (and the times in event data) are converted to wall time
 with it at the boundary, and local-day logic (stay hours, first passage today)
 reads engine time plus it. A change of the offset by more than CLOCK_STEP_S is a
-wall-clock step (NTP after a boot without an RTC, a GPS correction): it freezes
-and fires nothing and is reported once, as a ``clock_step`` telemetry event.
+wall-clock step (NTP after a boot without an RTC, a GPS correction): it neither
+freezes nor fires decisions and is reported once, as a ``clock_step`` telemetry
+event.
 GPS fixes never move engine time (their geofence logic uses the receiver's own
 times, which are true UTC). A jump in engine time longer than ``resume_gap_s``
 means the unit was down: zone timers are moved over the gap so a restart does
