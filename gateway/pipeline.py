@@ -151,7 +151,7 @@ class Pipeline:
                 self.last_tick = (self.clock.now(), mono)
                 self.engine_state, more = self.engine.tick(self.engine_state, *self.last_tick)
                 events.extend(more)
-            self.commit(events)
+            self.commit_soon(events)
         # Drain what the drivers already handed over before we stop.
         rest: list[Reading] = []
         while True:
@@ -161,7 +161,7 @@ class Pipeline:
                 break
             if r is not None:
                 rest.append(r)
-        self.commit(self.process(rest), final=True)
+        self.commit_soon(self.process(rest), final=True)
 
     def process(self, batch: list[Reading]) -> list[Event]:
         events: list[Event] = []
@@ -180,6 +180,20 @@ class Pipeline:
             events.extend(evs)
         return events
 
+    def commit_soon(self, events: list[Event], final: bool = False) -> None:
+        """:meth:`commit` for the pipeline thread (the only one that calls it): routine
+        events decided within STATE_COALESCE_S of the last state save wait, at most that
+        long, to share the next one; emergency events and a final commit never wait."""
+        if self._deferred:
+            events = self._deferred + events
+            self._deferred = []
+        if (events and not final
+                and self.clock.monotonic() - self._state_saved < STATE_COALESCE_S
+                and all(e.lane != Lane.EMERGENCY for e in events)):
+            self._deferred = events
+            return
+        self.commit(events, final)
+
     def commit(self, events: list[Event], final: bool = False) -> None:
         """Commit decided events, and the engine state with them, in one transaction
         (without events, the state at most every STATE_SAVE_S).
@@ -189,13 +203,6 @@ class Pipeline:
         PENDING_MAX the oldest non-emergency ones are dropped and counted.
         """
         since_save = self.clock.monotonic() - self._state_saved
-        if self._deferred:
-            events = self._deferred + events
-            self._deferred = []
-        if (events and not final and since_save < STATE_COALESCE_S
-                and all(e.lane != Lane.EMERGENCY for e in events)):
-            self._deferred = events  # with the next commit (and its state save)
-            return
         if self._pending:
             events = self._pending + events
             self._pending = []

@@ -26,13 +26,6 @@ def make(tmp_path: Path) -> tuple[Pipeline, Outbox]:
     return Pipeline(cfg, Engine(configmod.engine_config(cfg)), ob, FakeClock()), ob
 
 
-def later(pipe: Pipeline) -> Pipeline:
-    """A second on: the pipeline commits at most every STATE_COALESCE_S (routine lane)."""
-    assert isinstance(pipe.clock, FakeClock)
-    pipe.clock.advance(1.0)
-    return pipe
-
-
 def events(n: int, lane: Lane = Lane.ROUTINE) -> list[Event]:
     return [Event("gate", 1.7e9 + i, lane, "g", "c-1", {"direction": None}) for i in range(n)]
 
@@ -46,12 +39,12 @@ def test_a_full_disk_holds_events_and_commits_them_later(tmp_path: Path,
     ob.db.execute_sql(f"PRAGMA max_page_count = {pages}")
     with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
         for _ in range(3):
-            later(pipe).commit(events(200))  # no exception escapes; nothing is lost
+            pipe.commit(events(200))  # no exception escapes; nothing is lost
     assert "cannot write the buffer" in caplog.text and "full" in caplog.text
     assert pipe.stats()["counters"]["buffer_write_failures"] == 3
     assert ob.depth() == 1
     ob.db.execute_sql("PRAGMA max_page_count = 1073741823")
-    later(pipe).commit([])
+    pipe.commit([])
     assert ob.depth() == 1 + 600  # the held events went in, in order
     seqs = [r.seq for r in ob.fetch(int(Lane.ROUTINE), 0, 1000)]
     assert seqs == list(range(1, 602))

@@ -59,8 +59,9 @@ def _present_all(port: VirtualSerial, tags: list[str], stop: threading.Event,
 
 
 def test_every_commit_of_events_saves_the_state(tmp_path: Path) -> None:
-    """The state goes to the buffer in the transaction of the events it decided; routine
-    events within STATE_COALESCE_S of the last save wait to share the next one."""
+    """The state goes to the buffer in the transaction of the events it decided; in the
+    pipeline thread (commit_soon) routine events within STATE_COALESCE_S of the last
+    save wait to share the next one."""
     cfg = configmod.parse({
         "unit": {"id": "u-1", "site": "s"}, "broker": {},
         "buffer": {"path": str(tmp_path / "b.db")},
@@ -77,19 +78,19 @@ def test_every_commit_of_events_saves_the_state(tmp_path: Path) -> None:
 
     def read(i: int) -> None:
         clock.advance(0.05)
-        pipe.commit(pipe.process([TagRead("g", f"62E3086C{i:02X}", clock.now(),
+        pipe.commit_soon(pipe.process([TagRead("g", f"62E3086C{i:02X}", clock.now(),
                                           mono=clock.monotonic())]))
 
     read(0)  # the first commit after a start saves at once (no first-second gap)
     assert ob.last_seq() == 1 and passed() == {"c-0"}
     read(1)  # 0.05 s later: waits to share the next save
     assert ob.last_seq() == 1 and passed() == {"c-0"}
-    pipe.commit([Event("sos", clock.now(), Lane.EMERGENCY, "g", "c-2", {})])  # never waits
+    pipe.commit_soon([Event("sos", clock.now(), Lane.EMERGENCY, "g", "c-2", {})])  # never waits
     assert ob.last_seq() == 3 and passed() == {"c-0", "c-1"}
     read(2)
     assert ob.last_seq() == 3
     clock.advance(0.2)
-    pipe.commit([])  # the coalescing time is over: the waiting event goes, with the state
+    pipe.commit_soon([])  # the coalescing time is over: the waiting event goes, with the state
     assert ob.last_seq() == 4 and passed() == {"c-0", "c-1", "c-2"}
     ob.close()
 
