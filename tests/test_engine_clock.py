@@ -151,10 +151,10 @@ def test_zone_timers_neither_freeze_nor_fire_across_a_step(step: float) -> None:
     assert 500.0 + 89.0 <= mono <= 500.0 + 91.0
     # On the new wall clock: decided then, crossed (estimated) between the last advert
     # and the decision.
-    decided = _epoch(exit_.data["decided"])
-    assert decided == pytest.approx(T0 + (mono - 500.0) + step, abs=0.001)
+    decided_at = _epoch(exit_.data["decided"])
+    assert decided_at == pytest.approx(T0 + (mono - 500.0) + step, abs=0.001)
     assert exit_.data["last_seen"] == pytest.approx(T0 + 59.0 + step, abs=0.01)
-    assert exit_.data["last_seen"] - 0.01 <= exit_.time <= decided
+    assert exit_.data["last_seen"] - 0.01 <= exit_.time <= decided_at
     assert st.downtime_s == 0.0  # a forward step is not downtime
 
 

@@ -11,6 +11,7 @@ at all). With the state saved at most once a second this counted 26 of 81.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import signal
@@ -128,7 +129,8 @@ def test_sigkill_at_a_busy_gate_neither_loses_nor_redecides(tmp_path: Path,
             s.start()
         for n in range(KILLS):
             # Kill while the gate is busy: after the readers are up, at a random moment.
-            wait_until(lambda n=n: online_count() >= n + 1, 30, f"start {n + 1}")
+            wait_until(functools.partial(lambda k: online_count() >= k, n + 1), 30,
+                       f"start {n + 1}")
             time.sleep(rng.uniform(0.1, 1.6))
             gw.kill(signal.SIGKILL)
             gw = GatewayProcess(cfg, log).start()
