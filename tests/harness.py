@@ -130,6 +130,31 @@ def gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
+# A small valid unit config (one RDM6300 gate reader, one card) that config tests edit.
+GOOD_CONFIG = """
+[unit]
+id = "gate-01"
+site = "school"
+
+[broker]
+host = "127.0.0.1"
+port = 1883
+
+[buffer]
+path = "buf.db"
+
+[[readers]]
+id = "gate-a"
+kind = "rdm6300"
+role = "gate"
+port = "/dev/ttyUSB0"
+
+[[tags]]
+id = "62e3086ced"
+child = "c-1"
+"""
+
+
 def write_config(path: Path, *, broker_port: int, buffer: Path, readers: list[dict[str, Any]],
                  tags: list[dict[str, Any]], unit: str = "unit-t1", extra: str = "",
                  broker_extra: dict[str, Any] | None = None,
