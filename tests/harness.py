@@ -130,6 +130,19 @@ def gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
+def sim_until_playing(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """`kidsafe-sim run`'s output (stdout, stderr joined to it) up to its "[sim] playing" line,
+    and the [[readers]]/[[tags]] snippet it prints to paste into a config."""
+    assert proc.stdout is not None
+    out: list[str] = []
+    while not any(line.startswith("[sim] playing") for line in out):
+        line = proc.stdout.readline()
+        assert line, "kidsafe-sim ended early:\n" + "".join(out)
+        out.append(line)
+    text = "".join(out)
+    return text, text[text.index("[[readers]]"):text.index("[sim] playing")]
+
+
 # A small valid unit config (one RDM6300 gate reader, one card) that config tests edit.
 GOOD_CONFIG = """
 [unit]
