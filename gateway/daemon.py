@@ -30,7 +30,8 @@ class Gateway:
         self.started = self.clock.monotonic()
         self.stop = threading.Event()
         self.outbox = Outbox(cfg.buffer.path, cfg.unit.id, cfg.unit.site,
-                             max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events)
+                             max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events,
+                             reserve_mb=cfg.buffer.reserve_mb)
         self.engine = Engine(engine_config(cfg))
         self.publisher = Publisher(cfg, self.outbox, self.clock, health=self.health)
         self.recorder = Recorder(record, now=self.clock.now()) if record else None
@@ -55,6 +56,9 @@ class Gateway:
                 "oldest_unsent_age_s": round(now - oldest, 1) if oldest else 0.0,
                 "last_seq": self.outbox.last_seq(),
                 "dropped": self.outbox.drops(),
+                # free disk, reserve, WAL, high-water mark, what happened to the file
+                **self.outbox.disk(),
+                "acks_not_recorded": self.publisher.core.undeleted,
             },
             "readers": st["readers"],
             "counters": st["counters"],
@@ -106,7 +110,11 @@ class Gateway:
         self.outbox.close()
         if self.recorder is not None:
             self.recorder.close(self.pipeline.last_tick)
-        log.info("gatewayd stopped")
+        if self.pipeline.lost:
+            log.critical("gatewayd stop was NOT clean: %d decided events lost this run "
+                         "(see the errors above)", self.pipeline.lost)
+        else:
+            log.info("gatewayd stopped")
 
 
 def run(cfg: Config, record: str | None = None, roll_call: str | None = None) -> int:
@@ -122,4 +130,4 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None) ->
     while not gw.stop.wait(1.0):
         pass
     gw.shutdown()
-    return 0
+    return 1 if gw.pipeline.lost else 0  # a stop that lost events is never a clean exit
