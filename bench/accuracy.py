@@ -23,13 +23,12 @@ docstring and docs/zones.md). Figures, summed over several generated sites:
   clock was stepped back (NTP after a boot without RTC) and got no zone_alert
   within 180 s (decision time measured on the monotonic clock).
 
-How the zones are configured: the current engine takes enter/exit thresholds
-in dBm and there is no calibration command yet, so each site's zone is set
-from the calibration readings a technician would record (a reference tag held
-at the boundary for 60-120 s): enter = their median RSSI + 3 dB, exit = the
-median - 3 dB (scenarios.thresholds_from_calibration). Never from the
+How the zones are configured: as a technician does, in metres (the zone's
+radius) and calibrated by `gatewayd calibrate`'s estimator (gateway/calibrate.py)
+from the readings a technician records (a reference tag held at the boundary,
+then at 1 m, for 60-120 s each): scenarios.field_zone_engine. Never from the
 generator's true exponent or power: that would be an oracle. Other zone
-settings are the engine's defaults (dwell 5 s, exit dwell 3 s, absence 30 s).
+settings are the engine's defaults (dwell 5 s, absence 30 s, exit score 150 dB).
 The targets are the issue's; they are printed, not asserted.
 """
 

@@ -155,6 +155,109 @@ def cmd_locate(args: argparse.Namespace) -> int:
                         sys.stdout, cfg.engine.timezone)
 
 
+def _samples(path: str, tags: set[str], readers: tuple[str, ...]
+             ) -> tuple[dict[str, list[float]], float]:
+    """RSSI of ``tags`` per reader of the zone in a readings file, and its newest time."""
+    from gateway.model import BleSighting
+    from gateway.recording import read_items
+
+    out: dict[str, list[float]] = {}
+    newest = 0.0
+    for item in read_items(path):
+        if isinstance(item, BleSighting) and item.tag in tags and item.reader in readers:
+            out.setdefault(item.reader, []).append(float(item.rssi))
+            newest = max(newest, item.time)
+    return out, newest
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import datetime
+    import tempfile
+    from pathlib import Path
+
+    from gateway import calibrate
+    from gateway.model import canonical_tag_id
+    from gateway.recording import ReadingsError
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    zone = next((z for z in cfg.engine.zones if z.id == args.zone), None)
+    if zone is None:
+        print(f"gatewayd calibrate: no zone {args.zone!r} in {args.config} "
+              f"(zones: {', '.join(z.id for z in cfg.engine.zones) or 'none'})", file=sys.stderr)
+        return 2
+    radius = args.radius if args.radius is not None else zone.radius_m
+    if radius is None:
+        print(f"gatewayd calibrate: zone {zone.id!r} has no radius_m: give --radius",
+              file=sys.stderr)
+        return 2
+    # Several reference tags held together average out their own differences in power.
+    tags = {canonical_tag_id(t) for t in args.tag}
+    try:
+        at_boundary, newest = _samples(args.boundary, tags, zone.readers)
+        at_one_m, newest_1m = _samples(args.one_m, tags, zone.readers) if args.one_m else ({}, 0.0)
+    except (OSError, ReadingsError) as e:
+        print(f"gatewayd calibrate: {e}", file=sys.stderr)
+        return 2
+    newest = max(newest, newest_1m)
+    # The zone is a circle around one reader: the one that heard the tag most often.
+    reader = max(at_boundary, key=lambda r: len(at_boundary[r]), default=zone.readers[0])
+    try:
+        est = calibrate.estimate(at_boundary.get(reader, []), at_one_m.get(reader) or None,
+                                 radius)
+    except calibrate.CalibrationError as e:
+        print(f"gatewayd calibrate: {e}", file=sys.stderr)
+        return 1
+    th = calibrate.thresholds(est)
+    date = datetime.datetime.fromtimestamp(newest, datetime.UTC).date().isoformat()
+    print(f"zone {zone.id}: reader {reader}, tag(s) {', '.join(sorted(tags))}, "
+          f"boundary at {radius:g} m")
+    print(f"  boundary  {est.boundary_dbm:.1f} dBm (median of {est.samples} adverts), "
+          f"spread {est.spread_db:.1f} dB, standard error {est.stderr_db:.1f} dB")
+    if est.ref_dbm is not None and est.exponent is not None:
+        print(f"  1 m       {est.ref_dbm:.1f} dBm: path-loss exponent {est.exponent:.2f}")
+    print(f"  enter at {th.enter_dbm:.1f} dBm, exit below {th.exit_dbm:.1f} dBm "
+          f"(was {zone.enter_dbm:.1f} / {zone.exit_dbm:.1f})")
+    lines = calibrate.snippet(est, th, date)
+    if not args.write:
+        print(f"\n# in the [[zones]] table with id = \"{zone.id}\" (or run again with --write):")
+        print("\n".join(lines))
+        return 0
+    path = Path(args.config)
+    text = path.read_text(encoding="utf-8")
+    try:
+        new = calibrate.edit_zone(text, zone.id, lines)
+    except KeyError:
+        print(f"gatewayd calibrate: cannot find the [[zones]] table with id = \"{zone.id}\" "
+              f"in {path} to edit; add the lines above by hand", file=sys.stderr)
+        return 1
+    # Never a half-written config: write a temp file beside it, validate it with the
+    # loader check-config uses, then rename it over the original (atomic on POSIX).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        try:
+            configmod.load(tmp)
+        except configmod.ConfigInvalid as e:
+            print(f"gatewayd calibrate: the edited config would not load; {path} left as it was:",
+                  file=sys.stderr)
+            for err in e.errors:
+                print(f"  {err}", file=sys.stderr)
+            return 1
+        os.replace(tmp, path)
+        tmp = ""
+    finally:
+        if tmp:
+            os.unlink(tmp)
+    print(f"wrote the thresholds into {path} (zone {zone.id})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatewayd", description=__doc__)
     p.add_argument("--version", action="version", version=f"gatewayd {__version__}")
@@ -198,6 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--readings", metavar="FILE",
                     help="replay this readings file first (default: the daemon's saved state)")
     lc.set_defaults(func=cmd_locate)
+
+    cb = sub.add_parser("calibrate", help="set a zone's thresholds from a reference tag "
+                        "recorded at its boundary (and at 1 m): docs/zones.md")
+    cb.add_argument("zone", metavar="ZONE", help="zone id")
+    cb.add_argument("--config", "-c", required=True, metavar="FILE")
+    cb.add_argument("--tag", required=True, action="append",
+                    help="the reference tag's id (repeat for several tags held together)")
+    cb.add_argument("--boundary", required=True, metavar="READINGS",
+                    help="readings file (gatewayd run --record) with the tag held at the "
+                         "boundary for 1-2 minutes")
+    cb.add_argument("--one-m", metavar="READINGS",
+                    help="readings file with the tag held 1 m from the reader (gives the "
+                         "path-loss exponent)")
+    cb.add_argument("--radius", type=float, metavar="M",
+                    help="boundary distance in metres (default: the zone's radius_m)")
+    cb.add_argument("--write", action="store_true",
+                    help="write the thresholds into the config (validated, atomic)")
+    cb.set_defaults(func=cmd_calibrate)
     return p
 
 

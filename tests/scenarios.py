@@ -301,17 +301,24 @@ def thresholds_from_calibration(cal: Calibration, margin_db: float = CALIBRATION
                                 ) -> tuple[float, float]:
     """(enter_dbm, exit_dbm) from what a technician recorded: the median RSSI of the
     reference tag at the boundary, plus / minus ``margin_db``. The simplest honest
-    stand-in until a calibration command exists; never the generator's true parameters."""
+    check of the recording (field_zone_engine uses gatewayd calibrate's estimator)."""
     m = boundary_median(cal)
     return m + margin_db, m - margin_db
 
 
-def field_zone_engine(zf: ZoneField, margin_db: float = CALIBRATION_MARGIN_DB,
-                      **zone: Any) -> Engine:
-    """The current engine with zf's zone configured from zf's calibration readings."""
-    enter, exit_ = thresholds_from_calibration(zf.calibration, margin_db)
-    section = {"id": zf.site.zone, "readers": [zf.site.reader], "enter_dbm": round(enter, 1),
-               "exit_dbm": round(exit_, 1), **zone}
+def field_zone_engine(zf: ZoneField, **zone: Any) -> Engine:
+    """The engine with zf's zone as a technician sets it up: declared in metres
+    (``radius_m``) and calibrated with ``gatewayd calibrate``'s estimator from zf's
+    calibration readings (boundary and 1 m). Never the generator's true parameters."""
+    from gateway import calibrate
+
+    cal = zf.calibration
+    est = calibrate.estimate([r.rssi for r in cal.boundary],
+                             [r.rssi for r in cal.one_m] or None, cal.radius_m)
+    th = calibrate.thresholds(est)
+    section = {"id": zf.site.zone, "readers": [zf.site.reader], "radius_m": cal.radius_m,
+               "boundary_dbm": th.boundary_dbm, "enter_dbm": th.enter_dbm,
+               "exit_dbm": th.exit_dbm, **zone}
     return engine_of(raw_config([reader(zf.site.reader, "zone")], zf.tags, zones=[section],
                                 engine={"timezone": "Asia/Seoul"}))
 

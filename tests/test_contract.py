@@ -39,6 +39,17 @@ def test_event_payloads_validate_and_garbage_does_not(tmp_path: Path) -> None:
     assert contract.violations("kidsafe/v1/u-1/event/gate", b"\xff not json")
 
 
+def test_zone_events_carry_their_decision_time(tmp_path: Path) -> None:
+    ob = Outbox(str(tmp_path / "b.db"), "u-1", "site")
+    data = {"zone": "yard", "rssi": -70.0, "dwell_s": 5.0, "decided": iso_utc(1.7e9 + 40)}
+    (stored,) = ob.add([Event("zone_enter", 1.7e9, Lane.ROUTINE, "r1", "c-1", data)])
+    assert contract.violations(f"kidsafe/v1/u-1/{stored.topic}", stored.payload) == []
+    body = json.loads(stored.payload)
+    for bad in ({k: v for k, v in data.items() if k != "decided"}, {**data, "decided": 1.7e9}):
+        assert contract.violations("kidsafe/v1/u-1/event/zone_enter",
+                                   json.dumps({**body, "data": bad}).encode())
+
+
 def test_status_birth_and_health_validate(tmp_path: Path) -> None:
     for online, t, reason in ((True, iso_utc(1.7e9), "connected"),
                               (False, None, "connection-lost"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from gateway.engine import Engine, state_from_dict, state_to_dict
@@ -119,3 +120,75 @@ def test_outside_stay_hours_is_only_an_exit() -> None:
     reads = [BleSighting("ble-yard", tags[0]["id"], T0 + i, -60) for i in range(60)]
     _, evs = run(eng, reads, until=T0 + 200)
     assert [e.kind for e in evs] == ["zone_enter", "zone_exit"]
+
+
+# -- issue 10: fades, crossing times, zones in metres -------------------------------------------
+
+def metre_engine(tags: list[dict[str, Any]], **zone: Any) -> Engine:
+    section = {"id": "yard", "readers": ["ble-yard"], "radius_m": 30.0, **zone}
+    return engine_of(raw_config(READERS, tags, zones=[section]))
+
+
+def test_zone_in_metres_takes_the_default_model_and_margins() -> None:
+    z = metre_engine(child_tags(1)).runtime.zones[0].settings
+    # -59 dBm at 1 m, exponent 2.35: -59 - 23.5 * log10(30) = -93.7 dBm at the boundary.
+    assert (z.boundary_dbm, z.enter_dbm, z.exit_dbm) == (-93.7, -90.7, -98.2)
+    z = metre_engine(child_tags(1), boundary_dbm=-80.0, exit_dbm=-87.0).runtime.zones[0].settings
+    assert (z.boundary_dbm, z.enter_dbm, z.exit_dbm) == (-80.0, -77.0, -87.0)
+
+
+def test_fades_of_seconds_never_exit_a_child_standing_just_inside() -> None:
+    """A tag 1 dB above the boundary level for 4 hours, with a 7 dB fade lasting 6 s
+    every 40 s and another 6 dB one of 10 s every 5 minutes: no exit."""
+    tags = child_tags(1)
+    eng = metre_engine(tags, boundary_dbm=-80.0)
+    tid = tags[0]["id"]
+    # Walks in past the enter level, then stands just inside.
+    reads = [BleSighting("ble-yard", tid, T0 - 60 + i, -74) for i in range(60)]
+    for i in range(4 * 3600):
+        fade = 7 if i % 40 < 6 else 0
+        fade += 6 if i % 300 < 10 else 0
+        if i % 5 != 4:  # 20 % of adverts lost
+            reads.append(BleSighting("ble-yard", tid, T0 + i, -79 - fade))
+    _, events = run(eng, reads)
+    assert [e.kind for e in events] == ["zone_enter"]
+
+
+def test_exit_time_is_the_crossing_and_decided_comes_later() -> None:
+    tags = child_tags(1)
+    eng = metre_engine(tags, boundary_dbm=-80.0)
+    tid = tags[0]["id"]
+    inside = [BleSighting("ble-yard", tid, T0 + i, -70) for i in range(300)]
+    # Walks out at 1 m/s: 3 dB below the boundary from T0 + 300 on, then 10 dB below.
+    walk = [BleSighting("ble-yard", tid, T0 + 300 + i, -83 if i < 20 else -90)
+            for i in range(200)]
+    _, events = run(eng, inside + walk)
+    enter, exit_ = events
+    assert exit_.kind == "zone_exit" and exit_.data["reason"] == "weak"
+    assert abs(exit_.time - (T0 + 300)) <= 1.0
+    decided = datetime.fromisoformat(exit_.data["decided"].replace("Z", "+00:00")).timestamp()
+    assert exit_.time < decided <= T0 + 300 + 120
+    assert enter.time == T0 and enter.data["decided"].endswith("Z")
+
+
+def test_absent_exit_time_is_the_last_sighting() -> None:
+    tags = child_tags(1)
+    eng = metre_engine(tags, boundary_dbm=-80.0)
+    reads = [BleSighting("ble-yard", tags[0]["id"], T0 + i, -70) for i in range(120)]
+    _, events = run(eng, reads, until=T0 + 300)
+    assert [(e.kind, e.data.get("reason")) for e in events] == [("zone_enter", None),
+                                                                ("zone_exit", "absent")]
+    assert events[1].time == T0 + 119
+    assert events[1].data["decided"] == "2024-06-01T01:02:30.000Z"  # after absence_s
+
+
+def test_state_saved_before_the_exit_scores_still_loads() -> None:
+    tags = child_tags(1)
+    eng = metre_engine(tags, boundary_dbm=-80.0)
+    st, _ = run(eng, [BleSighting("ble-yard", tags[0]["id"], T0 + i, -70) for i in range(30)])
+    blob = state_to_dict(st)
+    blob["zones"]["yard"] = {t: v[:5] for t, v in blob["zones"]["yard"].items()}
+    old = state_from_dict(json.loads(json.dumps(blob)))
+    presence = old.zones["yard"][tags[0]["id"]]
+    assert presence.score == 0.0 and presence.home is None
+    assert state_to_dict(state_from_dict(state_to_dict(st))) == state_to_dict(st)

@@ -29,6 +29,7 @@ class EngineConfig:
 class ZoneRuntime:
     settings: ZoneSettings
     stay_groups: frozenset[str]
+    multi: bool = False  # covered by several readers: the strongest one decides
 
 
 @dataclass(slots=True)
@@ -53,7 +54,8 @@ class Runtime:
         self.settings = settings
         self.tags = cfg.tags
         self.tzinfo = zoneinfo.ZoneInfo(settings.timezone)
-        self.zones = [ZoneRuntime(zone, frozenset(zone.stay_groups)) for zone in settings.zones]
+        self.zones = [ZoneRuntime(zone, frozenset(zone.stay_groups), len(zone.readers) > 1)
+                      for zone in settings.zones]
         self.reader_zones: dict[str, tuple[ZoneRuntime, ...]] = {}
         for zone in self.zones:
             for reader in zone.settings.readers:

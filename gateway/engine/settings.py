@@ -22,6 +22,21 @@ from gateway.model import ReaderConfig
 READER_KEYS = ("antenna_roles", "gate")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SIDES = ("outer", "inner")
+# Default propagation model for zones declared in metres without calibration (docs/zones.md):
+# mean RSSI = REF_1M_DBM - 10 * EXPONENT * log10(d). -59 dBm at 1 m is the usual measured
+# power of a 0 dBm BLE tag (the iBeacon "measured power" convention); 2.35 is the middle of
+# the exponents of open parks (2.0) and cluttered yards (2.7), so a site at either end is
+# off by at most 0.35 * 10 * log10(R) dB (3.5 dB at 10 m, 5.2 dB at 30 m): calibrate.
+REF_1M_DBM = -59.0
+DEFAULT_EXPONENT = 2.35
+# Thresholds around the boundary level b: enter at b + ENTER_MARGIN_DB (the smoothed level,
+# held dwell_s), leave on a sustained drop below b - EXIT_MARGIN_DB. The margins cover the
+# spread of tags of one model around the calibration tag (about 1.5 dB) and the error of
+# a two-minute calibration (about 1 dB), so a child standing still just inside is
+# not pushed out by its tag being a little weaker than the reference.
+ENTER_MARGIN_DB = 3.0
+EXIT_MARGIN_DB = 4.5
+EXIT_SCORE_DB = 200.0  # exit CUSUM decision threshold (dB summed over adverts)
 _HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 
@@ -30,9 +45,12 @@ class ZoneSettings:
     id: str
     readers: tuple[str, ...]
     enter_dbm: float = -75.0  # smoothed RSSI at or above this (for dwell_s) enters
-    exit_dbm: float = -85.0  # smoothed RSSI below this (for exit_dwell_s) leaves
+    exit_dbm: float = -85.0  # a sustained drop below this (exit_score_db) leaves
     dwell_s: float = 5.0
-    exit_dwell_s: float = 3.0
+    exit_dwell_s: float = 3.0  # the exit score must have run at least this long
+    boundary_dbm: float = -80.0  # mean RSSI at the boundary: the crossing-time reference
+    radius_m: float | None = None  # declared size (documentation; the dBm values decide)
+    exit_score_db: float = EXIT_SCORE_DB
     absence_s: float = 30.0  # no sighting for this long leaves
     stay_groups: tuple[str, ...] = ()  # tags in these groups must stay in during stay hours
     stay_hours: tuple[tuple[int, int], ...] = ()  # [start, end) minutes of the local day
@@ -116,6 +134,38 @@ def _array_of_tables(c: Checker, raw: dict[str, Any],
     return out
 
 
+def model_boundary_dbm(radius_m: float, ref_dbm: float = REF_1M_DBM,
+                       exponent: float = DEFAULT_EXPONENT) -> float:
+    """Mean RSSI at ``radius_m`` from the reader under the log-distance model."""
+    return ref_dbm - 10.0 * exponent * math.log10(max(radius_m, 0.1))
+
+
+def _zone_levels(c: Checker, z: dict[str, Any], path: str
+                 ) -> tuple[float | None, float, float, float]:
+    """(radius_m, boundary_dbm, enter_dbm, exit_dbm) of a [[zones]] table.
+
+    The boundary level is ``boundary_dbm`` (written by ``gatewayd calibrate``), else the
+    default model at ``radius_m``; the thresholds default to it plus / minus the margins.
+    Without either, enter_dbm / exit_dbm (default -75 / -85) and the boundary halfway."""
+    radius = c.get(z, "radius_m", path, float, None, check=positive)
+    boundary = c.get(z, "boundary_dbm", path, float, None, check=_dbm)
+    if boundary is None and radius is not None:
+        boundary = round(model_boundary_dbm(radius), 1)
+    if boundary is None:
+        enter = c.get(z, "enter_dbm", path, float, -75.0, check=_dbm)
+        exit_ = c.get(z, "exit_dbm", path, float, min(-85.0, enter), check=_dbm)
+        boundary = (enter + exit_) / 2
+    else:
+        enter = c.get(z, "enter_dbm", path, float, boundary + ENTER_MARGIN_DB, check=_dbm)
+        exit_ = c.get(z, "exit_dbm", path, float, boundary - EXIT_MARGIN_DB, check=_dbm)
+    if exit_ >= enter:
+        c.error(f"{path}.exit_dbm", f"must be below enter_dbm ({enter:g}): hysteresis")
+    elif not exit_ <= boundary <= enter:
+        c.error(f"{path}.boundary_dbm",
+                f"must lie between exit_dbm ({exit_:g}) and enter_dbm ({enter:g})")
+    return radius, boundary, enter, exit_
+
+
 def antenna_roles_of(options: dict[str, Any]) -> dict[int, str]:
     """A reader's ``antenna_roles`` option as {antenna: side}; lenient (validated elsewhere)."""
     v = options.get("antenna_roles")
@@ -184,7 +234,8 @@ def parse_settings(raw: dict[str, Any], c: Checker,
     zones: list[ZoneSettings] = []
     seen: set[str] = set()
     for path, z in _array_of_tables(c, raw, "zones"):
-        c.unknown(z, {"id", "readers", "enter_dbm", "exit_dbm", "dwell_s", "exit_dwell_s",
+        c.unknown(z, {"id", "readers", "radius_m", "boundary_dbm", "enter_dbm", "exit_dbm",
+                      "exit_score_db", "calibration", "dwell_s", "exit_dwell_s",
                       "absence_s", "stay_groups", "stay_hours", "stay_days"}, path)
         zid: str = c.get(z, "id", path, str, path, required=True, check=identifier)
         if zid in seen:
@@ -196,10 +247,8 @@ def parse_settings(raw: dict[str, Any], c: Checker,
                 c.error(f"{path}.readers", f"unknown reader {rid!r}")
         if not zr:
             c.error(f"{path}.readers", "no readers cover this zone (no reader has role 'zone')")
-        enter = c.get(z, "enter_dbm", path, float, -75.0, check=_dbm)
-        exit_ = c.get(z, "exit_dbm", path, float, min(-85.0, enter), check=_dbm)
-        if exit_ >= enter:
-            c.error(f"{path}.exit_dbm", f"must be below enter_dbm ({enter:g}): hysteresis")
+        radius, boundary, enter, exit_ = _zone_levels(c, z, path)
+        c.get(z, "calibration", path, dict, {})  # figures of the last calibration: for people
         hours: list[tuple[int, int]] = []
         for h in _strings(c, z, "stay_hours", path):
             m = _HOURS_RE.match(h)
@@ -217,7 +266,9 @@ def parse_settings(raw: dict[str, Any], c: Checker,
         if groups and not hours:
             hours = [(0, 24 * 60)]  # stay groups without hours: all day
         zones.append(ZoneSettings(
-            id=zid, readers=zr, enter_dbm=enter, exit_dbm=exit_,
+            id=zid, readers=zr, enter_dbm=enter, exit_dbm=exit_, boundary_dbm=boundary,
+            radius_m=radius,
+            exit_score_db=num(z, "exit_score_db", path, EXIT_SCORE_DB, non_negative),
             dwell_s=num(z, "dwell_s", path, 5.0, non_negative),
             exit_dwell_s=num(z, "exit_dwell_s", path, 3.0, non_negative),
             absence_s=num(z, "absence_s", path, 30.0),

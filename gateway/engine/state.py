@@ -43,15 +43,23 @@ class Window:
 class Presence:
     """One tag in one zone."""
 
-    __slots__ = ("last_seen", "level", "seen", "since", "status")
+    __slots__ = ("cross", "drift", "home", "last_seen", "level", "level_time", "score", "seen",
+                 "since", "status")
 
     def __init__(self, status: int = OUT, since: float = 0.0, last_seen: float = 0.0,
-                 level: float | None = None, seen: float | None = None) -> None:
+                 level: float | None = None, seen: float | None = None, score: float = 0.0,
+                 drift: float = 0.0, cross: float | None = None, home: float | None = None,
+                 level_time: float | None = None) -> None:
         self.status = status
         self.since = since  # timer: when the current ENTERING/LEAVING run or IN began
         self.last_seen = last_seen  # timer for the absence timeout (moved over downtime)
         self.level = level  # last smoothed RSSI, dBm
         self.seen = last_seen if seen is None else seen  # real time of the last sighting
+        self.score = score  # exit CUSUM (dB): evidence of being below exit_dbm
+        self.drift = drift  # CUSUM (dB) of being across the boundary from ``status``
+        self.cross = self.seen if cross is None else cross  # real time its run began
+        self.home = home  # slow average of the level while in (None: out)
+        self.level_time = self.seen if level_time is None else level_time  # of ``level``
 
 
 class SideReads:
@@ -213,7 +221,8 @@ def state_to_dict(state: EngineState) -> dict[str, Any]:
         "rssi": {r: {t: [list(w.times), list(w.values)] for t, w in tags.items()}
                  for r, tags in state.rssi.items()},
         "heard": dict(state.heard),
-        "zones": {z: {t: [p.status, p.since, p.last_seen, p.level, p.seen]
+        "zones": {z: {t: [p.status, p.since, p.last_seen, p.level, p.seen, p.score, p.drift,
+                          p.cross, p.home, p.level_time]
                       for t, p in tags.items()}
                   for z, tags in state.zones.items()},
         "last_zone": dict(state.last_zone),
@@ -252,7 +261,8 @@ def state_from_dict(data: dict[str, Any]) -> EngineState:
             for t, value in zip(times, values, strict=True):
                 window.add(t, value)
     state.heard = dict(data["heard"])
-    state.zones = {z: {t: Presence(v[0], v[1], v[2], v[3], v[4]) for t, v in tags.items()}
+    # Presence lists of 5 (before the exit scores existed) or 10 items.
+    state.zones = {z: {t: Presence(*v) for t, v in tags.items()}
                    for z, tags in data["zones"].items()}
     state.last_zone = dict(data["last_zone"])
     for gid, tags in data["passages"].items():

@@ -1,23 +1,42 @@
 """Safety-zone presence from BLE sightings (docs/zones.md).
 
-Per tag and zone a four-state machine on the smoothed RSSI (rssi.level):
+Per tag and zone, on each advert of one of the zone's readers:
 
-    OUT --level >= enter--> ENTERING --held dwell_s--> IN   (zone_enter)
-    IN --level < exit--> LEAVING --held exit_dwell_s--> OUT (zone_exit)
-    IN/LEAVING --no sighting for absence_s--> OUT           (zone_exit, reason absent)
+    OUT/ENTERING --smoothed level >= enter_dbm held dwell_s--> IN          (zone_enter)
+    IN/LEAVING --exit score (CUSUM of exit_dbm - rssi) >= exit_score_db--> OUT (zone_exit)
+    IN/LEAVING --no sighting above exit_dbm - CLIP_DB for absence_s--> OUT (zone_exit, absent)
 
-enter_dbm > exit_dbm is the hysteresis band; a level inside the band never
-changes the state. Leaving a zone one must stay in is also a zone_alert.
+The exit is a one-sided CUSUM on the raw RSSI (each advert clipped to +-CLIP_DB around
+the exit threshold): a fade of seconds adds a bounded amount and then drains away, so
+it takes a sustained drop below ``exit_dbm`` to leave. The crossing time each event
+carries (``time``) is the change point of a CUSUM referenced to the boundary level:
+the advert that started its current run; ``data.decided`` is the decision time.
+Leaving a zone one must stay in is also a zone_alert (emergency lane).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from gateway.contract import iso_utc
 from gateway.engine.locate import unit_position
 from gateway.engine.runtime import Runtime, ZoneRuntime
 from gateway.engine.state import ENTERING, IN, LEAVING, OUT, EngineState, Presence
 from gateway.model import Event, Lane
+
+CLIP_DB = 10.0  # one advert moves a score by at most this: deep nulls count as one bad advert
+# A tag that was well inside and has dropped far below its own level there has moved:
+# its exit evidence counts from NEAR_DB below the boundary level instead of exit_dbm.
+# Its home level (a slow average of the level while in) does not follow drops deeper
+# than DROP_DB, so it keeps the level the tag left from. A tag standing just inside has
+# its home at the boundary, so its exit margin stays whole.
+DROP_DB = 6.0
+NEAR_DB = 1.5
+HOME_TAU_S = 120.0
+# Nor does a tag leave while it stays within HOLD_DB of its home level: a child standing
+# still whose tag is weaker than the calibration's (or a calibration a little high) keeps
+# its own level for hours, and a still level is not a move.
+HOLD_DB = 4.0
 
 
 def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, reader: str,
@@ -30,28 +49,70 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
         tags = state.zones[zid] = {}
     presence = tags.get(tag)
     if presence is None:
-        presence = tags[tag] = Presence(OUT, t, t, None)
+        presence = tags[tag] = Presence(OUT, t, t, None, t, 0.0, 0.0, t)
     elif t > presence.seen:
         presence.seen = t
-        # A faint advert from far away (weaker than exit_dbm) is not presence: sparse
+        # A faint advert from far away (CLIP_DB below exit_dbm) is not presence: sparse
         # ones would otherwise hold a tag "in" that left, below min_samples forever.
-        if rssi >= settings.exit_dbm:
+        # Adverts between the two are presence (a child standing just inside through a
+        # fade) and, when the tag did leave, each is strong exit evidence for the CUSUM.
+        if rssi >= settings.exit_dbm - CLIP_DB:
             presence.last_seen = t
+    status = presence.status
+    previous = presence.level_time
+    if level is not None:
+        presence.level = level
+        presence.level_time = t
+    # Change-point tracker: evidence that the tag is on the other side of the boundary
+    # than its state says; the advert that started the current run is the crossing.
+    inside = status in (IN, LEAVING)
+    side = rssi - settings.boundary_dbm
+    if side > CLIP_DB:
+        side = CLIP_DB
+    elif side < -CLIP_DB:
+        side = -CLIP_DB
+    drift = presence.drift + (-side if inside else side)
+    if drift <= 0.0:
+        presence.drift = 0.0
+    else:
+        if presence.drift == 0.0:
+            presence.cross = t
+        presence.drift = drift
+    if inside:
+        reference = settings.exit_dbm
+        home = presence.home
+        if home is not None:
+            if level is not None and level >= home - DROP_DB:
+                weight = (t - previous) / HOME_TAU_S
+                home = presence.home = home + (level - home) * (weight if weight < 1.0 else 1.0)
+            moved = home - DROP_DB
+            if moved > settings.boundary_dbm - NEAR_DB:
+                moved = settings.boundary_dbm - NEAR_DB
+            if moved > reference:
+                reference = moved
+            if reference > home - HOLD_DB:
+                reference = home - HOLD_DB
+        below = reference - rssi
+        if below > CLIP_DB:
+            below = CLIP_DB
+        elif below < -CLIP_DB:
+            below = -CLIP_DB
+        if zone.multi and level is not None and level >= settings.exit_dbm and below > 0.0:
+            below = 0.0  # another reader of the zone still hears the tag well
+        score = presence.score + below
+        if score <= 0.0:
+            presence.score = 0.0
+            presence.status = IN
+        else:
+            presence.score = score
+            if status == IN:
+                presence.status, presence.since = LEAVING, t
+            if score >= settings.exit_score_db and t - presence.since >= settings.exit_dwell_s:
+                _exit(state, runtime, zone, tag, presence, t, reader, "weak", events)
+        return
     if level is None:
         return
-    presence.level = level
-    status = presence.status
-    if status == IN:
-        if level < settings.exit_dbm:
-            presence.status, presence.since = LEAVING, t
-            if settings.exit_dwell_s <= 0:
-                _exit(state, runtime, zone, tag, presence, t, reader, "weak", events)
-    elif status == LEAVING:
-        if level >= settings.exit_dbm:
-            presence.status = IN
-        elif t - presence.since >= settings.exit_dwell_s:
-            _exit(state, runtime, zone, tag, presence, t, reader, "weak", events)
-    elif status == OUT:
+    if status == OUT:
         if level >= settings.enter_dbm:
             presence.status, presence.since = ENTERING, t
             if settings.dwell_s <= 0:
@@ -62,31 +123,49 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
         _enter(state, runtime, zone, tag, presence, t, reader, events)
 
 
+def _crossing(presence: Presence, decided: float) -> float:
+    """Best estimate of when the tag crossed: the start of the tracker's run."""
+    return presence.cross if presence.drift > 0.0 and presence.cross <= decided else decided
+
+
 def _enter(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
            t: float, reader: str, events: list[Event]) -> None:
+    crossed = _crossing(presence, t)
     presence.status = IN
+    presence.home = zone.settings.boundary_dbm  # rises while the tag shows it is well inside
+    presence.drift = presence.score = 0.0
+    presence.cross = t
     zid = zone.settings.id
     state.last_zone[tag] = zid
-    events.append(Event(kind="zone_enter", time=t, lane=Lane.ROUTINE, reader=reader,
+    events.append(Event(kind="zone_enter", time=crossed, lane=Lane.ROUTINE, reader=reader,
                         child=runtime.tags[tag].child,
                         data={"zone": zid, "rssi": _round1(presence.level),
-                              "dwell_s": round(t - presence.since, 1)}))
+                              "dwell_s": round(t - presence.since, 1),
+                              "decided": iso_utc(t)}))
 
 
 def _exit(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
           t: float, reader: str | None, reason: str, events: list[Event]) -> None:
+    if reason == "absent" and presence.drift <= 0.0:
+        crossed = min(presence.seen, t)  # gone at once (a door, a car): last heard
+    else:
+        crossed = _crossing(presence, t)
     presence.status = OUT
+    presence.home = None
+    presence.drift = presence.score = 0.0
+    presence.cross = t
     tag_config = runtime.tags[tag]
     heard = max((state.heard.get(r, 0.0) for r in zone.settings.readers), default=0.0)
     data: dict[str, Any] = {"zone": zone.settings.id, "reason": reason,
                             "rssi": _round1(presence.level),
                             "last_seen": round(presence.seen, 3),
-                            "zone_quiet_s": round(max(0.0, t - heard), 1)}
-    events.append(Event(kind="zone_exit", time=t, lane=Lane.ROUTINE, reader=reader,
+                            "zone_quiet_s": round(max(0.0, t - heard), 1),
+                            "decided": iso_utc(t)}
+    events.append(Event(kind="zone_exit", time=crossed, lane=Lane.ROUTINE, reader=reader,
                         child=tag_config.child, data=data))
-    groups = runtime.staying(zone, tag_config, t)
+    groups = runtime.staying(zone, tag_config, t)  # the stay hours at the decision
     if groups:
-        events.append(Event(kind="zone_alert", time=t, lane=Lane.EMERGENCY, reader=reader,
+        events.append(Event(kind="zone_alert", time=crossed, lane=Lane.EMERGENCY, reader=reader,
                             child=tag_config.child,
                             data={**data, "stay_groups": groups,
                                   "position": unit_position(state, runtime)}))
