@@ -712,9 +712,10 @@ class Outbox:
     def _used_bytes(self) -> tuple[int, int]:
         """(bytes the events take, including the WAL; the cap in force now).
 
-        The cap is ``max_mb``, or less where the disk has less than ``reserve_mb`` free
-        beyond the file: then the file must not grow, and events are dropped (oldest,
-        lowest lane first) when its free pages run out.
+        The cap is ``max_mb``, or less where the disk has less than ``reserve_mb`` free: the
+        file (its free pages count as room) may take what is free beyond the reserve, and
+        once it ate into the reserve, that much of it is kept as free pages, so it does
+        not grow further; events are dropped (oldest, lowest lane first) to make them.
         """
         pc = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
         fl = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
@@ -723,7 +724,7 @@ class Outbox:
         cap = self.max_bytes
         free = self.free_disk_bytes()
         if self.reserve_bytes and free is not None:
-            cap = min(cap, pc * ps + wal + max(0, free - self.reserve_bytes))
+            cap = min(cap, pc * ps + wal + free - self.reserve_bytes)
         return int((pc - fl) * ps + wal), cap
 
     def _enforce_cap(self, now: float) -> list[Event]:
@@ -735,7 +736,8 @@ class Outbox:
         notices: list[Event] = []
         # Free 5% more than the excess so the cap is not hit again on every insert.
         avg = max(1, used // max(1, self._count))
-        want = max(over_events, over_bytes // avg + 1, 0) + max(1, self.max_events // 20)
+        margin = (self.max_events if over_events > 0 else max(1, cap) // avg) // 20
+        want = max(over_events, over_bytes // avg + 1, 0) + max(1, margin)
         for lane in (Lane.TELEMETRY, Lane.ROUTINE):
             if want <= 0:
                 break
