@@ -79,7 +79,9 @@ class Limits:
     window: int = 256  # routine + telemetry events in flight
     reserve: int = 32  # further in-flight slots only emergency events may use
     batch: int = 64  # refill chunk, and acks deleted per transaction
-    ack_flush_s: float = 0.02  # pending acks are deleted at least this often
+    # Pending acks are deleted at least this often: fewer, larger delete transactions write
+    # fewer WAL pages (SD-card wear); a crash only resends what was not yet deleted.
+    ack_flush_s: float = 0.1
     idle_s: float = 0.5  # wait with nothing to do; every part is asked again this often
     delete_retry_s: float = 2.0  # deletes that failed are tried again this often
 

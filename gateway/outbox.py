@@ -70,8 +70,11 @@ log = logging.getLogger("gateway.outbox")
 
 HWM_STEP = 1000  # seqs reserved per write of the high-water mark file
 MAX_NOTICE_RANGES = 200  # seq runs listed in one buffer_salvage event
-PRAGMAS = {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000,
-           "cache_size": -2000}
+# SD-card wear (docs/architecture.md, bench/wear.py): page_size first, it only takes on a
+# new file; 1 KiB pages make each commit's WAL frames a quarter of the default 4 KiB.
+# journal_size_limit: the WAL file is cut back to 4 MiB after a checkpoint (disk, not wear).
+PRAGMAS = {"page_size": 1024, "journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000,
+           "cache_size": -2000, "journal_size_limit": 4 * 1024 * 1024}
 
 
 def _utc_stamp(t: float) -> str:
@@ -318,6 +321,7 @@ class Outbox:
         self._reserved, self._unacked_from = self._read_hwm()
         self._hwm_failing = False
         self._old_last = 0
+        self._kv_saved: dict[str, int] = {}  # key -> hash of the value last committed
         self._parked_pending = False
         self._unsaved: list[Event] = []  # own notices not yet committed (the buffer failed)
         # What happened to the buffer file itself, newest last (health and status show it).
@@ -496,6 +500,7 @@ class Outbox:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.path + suffix)
         self._fast_ack_conns = set()
+        self._kv_saved = {}
         self.db = self._connect()
         self._identity = self._stat()
         # Everything carried over: seq goes on from the old file's own last (no gap);
@@ -641,25 +646,30 @@ class Outbox:
             return []
         now = time.time() if now is None else now
         extra: list[Event] = []
+        kv_saved: tuple[str, int] | None = None
         try:
             lost = self.check_file()
             if lost is not None:
                 self._unsaved.append(lost)
             extra, self._unsaved = self._unsaved, []
             with self.db.atomic("IMMEDIATE"):
-                if state is not None:
+                # An unchanged state (an idle unit) is not written again: SD-card wear.
+                if state is not None and self._kv_saved.get(state[0]) != hash(state[1]):
                     KvRow.replace(key=state[0], value=state[1]).execute()
-                if not events and not extra:
-                    return []
-                if self.last_seq() + len(events) + len(extra) + 64 > self._reserved:
-                    self._write_hwm(self.last_seq() + len(events) + len(extra) + 64)
-                # Notices of this unit's own buffer go first and are not the caller's.
-                if extra:
-                    self._insert(extra, now)
-                out = self._insert(events, now)
-                notices = self._enforce_cap(now)
-                if notices:
-                    self._insert(notices, now)
+                    kv_saved = (state[0], hash(state[1]))
+                out: list[Stored] = []
+                if events or extra:
+                    if self.last_seq() + len(events) + len(extra) + 64 > self._reserved:
+                        self._write_hwm(self.last_seq() + len(events) + len(extra) + 64)
+                    # Notices of this unit's own buffer go first and are not the caller's.
+                    if extra:
+                        self._insert(extra, now)
+                    out = self._insert(events, now)
+                    notices = self._enforce_cap(now)
+                    if notices:
+                        self._insert(notices, now)
+            if kv_saved is not None:
+                self._kv_saved[kv_saved[0]] = kv_saved[1]
             if self._parked_pending and extra:
                 self._clear_parked()
                 self._parked_pending = False
