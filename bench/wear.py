@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from firmware_sim.broker import LocalBroker
@@ -48,10 +49,10 @@ def _buffer(db: Path) -> tuple[int, int]:
         return 0, -1
 
 
-def _wait(pred: object, timeout: float) -> bool:
+def _wait(pred: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
+        if pred():
             return True
         time.sleep(0.1)
     return False
@@ -106,4 +107,5 @@ def bench_wear(n: int, rate: float = 500.0) -> float:
 
 
 if __name__ == "__main__":
-    print(f"write_bytes_per_event {bench_wear(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000):.0f}")
+    events = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    print(f"write_bytes_per_event {bench_wear(events):.0f}")
