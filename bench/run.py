@@ -4,17 +4,18 @@
     python bench/run.py --quick         # a small run, e.g. for CI
     python bench/run.py --json out.json # also write the figures as one JSON object
 
-Targets (issue 4, 5, 6, 9): e2e_ratio_vs_raw_paho >= 0.8; e2e_ratio_vs_fast_paho >= 0.8
+Targets (issue 4, 5, 6, 9, 10): e2e_ratio_vs_raw_paho >= 0.8; e2e_ratio_vs_fast_paho >= 0.8
 (against paho on its external loop in one thread, the fastest plain-Python QoS 1
 publisher: the buffer's durability may cost at most a fifth); drain_events_per_s >= 0.8
 of raw paho; drain_peak_rss_mb < 64; sos_ack_latency_p99_ms < 50;
 engine_readings_per_s >= 100,000; ble_flood_rss_growth_mb <= 5 (issue 11: 1,000,000
-adverts with random ids through the BLE driver); write_bytes_per_event <= 4096 (issue 11:
-SD-card wear, bytes a real gatewayd writes to disk per delivered event over a 10,000-event
-run, bench/wear.py). Figures are printed, not asserted: a shared
-machine makes timed assertions flaky. Issue 10's accuracy figures (group
-"accuracy", bench/accuracy.py) are printed beside its targets too; the tests
-(tests/test_engine_field.py) assert them.
+adverts with random ids through the BLE driver); site_load_cpu_percent <= 5 (the whole
+daemon's CPU, % of one core, at a full simulated site: bench/site_load.py; full run
+only); write_bytes_per_event <= 4096 (issue 11: SD-card wear, bytes a
+real gatewayd writes to disk per delivered event over a 10,000-event run, bench/wear.py).
+Figures are printed, not asserted: a shared machine makes timed assertions flaky.
+Issue 10's accuracy figures (group "accuracy", bench/accuracy.py) are printed beside its
+targets too; the tests (tests/test_engine_field.py) assert them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import accuracy, ble_flood, codecs, delivery, wear
+from bench import accuracy, ble_flood, codecs, delivery, site_load, wear
 
 TARGETS: dict[str, tuple[str, float]] = {
     "e2e_ratio_vs_raw_paho": (">=", 0.8),
@@ -41,6 +42,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "engine_readings_per_s": (">=", 100_000),
     **accuracy.TARGETS,
     **ble_flood.TARGETS,
+    **site_load.TARGETS,
     **wear.TARGETS,
 }
 
@@ -49,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes (CI)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as one JSON object")
-    p.add_argument("--only", choices=["codecs", "engine", "ble", "delivery", "wear",
-                                      "accuracy"],
+    p.add_argument("--only", choices=["codecs", "engine", "ble", "delivery", "wear", "accuracy",
+                                      "site"],
                    action="append",
                    help="run only these groups (repeatable)")
     args = p.parse_args(argv)
-    groups = args.only or ["codecs", "engine", "ble", "delivery", "wear", "accuracy"]
+    groups = args.only or ["codecs", "engine", "ble", "delivery", "wear", "accuracy", "site"]
     seconds = 0.5 if args.quick else 1.5
     figures: dict[str, float] = {}
     t0 = time.monotonic()
@@ -81,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     if "accuracy" in groups:
         print("  ... accuracy (field scenarios)", file=sys.stderr, flush=True)
         figures.update(accuracy.run(args.quick))
+    notes: list[str] = []
+    if "site" in groups and args.quick:
+        # Its set-up alone (300 mock BlueZ devices, five readers, a daemon) takes ~20 s.
+        notes.append("site_load_cpu_percent: not run with --quick (60 s window; "
+                     "python bench/site_load.py --seconds 20 for a short look)")
+    elif "site" in groups:
+        print("  ... site load (300 BLE tags at 1 Hz, 4 gates, GPS; 60 s)", file=sys.stderr,
+              flush=True)
+        figures.update(site_load.run(60.0))
 
     print(f"\nkidsafe-gateway bench ({'quick' if args.quick else 'full'}) on "
           f"{platform.machine()}, Python {platform.python_version()}, "
@@ -96,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             mark = f"{op} {limit:g}  {'ok' if ok else 'MISSED'}"
         shown = f"{value:>14.4f}" if abs(value) < 10 else f"{value:>14,.2f}"  # ratios
         print(f"{key:34} {shown}  {mark}")
+    for note in notes:
+        print(f"\n{note}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
     return 0

@@ -62,6 +62,14 @@ log = logging.getLogger("gateway.driver")
 
 CHECK_S = 1.0  # adapter presence poll
 MAX_REMEMBERED = 4096  # address -> tag id and major/minor -> tag id, each; LRU
+# A tag repeats the same payload for hours: its decoded frames are kept (payloads that
+# change every time, TLM, are not), and the memory is emptied when it gets this big.
+MAX_PAYLOADS = 4096
+# Sightings go to the pipeline in batches this often, or at this many (a button press at
+# once): one wake-up of the pipeline thread per batch instead of one per advert
+# (bench/site_load.py), and a flood of adverts cannot pile up in the driver.
+HAND_OVER_S = 0.05
+HAND_OVER_MAX = 64
 ADAPTER_IFACE = "org.bluez.Adapter1"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
@@ -132,6 +140,8 @@ class BleDriver(Driver[BleOptions]):
         self.enrolled: Collection[str] | None = getattr(self.sink, "enrolled", None)
         self._by_addr: OrderedDict[str, str] = OrderedDict()
         self._by_major_minor: OrderedDict[tuple[int, int], str] = OrderedDict()
+        self._decoded: dict[tuple[Any, ...], list[codec.BleFrame | Reject]] = {}
+        self._batch: list[BleSighting] = []  # sightings not yet handed to the pipeline
         self._last_adv = 0.0
         self._bus: MessageBus | None = None
         self.power_cycles = 0
@@ -147,9 +157,28 @@ class BleDriver(Driver[BleOptions]):
         if major_minor is not None:
             _put(self._by_major_minor, major_minor, tid)
 
+    def _decode(self, mfr: dict[int, bytes], svc: dict[str, bytes]) -> list[
+            codec.BleFrame | Reject]:
+        key = (*mfr.items(), *svc.items())
+        frames = self._decoded.get(key)
+        if frames is None:
+            frames = codec.decode_advertisement(mfr, svc)
+            if not any(isinstance(f, codec.EddystoneTlm | codec.EddystoneTlmEncrypted)
+                       for f in frames):
+                if len(self._decoded) >= MAX_PAYLOADS:
+                    self._decoded.clear()
+                self._decoded[key] = frames
+        return frames
+
+    def _hand_over(self) -> None:
+        batch, self._batch = self._batch, []
+        reading = self.sink.reading
+        for r in batch:
+            reading(r)
+
     def on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
         self._last_adv = self.clock.monotonic()  # any advert proves the scan is alive
-        frames = codec.decode_advertisement(adv.manufacturer_data, adv.service_data)
+        frames = self._decode(adv.manufacturer_data, adv.service_data)
         if not frames:
             return  # phones, headphones, ...: not ours
         rid, sink = self.cfg.id, self.sink
@@ -184,11 +213,14 @@ class BleDriver(Driver[BleOptions]):
         battery = (tlm.battery_mv or None) if tlm is not None else None  # 0: not supported
         temp = tlm.temperature_c if tlm is not None else None
         now = self.clock.now()
+        batch = self._batch
         for tid in pressed:
-            sink.reading(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True))
+            batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True))
         for tid in ids:
             if tid not in pressed:
-                sink.reading(BleSighting(rid, tid, now, adv.rssi, battery, temp))
+                batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp))
+        if pressed or len(batch) >= HAND_OVER_MAX:
+            self._hand_over()  # an SOS does not wait for the batch
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -256,7 +288,8 @@ class BleDriver(Driver[BleOptions]):
             stage = 0  # 0 fine, 1 scan restarted, 2+ adapter power-cycled
             next_check = now + CHECK_S
             while not stop.is_set():
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(HAND_OVER_S)
+                self._hand_over()
                 now = self.clock.monotonic()
                 if now >= next_check:
                     next_check = now + CHECK_S
@@ -285,6 +318,7 @@ class BleDriver(Driver[BleOptions]):
                 stage += 1
                 acted = self.clock.monotonic()
         finally:
+            self._hand_over()
             with contextlib.suppress(*DEVICE_ERRORS):
                 await scanner.stop()
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from firmware_sim import procs
@@ -70,9 +71,18 @@ class LocalBroker:
     def start(self, timeout: float = 10.0) -> LocalBroker:
         conf = self.dir / "mosquitto.conf"
         conf.write_text(self.conf_text())
-        self.proc = procs.spawn_listening([self.exe, "-c", str(conf)], self.log_path, self.port,
-                                          "mosquitto", timeout)
-        return self
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.proc = procs.spawn_listening([self.exe, "-c", str(conf)], self.log_path,
+                                                  self.port, "mosquitto", timeout)
+                return self
+            except RuntimeError as e:
+                # Our port is free between a stop and a start (restart()); a client of
+                # another process may hold it briefly as its local port. Wait that out.
+                if "Address already in use" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def log_text(self) -> str:
         try:

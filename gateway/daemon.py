@@ -104,6 +104,10 @@ class Gateway:
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self.stop.set()
+        # Wake the workers waiting on their own timeouts (the publisher's select, the
+        # pipeline's queue) so they see stop now; each still ends as a clean stop does.
+        self.publisher.notify()
+        self.pipeline.wake()
         deadline = time.monotonic() + timeout  # real time: this waits on threads, not the clock
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))

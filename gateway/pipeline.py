@@ -9,6 +9,7 @@ per batch, and wakes the publisher. Nothing here waits on the network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -61,13 +62,15 @@ class Pipeline:
         self.enrolled = frozenset(cfg.tag_map())
         self.engine_state: EngineState = self._restore()
         self._state_saved = clock.monotonic()
-        self._q: queue.Queue[Reading] = queue.Queue(QUEUE_MAX)
+        # None is not a reading: wake() puts it to end a wait for readings at once.
+        self._q: queue.Queue[Reading | None] = queue.Queue(QUEUE_MAX)
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
         self._failing = False  # the last commit failed
         self.lost_at_stop = 0  # held events neither committed nor parked at the stop
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
+        self.reader_readings: Counter[str] = Counter()  # per reader, for the health message
         self.reader_states: dict[str, tuple[ReaderState, str]] = {
             r.id: (ReaderState.STARTING, "") for r in cfg.readers
         }
@@ -120,18 +123,24 @@ class Pipeline:
         if old != state:
             log.info("reader %s: %s%s", reader, state.value, f" ({detail})" if detail else "")
 
+    def wake(self) -> None:
+        """End the pipeline thread's wait for readings now (shutdown: stop is already set)."""
+        with contextlib.suppress(queue.Full):  # full: the thread is not waiting anyway
+            self._q.put_nowait(None)
+
     # -- the pipeline thread -----------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         next_tick = self.clock.monotonic() + TICK_S
         while not stop.is_set():
-            batch: list[Reading] = []
+            got: list[Reading | None] = []
             try:
-                batch.append(self._q.get(timeout=TICK_S))
-                while len(batch) < BATCH:
-                    batch.append(self._q.get_nowait())
+                got.append(self._q.get(timeout=TICK_S))
+                while len(got) < BATCH:
+                    got.append(self._q.get_nowait())
             except queue.Empty:
                 pass
+            batch = [r for r in got if r is not None]
             events = self.process(batch)
             if self.clock.monotonic() >= next_tick:
                 next_tick = self.clock.monotonic() + TICK_S
@@ -143,9 +152,11 @@ class Pipeline:
         rest: list[Reading] = []
         while True:
             try:
-                rest.append(self._q.get_nowait())
+                r = self._q.get_nowait()
             except queue.Empty:
                 break
+            if r is not None:
+                rest.append(r)
         self.commit(self.process(rest), final=True)
         if self._pending:
             self._park_at_stop()
@@ -153,8 +164,11 @@ class Pipeline:
     def process(self, batch: list[Reading]) -> list[Event]:
         events: list[Event] = []
         engine, enrolled = self.engine, self.enrolled
+        if batch:
+            self.counters["readings"] += len(batch)
+        by_reader = self.reader_readings
         for r in batch:
-            self.counters["readings"] += 1
+            by_reader[r.reader] += 1
             if isinstance(r, TagRead | BleSighting) and r.tag not in enrolled:
                 self.counters["unenrolled_reads"] += 1
                 continue
@@ -244,6 +258,7 @@ class Pipeline:
             rejects: dict[str, dict[str, int]] = {}
             for (reader, reason), n in self.rejects.items():
                 rejects.setdefault(reader, {})[reason] = n
-            readers = {rid: {"state": st.value, "detail": d, "rejects": rejects.get(rid, {})}
+            readers = {rid: {"state": st.value, "detail": d, "rejects": rejects.get(rid, {}),
+                             "readings": self.reader_readings[rid]}
                        for rid, (st, d) in self.reader_states.items()}
         return {"counters": dict(self.counters), "readers": readers}

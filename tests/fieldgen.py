@@ -88,8 +88,11 @@ def seeds(fixed: Sequence[int], fresh: int | None = None) -> list[int]:
     if one:
         return [int(one)]
     n = int(os.environ.get("KIDSAFE_FRESH_SEEDS", "2")) if fresh is None else fresh
-    sysrnd = random.SystemRandom()
-    return [*fixed, *(sysrnd.randrange(1_000_000, 2**31) for _ in range(n))]
+    # Under pytest-xdist each worker collects the tests, and all must draw the same seeds:
+    # they come from the run's id, which the workers share (still fresh for every run).
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    rnd = random.Random(f"{run}:{list(fixed)}:{n}") if run else random.SystemRandom()
+    return [*fixed, *(rnd.randrange(1_000_000, 2**31) for _ in range(n))]
 
 
 def replay_hint(seed: int) -> str:

@@ -168,14 +168,20 @@ class Subscriber:
                  persistent: bool = False, check_schemas: bool = True, **tls: Any) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.violations: list[str] = []  # every message is checked against docs/schemas
+        # Decoded once on arrival: tests poll events() and seq_ids() while tens of
+        # thousands arrive, and decoding them all again each time starved the gateway.
+        self._events: list[tuple[str, dict[str, Any]]] = []  # (topic, body) of events
+        self._seq_ids: dict[int, set[str]] = {}
         self.check_schemas = check_schemas  # off only for tests that publish probes themselves
         self.lock = threading.Lock()
         self.topic = topic
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         # Follow a restarted test broker quickly (paho types the delays as int; floats work).
         self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
         if tls.get("ca"):
@@ -190,12 +196,30 @@ class Subscriber:
         client.subscribe(self.topic, qos=1)
         self.connected.set()
 
+    def _on_subscribe(self, *_a: Any) -> None:
+        self.subscribed.set()
+
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        payload = bytes(msg.payload)
-        bad = contract.violations(msg.topic, payload)
+        topic, payload = msg.topic, bytes(msg.payload)
+        name = contract.schema_for(topic)
+        body: Any = None
+        bad: list[str] = []
+        if name is not None:
+            try:
+                body = json.loads(payload)
+            except ValueError as e:
+                bad = [f"{topic}: not JSON: {e}"]
+            else:
+                bad = contract.body_violations(name, body, topic)
+        event = "/event/" in topic and isinstance(body, dict)
         with self.lock:
-            self.messages.append((msg.topic, payload, bool(msg.retain)))
+            self.messages.append((topic, payload, bool(msg.retain)))
             self.violations.extend(bad)
+            if event:
+                self._events.append((topic, body))
+                seq, eid = body.get("seq"), body.get("id")
+                if isinstance(seq, int) and isinstance(eid, str):  # else a schema violation
+                    self._seq_ids.setdefault(seq, set()).add(eid)
 
     def start(self) -> Subscriber:
         props = Properties(PacketTypes.CONNECT)
@@ -204,34 +228,36 @@ class Subscriber:
         self.client.connect("127.0.0.1", self.port, clean_start=not self.persistent,
                             properties=props)
         self.client.loop_start()
-        if not self.connected.wait(10):
+        if not self.connected.wait(10) or not self.subscribed.wait(10):
             raise AssertionError("subscriber could not connect to the test broker")
-        time.sleep(0.2)  # SUBACK
         return self
 
     def stop(self) -> None:
         """Disconnect; fails the test if anything received broke its JSON Schema."""
-        self.client.loop_stop()
+        # Disconnect first: it wakes paho's loop thread, which then ends at once;
+        # loop_stop() alone waits out the loop's select timeout.
         with contextlib.suppress(Exception):
             self.client.disconnect()
+        self.client.loop_stop()
         if self.check_schemas:
             assert not self.violations, f"messages not matching docs/schemas: {self.violations[:5]}"
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The events received, in order (the same decoded dicts each call: do not change)."""
         with self.lock:
-            msgs = list(self.messages)
-        out = []
-        for topic, payload, _ in msgs:
-            if "/event/" in topic and (kind is None or topic.endswith(f"/event/{kind}")):
-                out.append(json.loads(payload))
-        return out
+            evs = list(self._events)
+        suffix = f"/event/{kind}"
+        return [body for topic, body in evs if kind is None or topic.endswith(suffix)]
 
     def seq_ids(self) -> dict[int, set[str]]:
         """seq -> the ids received with it (more than one id for a seq would be a bug)."""
-        out: dict[int, set[str]] = {}
-        for e in self.events():
-            out.setdefault(e["seq"], set()).add(e["id"])
-        return out
+        with self.lock:
+            return {seq: set(ids) for seq, ids in self._seq_ids.items()}
+
+    def seq_count(self) -> int:
+        """How many distinct seqs arrived (cheap enough to poll)."""
+        with self.lock:
+            return len(self._seq_ids)
 
     def on(self, suffix: str) -> list[dict[str, Any]]:
         with self.lock:

@@ -58,11 +58,11 @@ def reader(tmp_path: Path) -> Iterator[VirtualSerial]:
     port.close()
 
 
-def start_flood(port: VirtualSerial, count: int, rate: float, lossless: bool
-                ) -> tuple[threading.Thread, list[int]]:
+def start_flood(port: VirtualSerial, count: int, rate: float, lossless: bool,
+                stop: threading.Event | None = None) -> tuple[threading.Thread, list[int]]:
     sent: list[int] = []
     t = threading.Thread(target=lambda: sent.append(
-        Rdm6300Sim(port).flood(TAGS, count, rate, lossless=lossless)), daemon=True)
+        Rdm6300Sim(port).flood(TAGS, count, rate, stop, lossless=lossless)), daemon=True)
     t.start()
     return t, sent
 
@@ -73,16 +73,25 @@ def test_broker_restarted_20_times_during_10000_events(tmp_path: Path, broker: L
     cfg = flood_config(tmp_path, reader, broker)
     sub = Subscriber(broker.port, client_id="backend-faults", persistent=True).start()
     gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
+
+    def connects() -> int:
+        return gw.log_text().count("connected (MQTT")
+
     try:
         gw.wait_log("reader gate-main: online")
-        time.sleep(0.3)
-        flood, sent = start_flood(reader, 10_000, 400, lossless=True)
+        gw.wait_log("connected (MQTT")
+        flood, sent = start_flood(reader, 10_000, 800, lossless=True)
         for _ in range(20):
-            time.sleep(0.9)
+            # Each restart hits a gateway that is delivering: reconnected, and events
+            # arriving at the backend since the last restart.
+            seen, n = sub.seq_count(), connects()
+            wait_until(lambda: sub.seq_count() >= min(seen + 50, 10_000), 30,  # noqa: B023
+                       "events arriving")
             broker.restart(signal.SIGTERM)
+            wait_until(lambda: connects() > n, 30, "the gateway to reconnect")  # noqa: B023
         flood.join(60)
         assert sent == [10_000]
-        wait_until(lambda: len(sub.seq_ids()) >= 10_000, 90, "all 10,000 events at the backend")
+        wait_until(lambda: sub.seq_count() >= 10_000, 90, "all 10,000 events at the backend")
         assert_complete(sub, 10_000)
         assert last_seq(tmp_path / "buf.db") == 10_000
         assert sub.violations == []
@@ -104,18 +113,23 @@ def test_daemon_sigkilled_20_times(tmp_path: Path, broker: LocalBroker,
         gw.wait_log("reader gate-main: online")
         # Reads while the daemon is down are lost (nobody decided them); what was
         # committed before each kill must still arrive, with no seq reused.
-        flood, _ = start_flood(reader, 12_000, 400, lossless=False)
+        done = threading.Event()
+        flood, _ = start_flood(reader, 12_000, 400, lossless=False, stop=done)
         for _ in range(20):
-            time.sleep(rng.uniform(0.4, 1.5))
+            time.sleep(rng.uniform(0.4, 1.5))  # a random moment: starting up or running
             gw.kill(signal.SIGKILL)
             gw = GatewayProcess(cfg, log).start()
+        # The last instance decides a good run of reads before the flood ends.
+        before = last_seq(tmp_path / "buf.db")
+        wait_until(lambda: last_seq(tmp_path / "buf.db") >= before + 1_000, 30,
+                   "the last instance to decide 1,000 reads")
+        done.set()
         flood.join(60)
-        time.sleep(1.0)
         gw.stop()
         n = last_seq(tmp_path / "buf.db")
         assert n > 2_000  # the run decided a good share of the reads
         gw = GatewayProcess(cfg, log).start()  # whatever is left in the buffer goes out
-        wait_until(lambda: len(sub.seq_ids()) >= n, 90, f"all {n} committed events")
+        wait_until(lambda: sub.seq_count() >= n, 90, f"all {n} committed events")
         assert_complete(sub, n)
         assert sub.violations == []
     finally:
@@ -124,8 +138,8 @@ def test_daemon_sigkilled_20_times(tmp_path: Path, broker: LocalBroker,
 
 
 @pytest.mark.slow
-def test_broker_paused_30s_reads_keep_being_decided(tmp_path: Path, broker: LocalBroker,
-                                                    reader: VirtualSerial) -> None:
+def test_broker_paused_reads_keep_being_decided(tmp_path: Path, broker: LocalBroker,
+                                                reader: VirtualSerial) -> None:
     cfg = flood_config(tmp_path, reader, broker)
     sub = Subscriber(broker.port, client_id="backend-pause", persistent=True).start()
     gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
@@ -138,17 +152,15 @@ def test_broker_paused_30s_reads_keep_being_decided(tmp_path: Path, broker: Loca
         gw.wait_log("reader gate-main: online")
         wait_until(lambda: "connected (MQTT" in gw.log_text(), 10, "gateway connected")
         broker.pause()  # a hung broker: TCP stays up, nothing is answered
-        flood, sent = start_flood(reader, 300, 10, lossless=True)  # 30 s of reads
-        time.sleep(10)
-        during_1 = logged_seq()
-        time.sleep(15)
-        during_2 = logged_seq()
-        assert during_1 >= 50 and during_2 >= during_1 + 100, (during_1, during_2)
+        flood, sent = start_flood(reader, 300, 75, lossless=True)  # 4 s of reads
+        # Decided while the broker hangs: early on, and then every one of them.
+        wait_until(lambda: logged_seq() >= 100, 20, "100 reads decided, broker paused")
+        wait_until(lambda: logged_seq() >= 300, 20, "all 300 reads decided, broker paused")
         flood.join(20)
-        time.sleep(0.5)
-        broker.resume()
         assert sent == [300]
-        wait_until(lambda: len(sub.seq_ids()) >= 300, 90, "all events after SIGCONT")
+        assert sub.seq_count() == 0  # nothing got through the hung broker meanwhile
+        broker.resume()
+        wait_until(lambda: sub.seq_count() >= 300, 90, "all events after SIGCONT")
         assert_complete(sub, 300)
     finally:
         broker.resume()
