@@ -313,6 +313,7 @@ class Outbox:
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.max_events = max_events
         self.reserve_bytes = int(reserve_mb * 1024 * 1024)
+        self._reserve_in_force = self.reserve_bytes
         self._models = (OutboxRow, DropRow, KvRow)
         self._lock = threading.Lock()
         self._lanes: Counter[int] = Counter()
@@ -717,6 +718,9 @@ class Outbox:
             st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
         except OSError:
             return None
+        # A reserve bigger than a tenth of the filesystem (a small card or partition)
+        # would leave the buffer no room at all: it is held to that tenth.
+        self._reserve_in_force = min(self.reserve_bytes, st.f_blocks * st.f_frsize // 10)
         return st.f_bavail * st.f_frsize
 
     def _used_bytes(self) -> tuple[int, int]:
@@ -734,7 +738,7 @@ class Outbox:
         cap = self.max_bytes
         free = self.free_disk_bytes()
         if self.reserve_bytes and free is not None:
-            cap = min(cap, pc * ps + wal + free - self.reserve_bytes)
+            cap = min(cap, pc * ps + wal + free - self._reserve_in_force)
         return int((pc - fl) * ps + wal), cap
 
     def _enforce_cap(self, now: float) -> list[Event]:
@@ -837,7 +841,7 @@ class Outbox:
         free = self.free_disk_bytes()
         mib = 1024 * 1024
         return {"free_disk_mb": round(free / mib, 1) if free is not None else None,
-                "reserve_mb": round(self.reserve_bytes / mib, 1),
+                "reserve_mb": round(self._reserve_in_force / mib, 1),
                 "wal_mb": round(self._wal_bytes() / mib, 2),
                 "high_water_seq": self.high_water,
                 "incidents": list(self.incidents)}

@@ -299,6 +299,7 @@ def test_read_only_card_delivers_once_and_parks_held_events_at_stop(
     run.mkdir(mode=0o700)
     with mounted(tmp_path / "card", "ext4", 16) as card:
         buf = card / "buf.db"
+        # The default reserve (64 MB) is held to a tenth of this 16 MB card.
         cfg = config(tmp_path, reader, broker.port, buf)
         sub = Subscriber(broker.port, client_id="backend-ro", persistent=True).start()
         env = {"RUNTIME_DIRECTORY": str(run)}
