@@ -267,7 +267,8 @@ def test_disk_full_delivery_keeps_going(tmp_path: Path, reader: VirtualSerial,
             broker.resume()
             wait_until(lambda: set(range(1, 1501)) <= set(sub.seq_ids()), 60,
                        "all 1,500 events delivered on a full disk")
-            gw.wait_log("cannot record")  # the deletes did fail
+            # Deletes fail when the WAL must grow for them; after a checkpoint they reuse
+            # its space and go through (the read-only test fails every one of them).
             time.sleep(3)  # more than a delete retry: no resend loop
             assert delivered(sub) <= 1500 + 300, delivered(sub)
             # New reads are decided and held while the disk is full ...
@@ -284,7 +285,7 @@ def test_disk_full_delivery_keeps_going(tmp_path: Path, reader: VirtualSerial,
             health = sub.on("/health")[-1]["buffer"]
             assert health["free_disk_mb"] > 0 and health["reserve_mb"] == 0
             text = gw.log_text()
-            assert_one_line(gw, r"ERROR gateway\.mqtt: cannot record")
+            assert len(re.findall(r"ERROR gateway\.mqtt: cannot record", text)) <= 1
             assert "worker mqtt failed" not in text and "Traceback" not in text
         finally:
             broker.resume()
@@ -316,6 +317,10 @@ def test_read_only_card_delivers_once_and_parks_held_events_at_stop(
                        "all 500 events delivered from a read-only card")
             time.sleep(3)
             assert delivered(sub) <= 500 + 64, delivered(sub)  # not 320 of 128 in a loop
+            assert_one_line(gw, r"ERROR gateway\.mqtt: cannot record \d+ acknowledged events")
+            wait_until(lambda: sub.on("/health")[-1]["buffer"]["acks_not_recorded"] > 0, 10,
+                       "health counting the acks not recorded")
+            assert "worker mqtt failed" not in gw.log_text()
             flood(reader, 100, start=500)  # decided, held in memory
             gw.wait_log("cannot write the buffer")
             time.sleep(0.5)  # the last reads decided
