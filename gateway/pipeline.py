@@ -220,8 +220,12 @@ class Pipeline:
     def _hold(self, events: list[Event], error: Exception) -> None:
         self.counters["buffer_write_failures"] += 1
         if not self._failing:
-            log.error("cannot write the buffer (%s); holding %d events in memory and retrying",
-                      error, len(events))
+            if events:
+                log.error("cannot write the buffer (%s); holding %d events in memory and "
+                          "retrying", error, len(events))
+            else:  # only the engine state was to be saved
+                log.error("cannot write the buffer (%s); the engine state is not saved, "
+                          "retrying", error)
             self._failing = True
         if len(events) > PENDING_MAX:
             keep = [e for e in events if e.lane == Lane.EMERGENCY]
