@@ -10,7 +10,9 @@ cd "$(dirname "$0")"
 # mosquitto: the broker for the demo and the tests. dbus-daemon + a compiler and headers:
 # the mock BlueZ the BLE tests drive bleak against (dbus-python is built from source).
 # gpsd: the real gpsd the GPS client is tested against. procps: ps/pkill in tests.
-SYSTEM_PACKAGES=(mosquitto mosquitto-clients dbus-daemon gpsd openssl procps
+# systemd: systemd-analyze, which checks the shipped unit (verify, security); it need
+# not be the init system (containers, CI).
+SYSTEM_PACKAGES=(mosquitto mosquitto-clients dbus-daemon gpsd openssl procps systemd
                  gcc python3-dev libdbus-1-dev libglib2.0-dev pkg-config)
 # `./dev.sh demo` needs only the broker (and Python packages with wheels): no compiler.
 DEMO_PACKAGES=(mosquitto)

@@ -60,6 +60,24 @@ from gateway.options import ReaderOptions, opt
 
 log = logging.getLogger("gateway.driver")
 
+
+class _HandlerErrorsInOneLine(logging.Filter):
+    """bleak's D-Bus signal handler can trip over a BlueZ object that vanished between
+    two signals (an adapter unplugged mid-scan: a KeyError inside bleak); dbus_fast then
+    logs the whole traceback. It is device trouble, not our bug: one line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = "BlueZ signal not handled by bleak (%s: %s); scanning goes on"
+            record.args = (type(exc).__name__, exc)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("dbus_fast.message_bus").addFilter(_HandlerErrorsInOneLine())
+
 CHECK_S = 1.0  # adapter presence poll
 MAX_REMEMBERED = 4096  # address -> tag id and major/minor -> tag id, each; LRU
 # A tag repeats the same payload for hours: its decoded frames are kept (payloads that
@@ -244,10 +262,11 @@ class BleDriver(Driver[BleOptions]):
         self._report(ReaderState.STARTING, f"adapter {self.adapter}")
         was_online = False
 
+        note = backoff.FailureLog(log, f"reader {self.cfg.id}: scanning on {self.adapter}",
+                                  self.clock)
+
         def failed(f: backoff.Failure) -> None:
-            if f.attempt % 10 == 1:  # the first failure after scanning, then every tenth
-                log.warning("reader %s: %s; retrying with back-off", self.cfg.id,
-                            self._trouble(f.error))
+            note(self._trouble(f.error), f.attempt, f.delay)
 
         restarts = backoff.Restarts(stop, self.clock, failed, initial=self.initial_s,
                                     cap=self.cap_s, retry_on=DEVICE_ERRORS)

@@ -4,7 +4,9 @@ Exponential with jitter and a cap, interrupted at once by the stop event, and
 timed by the injected clock (tests move a FakeClock instead of sleeping).
 
 * :func:`retrying`: retry an operation (opening a port, connecting) until it
-  succeeds, logging the first failure and every tenth after it.
+  succeeds, logging each failure with its reason and the delay before the next
+  attempt; failures repeating the same reason faster than one per ``LOG_EVERY_S``
+  are counted into the next line instead.
 * :class:`Restarts`: run something that should run forever (a worker, a scan
   session) and start it again after each failure; once a run is healthy, the
   next failure waits the initial delay again.
@@ -27,20 +29,46 @@ from tenacity import (
 )
 
 from gateway.clock import Clock, SystemClock
+from gateway.logs import clip
 
 Errors = type[BaseException] | tuple[type[BaseException], ...]
+
+
+LOG_EVERY_S = 10.0  # the same failure again sooner than this is counted, not logged
+
+
+class FailureLog:
+    """Logs a failure with its reason and the delay before the next try, one line each;
+    the same reason again sooner than ``LOG_EVERY_S`` is counted into the next line."""
+
+    def __init__(self, log: logging.Logger, what: str, clock: Clock) -> None:
+        self.log, self.what, self.clock = log, what, clock
+        self._at = 0.0
+        self._reason = ""
+        self._quiet = 0  # failures since the last line
+
+    def __call__(self, reason: str, attempt: int, next_s: float | None) -> None:
+        reason = clip(reason, 300)
+        now = self.clock.monotonic()
+        if attempt == 1 or reason != self._reason or now - self._at >= LOG_EVERY_S:
+            more = f" ({self._quiet} more failures since the last line)" if self._quiet else ""
+            nxt = f", next in {next_s:.1f} s" if next_s is not None else ""
+            self.log.warning("%s failed (%s); retrying with back-off, attempt %d%s%s",
+                             self.what, reason, attempt, nxt, more)
+            self._at, self._reason, self._quiet = now, reason, 0
+        else:
+            self._quiet += 1
 
 
 def retrying(stop: threading.Event, log: logging.Logger, what: str, initial: float = 0.5,
              cap: float = 30.0, clock: Clock | None = None) -> Retrying:
     """Retry on OSError until success or ``stop``; re-raises the last error if stopped."""
     clock = clock or SystemClock()
+    note = FailureLog(log, what, clock)
 
     def before_sleep(rs: RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome else None
-        if rs.attempt_number == 1 or rs.attempt_number % 10 == 0:
-            log.warning("%s failed (%s); retrying with back-off, attempt %d", what, exc,
-                        rs.attempt_number)
+        note(str(exc), rs.attempt_number, rs.upcoming_sleep)
 
     def sleep(seconds: float) -> None:
         clock.wait(stop, seconds)

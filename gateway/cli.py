@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -20,6 +21,11 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
                         stream=sys.stderr)
     logging.getLogger("paho").setLevel(logging.WARNING)
+    # Bounded lines, and from one call site a burst of 20 then 2 a second, with a
+    # "suppressed N" count: nobody reads a flooded journal, and it wears the card.
+    from gateway import logs
+
+    logs.install()
 
 
 def _load(path: str, warnings: bool = True) -> configmod.Config | None:
@@ -50,6 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     _setup_logging(args.log_level)
+    # systemd's watchdog kills a hung unit with SIGABRT: the journal then shows where
+    # every thread was (the hung one included), not just that it was killed.
+    faulthandler.enable(all_threads=True)
     from gateway import daemon
 
     return daemon.run(cfg, record=args.record, roll_call=args.roll_call)
@@ -83,6 +92,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for w in cfg.warnings:
         print(f"warning: {w.key}: {w.message}")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, warnings=False)  # the daemon's own state, not the config's
+    if cfg is None:
+        return 2
+    from gateway.status import main_status
+
+    return main_status(cfg, args.json, sys.stdout, sys.stderr)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 2
+    from gateway.doctor import main_doctor
+
+    return main_doctor(cfg, args.json, sys.stdout)
 
 
 def _print_engine_summary(cfg: configmod.Config) -> None:
@@ -280,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "(exit 0: fine, warnings printed; 2: errors)")
     c.add_argument("file", metavar="FILE")
     c.set_defaults(func=cmd_check_config)
+
+    st = sub.add_parser("status", help="the running daemon's health: readers, buffer, broker, "
+                        "clock, disk, counters (exit 1: not running, 3: a worker is hung)")
+    st.add_argument("--config", "-c", required=True, metavar="FILE",
+                    help="the daemon's config (its buffer's folder holds the status socket)")
+    st.add_argument("--json", action="store_true", help="the whole status document as JSON")
+    st.set_defaults(func=cmd_status)
+
+    dr = sub.add_parser("doctor", help="check the box: serial devices, BlueZ, gpsd, broker "
+                        "and TLS files, clock, disk, buffer integrity; each with what to fix")
+    dr.add_argument("--config", "-c", required=True, metavar="FILE")
+    dr.add_argument("--json", action="store_true", help="the checks as JSON")
+    dr.set_defaults(func=cmd_doctor)
 
     from drivers import registry
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from typing import Any
 
 from drivers import registry
-from gateway import __version__, backoff
+from gateway import __version__, backoff, control, logs, sdnotify, sysinfo
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config, engine_config
 from gateway.contract import iso_utc
@@ -29,17 +30,36 @@ class Gateway:
         self.clock = clock or SystemClock()
         self.started = self.clock.monotonic()
         self.stop = threading.Event()
+        # Each worker gets its own clock: its reads and waits are its heartbeats (sdnotify).
+        self.beats = sdnotify.Heartbeats()
+        self.clocks: dict[str, Any] = {}
         self.outbox = Outbox(cfg.buffer.path, cfg.unit.id, cfg.unit.site,
                              max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events,
                              reserve_mb=cfg.buffer.reserve_mb)
         self.engine = Engine(engine_config(cfg))
-        self.publisher = Publisher(cfg, self.outbox, self.clock, health=self.health)
+        self.publisher = Publisher(cfg, self.outbox, self._worker_clock("mqtt"),
+                                   health=self.health, on_acked=self._acked)
+        self.last_ack: float | None = None  # wall time of the broker's last acknowledgement
+        self.problems: dict[str, str] = {}  # hung or dead workers, as the watchdog sees them
         self.recorder = Recorder(record, now=self.clock.now()) if record else None
-        self.pipeline = Pipeline(cfg, self.engine, self.outbox, self.clock,
+        self.pipeline = Pipeline(cfg, self.engine, self.outbox, self._worker_clock("pipeline"),
                                  on_committed=self.publisher.notify, record=self.recorder)
         self.pipeline.roll_call(roll_call)
-        self.drivers = [registry.driver(r.kind)(r, self.pipeline, self.clock) for r in cfg.readers]
+        self.drivers = [registry.driver(r.kind)(r, self.pipeline,
+                                                self._worker_clock(f"reader-{r.id}"))
+                        for r in cfg.readers]
         self.threads: list[threading.Thread] = []
+
+    def _worker_clock(self, name: str) -> Any:
+        self.clocks[name] = clock = self.beats.clock(name, self.clock)
+        return clock
+
+    def _acked(self, seqs: list[int]) -> None:
+        self.last_ack = self.clock.now()
+
+    def dead_workers(self) -> list[str]:
+        """Worker threads that ended while the daemon is not stopping."""
+        return [] if self.stop.is_set() else [t.name for t in self.threads if not t.is_alive()]
 
     def health(self) -> dict[str, Any]:
         now = self.clock.now()
@@ -67,8 +87,37 @@ class Gateway:
                      "commands": self.publisher.commands},
         }
 
+    def status(self) -> dict[str, Any]:
+        """What `gatewayd status` shows: the health message and the box around it."""
+        doc = self.health()
+        b = self.cfg.broker
+        now = self.clock.now()
+        doc["pid"] = os.getpid()
+        doc["broker"] = {"address": f"{b.host}:{b.port}", "connected": self.publisher.online,
+                         "protocol": self.publisher.connected_protocol or None,
+                         "last_ack": iso_utc(self.last_ack) if self.last_ack else None,
+                         "last_ack_age_s": round(now - self.last_ack, 1)
+                         if self.last_ack else None}
+        # GPS fixes whose time failed the gate (drivers/_gps.py) are counted as rejects.
+        untrusted = sum(n for r in doc["readers"].values() for why, n in r["rejects"].items()
+                        if why.startswith("untrusted-time"))
+        doc["clock"] = {**sysinfo.clock_sync().as_dict(), "gps_untrusted": untrusted}
+        disk = sysinfo.disk(self.cfg.buffer.path)
+        doc["disk"] = disk.as_dict() if disk else None
+        doc["workers"] = {n: self.problems.get(n, "ok") for n in self.beats.names()}
+        return doc
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status` shows it)."""
+        readers = self.pipeline.stats()["readers"]
+        online = sum(1 for r in readers.values() if r["state"] == "online")
+        broker = "broker connected" if self.publisher.online else "broker not connected"
+        return (f"{online}/{len(readers)} readers online; {self.outbox.depth()} events "
+                f"buffered; {broker}")
+
     def start(self) -> None:
         def spawn(name: str, target: Any) -> None:
+            self.beats.beat(name)  # set-up time before the thread runs is not a hang
             t = threading.Thread(target=self._supervise, args=(name, target), name=name,
                                  daemon=True)
             t.start()
@@ -98,9 +147,10 @@ class Gateway:
                 log.error("worker %s failed; restarting it in %.0f s", name, f.delay,
                           exc_info=f.error)
 
-        # 1, 2, 4 ... 60 s; a worker that ran for a minute starts over at 1 s.
-        backoff.Restarts(self.stop, self.clock, failed, initial=1.0, cap=60.0, jitter=0.0,
-                         healthy_s=60.0).run(lambda: target(self.stop))
+        # 1, 2, 4 ... 60 s; a worker that ran for a minute starts over at 1 s. The wait is
+        # on the worker's own clock: backing off is a healthy idle, not a hang.
+        backoff.Restarts(self.stop, self.clocks.get(name, self.clock), failed, initial=1.0,
+                         cap=60.0, jitter=0.0, healthy_s=60.0).run(lambda: target(self.stop))
 
     def shutdown(self, timeout: float = 5.0) -> None:
         self.stop.set()
@@ -121,8 +171,38 @@ class Gateway:
             log.info("gatewayd stopped")
 
 
+def private_files(path: str) -> None:
+    """The buffer and its WAL/shm files readable by the daemon's user only (files made
+    by an older version, or copied in, may be world-readable; SQLite gives the -wal and
+    -shm it creates the mode of the database file)."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot make %s private (%s)", path + suffix, e)
+
+
+def _watch(gw: Gateway, dog: sdnotify.Watchdog) -> None:
+    """One turn of the main loop's watch over the workers (logged when it changes)."""
+    logs.flush()  # "suppressed N lines like ..." once a flood's window has ended
+    problems = dog.check(gw.dead_workers(), gw.status_line())
+    for name, what in problems.items():
+        if name not in gw.problems:
+            log.error("worker %s: %s; %s", name, what,
+                      "systemd's watchdog will restart the unit" if dog.interval_s else
+                      "restart the daemon if it does not recover")
+    for name in gw.problems.keys() - problems.keys():
+        log.warning("worker %s: going again", name)
+    gw.problems = problems
+
+
 def run(cfg: Config, record: str | None = None, roll_call: str | None = None) -> int:
+    os.umask(0o077)  # everything the daemon creates (buffer, recordings, socket): owner only
     gw = Gateway(cfg, record=record, roll_call=roll_call)
+    private_files(cfg.buffer.path)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
@@ -131,7 +211,16 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None) ->
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     gw.start()
-    while not gw.stop.wait(1.0):
-        pass
+    dog = sdnotify.Watchdog(gw.beats, sdnotify.watchdog_interval())
+    sock = control.StatusSocket(control.socket_path(cfg.buffer.path), gw.status)
+    sock.open()
+    try:
+        while not gw.stop.is_set():
+            _watch(gw, dog)
+            sock.serve(dog.period_s)
+    finally:
+        sock.close()
+    dog.stopping()
     gw.shutdown()
+    logs.flush(final=True)
     return 1 if gw.pipeline.lost else 0  # a stop that lost events is never a clean exit

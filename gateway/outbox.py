@@ -272,7 +272,7 @@ class SavedBuffer:
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
             return list(self._db.execute_sql(sql, params).fetchall())
-        except PeeweeException as e:
+        except (PeeweeException, sqlite3.DatabaseError) as e:  # fetchall's are not wrapped
             raise BufferReadError(f"cannot read the buffer {self.path}: {e}") from e
 
     def load_state(self, key: str) -> bytes | None:
@@ -285,6 +285,10 @@ class SavedBuffer:
     def last_seq(self) -> int:
         rows = self._query("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
         return int(rows[0][0]) if rows else 0
+
+    def quick_check(self) -> list[str]:
+        """SQLite's ``PRAGMA quick_check``: ["ok"], or what is damaged (gatewayd doctor)."""
+        return [str(r[0]) for r in self._query("PRAGMA quick_check")]
 
     def close(self) -> None:
         self._db.close()

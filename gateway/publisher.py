@@ -40,7 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway import backoff, contract
+from gateway import backoff, contract, logs
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.contract import iso_utc
@@ -105,6 +105,7 @@ class Publisher:
         self.refused = 0
         self.connects = 0
         self.commands = 0
+        self._backlog: logs.Backlog | None = None  # progress lines while a backlog drains
 
     # -- called from other threads -----------------------------------------------------------
 
@@ -274,8 +275,10 @@ class Publisher:
             log.exception("command on %s failed", msg.topic)
 
     def _unsupported_command(self, suffix: str, payload: bytes) -> None:
+        # The topic is the broker's (anyone with publish rights): clipped; the CLI's log
+        # filter rate-limits these lines with a "suppressed N" count (gateway/logs.py).
         log.warning("command %s received (%d bytes): no handler for it in this version",
-                    suffix, len(payload))
+                    logs.clip(suffix, 80), len(payload))
 
     def _publish_status(self, client: mqtt.Client, online: bool) -> mqtt.MQTTMessageInfo:
         body = contract.status_payload(self.cfg.unit.id, online, iso_utc(self.clock.now()),
@@ -337,6 +340,7 @@ class Publisher:
         log.info("broker %s:%d connected (MQTT %s); %d events to send",
                  self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,
                  self.outbox.depth())
+        self._backlog = logs.Backlog(log, self.outbox.depth(), self.acked, self.clock.monotonic)
         now = self.clock.monotonic()
         core.connected(live_mark, now)
         next_health = now
@@ -385,6 +389,8 @@ class Publisher:
                     log.warning("buffer writable again: acknowledged events deleted")
                     self._delete_failing = False
                 self.acked += len(seqs)
+                if self._backlog is not None:
+                    self._backlog.update(self.acked, self.outbox.depth())
                 if self.on_acked is not None:
                     self.on_acked(seqs)
             case Refused(seq):

@@ -106,7 +106,32 @@ def test_retrying_waits_on_the_injected_clock(caplog: pytest.LogCaptureFixture) 
     caplog.set_level(logging.WARNING)
     backoff.retrying(stop, logging.getLogger("t"), "opening x", 0.5, 2.0, clock)(w)
     assert len(w.runs) == 13 and clock.monotonic() > 12.0
-    assert [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records] == ["1", "10"]
+    # Each failure has a reason of its own here ("failure N"), so each is logged, with the
+    # delay before the next attempt (issue 11: not only the first and every tenth).
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split("attempt ")[1].split(",")[0] for line in lines] == [
+        str(n) for n in range(1, 13)]
+    assert all(", next in " in line for line in lines)
+
+
+def test_failure_log_counts_a_repeated_reason_into_the_next_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The BLE scan's restarts log through it too: every failure, not every tenth.
+    clock = FakeClock()
+    note = backoff.FailureLog(logging.getLogger("t"), "reader ble-1: scanning on hci0", clock)
+    caplog.set_level(logging.WARNING)
+    note("adapter gone", 1, 0.5)
+    for attempt in range(2, 6):
+        clock.advance(1.0)
+        note("adapter gone", attempt, 1.0)  # same reason within LOG_EVERY_S: counted
+    clock.advance(backoff.LOG_EVERY_S)
+    note("adapter gone", 6, 2.0)
+    note("bus refused", 7, None)  # a new reason is logged at once
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert "attempt 1, next in 0.5 s" in lines[0]
+    assert "attempt 6, next in 2.0 s (4 more failures since the last line)" in lines[1]
+    assert "bus refused" in lines[2] and "next in" not in lines[2]
 
 
 def test_fake_clock_wait_returns_when_another_thread_moves_time() -> None:
@@ -132,7 +157,7 @@ def test_fake_clock_wait_returns_when_another_thread_moves_time() -> None:
 def test_daemon_supervisor_logs_and_restarts_a_failing_worker(
         caplog: pytest.LogCaptureFixture) -> None:
     clock, stop = FakeClock(autoadvance=True), threading.Event()
-    gw = cast(Any, SimpleNamespace(stop=stop, clock=clock))
+    gw = cast(Any, SimpleNamespace(stop=stop, clock=clock, clocks={}))
     runs: list[float] = []
 
     def worker(s: threading.Event) -> None:

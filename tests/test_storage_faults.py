@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -78,6 +79,11 @@ def expand(ranges: list[list[int]]) -> set[int]:
 def delivered(sub: Subscriber) -> int:
     """Event messages received, resends included."""
     return len(sub.events())
+
+
+def gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, timeout=60)
 
 
 def root_or_skip() -> None:
@@ -197,6 +203,8 @@ def test_corrupt_buffer_is_salvaged_and_the_unit_runs(tmp_path: Path, reader: Vi
                    "health naming the incident")
         assert sub.on("/health")[-1]["buffer"]["incidents"][0]["reason"] == "corrupt"
         assert len(list(tmp_path.glob("buf.db.corrupt-*"))) == 1  # kept for forensics
+        status = gatewayd("status", "--config", str(cfg))
+        assert status.returncode == 0 and "buffer    CORRUPT at " in status.stdout, status
         text = gw.log_text()
         assert_one_line(gw, r"ERROR gateway\.outbox: buffer .* corrupt")
         assert "Traceback" not in text
@@ -323,6 +331,8 @@ def test_read_only_card_delivers_once_and_parks_held_events_at_stop(
             assert_one_line(gw, r"ERROR gateway\.mqtt: cannot record \d+ acknowledged events")
             wait_until(lambda: sub.on("/health")[-1]["buffer"]["acks_not_recorded"] > 0, 10,
                        "health counting the acks not recorded")
+            assert "acknowledged events not yet deleted" in gatewayd(
+                "status", "--config", str(cfg)).stdout
             assert "worker mqtt failed" not in gw.log_text()
             flood(reader, 100, start=500)  # decided, held in memory
             gw.wait_log("cannot write the buffer")
