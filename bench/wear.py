@@ -63,7 +63,6 @@ def bench_wear(n: int, rate: float = 500.0) -> float:
     port = VirtualSerial(str(work / "ttyRFID0"))
     port.plug()
     db = work / "buf.db"
-    log = work / "gateway.log"
     try:
         with LocalBroker(str(work / "broker"), persistence=False) as broker:
             tags = "\n".join(f'[[tags]]\nid = "{t}"\nchild = "c-{i}"\n'
@@ -75,13 +74,19 @@ def bench_wear(n: int, rate: float = 500.0) -> float:
                 '[health]\ninterval_s = 3600\n'
                 f'[[readers]]\nid = "gate-main"\nkind = "rdm6300"\nrole = "gate"\n'
                 f'port = "{port.path}"\n\n{tags}')
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "gateway", "run", "--config", str(cfg)],
-                    stdout=out, stderr=out, start_new_session=True)
+            # The log goes to a pipe, as to journald under systemd: journald's writes are
+            # not the daemon's.
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(cfg)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            log: list[bytes] = []
+            stderr = proc.stderr
+            assert stderr is not None
+            threading.Thread(target=lambda: log.extend(iter(stderr.readline, b"")),
+                             daemon=True).start()
             try:
-                up = _wait(lambda: "reader gate-main: online" in log.read_text()
-                           and "connected (MQTT" in log.read_text(), 30)
+                up = _wait(lambda: b"reader gate-main: online" in b"".join(log)
+                           and b"connected (MQTT" in b"".join(log), 30)
                 if not up:
                     return float("nan")
                 time.sleep(1.0)  # start-up writes (tables, the mark) are not per event
