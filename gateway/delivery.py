@@ -45,7 +45,7 @@ The rules:
   ``delete_failed``; those seqs count as acknowledged - never offered again,
   on this connection or the next - and a ``Delete`` of them is retried every
   ``delete_retry_s`` until the shell reports ``deleted``. So a full disk
-  costs memory for the seqs, not a resend loop.
+  costs memory for the seqs (at most ``max_undeleted``), not a resend loop.
 - Queries the store cannot answer are not asked: a part whose last fetch came
   back short is exhausted until ``committed()`` (live parts, emergency) or for
   the rest of the connection (backlog). Every ``idle_s`` all parts are asked
@@ -84,6 +84,9 @@ class Limits:
     ack_flush_s: float = 0.1
     idle_s: float = 0.5  # wait with nothing to do; every part is asked again this often
     delete_retry_s: float = 2.0  # deletes that failed are tried again this often
+    # Acknowledged seqs kept while their deletes fail (a read-only card under a large
+    # backlog): beyond this the lowest are forgotten, and go once more after a reconnect.
+    max_undeleted: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,9 @@ class Delivery:
         """The shell could not carry out a Delete: remember the seqs and retry later."""
         self._undeleted.update(seqs)
         self._retry_at = now + self.limits.delete_retry_s
+        cap = self.limits.max_undeleted
+        if len(self._undeleted) > cap:
+            self._undeleted = set(sorted(self._undeleted)[-(cap * 9 // 10):])
 
     def deleted(self, seqs: Sequence[int]) -> None:
         """The shell carried out a Delete."""

@@ -412,3 +412,10 @@ def test_failed_deletes_are_not_resent_and_are_retried() -> None:
     sh.disk_ok = True
     sh.poll(SMALL.delete_retry_s)  # the retry goes through
     assert sh.core.undeleted == 0 and not sh.store.rows and sorted(sh.deleted) == [1, 2, 3, 4]
+
+
+def test_failed_deletes_kept_in_memory_are_bounded() -> None:
+    store = Store()
+    core = Delivery(store.fetch, Limits(max_undeleted=100))
+    core.delete_failed(list(range(1, 151)), 0.0)
+    assert core.undeleted == 90  # the newest 90 kept; the rest may go once more
