@@ -52,7 +52,7 @@ class GpsTimeGate:
         if trusted:
             self._offset = offset
 
-    def fix(self, when: dt.datetime | None, now: float, **fields: Any) -> GpsFix:
+    def fix(self, when: dt.datetime | None, now: float, mono: float, **fields: Any) -> GpsFix:
         check = nmea.check_gps_time(when, dt.datetime.fromtimestamp(now, dt.UTC),
                                     self.last_trusted)
         if check.trusted and when is not None:
@@ -62,4 +62,5 @@ class GpsTimeGate:
         self._log_trust(check.trusted, check.reason,
                         when.timestamp() - now if when is not None else None)
         t = when.timestamp() if when is not None else now
-        return GpsFix(reader=self.reader, time=t, time_trusted=check.trusted, **fields)
+        return GpsFix(reader=self.reader, time=t, time_trusted=check.trusted, mono=mono,
+                      **fields)

@@ -80,7 +80,7 @@ class SerialDriver(Driver[SerialT]):
         """A fresh sans-I/O decoder (one per connection: no state crosses a replug)."""
 
     @abstractmethod
-    def readings(self, frame: Any, now: float) -> Iterable[Reading]:
+    def readings(self, frame: Any, now: float, mono: float) -> Iterable[Reading]:
         """Readings from one decoded frame."""
 
     # Hooks for readers that must be talked to. Each returns the bytes to send (b"" for
@@ -157,7 +157,7 @@ class SerialDriver(Driver[SerialT]):
                     if isinstance(item, Reject):
                         sink.reject(rid, item.reason)
                         continue
-                    for r in self.readings(item, now):
+                    for r in self.readings(item, now, mono):
                         sink.reading(r)
                     if out := self.on_frame(item, mono):
                         port.write(out)

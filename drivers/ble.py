@@ -230,13 +230,14 @@ class BleDriver(Driver[BleOptions]):
             ids.append(known)
         battery = (tlm.battery_mv or None) if tlm is not None else None  # 0: not supported
         temp = tlm.temperature_c if tlm is not None else None
-        now = self.clock.now()
+        now, mono = self.clock.now(), self.clock.monotonic()
         batch = self._batch
         for tid in pressed:
-            batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True))
+            batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True,
+                                     mono=mono))
         for tid in ids:
             if tid not in pressed:
-                batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp))
+                batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp, mono=mono))
         if pressed or len(batch) >= HAND_OVER_MAX:
             self._hand_over()  # an SOS does not wait for the batch
 

@@ -68,10 +68,10 @@ class GpsNmeaDriver(SerialDriver[GpsNmeaOptions]):
     def new_decoder(self) -> _FixStream:
         return _FixStream()
 
-    def readings(self, frame: nmea.Fix, now: float) -> Iterable[Reading]:
+    def readings(self, frame: nmea.Fix, now: float, mono: float) -> Iterable[Reading]:
         if frame.has_position:
-            self._last_fix = self.clock.monotonic()
-        return (self.gate.fix(frame.time, now, lat=frame.lat, lon=frame.lon,
+            self._last_fix = mono
+        return (self.gate.fix(frame.time, now, mono, lat=frame.lat, lon=frame.lon,
                               fix_quality=frame.fix_quality, fix_type=frame.fix_type,
                               satellites=frame.satellites, hdop=frame.hdop,
                               speed_mps=frame.speed_mps),)

@@ -132,7 +132,7 @@ class GpsdDriver(Driver[GpsdOptions]):
     def _on_tpv(self, tpv: Tpv) -> bool:
         sats, hdop = self._sky
         self.sink.reading(self.gate.fix(
-            tpv.time, self.clock.now(), lat=tpv.lat, lon=tpv.lon,
+            tpv.time, self.clock.now(), self.clock.monotonic(), lat=tpv.lat, lon=tpv.lon,
             fix_quality=tpv.fix_quality, fix_type=max(1, tpv.mode), satellites=sats, hdop=hdop,
             speed_mps=tpv.speed_mps))
         if tpv.has_fix:

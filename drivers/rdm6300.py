@@ -27,8 +27,9 @@ class Rdm6300Driver(SerialDriver[Rdm6300Options]):
     def new_decoder(self) -> rdm6300.Decoder:
         return rdm6300.Decoder()
 
-    def readings(self, frame: rdm6300.Em4100Frame, now: float) -> Iterable[Reading]:
-        return (TagRead(reader=self.cfg.id, tag=frame.tag, time=now),)
+    def readings(self, frame: rdm6300.Em4100Frame, now: float, mono: float
+                 ) -> Iterable[Reading]:
+        return (TagRead(reader=self.cfg.id, tag=frame.tag, time=now, mono=mono),)
 
 
 DRIVER = Rdm6300Driver

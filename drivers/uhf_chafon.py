@@ -214,12 +214,12 @@ class UhfChafonDriver(SerialDriver[UhfChafonOptions]):
         self._decoder = cf.Decoder(self.cfg.options.model)
         return self._decoder
 
-    def readings(self, frame: Any, now: float) -> Iterable[Reading]:
+    def readings(self, frame: Any, now: float, mono: float) -> Iterable[Reading]:
         if not isinstance(frame, cf.ChafonInventory) or frame.cmd != cf.CMD_INVENTORY:
             return ()
         # The 18 layout names no antenna (the codec says 1): report none rather than guess.
         with_antenna = frame.antenna is not None
-        return tuple(TagRead(reader=self.cfg.id, tag=t.epc, time=now,
+        return tuple(TagRead(reader=self.cfg.id, tag=t.epc, time=now, mono=mono,
                              antenna=t.antenna if with_antenna else None)
                      for t in frame.tags)
 
@@ -243,7 +243,7 @@ class UhfChafonDriver(SerialDriver[UhfChafonOptions]):
                 if isinstance(item, Reject):
                     self.sink.reject(self.cfg.id, item.reason)
                     continue
-                for r in self.readings(item, now):
+                for r in self.readings(item, now, mono):
                     self.sink.reading(r)
                 out += self.on_frame(item, mono)
         return out + self._apply(poller.tick(mono))

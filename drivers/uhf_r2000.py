@@ -62,10 +62,10 @@ class UhfR2000Driver(SerialDriver[UhfR2000Options]):
     def new_decoder(self) -> r2k.Decoder:
         return r2k.Decoder()
 
-    def readings(self, frame: Any, now: float) -> Iterable[Reading]:
+    def readings(self, frame: Any, now: float, mono: float) -> Iterable[Reading]:
         if isinstance(frame, r2k.R2000Tag):
             return (TagRead(reader=self.cfg.id, tag=frame.epc, time=now,
-                            rssi=frame.rssi_dbm, antenna=frame.antenna),)
+                            rssi=frame.rssi_dbm, antenna=frame.antenna, mono=mono),)
         return ()
 
     def on_open(self, mono: float) -> bytes:

@@ -82,6 +82,12 @@ class FakeClock:
             self._t = t
             self._changed.notify_all()
 
+    def step_wall(self, delta_s: float) -> None:
+        """Step the wall clock (NTP, a GPS correction); monotonic time does not move."""
+        with self._changed:
+            self._t += delta_s
+            self._changed.notify_all()
+
     def wait(self, event: threading.Event, seconds: float) -> bool:
         if self.autoadvance:
             if not event.is_set():
@@ -100,3 +106,24 @@ class FakeClock:
         while not event.is_set() and self._m < deadline:
             await asyncio.sleep(self.POLL_S)
         return event.is_set()
+
+
+class ShiftedClock:
+    """``clock`` with its monotonic time moved by ``shift`` seconds (wall time and waits
+    unchanged): the daemon continues engine time across a restart with it."""
+
+    def __init__(self, clock: Clock, shift: float) -> None:
+        self.clock = clock
+        self.shift = shift
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def monotonic(self) -> float:
+        return self.clock.monotonic() + self.shift
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return self.clock.wait(event, seconds)
+
+    async def wait_async(self, event: threading.Event, seconds: float) -> bool:
+        return await self.clock.wait_async(event, seconds)

@@ -1,4 +1,14 @@
-"""`gatewayd run`: wires drivers, pipeline, outbox and publisher, one thread each."""
+"""`gatewayd run`: wires drivers, pipeline, outbox and publisher, one thread each.
+
+Engine time is the monotonic clock (gateway/engine/__init__.py). It restarts from
+the boot's zero in a new process, so the daemon reads the saved engine state first
+and gives everyone a clock whose monotonic time continues from the state's: plus
+the downtime the wall clock measured when that is plausible (a wall clock stepped
+while the unit was down, or one that is wrong after a boot without an RTC, counts
+as no downtime, and the engine reports the step at the first reading). The
+engine's silence timers move over the downtime (engine.resume): time the unit did
+not listen is no evidence that a tag left or a card was taken away.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +21,38 @@ from typing import Any
 
 from drivers import registry
 from gateway import __version__, backoff, control, logs, sdnotify, sysinfo
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, ShiftedClock, SystemClock
 from gateway.config import Config, engine_config
 from gateway.contract import iso_utc
-from gateway.engine import Engine
+from gateway.engine import Engine, EngineState, resume
 from gateway.outbox import Outbox
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, restore_state
 from gateway.publisher import Publisher
 from gateway.recording import Recorder
 
 log = logging.getLogger("gateway")
+
+MAX_DOWNTIME_S = 366 * 86400.0  # a longer (or negative) downtime is a wrong wall clock
+
+
+def continued(clock: Clock, state: EngineState) -> ShiftedClock:
+    """``clock`` with monotonic time shifted to continue the saved ``state``'s engine time
+    (which is moved on over the downtime)."""
+    if not state.clock:
+        return ShiftedClock(clock, 0.0)  # nothing saved: engine time is this boot's
+    down = clock.now() - (state.clock + state.wall_offset)
+    if not 0.0 <= down <= MAX_DOWNTIME_S:
+        log.warning("wall clock %s the saved engine state by %.0f s: downtime not counted",
+                    "behind" if down < 0 else "ahead of", abs(down))
+        down = 0.0
+    resume(state, down)
+    return ShiftedClock(clock, state.clock - clock.monotonic())
 
 
 class Gateway:
     def __init__(self, cfg: Config, clock: Clock | None = None, record: str | None = None,
                  roll_call: str | None = None) -> None:
         self.cfg = cfg
-        self.clock = clock or SystemClock()
-        self.started = self.clock.monotonic()
         self.stop = threading.Event()
         # Each worker gets its own clock: its reads and waits are its heartbeats (sdnotify).
         self.beats = sdnotify.Heartbeats()
@@ -37,13 +61,18 @@ class Gateway:
                              max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events,
                              reserve_mb=cfg.buffer.reserve_mb)
         self.engine = Engine(engine_config(cfg))
+        state = restore_state(self.outbox, self.engine)  # before any clock is handed out
+        self.clock: Clock = continued(clock or SystemClock(), state)
+        self.started = self.clock.monotonic()
         self.publisher = Publisher(cfg, self.outbox, self._worker_clock("mqtt"),
                                    health=self.health, on_acked=self._acked)
         self.last_ack: float | None = None  # wall time of the broker's last acknowledgement
         self.problems: dict[str, str] = {}  # hung or dead workers, as the watchdog sees them
-        self.recorder = Recorder(record, now=self.clock.now()) if record else None
+        self.recorder = (Recorder(record, now=self.clock.now(), mono=self.clock.monotonic())
+                         if record else None)
         self.pipeline = Pipeline(cfg, self.engine, self.outbox, self._worker_clock("pipeline"),
-                                 on_committed=self.publisher.notify, record=self.recorder)
+                                 on_committed=self.publisher.notify, record=self.recorder,
+                                 state=state)
         self.pipeline.roll_call(roll_call)
         self.drivers = [registry.driver(r.kind)(r, self.pipeline,
                                                 self._worker_clock(f"reader-{r.id}"))

@@ -1,7 +1,11 @@
 """Typed readings (what drivers report), events (what the unit decided), and the
 configured readers and tags both sides refer to.
 
-Readings are facts from hardware, stamped at the edge with the injected clock.
+Readings are facts from hardware, stamped at the edge with the injected clock:
+``time`` is the wall clock (UTC epoch seconds, which NTP or a GPS correction can
+step), ``mono`` the monotonic clock at the same moment (the engine's timers run on
+it, docs/architecture.md "Engine time"). ``mono`` NaN (the default, for readings
+made by hand) means "no monotonic stamp": the engine then uses ``time``.
 Events are decisions; the outbox gives each one a unique id and a per-unit
 sequence number when it is committed.
 """
@@ -9,6 +13,7 @@ sequence number when it is committed.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -51,6 +56,7 @@ class TagRead:
     time: float  # UTC seconds since the epoch
     rssi: float | None = None  # dBm, where the reader reports it
     antenna: int | None = None  # 1-based, where the reader reports it
+    mono: float = math.nan  # monotonic clock at ``time`` (NaN: none, the engine uses time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,7 @@ class BleSighting:
     battery_mv: int | None = None
     temperature_c: float | None = None
     button: bool = False
+    mono: float = math.nan  # monotonic clock at ``time`` (NaN: none, the engine uses time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,7 @@ class GpsFix:
     hdop: float | None = None
     speed_mps: float | None = None
     time_trusted: bool = True
+    mono: float = math.nan  # monotonic clock when the unit received the fix (NaN: none)
 
 
 Reading = TagRead | BleSighting | GpsFix
@@ -105,7 +113,7 @@ class Event:
     """Something the unit decided happened. `data` holds the kind's own fields."""
 
     kind: str
-    time: float  # when it happened (time of the deciding reading)
+    time: float  # when it happened: UTC epoch seconds on the unit's (corrected) wall clock
     lane: Lane = Lane.ROUTINE
     reader: str | None = None
     child: str | None = None  # pseudonymous child reference, never a name

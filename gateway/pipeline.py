@@ -5,6 +5,14 @@ Drivers call the :class:`Pipeline` from their own threads (it is their
 that are not enrolled (counted, never stored or logged: privacy), runs the
 pure engine, commits the resulting events to the outbox in one transaction
 per batch, and wakes the publisher. Nothing here waits on the network.
+
+The engine state is saved in the same transaction as every commit that holds
+events (and at least every STATE_SAVE_S otherwise): a power cut then never
+loses the record of a decision whose event is in the buffer, so a restart does
+not decide it again under a new id (docs/architecture.md). To bound what that
+costs when events come fast (a flooded gate), routine events decided within
+STATE_COALESCE_S of the last save wait for the next commit, at most that long;
+emergency events never wait.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import queue
 import threading
 from collections import Counter
@@ -39,7 +48,8 @@ TICK_S = 0.5
 QUEUE_MAX = 50_000  # readings waiting for the pipeline; beyond it they are counted and dropped
 PENDING_MAX = 100_000  # decided events waiting for a buffer that cannot be written
 STATE_KEY = "engine"
-STATE_SAVE_S = 1.0  # engine state goes to disk with the events, at most this often
+STATE_SAVE_S = 1.0  # engine state goes to disk with every commit of events, else this often
+STATE_COALESCE_S = 0.2  # routine events wait at most this long to share a state save
 
 
 class Pipeline:
@@ -51,6 +61,7 @@ class Pipeline:
         clock: Clock,
         on_committed: Callable[[], None] = lambda: None,
         record: Recorder | None = None,
+        state: EngineState | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -58,13 +69,16 @@ class Pipeline:
         self.clock = clock
         self.on_committed = on_committed
         self.record = record
-        self.last_tick: float | None = None  # time of the engine's last tick (the Recorder's end)
+        # (wall, monotonic) time of the engine's last tick (the Recorder's end)
+        self.last_tick: tuple[float, float] | None = None
         self.enrolled = frozenset(cfg.tag_map())
-        self.engine_state: EngineState = self._restore()
-        self._state_saved = clock.monotonic()
+        self.engine_state: EngineState = (state if state is not None
+                                          else restore_state(outbox, engine))
+        self._state_saved = -math.inf
         # None is not a reading: wake() puts it to end a wait for readings at once.
         self._q: queue.Queue[Reading | None] = queue.Queue(QUEUE_MAX)
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
+        self._deferred: list[Event] = []  # routine events waiting to share a state save
         self._failing = False  # the last commit failed
         self.lost_at_stop = 0  # held events neither committed nor parked at the stop
         self._lock = threading.Lock()
@@ -75,33 +89,19 @@ class Pipeline:
             r.id: (ReaderState.STARTING, "") for r in cfg.readers
         }
 
-    def _restore(self) -> EngineState:
-        """The engine state saved before the last stop or crash, so a reboot continues
-        (no burst of false exits and re-entries); a bad or foreign state starts fresh."""
-        blob = self.outbox.load_state(STATE_KEY)
-        if blob is None:
-            return self.engine.initial_state()
-        try:
-            state = state_from_dict(json.loads(blob))
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("saved engine state not usable (%s); starting fresh", e)
-            return self.engine.initial_state()
-        log.info("engine state restored (%d tags last seen)", len(state.seen))
-        return state
-
     def roll_call(self, alert_id: str | None) -> None:
         """Start (alert id) or end (None) a disaster roll-call. Call before run()."""
-        now = self.clock.now()
+        now, mono = self.clock.now(), self.clock.monotonic()
         running = self.engine_state.roll_call
         if alert_id:
-            self.engine_state = start_roll_call(self.engine_state, alert_id, now)
+            self.engine_state = start_roll_call(self.engine_state, alert_id, mono)
             log.warning("roll-call for alert %s active", alert_id)
         elif running is not None:
             self.engine_state = end_roll_call(self.engine_state)
             log.warning("roll-call for alert %s ended", running.alert_id)
         if self.record is not None and (alert_id or running):
             self.record.control("roll_call_start" if alert_id else "roll_call_end", now,
-                                alert_id or (running.alert_id if running else None))
+                                alert_id or (running.alert_id if running else None), mono)
 
     # -- Sink: called from driver threads ----------------------------------------------------
 
@@ -135,19 +135,24 @@ class Pipeline:
         while not stop.is_set():
             got: list[Reading | None] = []
             try:
-                got.append(self._q.get(timeout=TICK_S))
+                wait = TICK_S
+                if self._deferred:  # not longer than the coalescing allows
+                    wait = min(wait, max(0.0, self._state_saved + STATE_COALESCE_S
+                                         - self.clock.monotonic()))
+                got.append(self._q.get(timeout=wait))
                 while len(got) < BATCH:
                     got.append(self._q.get_nowait())
             except queue.Empty:
                 pass
             batch = [r for r in got if r is not None]
             events = self.process(batch)
-            if self.clock.monotonic() >= next_tick:
-                next_tick = self.clock.monotonic() + TICK_S
-                self.last_tick = self.clock.now()
-                self.engine_state, more = self.engine.tick(self.engine_state, self.last_tick)
+            mono = self.clock.monotonic()
+            if mono >= next_tick:
+                next_tick = mono + TICK_S
+                self.last_tick = (self.clock.now(), mono)
+                self.engine_state, more = self.engine.tick(self.engine_state, *self.last_tick)
                 events.extend(more)
-            self.commit(events)
+            self.commit_soon(events)
         # Drain what the drivers already handed over before we stop.
         rest: list[Reading] = []
         while True:
@@ -157,7 +162,7 @@ class Pipeline:
                 break
             if r is not None:
                 rest.append(r)
-        self.commit(self.process(rest), final=True)
+        self.commit_soon(self.process(rest), final=True)
         if self._pending:
             self._park_at_stop()
 
@@ -178,17 +183,33 @@ class Pipeline:
             events.extend(evs)
         return events
 
+    def commit_soon(self, events: list[Event], final: bool = False) -> None:
+        """:meth:`commit` for the pipeline thread (the only one that calls it): routine
+        events decided within STATE_COALESCE_S of the last state save wait, at most that
+        long, to share the next one; emergency events and a final commit never wait."""
+        if self._deferred:
+            events = self._deferred + events
+            self._deferred = []
+        if (events and not final
+                and self.clock.monotonic() - self._state_saved < STATE_COALESCE_S
+                and all(e.lane != Lane.EMERGENCY for e in events)):
+            self._deferred = events
+            return
+        self.commit(events, final)
+
     def commit(self, events: list[Event], final: bool = False) -> None:
-        """Commit decided events (and now and then the engine state) in one transaction.
+        """Commit decided events, and the engine state with them, in one transaction
+        (without events, the state at most every STATE_SAVE_S).
 
         If the buffer cannot be written (disk full, card failing) the events stay in
         memory, are retried with the next commit, and the failure is logged; past
         PENDING_MAX the oldest non-emergency ones are dropped and counted.
         """
+        since_save = self.clock.monotonic() - self._state_saved
         if self._pending:
             events = self._pending + events
             self._pending = []
-        save = final or self.clock.monotonic() - self._state_saved >= STATE_SAVE_S
+        save = bool(events) or final or since_save >= STATE_SAVE_S
         if not events and not save:
             return
         state = None
@@ -210,6 +231,11 @@ class Pipeline:
         self.counters["events"] += len(stored)
         for ev, s in zip(events, stored, strict=True):
             self.counters[f"events_{ev.kind}"] += 1
+            if ev.kind == "clock_step":  # the engine reports a step once: one line
+                log.warning("wall clock stepped %+.3f s (event seq=%d); engine time is "
+                            "monotonic: timers unaffected, event times follow the new clock",
+                            ev.data["step_s"], s.seq)
+                continue
             log.log(logging.WARNING if ev.lane == Lane.EMERGENCY else logging.INFO,
                     "event %s seq=%d child=%s reader=%s lane=%s%s", ev.kind, s.seq,
                     ev.child or "-", ev.reader or "-", Lane(ev.lane).name.lower(),
@@ -266,3 +292,18 @@ class Pipeline:
                              "readings": self.reader_readings[rid]}
                        for rid, (st, d) in self.reader_states.items()}
         return {"counters": dict(self.counters), "readers": readers}
+
+
+def restore_state(outbox: Outbox, engine: Engine) -> EngineState:
+    """The engine state saved before the last stop or crash, so a reboot continues
+    (no burst of false exits and re-entries); a bad or foreign state starts fresh."""
+    blob = outbox.load_state(STATE_KEY)
+    if blob is None:
+        return engine.initial_state()
+    try:
+        state = state_from_dict(json.loads(blob))
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("saved engine state not usable (%s); starting fresh", e)
+        return engine.initial_state()
+    log.info("engine state restored (%d tags last seen)", len(state.seen))
+    return state

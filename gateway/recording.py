@@ -5,11 +5,13 @@ gateway/replay.py replays and locates from it. Nothing here runs the engine.
 
 Readings file: JSON lines, one object per line, in the order the pipeline
 received them. Every line has ``type`` and ``t`` (UTC epoch seconds: the
-reading's own time; for GPS the fix time). Fields a reading does not have
-are left out.
+reading's own time; for GPS the fix time) and, written since the engine runs
+on monotonic time, ``m`` (the unit's monotonic clock at that moment, the
+engine time of the line; docs/architecture.md "Engine time"). Files without
+``m`` still replay, on ``t``. Fields a reading does not have are left out.
 
-    {"type": "tag", "t": 1.7e9, "reader": "gate-1", "tag": "62E3086CED", "rssi": -61.0,
-     "antenna": 1}
+    {"type": "tag", "t": 1.7e9, "m": 5012.25, "reader": "gate-1", "tag": "62E3086CED",
+     "rssi": -61.0, "antenna": 1}
     {"type": "ble", "t": 1.7e9, "reader": "ble-1", "tag": "c0ffee000001", "rssi": -70,
      "battery_mv": 2950, "temperature_c": 21.5, "button": false}
     {"type": "gps", "t": 1.7e9, "reader": "gps", "lat": 37.56, "lon": 126.97,
@@ -54,6 +56,7 @@ class Control:
     type: str
     t: float
     alert_id: str | None = None
+    mono: float = math.nan  # the monotonic clock at ``t`` (NaN: not recorded)
 
 
 Item = Reading | Control
@@ -66,8 +69,7 @@ def reading_to_dict(r: Reading) -> dict[str, Any]:
             d["rssi"] = r.rssi
         if r.antenna is not None:
             d["antenna"] = r.antenna
-        return d
-    if isinstance(r, BleSighting):
+    elif isinstance(r, BleSighting):
         d = {"type": "ble", "t": r.time, "reader": r.reader, "tag": r.tag, "rssi": r.rssi}
         if r.battery_mv is not None:
             d["battery_mv"] = r.battery_mv
@@ -75,12 +77,14 @@ def reading_to_dict(r: Reading) -> dict[str, Any]:
             d["temperature_c"] = r.temperature_c
         if r.button:
             d["button"] = True
-        return d
-    d = {"type": "gps", "t": r.time, "reader": r.reader, "lat": r.lat, "lon": r.lon}
-    for k in _GPS_FIELDS:
-        v = getattr(r, k)
-        if v != _GPS_DEFAULTS[k]:
-            d[k] = v
+    else:
+        d = {"type": "gps", "t": r.time, "reader": r.reader, "lat": r.lat, "lon": r.lon}
+        for k in _GPS_FIELDS:
+            v = getattr(r, k)
+            if v != _GPS_DEFAULTS[k]:
+                d[k] = v
+    if r.mono == r.mono:  # not NaN
+        d["m"] = r.mono
     return d
 
 
@@ -113,9 +117,12 @@ def item_from_dict(d: dict[str, Any]) -> Item:
     t = _num(d, "t")
     if t is None:
         raise ReadingsError("t: missing")
+    mono = _num(d, "m")
+    if mono is None:  # older files: none, the engine runs on t
+        mono = math.nan
     if kind == "tag":
         return TagRead(reader=_str(d, "reader"), tag=canonical_tag_id(_str(d, "tag")), time=t,
-                       rssi=_num(d, "rssi"), antenna=_num(d, "antenna", kind=int))
+                       rssi=_num(d, "rssi"), antenna=_num(d, "antenna", kind=int), mono=mono)
     if kind == "ble":
         rssi = _num(d, "rssi", kind=int)
         if rssi is None:
@@ -123,21 +130,21 @@ def item_from_dict(d: dict[str, Any]) -> Item:
         return BleSighting(reader=_str(d, "reader"), tag=canonical_tag_id(_str(d, "tag")),
                            time=t, rssi=rssi, battery_mv=_num(d, "battery_mv", kind=int),
                            temperature_c=_num(d, "temperature_c"),
-                           button=bool(d.get("button", False)))
+                           button=bool(d.get("button", False)), mono=mono)
     if kind == "gps":
         return GpsFix(reader=_str(d, "reader"), time=t, lat=_num(d, "lat"), lon=_num(d, "lon"),
                       fix_quality=_num(d, "fix_quality", 0, int),
                       fix_type=_num(d, "fix_type", 1, int),
                       satellites=_num(d, "satellites", kind=int), hdop=_num(d, "hdop"),
                       speed_mps=_num(d, "speed_mps"),
-                      time_trusted=bool(d.get("time_trusted", True)))
+                      time_trusted=bool(d.get("time_trusted", True)), mono=mono)
     if kind in ("tick", "start"):
-        return Control(kind, t)
+        return Control(kind, t, mono=mono)
     if kind in ("roll_call_start", "roll_call_end"):
         aid = d.get("alert_id")
         if kind == "roll_call_start" or aid is not None:
             aid = _str(d, "alert_id")
-        return Control(kind, t, aid)
+        return Control(kind, t, aid, mono)
     raise ReadingsError(f"type: unknown {kind!r} (tag, ble, gps, tick, start, roll_call_start, "
                       "roll_call_end)")
 
@@ -163,13 +170,14 @@ class Recorder:
     Lines are buffered and flushed every ``flush_s`` of reading time and on close.
     """
 
-    def __init__(self, path: str | Path, now: float | None = None, flush_s: float = 1.0) -> None:
+    def __init__(self, path: str | Path, now: float | None = None, flush_s: float = 1.0,
+                 mono: float = math.nan) -> None:
         self.path = str(path)
         self._f: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._flush_s = flush_s
         self._flushed = now if now is not None else 0.0
         if now is not None:
-            self._write({"type": "start", "t": now})
+            self.control("start", now, mono=mono)
             self._f.flush()
 
     def _write(self, d: dict[str, Any]) -> None:
@@ -184,9 +192,13 @@ class Recorder:
 
     record = __call__
 
-    def control(self, kind: str, t: float, alert_id: str | None = None) -> None:
-        """Record a tick or roll-call start/end so a replay reproduces it."""
+    def control(self, kind: str, t: float, alert_id: str | None = None,
+                mono: float = math.nan) -> None:
+        """Record a tick or roll-call start/end (wall ``t``, monotonic ``mono``) so a
+        replay reproduces it."""
         d: dict[str, Any] = {"type": kind, "t": t}
+        if mono == mono:  # not NaN
+            d["m"] = mono
         if alert_id is not None:
             d["alert_id"] = alert_id
         self._write(d)
@@ -194,13 +206,14 @@ class Recorder:
     def flush(self) -> None:
         self._f.flush()
 
-    def close(self, last_tick: float | None = None) -> None:
-        """Close the file; ``last_tick`` (the engine's last tick in the live run) is written
-        as a closing ``tick`` line, so a replay decides what the live run decided by then."""
+    def close(self, last_tick: tuple[float, float] | None = None) -> None:
+        """Close the file; ``last_tick`` (wall, monotonic time of the engine's last tick in
+        the live run) is written as a closing ``tick`` line, so a replay decides what the
+        live run decided by then."""
         if self._f.closed:
             return
         if last_tick is not None:
-            self.control("tick", last_tick)
+            self.control("tick", last_tick[0], mono=last_tick[1])
         self._f.close()
 
     def __enter__(self) -> Recorder:

@@ -9,8 +9,10 @@ with ``time_utc`` and ``time_local`` beside it as RFC 3339 (local: the
 config's ``[engine] timezone``, the site's clock), because people read those.
 
 Implicit ticks: before each line that is not GPS, the replay ticks the engine
-at every multiple of ``[engine] tick_s`` since the previous tick up to the
-line's time, so timeouts fire at the same engine times on every run. A
+at every multiple of ``[engine] tick_s`` of engine time (the line's ``m``, its
+monotonic stamp; ``t`` in files without it) since the previous tick up to the
+line's, so timeouts fire at the same engine times on every run, whatever the
+wall clock did. A
 ``start`` line (written by the Recorder when the daemon starts) is not
 bridged by ticks: the gap before it replays as downtime, as it happened.
 """
@@ -48,13 +50,19 @@ class Replayer:
         self.tick_s = engine.runtime.settings.tick_s
         self.last_tick: float | None = None
 
-    def _ticks_until(self, t: float, out: list[Event]) -> None:
+    def _ticks_until(self, t: float, monotonic: bool, out: list[Event]) -> None:
+        """Implicit ticks up to engine time ``t`` (``monotonic``: the file has monos, and
+        the ticks' wall times follow the engine's offset; else engine time is wall time)."""
         eng, step = self.engine, self.tick_s
         if self.last_tick is None:
             self.last_tick = math.floor(t / step) * step
         k = math.floor(self.last_tick / step) + 1
         while k * step <= t:
-            self.state, evs = eng.tick(self.state, k * step)
+            if monotonic:
+                self.state, evs = eng.tick(self.state, k * step + self.state.wall_offset,
+                                           k * step)
+            else:
+                self.state, evs = eng.tick(self.state, k * step)
             out.extend(evs)
             k += 1
         self.last_tick = max(self.last_tick, t)
@@ -66,19 +74,22 @@ class Replayer:
             if item.type == "start":
                 self.last_tick = None  # do not bridge downtime with ticks
                 return out
-            self._ticks_until(item.t, out)
+            monotonic = item.mono == item.mono  # not NaN
+            t = item.mono if monotonic else item.t
+            self._ticks_until(t, monotonic, out)
             if item.type == "tick":
-                self.state, evs = eng.tick(self.state, item.t)
+                self.state, evs = eng.tick(self.state, item.t, item.mono)
                 out.extend(evs)
             elif item.type == "roll_call_start":
-                self.state = start_roll_call(self.state, item.alert_id or "", item.t)
-                self.state, evs = eng.tick(self.state, item.t)
+                self.state = start_roll_call(self.state, item.alert_id or "", t)
+                self.state, evs = eng.tick(self.state, item.t, item.mono)
                 out.extend(evs)
             else:
                 self.state = end_roll_call(self.state, item.alert_id)
             return out
         if not isinstance(item, GpsFix):  # fix times are not engine time (docs/zones.md)
-            self._ticks_until(item.time, out)
+            monotonic = item.mono == item.mono
+            self._ticks_until(item.mono if monotonic else item.time, monotonic, out)
         self.state, evs = eng.step(self.state, item)
         out.extend(evs)
         return out

@@ -18,9 +18,9 @@ against them cannot flatter it. Nothing here imports the engine.
 - Gates: a walk along a 1-D path through two antenna fields with per-read
   RSSI, whole-antenna misses, weak reflections, turn-backs and revisits;
   truth: the time each passage crosses the gate line.
-- Clock steps: readings carry the unit's wall clock; :class:`UnitClock` maps
-  true time to (wall, mono). The model has no monotonic field yet, so the
-  monos travel alongside the readings (``monos``, one per reading).
+- Clock steps: readings carry the unit's wall clock (``time``) and monotonic
+  clock (``mono``); :class:`UnitClock` maps true time to (wall, mono). The
+  monos are also kept alongside the readings (``monos``, one per reading).
 
 Every generator is a pure function of its seed. :func:`seeds` gives fixed
 seeds plus fresh ones per run (``KIDSAFE_SEED`` replays one).
@@ -147,14 +147,14 @@ def draw_clock_step(rnd: random.Random, at: float, back: bool = True) -> UnitClo
 
 def stamp_all(readings: Sequence[Reading], true_times: Sequence[float],
               clock: UnitClock | None) -> tuple[list[Reading], list[float]]:
-    """Readings (in arrival order) with their wall time, and their monos."""
+    """Readings (in arrival order) stamped with their wall time and mono, and the monos."""
     if clock is None:
         clock = UnitClock()
     out: list[Reading] = []
     monos: list[float] = []
     for r, t in zip(readings, true_times, strict=True):
         wall, mono = clock.stamp(t)
-        out.append(r if wall == r.time else replace(r, time=wall))
+        out.append(replace(r, time=wall, mono=mono))
         monos.append(mono)
     return out, monos
 

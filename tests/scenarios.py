@@ -255,7 +255,8 @@ def parked_on_boundary(seed: int, duration_s: float, radius: float = 150.0) -> l
 
 def run(engine: Engine, readings: Sequence[Reading], state: Any = None, until: float | None = None
         ) -> tuple[Any, list[Any]]:
-    """Replay readings with the replay's implicit ticks; tick on to ``until``."""
+    """Replay readings with the replay's implicit ticks; tick on to wall time ``until``
+    (for readings with monotonic stamps: the engine time that is at the last offset)."""
     from gateway.recording import Control
     from gateway.replay import Replayer
 
@@ -264,7 +265,9 @@ def run(engine: Engine, readings: Sequence[Reading], state: Any = None, until: f
     for r in readings:
         events += rp.feed(r)
     if until is not None:
-        events += rp.feed(Control("tick", until))
+        monotonic = bool(readings) and readings[-1].mono == readings[-1].mono
+        mono = until - rp.state.wall_offset if monotonic else math.nan
+        events += rp.feed(Control("tick", until, mono=mono))
     return rp.state, events
 
 

@@ -169,7 +169,7 @@ def test_gps_time_trust_lines(caplog: pytest.LogCaptureFixture) -> None:
 
     def fix(offset: float | None, at: float) -> None:
         when = None if offset is None else dt.datetime.fromtimestamp(at + offset, dt.UTC)
-        gate.fix(when, at, lat=1.0, lon=2.0, fix_quality=1, fix_type=3, satellites=7,
+        gate.fix(when, at, at, lat=1.0, lon=2.0, fix_quality=1, fix_type=3, satellites=7,
                  hdop=1.0, speed_mps=0.0)
 
     with caplog.at_level(logging.INFO, "gateway.driver"):

@@ -1,7 +1,7 @@
 """The edge decision engine: a pure function of (state, reading, time).
 
 ``Engine.step(state, reading) -> (state, events)`` (at the reading's own time)
-and ``Engine.tick(state, now) -> (state, events)`` (time-driven decisions such
+and ``Engine.tick(state, now, mono) -> (state, events)`` (time-driven decisions such
 as absence timeouts and roll-calls) do no I/O and read no clock, so a recorded
 field log replays to the same events every time. State is a plain dataclass
 the caller owns; the engine updates it in place for speed and returns it.
@@ -9,15 +9,30 @@ the caller owns; the engine updates it in place for speed and returns it.
 Readings reach the engine only for enrolled tags (the pipeline filters and
 counts the rest; the engine ignores any that slip through).
 
-Engine time (``state.clock``) is the newest reading or tick time; GPS fix
-times never move it (a receiver can report 2003). A jump in engine time
-longer than ``resume_gap_s`` means the unit was down: zone timers are moved
-over the gap so a restart does not turn into false exits (state.shift_times).
-The caller must tick more often than that (the pipeline ticks every 0.5 s).
+Engine time (``state.clock``) runs on the monotonic clock: a reading's
+``mono`` stamp (its wall ``time`` where it has none), so every timer (dwell,
+absence, gate windows, debounces, roll-call cadence) is immune to wall-clock
+steps. ``state.wall_offset`` is wall minus engine time of the newest reading
+or tick; event times (and the times in event data) are converted to wall time
+with it at the boundary, and local-day logic (stay hours, first passage today)
+reads engine time plus it. A change of the offset by more than CLOCK_STEP_S is a
+wall-clock step (NTP after a boot without an RTC, a GPS correction): it neither
+freezes nor fires decisions and is reported once, as a ``clock_step`` telemetry
+event.
+GPS fixes never move engine time (their geofence logic uses the receiver's own
+times, which are true UTC). A jump in engine time longer than ``resume_gap_s``
+means the unit was down: zone timers are moved over the gap so a restart does
+not turn into false exits (state.shift_times); across a restart the daemon
+continues engine time from the saved state's (gateway/daemon.py). The caller
+must tick more often than that (the pipeline ticks every 0.5 s).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+from gateway.contract import iso_utc
 from gateway.engine import battery, gate, geofence, zones
 from gateway.engine.locate import (
     cameras_near,
@@ -35,11 +50,21 @@ from gateway.engine.state import (
     EngineState,
     Sighting,
     Window,
+    resume,
     shift_times,
     state_from_dict,
     state_to_dict,
 )
 from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead
+
+# A change of wall minus monotonic time larger than this is a step of the wall clock
+# (NTP slews by at most 0.5 ms/s; the two clocks are read microseconds apart).
+CLOCK_STEP_S = 2.0
+# Event data fields that hold engine times (converted to wall time with the events,
+# epoch seconds), also inside lists of objects (roll_call's present/missing); and those
+# the contract wants as RFC 3339 text (the internals give them as engine times too).
+WALL_KEYS = frozenset({"last_seen", "started"})
+WALL_ISO_KEYS = frozenset({"decided"})
 
 __all__ = [
     "Engine",
@@ -48,6 +73,7 @@ __all__ = [
     "EngineState",
     "end_roll_call",
     "locate",
+    "resume",
     "start_roll_call",
     "state_from_dict",
     "state_to_dict",
@@ -62,21 +88,47 @@ class Engine:
     def initial_state(self) -> EngineState:
         return EngineState()
 
-    def _advance(self, state: EngineState, t: float) -> None:
+    def _advance(self, state: EngineState, wall: float, t: float, reader: str | None
+                 ) -> Event | None:
+        """Move engine time to ``t`` (>= state.clock), stamped ``wall`` on the wall clock;
+        a step of the wall clock is returned as a clock_step event."""
         clock = state.clock
+        offset = wall - t
+        step = None
+        if offset != state.wall_offset:
+            if clock and abs(offset - state.wall_offset) > CLOCK_STEP_S:
+                step = Event(kind="clock_step", time=wall, lane=Lane.TELEMETRY, reader=reader,
+                             data={"step_s": round(offset - state.wall_offset, 3)})
+            state.wall_offset = self.runtime.wall_offset = offset
         if clock and t - clock > self.runtime.settings.resume_gap_s:
             shift_times(state, t - clock)
         state.clock = t
+        return step
+
+    def _walled(self, state: EngineState, events: list[Event]) -> list[Event]:
+        """Events with their engine times turned into wall times (the current offset)."""
+        offset = state.wall_offset
+        out = []
+        for ev in events:
+            if ev.kind == "clock_step":  # stamped in wall time already
+                out.append(ev)
+                continue
+            out.append(Event(kind=ev.kind, time=ev.time + offset, lane=ev.lane, reader=ev.reader,
+                             child=ev.child, data=_walled_data(ev.data, offset)))
+        return out
 
     def step(self, state: EngineState, reading: Reading) -> tuple[EngineState, list[Event]]:
-        """Decide on one reading; engine time is the reading's own time (GPS fixes aside)."""
+        """Decide on one reading at engine time: its ``mono`` stamp (GPS fixes aside)."""
+        self.runtime.wall_offset = state.wall_offset
         match reading:
             case BleSighting():
-                return state, self._ble(state, reading)
+                events = self._ble(state, reading)
+                return state, self._walled(state, events) if events else events
             case TagRead():
-                return state, self._tag(state, reading)
+                events = self._tag(state, reading)
+                return state, self._walled(state, events) if events else events
             case GpsFix():
-                events: list[Event] = []
+                events = []
                 geofence.on_fix(state, self.runtime, reading, events)
                 return state, events
         return state, []
@@ -94,13 +146,18 @@ class Engine:
         runtime = self.runtime
         if read.tag not in runtime.tags:
             return []
-        if read.time > state.clock:
-            self._advance(state, read.time)
-        self._seen(state, read.tag, read.reader, read.time, read.rssi)
+        t = read.mono
+        if t != t:  # NaN: no monotonic stamp
+            t = read.time
         events: list[Event] = []
+        if t >= state.clock:
+            step = self._advance(state, read.time, t, read.reader)
+            if step is not None:
+                events.append(step)
+        self._seen(state, read.tag, read.reader, t, read.rssi)
         gate_side = runtime.gates.get(read.reader)
         if gate_side is not None:
-            gate.on_read(state, runtime, gate_side, read, events)
+            gate.on_read(state, runtime, gate_side, read, t, events)
         return events
 
     def _ble(self, state: EngineState, advert: BleSighting) -> list[Event]:
@@ -109,10 +166,15 @@ class Engine:
         tag_config = runtime.tags.get(tag)
         if tag_config is None:
             return []
-        t = advert.time
-        if t > state.clock:
-            self._advance(state, t)
+        t = advert.mono
+        if t != t:  # NaN: no monotonic stamp
+            t = advert.time
         reader = advert.reader
+        events: list[Event] = []
+        if t >= state.clock:
+            step = self._advance(state, advert.time, t, reader)
+            if step is not None:
+                events.append(step)
         # _seen inlined: this is the hottest path (most readings are BLE adverts).
         sighting = state.seen.get(tag)
         if sighting is None:
@@ -121,7 +183,6 @@ class Engine:
             sighting.reader, sighting.time, sighting.rssi, sighting.position = (
                 reader, t, advert.rssi, state.gps.fix)
         state.heard[reader] = t
-        events: list[Event] = []
         reader_zones = runtime.reader_zones.get(reader)
         settings = runtime.settings
         if reader_zones:
@@ -146,7 +207,7 @@ class Engine:
             battery.on_reading(state.battery, tag, tag_config.child, reader, t, battery_mv,
                                settings.battery_low_mv, settings.battery_clear_mv, events)
         if advert.button:
-            self._sos(state, advert, events)
+            self._sos(state, advert, t, events)
         return events
 
     def _zone_level(self, state: EngineState, readers: tuple[str, ...], current: str,
@@ -165,14 +226,15 @@ class Engine:
                     best = value
         return best
 
-    def _sos(self, state: EngineState, advert: BleSighting, events: list[Event]) -> None:
+    def _sos(self, state: EngineState, advert: BleSighting, t: float,
+             events: list[Event]) -> None:
         """One event per press: adverts repeating the press within the debounce are one."""
         last = state.sos.get(advert.tag)
-        if last is not None and advert.time <= last:
+        if last is not None and t <= last:
             return  # an older advert than one already handled
-        state.sos[advert.tag] = advert.time
+        state.sos[advert.tag] = t
         runtime = self.runtime
-        if last is not None and advert.time - last < runtime.settings.sos_debounce_s:
+        if last is not None and t - last < runtime.settings.sos_debounce_s:
             return
         pos = unit_position(state, runtime)
         zones_now = zones_of(state, advert.tag)
@@ -181,21 +243,40 @@ class Engine:
             reader_zones = runtime.reader_zones.get(advert.reader)
             zone = reader_zones[0].settings.id if reader_zones else None
         # Emergency first: the outbox orders by lane, but the log and tests read in order.
-        events.insert(0, Event(kind="sos", time=advert.time, lane=Lane.EMERGENCY,
+        events.insert(0, Event(kind="sos", time=t, lane=Lane.EMERGENCY,
                                reader=advert.reader, child=runtime.tags[advert.tag].child,
                                data={"zone": zone, "position": pos,
                                      "cameras": cameras_near(pos, runtime), "rssi": advert.rssi,
                                      "battery_mv": advert.battery_mv}))
 
-    def tick(self, state: EngineState, now: float) -> tuple[EngineState, list[Event]]:
-        if now > state.clock:
-            self._advance(state, now)
-        now = state.clock
+    def tick(self, state: EngineState, now: float, mono: float = math.nan
+             ) -> tuple[EngineState, list[Event]]:
+        """Time-driven decisions at wall time ``now``, monotonic ``mono`` (NaN: use now)."""
+        self.runtime.wall_offset = state.wall_offset
+        t = now if mono != mono else mono
         events: list[Event] = []
-        gate.expire(state, self.runtime, now, events)
-        zones.expire(state, self.runtime, now, events)
-        roll_call(state, self.runtime, now, events)
-        return state, events
+        if t >= state.clock:
+            step = self._advance(state, now, t, None)
+            if step is not None:
+                events.append(step)
+        t = state.clock
+        gate.expire(state, self.runtime, t, events)
+        zones.expire(state, self.runtime, t, events)
+        roll_call(state, self.runtime, t, events)
+        return state, self._walled(state, events) if events else events
 
     def locate(self, state: EngineState, who: str) -> dict[str, object]:
         return locate(state, self.runtime, who)
+
+
+def _walled_data(data: dict[str, Any], offset: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in WALL_KEYS and isinstance(value, float | int) and not isinstance(value, bool):
+            value = round(value + offset, 3)
+        elif key in WALL_ISO_KEYS and isinstance(value, float | int):
+            value = iso_utc(value + offset)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            value = [_walled_data(item, offset) for item in value]
+        out[key] = value
+    return out

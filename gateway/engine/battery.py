@@ -26,7 +26,6 @@ import math
 from statistics import median
 from typing import Any
 
-from gateway.contract import iso_utc
 from gateway.model import Event, Lane
 
 SLOT_S = 60.0
@@ -158,4 +157,4 @@ def _go_low(track: BatteryTrack, child: str, reader: str, t: float, now: float,
     track.fast_count = 0
     events.append(Event(kind="low_battery", time=t, lane=Lane.ROUTINE, reader=reader,
                         child=child, data={"battery_mv": mv, "threshold_mv": low_mv,
-                                           "decided": iso_utc(now)}))
+                                           "decided": now}))  # engine time: see WALL_KEYS

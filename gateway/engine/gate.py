@@ -55,13 +55,12 @@ PEAK_ALPHA = 0.1
 
 
 def on_read(state: EngineState, runtime: Runtime, gate_side: GateSide, read: TagRead,
-            events: list[Event]) -> None:
+            t: float, events: list[Event]) -> None:
     side = gate_side.side
     if gate_side.antennas is not None:
         side = gate_side.antennas.get(read.antenna) if read.antenna is not None else None
         if side is None:
             return  # an antenna without a role: no evidence of direction
-    t = read.time
     gate = gate_side.gate
     tags = state.passages.get(gate)
     if tags is None:

@@ -74,7 +74,7 @@ def locate(state: EngineState, cfg: EngineConfig | Runtime, who: str) -> dict[st
     zones = zones_of(state, tag)
     return {
         "query": who, "found": True, "enrolled": True, "child": child, "tag": tag,
-        "reader": sighting.reader, "time": sighting.time,
+        "reader": sighting.reader, "time": sighting.time + state.wall_offset,
         "rssi": None if sighting.rssi is None else round(sighting.rssi, 1),
         "zones": zones, "zone": zones[0] if zones else None,
         "last_zone": state.last_zone.get(tag),
@@ -83,7 +83,8 @@ def locate(state: EngineState, cfg: EngineConfig | Runtime, who: str) -> dict[st
 
 
 def start_roll_call(state: EngineState, alert_id: str, now: float) -> EngineState:
-    """A disaster alert is on: ``tick`` publishes roll-calls from ``now`` on."""
+    """A disaster alert is on: ``tick`` publishes roll-calls from ``now`` (engine time:
+    the monotonic clock of the readings) on."""
     if state.roll_call is None or state.roll_call.alert_id != alert_id:
         state.roll_call = RollCall(alert_id, now, now)
     return state

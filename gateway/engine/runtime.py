@@ -54,6 +54,9 @@ class Runtime:
         self.settings = settings
         self.tags = cfg.tags
         self.tzinfo = zoneinfo.ZoneInfo(settings.timezone)
+        # Wall minus engine time, kept equal to the state's by the Engine before each
+        # decision, so local times (stay hours, the day) are wall-clock times.
+        self.wall_offset = 0.0
         self.zones = [ZoneRuntime(zone, frozenset(zone.stay_groups), len(zone.readers) > 1)
                       for zone in settings.zones]
         self.reader_zones: dict[str, tuple[ZoneRuntime, ...]] = {}
@@ -79,7 +82,8 @@ class Runtime:
             self.child_tags.setdefault(tag.child, []).append(tid)
 
     def local(self, t: float) -> datetime:
-        return datetime.fromtimestamp(t, self.tzinfo)
+        """Local wall time of engine time ``t``."""
+        return datetime.fromtimestamp(t + self.wall_offset, self.tzinfo)
 
     def day(self, t: float) -> str:
         return self.local(t).date().isoformat()

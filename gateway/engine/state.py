@@ -2,7 +2,10 @@
 to update in place and maps one-to-one onto JSON (``state_to_dict`` /
 ``state_from_dict``) for the daemon to persist across restarts.
 
-All times are reading times (UTC epoch seconds), never wall-clock reads.
+All times are engine times (the readings' monotonic stamps, see
+gateway/engine/__init__.py), never clock reads; ``wall_offset`` turns them into
+wall-clock times. GPS fix times (``gps.last_time``, positions) are the
+receiver's own UTC times.
 """
 
 from __future__ import annotations
@@ -175,6 +178,7 @@ class RollCall:
 @dataclass(slots=True)
 class EngineState:
     clock: float = 0.0  # engine time: newest reading/tick time seen (0: nothing yet)
+    wall_offset: float = 0.0  # wall minus engine time of the newest reading/tick
     seen: dict[str, Sighting] = field(default_factory=dict)  # tag -> last sighting
     rssi: dict[str, dict[str, Window]] = field(default_factory=dict)  # reader -> tag
     heard: dict[str, float] = field(default_factory=dict)  # reader -> last BLE sighting
@@ -216,6 +220,7 @@ def state_to_dict(state: EngineState) -> dict[str, Any]:
     return {
         "version": STATE_VERSION,
         "clock": state.clock,
+        "wall_offset": state.wall_offset,
         "downtime_s": state.downtime_s,
         "seen": {t: [s.reader, s.time, s.rssi, _pos(s.position)] for t, s in state.seen.items()},
         "rssi": {r: {t: [list(w.times), list(w.values)] for t, w in tags.items()}
@@ -252,6 +257,7 @@ def state_from_dict(data: dict[str, Any]) -> EngineState:
         raise ValueError(f"engine state version {data.get('version')!r}, "
                          f"expected {STATE_VERSION}")
     state = EngineState(clock=float(data["clock"]),
+                        wall_offset=float(data.get("wall_offset", 0.0)),  # v1: wall times
                         downtime_s=float(data.get("downtime_s", 0.0)))
     state.seen = {t: Sighting(v[0], v[1], v[2], _unpos(v[3])) for t, v in data["seen"].items()}
     for reader, tags in data["rssi"].items():
@@ -290,11 +296,25 @@ def state_from_dict(data: dict[str, Any]) -> EngineState:
 
 
 def shift_times(state: EngineState, gap: float) -> None:
-    """Move the zone timers forward by ``gap``: the unit was down, and time it did
-    not listen must not count as a tag's absence or dwell (no false exits on restart).
-    Facts (sighting times, reported ``last_seen``) keep their real times."""
+    """Move the zone and gate silence timers forward by ``gap``: the unit was down, and
+    time it did not listen must not count as a tag's absence or dwell (no false exits on
+    restart), nor end a card's presentation at a gate (a card still held after a restart
+    is the same passage, not a new one). Facts (sighting and read times, reported
+    ``last_seen``) keep their real times."""
     for tags in state.zones.values():
         for presence in tags.values():
             presence.since += gap
             presence.last_seen += gap
+    for passages in state.passages.values():
+        for passage in passages.values():
+            passage.last_time += gap
     state.downtime_s += gap
+
+
+def resume(state: EngineState, downtime: float) -> None:
+    """The unit was down for ``downtime`` seconds (the daemon measured it on the wall
+    clock): engine time moves on by it and the silence timers move over it, however
+    short, so a card still held at the gate after a restart is not a new passage."""
+    if state.clock and downtime > 0:
+        shift_times(state, downtime)
+        state.clock += downtime

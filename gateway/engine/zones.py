@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.contract import iso_utc
 from gateway.engine.locate import unit_position
 from gateway.engine.runtime import Runtime, ZoneRuntime
 from gateway.engine.state import ENTERING, IN, LEAVING, OUT, EngineState, Presence
@@ -141,7 +140,7 @@ def _enter(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, pr
                         child=runtime.tags[tag].child,
                         data={"zone": zid, "rssi": _round1(presence.level),
                               "dwell_s": round(t - presence.since, 1),
-                              "decided": iso_utc(t)}))
+                              "decided": t}))  # engine time: RFC 3339 wall time at the boundary
 
 
 def _exit(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
@@ -160,7 +159,7 @@ def _exit(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, pre
                             "rssi": _round1(presence.level),
                             "last_seen": round(presence.seen, 3),
                             "zone_quiet_s": round(max(0.0, t - heard), 1),
-                            "decided": iso_utc(t)}
+                            "decided": t}  # engine time: RFC 3339 wall time at the boundary
     events.append(Event(kind="zone_exit", time=crossed, lane=Lane.ROUTINE, reader=reader,
                         child=tag_config.child, data=data))
     groups = runtime.staying(zone, tag_config, t)  # the stay hours at the decision
