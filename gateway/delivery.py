@@ -278,24 +278,26 @@ class Delivery:
         key = (lane, part)
         if limit <= 0 or key in self._exhausted:
             return []
+        out: list[Stored] = []
         while True:
+            want = limit - len(out)
             after = self._cursors.get(key, 0)
             if part == LIVE:
-                rows = self.fetch(lane, max(after, self._live_mark), limit)
+                rows = self.fetch(lane, max(after, self._live_mark), want)
             elif part == BACKLOG:
-                rows = self.fetch(lane, after, limit, self._live_mark)
+                rows = self.fetch(lane, after, want, self._live_mark)
             else:
-                rows = self.fetch(lane, after, limit)
-            if len(rows) < limit:
+                rows = self.fetch(lane, after, want)
+            if len(rows) < want:
                 self._exhausted.add(key)
             if rows:
                 self._cursors[key] = rows[-1].seq
             if not self._undeleted:
-                return rows
+                return out + rows if out else rows
             # Acknowledged already (their delete failed): skip them, read on.
-            fresh = [r for r in rows if r.seq not in self._undeleted]
-            if fresh or len(rows) < limit:
-                return fresh
+            out.extend(r for r in rows if r.seq not in self._undeleted)
+            if len(out) >= limit or len(rows) < want:
+                return out
 
     def _drain_notes(self) -> list[Action]:
         out: list[Action] = [Refused(seq) for seq in self._refused]
