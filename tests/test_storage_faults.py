@@ -182,7 +182,7 @@ def test_corrupt_buffer_is_salvaged_and_the_unit_runs(tmp_path: Path, reader: Vi
     gw = GatewayProcess(cfg, log).start()
     try:
         gw.wait_log("reader gate-main: online")
-        wait_until(lambda: sub.events("buffer_salvage"), 20, "the buffer_salvage notice")
+        wait_until(lambda: bool(sub.events("buffer_salvage")), 20, "the buffer_salvage notice")
         notice = sub.events("buffer_salvage")[0]
         assert notice["lane"] == "emergency"
         data = notice["data"]
