@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from firmware_sim.broker import LocalBroker, free_port
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
 from gateway.outbox import BufferReadError, Outbox
-from harness import GatewayProcess, Subscriber, wait_until, write_config
+from harness import GatewayProcess, Subscriber, gatewayd, wait_until, write_config
 
 TAGS = [f"{0xB0_0000_0000 + i:010X}" for i in range(1000)]
 
@@ -86,11 +85,6 @@ def expand(ranges: list[list[int]]) -> set[int]:
 def delivered(sub: Subscriber) -> int:
     """Event messages received, resends included."""
     return len(sub.events())
-
-
-def gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60)
 
 
 def root_or_skip() -> None:
