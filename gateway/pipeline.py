@@ -280,8 +280,20 @@ def restore_state(outbox: Outbox, engine: Engine) -> EngineState:
         log.warning("engine state saved by tag id (before this version) migrated: it is "
                     "saved by child reference from now on; %d entries of tags no longer "
                     "enrolled dropped", restored.dropped)
+        _scrub_old_state(outbox, state, engine)
     elif restored.dropped:
         log.warning("engine state: %d entries of tags or children no longer enrolled "
                     "dropped", restored.dropped)
     log.info("engine state restored (%d tags last seen)", len(state.seen))
     return state
+
+
+def _scrub_old_state(outbox: Outbox, state: EngineState, engine: Engine) -> None:
+    """Overwrite a state saved by tag id at once, and empty the WAL, whose old frames
+    (after a power cut) would hold it in clear until they are reused."""
+    blob = persist.dumps(state, persist.saved_keys(engine.runtime.tags))
+    try:
+        outbox.add([], state=(STATE_KEY, blob))
+        outbox.truncate_wal()
+    except BufferWriteError as e:  # the next save overwrites it
+        log.warning("could not overwrite the old engine state yet (%s)", e)

@@ -214,20 +214,32 @@ def test_pipeline_buffer_holds_no_card_number(tmp_path: Path,
     ob2.close()
 
 
-def test_restore_logs_a_migration_with_the_dropped_count(
+def test_a_migrated_state_is_logged_once_and_scrubbed_from_the_disk(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    tags = child_tags(3)
+    """An old state (by tag id) in the buffer and in its WAL, as a power cut leaves it
+    after an upgrade: restored, logged in one line with the dropped count, and at once
+    overwritten so that no card number stays in the file or the WAL."""
+    tags = child_tags(40)
     eng, reads, cut = _busy_state(tags)
     st, _ = run(eng, reads[:cut])
-    ob = Outbox(str(tmp_path / "buf.db"), "u-1", "s")
-    ob.add([], state=(STATE_KEY, json.dumps(state_to_dict(st)).encode()))
-    eng2 = engine_of(full_raw(tags[:2]))
+    buf = tmp_path / "buf.db"
+    old = Outbox(str(buf), "u-1", "s")
+    for _ in range(3):  # several versions of it in the WAL
+        old.add([], state=(STATE_KEY, json.dumps(state_to_dict(st)).encode()))
+    assert tags[0]["id"].encode() in _buffer_bytes(buf)["buf.db-wal"]
+    ob = Outbox(str(buf), "u-1", "s")  # the new version, the old left as a power cut does
+    eng2 = engine_of(full_raw(tags[:30]))  # ten children left
     with caplog.at_level(logging.INFO, "gateway.pipeline"):
         state = restore_state(ob, eng2)
     lines = [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()]
     assert len(lines) == 1 and "entries of tags no longer enrolled dropped" in lines[0]
-    assert tags[2]["id"] not in state.seen and tags[0]["id"] in state.seen
+    assert tags[35]["id"] not in state.seen and tags[0]["id"] in state.seen
+    _assert_no_tag_id(buf, tags)
+    again, info = persist.loads(ob.load_state(STATE_KEY) or b"", eng2.runtime.tags)
+    assert not info.migrated and state_to_dict(again) == state_to_dict(state)
     ob.close()
+    old.close()
+    _assert_no_tag_id(buf, tags)
 
 
 E2E_TAGS: list[dict[str, Any]] = [
