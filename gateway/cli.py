@@ -301,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines shown (default: info; debug is verbose)")
     r.add_argument("--record", metavar="FILE",
-                   help="append the readings of enrolled tags to FILE (for gatewayd replay)")
+                   help="append the readings of enrolled tags to FILE (for gatewayd replay); "
+                        "FILE holds their tag ids (card numbers) in clear: delete it after "
+                        "use")
     r.add_argument("--roll-call", metavar="ALERT_ID",
                    help="a disaster alert is active: publish roll-calls until stopped "
                         "(without it, a roll-call saved from before ends)")

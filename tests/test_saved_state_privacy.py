@@ -268,22 +268,34 @@ def test_daemon_buffer_holds_no_card_number_and_locate_works(
         tmp_path: Path, broker: LocalBroker, gate_port: VirtualSerial) -> None:
     """A real gatewayd behind a simulated RDM6300 gate: the buffer and its WAL, while it
     runs, after a SIGKILL and after a restart, hold no enrolled card number; locate
-    answers from the saved state; the restart restores every tag (none dropped)."""
+    answers from the saved state; the restart restores every tag (none dropped). The
+    recording a technician asked for (--record) is the one file with card numbers: it
+    is said so in the log, and made owner-only even if it existed world-readable."""
     buf = tmp_path / "buf.db"
+    rec = tmp_path / "readings.jsonl"
+    rec.touch(mode=0o644)
+    rec.chmod(0o644)
     cfg = write_config(
         tmp_path / "gw.toml", broker_port=broker.port, buffer=buf,
         readers=[{"id": "gate-main", "kind": "rdm6300", "role": "gate", "port": gate_port.path,
                   "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5}],
         tags=E2E_TAGS, gate_window_s=1.0)
-    gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
+    gw = GatewayProcess(cfg, tmp_path / "gateway.log", ["--record", str(rec)]).start()
     try:
         gw.wait_log("reader gate-main: online")
+        assert (f"recording readings of enrolled tags to {rec}: it holds their tag ids "
+                "(card numbers) in clear" in gw.log_text())
+        assert rec.stat().st_mode & 0o777 == 0o600
         sim = Rdm6300Sim(gate_port, repeat_s=0.1)
         for tag in E2E_TAGS:
             sim.present(tag["id"], hold_s=0.3)
         wait_until(lambda: gw.log_text().count("event gate seq=") >= 3, 15, "3 gate events")
+        time.sleep(1.5)  # past the gate window: a new passage, and the recording flushed
+        sim.present(E2E_TAGS[2]["id"], hold_s=0.2)
+        wait_until(lambda: "event gate seq=4" in gw.log_text(), 15, "a 4th gate event")
         time.sleep(1.5)  # a state save after the last event
         _assert_no_tag_id(buf, E2E_TAGS, wal=True)
+        assert E2E_TAGS[1]["id"] in rec.read_text()  # the recording does hold them
         gw.kill()  # a power cut: the WAL stays as it was
         _assert_no_tag_id(buf, E2E_TAGS, wal=True)
         where = _locate(cfg, "c-1002")
@@ -295,7 +307,7 @@ def test_daemon_buffer_holds_no_card_number_and_locate_works(
         gw2.wait_log("engine state restored (3 tags last seen)")
         gw2.wait_log("reader gate-main: online")
         Rdm6300Sim(gate_port, repeat_s=0.1).present(E2E_TAGS[0]["id"], hold_s=0.3)
-        wait_until(lambda: "event gate seq=4" in gw2.log_text(), 15, "a gate event after")
+        wait_until(lambda: "event gate seq=5" in gw2.log_text(), 15, "a gate event after")
         assert "dropped" not in gw2.log_text() and "Traceback" not in gw2.log_text()
     finally:
         gw2.stop()
