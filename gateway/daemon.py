@@ -58,7 +58,8 @@ class Gateway:
         self.beats = sdnotify.Heartbeats()
         self.clocks: dict[str, Any] = {}
         self.outbox = Outbox(cfg.buffer.path, cfg.unit.id, cfg.unit.site,
-                             max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events)
+                             max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events,
+                             reserve_mb=cfg.buffer.reserve_mb)
         self.engine = Engine(engine_config(cfg))
         state = restore_state(self.outbox, self.engine)  # before any clock is handed out
         self.clock: Clock = continued(clock or SystemClock(), state)
@@ -104,6 +105,9 @@ class Gateway:
                 "oldest_unsent_age_s": round(now - oldest, 1) if oldest else 0.0,
                 "last_seq": self.outbox.last_seq(),
                 "dropped": self.outbox.drops(),
+                # free disk, reserve, WAL, high-water mark, what happened to the file
+                **self.outbox.disk(),
+                "acks_not_recorded": self.publisher.core.undeleted,
             },
             "readers": st["readers"],
             "counters": st["counters"],
@@ -190,7 +194,11 @@ class Gateway:
         self.outbox.close()
         if self.recorder is not None:
             self.recorder.close(self.pipeline.last_tick)
-        log.info("gatewayd stopped")
+        if self.pipeline.lost:
+            log.critical("gatewayd stop was NOT clean: %d decided events lost this run "
+                         "(see the errors above)", self.pipeline.lost)
+        else:
+            log.info("gatewayd stopped")
 
 
 def private_files(path: str, suffixes: tuple[str, ...] = ("", "-wal", "-shm")) -> None:
@@ -248,4 +256,4 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None) ->
     dog.stopping()
     gw.shutdown()
     logs.flush(final=True)
-    return 0
+    return 1 if gw.pipeline.lost else 0  # a stop that lost events is never a clean exit

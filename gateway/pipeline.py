@@ -80,6 +80,7 @@ class Pipeline:
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
         self._deferred: list[Event] = []  # routine events waiting to share a state save
         self._failing = False  # the last commit failed
+        self.lost_at_stop = 0  # held events neither committed nor parked at the stop
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
@@ -162,6 +163,8 @@ class Pipeline:
             if r is not None:
                 rest.append(r)
         self.commit_soon(self.process(rest), final=True)
+        if self._pending:
+            self._park_at_stop()
 
     def process(self, batch: list[Reading]) -> list[Event]:
         events: list[Event] = []
@@ -242,8 +245,12 @@ class Pipeline:
     def _hold(self, events: list[Event], error: Exception) -> None:
         self.counters["buffer_write_failures"] += 1
         if not self._failing:
-            log.error("cannot write the buffer (%s); holding %d events in memory and retrying",
-                      error, len(events))
+            if events:
+                log.error("cannot write the buffer (%s); holding %d events in memory and "
+                          "retrying", error, len(events))
+            else:  # only the engine state was to be saved
+                log.error("cannot write the buffer (%s); the engine state is not saved, "
+                          "retrying", error)
             self._failing = True
         if len(events) > PENDING_MAX:
             keep = [e for e in events if e.lane == Lane.EMERGENCY]
@@ -253,6 +260,27 @@ class Pipeline:
             events = keep + rest[min(drop, len(rest)):]
             events.sort(key=lambda e: e.time)
         self._pending = events
+
+    def _park_at_stop(self) -> None:
+        """The buffer cannot be written and we are stopping: park what memory holds in a
+        fallback file (committed at the next start), or say loudly what is lost."""
+        held, self._pending = self._pending, []
+        kinds = ", ".join(f"{k} {n}" for k, n in Counter(e.kind for e in held).most_common())
+        where = self.outbox.park(held)
+        if where is not None:
+            self.counters["events_parked_at_stop"] += len(held)
+            log.error("buffer not writable at stop: %d held events (%s) parked in %s, "
+                      "committed at the next start", len(held), kinds, where)
+            return
+        self.lost_at_stop += len(held)
+        self.counters["events_lost_at_stop"] += len(held)
+        log.critical("buffer not writable at stop and no fallback file could be written: "
+                     "%d decided events LOST (%s)", len(held), kinds)
+
+    @property
+    def lost(self) -> int:
+        """Decided events this run lost: dropped while the buffer failed, or at the stop."""
+        return self.lost_at_stop + self.counters["events_dropped_buffer_failed"]
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

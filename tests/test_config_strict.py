@@ -62,6 +62,7 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("max-mb-inf", "[buffer]max_mb = inf", "buffer.max_mb", "finite"),
     ("max-events", "[buffer]max_events = 9000000000000", "buffer.max_events",
      "between 1 and 1000000000"),
+    ("reserve", "[buffer]reserve_mb = -1", "buffer.reserve_mb", "between 0 and 1000000"),
     ("health", "[health]\ninterval_s = -inf\n", "health.interval_s", "finite"),
     ("engine-number", "[engine]\nrssi_window_s = inf\n", "engine.rssi_window_s", "finite"),
     ("engine-gate-pair", "[engine]\ngate_pair_s = 1e9\n", "engine.gate_pair_s", "600"),
