@@ -91,7 +91,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     _print_engine_summary(cfg)
     for w in cfg.warnings:
         print(f"warning: {w.key}: {w.message}")
+    if (damage := _buffer_damage(cfg.buffer.path)) is not None:
+        # The unit still starts (it salvages the file), so a warning, not an error.
+        print(f"warning: buffer.path: {damage}; `gatewayd run` will move it aside, salvage "
+              "every readable event into a fresh buffer and report what it could not save")
     return 0
+
+
+def _buffer_damage(path: str) -> str | None:
+    """What SQLite's integrity check says of an existing buffer file, or None if it is ok."""
+    if not os.path.exists(path):
+        return None
+    from gateway.outbox import BufferReadError, Outbox
+
+    try:
+        with Outbox.saved(path) as saved:
+            problems = saved.quick_check()
+    except BufferReadError as e:
+        return f"the buffer {path} cannot be read ({e})"
+    if problems == ["ok"]:
+        return None
+    return f"the buffer {path} fails its integrity check ({'; '.join(problems[:2])})"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -68,6 +68,23 @@ from gateway.model import Event, Lane
 
 log = logging.getLogger("gateway.outbox")
 
+# peewee ships no type annotations: the few calls of it this module makes go through
+# these typed wrappers, so the rest of the module is checked strictly.
+def _sql(db: SqliteDatabase, query: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    cur: sqlite3.Cursor = db.execute_sql(query, params)  # type: ignore[no-untyped-call]
+    return cur
+
+
+def _cursor(db: SqliteDatabase) -> sqlite3.Cursor:
+    cur: sqlite3.Cursor = db.cursor()  # type: ignore[no-untyped-call]
+    return cur
+
+
+def _connection(db: SqliteDatabase) -> sqlite3.Connection:
+    conn: sqlite3.Connection = db.connection()  # type: ignore[no-untyped-call]
+    return conn
+
+
 HWM_STEP = 1000  # seqs reserved per write of the high-water mark file
 MAX_NOTICE_RANGES = 200  # seq runs listed in one buffer_salvage event
 # SD-card wear (docs/architecture.md, bench/wear.py): page_size first, it only takes on a
@@ -169,6 +186,10 @@ class KvRow(_Base):
 
     class Meta:
         table_name = "kv"
+
+
+def _put_kv(key: str, value: bytes) -> None:
+    KvRow.replace(key=key, value=value).execute()  # type: ignore[no-untyped-call]
 
 
 class BufferWriteError(Exception):
@@ -274,7 +295,7 @@ class SavedBuffer:
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return list(self._db.execute_sql(sql, params).fetchall())
+            return list(_sql(self._db, sql, params).fetchall())
         except (PeeweeException, sqlite3.DatabaseError) as e:  # fetchall's are not wrapped
             raise BufferReadError(f"cannot read the buffer {self.path}: {e}") from e
 
@@ -369,7 +390,7 @@ class Outbox:
         db: SqliteDatabase | None = None
         try:
             db = self._connect()
-            check = [str(r[0]) for r in db.execute_sql("PRAGMA quick_check").fetchall()]
+            check = [str(r[0]) for r in _sql(db, "PRAGMA quick_check").fetchall()]
             if check != ["ok"]:
                 problem = "; ".join(check[:3])
         except OperationalError:
@@ -442,7 +463,7 @@ class Outbox:
     def _copy_in(self, rows: list[tuple[Any, ...]], kv: list[tuple[str, bytes]],
                  drops: list[tuple[Any, ...]], high: int) -> None:
         with self.db.atomic("IMMEDIATE"):
-            cur = self.db.cursor()
+            cur = _cursor(self.db)
             cur.executemany(f"INSERT OR IGNORE INTO outbox ({_ROW_COLS}) VALUES (?,?,?,?,?,?,?)",
                             rows)
             cur.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", kv)
@@ -453,9 +474,9 @@ class Outbox:
     def _set_sequence(self, seq: int) -> None:
         if seq <= self.last_seq():
             return
-        cur = self.db.execute_sql("UPDATE sqlite_sequence SET seq=? WHERE name='outbox'", (seq,))
+        cur = _sql(self.db, "UPDATE sqlite_sequence SET seq=? WHERE name='outbox'", (seq,))
         if cur.rowcount == 0:
-            self.db.execute_sql("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
+            _sql(self.db, "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
                                 (seq,))
 
     def _lost_notice(self, reason: str, detail: str, aside: str | None,
@@ -492,7 +513,7 @@ class Outbox:
 
     def _replace_older(self) -> Event:
         """An older buffer was put in place: keep its unsent events, continue above the mark."""
-        rows = [tuple(r) for r in self.db.execute_sql(f"SELECT {_ROW_COLS} FROM outbox")]
+        rows = [tuple(r) for r in _sql(self.db, f"SELECT {_ROW_COLS} FROM outbox")]
         self._old_last = self.last_seq()
         return self._rebuild("replaced", "an older buffer file was put in place", rows, [], [],
                              complete=False)
@@ -534,9 +555,9 @@ class Outbox:
         drops: list[tuple[Any, ...]] = []
         complete = False
         with contextlib.suppress(PeeweeException, sqlite3.Error):  # the old inode is still open
-            rows = [tuple(r) for r in self.db.execute_sql(f"SELECT {_ROW_COLS} FROM outbox")]
-            kv = [(str(k), bytes(v)) for k, v in self.db.execute_sql("SELECT key, value FROM kv")]
-            drops = [tuple(r) for r in self.db.execute_sql(
+            rows = [tuple(r) for r in _sql(self.db, f"SELECT {_ROW_COLS} FROM outbox")]
+            kv = [(str(k), bytes(v)) for k, v in _sql(self.db, "SELECT key, value FROM kv")]
+            drops = [tuple(r) for r in _sql(self.db,
                 "SELECT first_seq, last_seq, count, lane, at FROM drops")]
             complete = True
         self._old_last = 0
@@ -563,7 +584,7 @@ class Outbox:
     def _write_hwm(self, upto: int) -> None:
         """Reserve seqs up to ``upto`` + HWM_STEP before any of them is committed."""
         reserved = upto + HWM_STEP
-        row = self.db.execute_sql("SELECT seq FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        row = _sql(self.db, "SELECT seq FROM outbox ORDER BY seq LIMIT 1").fetchone()
         unacked_from = int(row[0]) if row else self.last_seq() + 1
         try:
             _write_atomic(self._hwm_path, json.dumps(
@@ -663,7 +684,7 @@ class Outbox:
             with self.db.atomic("IMMEDIATE"):
                 # An unchanged state (an idle unit) is not written again: SD-card wear.
                 if state is not None and self._kv_saved.get(state[0]) != hash(state[1]):
-                    KvRow.replace(key=state[0], value=state[1]).execute()
+                    _put_kv(state[0], state[1])
                     kv_saved = (state[0], hash(state[1]))
                 out: list[Stored] = []
                 if events or extra:
@@ -694,7 +715,7 @@ class Outbox:
 
     def _insert(self, events: Sequence[Event], now: float) -> list[Stored]:
         recorded = contract.iso_utc(now)
-        row = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        row = _sql(self.db, "SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         seq = row[0] if row else 0
         rows = []
         out: list[Stored] = []
@@ -705,7 +726,7 @@ class Outbox:
             topic = contract.event_topic(ev.kind)
             rows.append((seq, uid, int(ev.lane), ev.kind, topic, payload, now))
             out.append(Stored(seq, uid, int(ev.lane), topic, payload))
-        self.db.cursor().executemany(
+        _cursor(self.db).executemany(
             "INSERT INTO outbox (seq, uid, lane, kind, topic, payload, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
@@ -738,9 +759,9 @@ class Outbox:
         once it ate into the reserve, that much of it is kept as free pages, so it does
         not grow further; events are dropped (oldest, lowest lane first) to make them.
         """
-        pc = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
-        fl = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
-        ps = self.db.execute_sql("PRAGMA page_size").fetchone()[0]
+        pc = _sql(self.db, "PRAGMA page_count").fetchone()[0]
+        fl = _sql(self.db, "PRAGMA freelist_count").fetchone()[0]
+        ps = _sql(self.db, "PRAGMA page_size").fetchone()[0]
         wal = self._wal_bytes()
         cap = self.max_bytes
         free = self.free_disk_bytes()
@@ -763,7 +784,7 @@ class Outbox:
             if want <= 0:
                 break
             # Drop notices are never dropped: they are the backend's account of the gaps.
-            seqs = [r[0] for r in self.db.execute_sql(
+            seqs = [r[0] for r in _sql(self.db,
                 "SELECT seq FROM outbox WHERE lane=? AND kind != 'buffer_drop' "
                 "ORDER BY seq LIMIT ?", (int(lane), want))]
             if not seqs:
@@ -789,11 +810,11 @@ class Outbox:
     def fetch(self, lane: int, after: int, limit: int, upto: int | None = None) -> list[Stored]:
         """Oldest unacknowledged events of a lane with seq in (after, upto]."""
         if upto is None:
-            cur = self.db.execute_sql(
+            cur = _sql(self.db,
                 "SELECT seq, uid, lane, topic, payload FROM outbox WHERE lane=? AND seq>? "
                 "ORDER BY seq LIMIT ?", (lane, after, limit))
         else:
-            cur = self.db.execute_sql(
+            cur = _sql(self.db,
                 "SELECT seq, uid, lane, topic, payload FROM outbox WHERE lane=? AND seq>? "
                 "AND seq<=? ORDER BY seq LIMIT ?", (lane, after, upto, limit))
         return [Stored(r[0], r[1], r[2], r[3], bytes(r[4])) for r in cur]
@@ -803,7 +824,7 @@ class Outbox:
         seqs = list(seqs)
         if not seqs:
             return
-        conn = self.db.connection()
+        conn = _connection(self.db)
         if id(conn) not in self._fast_ack_conns:
             conn.execute("PRAGMA synchronous=NORMAL")
             self._fast_ack_conns.add(id(conn))
@@ -818,7 +839,7 @@ class Outbox:
         gone: Counter[int] = Counter()
         for i in range(0, len(seqs), 500):
             chunk = seqs[i:i + 500]
-            cur = self.db.execute_sql(  # RETURNING (SQLite >= 3.35) keeps the lane counts exact
+            cur = _sql(self.db,   # RETURNING (SQLite >= 3.35) keeps the lane counts exact
                 f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING lane",
                 chunk)
             gone.update(lane for (lane,) in cur.fetchall())
@@ -826,7 +847,7 @@ class Outbox:
             self._lanes.subtract(gone)
 
     def _recount(self) -> None:
-        counts = Counter({lane: n for lane, n in self.db.execute_sql(
+        counts = Counter({lane: n for lane, n in _sql(self.db,
             "SELECT lane, count(*) FROM outbox GROUP BY lane")})
         with self._lock:
             self._lanes = counts
@@ -837,7 +858,7 @@ class Outbox:
             return sum(self._lanes.values())
 
     def last_seq(self) -> int:
-        row = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        row = _sql(self.db, "SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         return int(row[0]) if row else 0
 
     def depth(self) -> int:
@@ -859,12 +880,12 @@ class Outbox:
 
     def oldest_created(self) -> float | None:
         # The lowest seq is the oldest event: a primary-key lookup, not a table scan.
-        row = self.db.execute_sql("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        row = _sql(self.db, "SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
     def drops(self, recent: int = 20) -> dict[str, Any]:
         by_lane = {lane.name.lower(): 0 for lane in Lane}
-        for lane, n in self.db.execute_sql("SELECT lane, sum(count) FROM drops GROUP BY lane"):
+        for lane, n in _sql(self.db, "SELECT lane, sum(count) FROM drops GROUP BY lane"):
             by_lane[Lane(lane).name.lower()] = n
         ranges = [[r.first_seq, r.last_seq] for r in
                   DropRow.select().order_by(DropRow.first_seq.desc()).limit(recent)][::-1]
@@ -873,7 +894,7 @@ class Outbox:
     # -- small persistent state --------------------------------------------------------------
 
     def save_state(self, key: str, value: bytes) -> None:
-        KvRow.replace(key=key, value=value).execute()
+        _put_kv(key, value)
 
     def load_state(self, key: str) -> bytes | None:
         row = KvRow.get_or_none(KvRow.key == key)

@@ -195,7 +195,8 @@ class Publisher:
         self._lost.clear()
         try:
             if v5:
-                props = Properties(PacketTypes.CONNECT)
+                # paho's Properties has no annotations; the one untyped call of it.
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = SESSION_EXPIRY_S
                 client.connect(b.host, b.port, keepalive=b.keepalive_s, clean_start=False,
                                properties=props)

@@ -309,3 +309,15 @@ def test_an_option_without_limits_still_refuses_non_finite_numbers() -> None:
                          "r") is None
     assert {e.key: e.message for e in c.errors} == {"r.gain": "must be a finite number",
                                                     "r.gains": "must be a finite number"}
+
+
+def test_check_config_warns_of_a_corrupt_buffer(tmp_path: Path) -> None:
+    # Issue 11, item 1: check-config said OK on a buffer SD-card corruption had damaged.
+    f = _write(tmp_path, GOOD)
+    r = _run("check-config", str(f))
+    assert r.returncode == 0 and "buffer.path" not in r.stdout  # no buffer yet: nothing to say
+    (tmp_path / "buf.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    r = _run("check-config", str(f))
+    assert r.returncode == 0, r.stderr  # the unit still starts: it salvages the file
+    assert "warning: buffer.path:" in r.stdout and "salvage" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr

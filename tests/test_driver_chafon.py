@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.codecs import Reject
 from drivers.codecs import chafon as cf
 from drivers.uhf_chafon import (
     ANSWER_GAP_S,
@@ -51,12 +52,12 @@ def test_inventory_commands_match_the_captured_frames() -> None:
         "0dff010f0001000000008014c03a")
     assert encode_inventory(_opts(model="18", address=0), 1) == bytes.fromhex("040001db4b")
     ant3 = cf.decode_command(encode_inventory(_opts(), 3))
-    assert not isinstance(ant3, cf.Reject) and ant3.data[-2:] == bytes([0x82, 3])
+    assert not isinstance(ant3, Reject) and ant3.data[-2:] == bytes([0x82, 3])
 
 
 def _inv(status: int, antenna: int = 1, tags: tuple[str, ...] = ()) -> cf.ChafonFrame:
     f = cf.decode_frame(cf.encode_inventory([(t, 100) for t in tags], "288", antenna, status))
-    assert not isinstance(f, cf.Reject)
+    assert not isinstance(f, Reject)
     return f
 
 
