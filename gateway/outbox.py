@@ -904,7 +904,7 @@ class Outbox:
         """Checkpoint the WAL and cut it to nothing: frames of overwritten data (an old
         engine state saved by tag id) are gone from the disk, not only superseded."""
         try:
-            self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            _sql(self.db, "PRAGMA wal_checkpoint(TRUNCATE)")
         except PeeweeException as e:
             raise BufferWriteError(f"{e}") from e
 
