@@ -176,10 +176,9 @@ def cmd_locate(args: argparse.Namespace) -> int:
         from gateway.replay import main_locate
 
         return main_locate(args.config, args.readings, args.who, sys.stdout)
-    # No readings file: answer from the state the daemon last saved in its buffer.
-    import json
-
-    from gateway.engine import locate, state_from_dict
+    # No readings file: answer from the state the daemon last saved in its buffer (keyed
+    # by child reference: mapped back through the config's enrolled tags).
+    from gateway.engine import locate, persist
     from gateway.engine.runtime import Runtime
     from gateway.outbox import BufferReadError, Outbox
     from gateway.pipeline import STATE_KEY
@@ -197,8 +196,13 @@ def cmd_locate(args: argparse.Namespace) -> int:
     if blob is None:
         print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
         return 1
-    state = state_from_dict(json.loads(blob))
-    return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
+    runtime = Runtime(configmod.engine_config(cfg))
+    try:
+        state, _ = persist.loads(blob, runtime.tags)
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"gatewayd locate: saved engine state not usable ({e})", file=sys.stderr)
+        return 1
+    return print_locate(locate(state, runtime, args.who),
                         sys.stdout, cfg.engine.timezone)
 
 
@@ -317,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines shown (default: info; debug is verbose)")
     r.add_argument("--record", metavar="FILE",
-                   help="append the readings of enrolled tags to FILE (for gatewayd replay)")
+                   help="append the readings of enrolled tags to FILE (for gatewayd replay); "
+                        "FILE holds their tag ids (card numbers) in clear: delete it after "
+                        "use")
     r.add_argument("--roll-call", metavar="ALERT_ID",
                    help="a disaster alert is active: publish roll-calls until stopped "
                         "(without it, a roll-call saved from before ends)")

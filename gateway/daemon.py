@@ -160,7 +160,8 @@ class Gateway:
             where = f" on {r.options.where()}" if r.options.where() else ""
             log.info("reader %s: %s, role %s%s", r.id, r.kind, r.role, where)
         if self.recorder is not None:
-            log.info("recording readings of enrolled tags to %s", self.recorder.path)
+            log.warning("recording readings of enrolled tags to %s: it holds their tag ids "
+                        "(card numbers) in clear; delete it after use", self.recorder.path)
         spawn("mqtt", self.publisher.run)
         spawn("pipeline", self.pipeline.run)
         for d in self.drivers:
@@ -200,11 +201,12 @@ class Gateway:
             log.info("gatewayd stopped")
 
 
-def private_files(path: str) -> None:
+def private_files(path: str, suffixes: tuple[str, ...] = ("", "-wal", "-shm")) -> None:
     """The buffer and its WAL/shm files readable by the daemon's user only (files made
     by an older version, or copied in, may be world-readable; SQLite gives the -wal and
-    -shm it creates the mode of the database file)."""
-    for suffix in ("", "-wal", "-shm"):
+    -shm it creates the mode of the database file). Also a readings recording appended
+    to (suffixes ``("",)``: it holds tag ids)."""
+    for suffix in suffixes:
         try:
             if os.stat(path + suffix).st_mode & 0o077:
                 os.chmod(path + suffix, 0o600)
@@ -232,6 +234,8 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None) ->
     os.umask(0o077)  # everything the daemon creates (buffer, recordings, socket): owner only
     gw = Gateway(cfg, record=record, roll_call=roll_call)
     private_files(cfg.buffer.path)
+    if record:  # an existing recording appended to keeps its mode otherwise
+        private_files(record, ("",))
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)

@@ -90,8 +90,11 @@ MAX_NOTICE_RANGES = 200  # seq runs listed in one buffer_salvage event
 # SD-card wear (docs/architecture.md, bench/wear.py): page_size first, it only takes on a
 # new file; 1 KiB pages make each commit's WAL frames a quarter of the default 4 KiB.
 # journal_size_limit: the WAL file is cut back to 4 MiB after a checkpoint (disk, not wear).
+# secure_delete: freed pages are zeroed, so nothing deleted or overwritten (an engine state
+# saved by tag id before, see engine/persist.py) lingers in the file. Debian's SQLite has
+# it on already (measured with it); said here for other builds.
 PRAGMAS = {"page_size": 1024, "journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000,
-           "cache_size": -2000, "journal_size_limit": 4 * 1024 * 1024}
+           "cache_size": -2000, "journal_size_limit": 4 * 1024 * 1024, "secure_delete": 1}
 
 
 def _utc_stamp(t: float) -> str:
@@ -896,6 +899,14 @@ class Outbox:
     def load_state(self, key: str) -> bytes | None:
         row = KvRow.get_or_none(KvRow.key == key)
         return bytes(row.value) if row else None
+
+    def truncate_wal(self) -> None:
+        """Checkpoint the WAL and cut it to nothing: frames of overwritten data (an old
+        engine state saved by tag id) are gone from the disk, not only superseded."""
+        try:
+            _sql(self.db, "PRAGMA wal_checkpoint(TRUNCATE)")
+        except PeeweeException as e:
+            raise BufferWriteError(f"{e}") from e
 
     @staticmethod
     def saved(path: str, timeout_s: float = 5.0) -> SavedBuffer:

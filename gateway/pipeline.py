@@ -18,7 +18,6 @@ emergency events never wait.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import queue
@@ -33,9 +32,8 @@ from gateway.engine import (
     Engine,
     EngineState,
     end_roll_call,
+    persist,
     start_roll_call,
-    state_from_dict,
-    state_to_dict,
 )
 from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagRead
 from gateway.outbox import BufferWriteError, Outbox
@@ -72,6 +70,8 @@ class Pipeline:
         # (wall, monotonic) time of the engine's last tick (the Recorder's end)
         self.last_tick: tuple[float, float] | None = None
         self.enrolled = frozenset(cfg.tag_map())
+        # Saved state keys: the child reference, never the tag id (engine/persist.py).
+        self._state_keys = persist.saved_keys(engine.runtime.tags)
         self.engine_state: EngineState = (state if state is not None
                                           else restore_state(outbox, engine))
         self._state_saved = -math.inf
@@ -214,8 +214,7 @@ class Pipeline:
             return
         state = None
         if save:
-            state = (STATE_KEY, json.dumps(state_to_dict(self.engine_state),
-                                           separators=(",", ":")).encode())
+            state = (STATE_KEY, persist.dumps(self.engine_state, self._state_keys))
         try:
             stored = self.outbox.add(events, now=self.clock.now(), state=state)
         except BufferWriteError as e:
@@ -301,9 +300,28 @@ def restore_state(outbox: Outbox, engine: Engine) -> EngineState:
     if blob is None:
         return engine.initial_state()
     try:
-        state = state_from_dict(json.loads(blob))
+        state, restored = persist.loads(blob, engine.runtime.tags)
     except (ValueError, KeyError, TypeError) as e:
         log.warning("saved engine state not usable (%s); starting fresh", e)
         return engine.initial_state()
+    if restored.migrated:
+        log.warning("engine state saved by tag id (before this version) migrated: it is "
+                    "saved by child reference from now on; %d entries of tags no longer "
+                    "enrolled dropped", restored.dropped)
+        _scrub_old_state(outbox, state, engine)
+    elif restored.dropped:
+        log.warning("engine state: %d entries of tags or children no longer enrolled "
+                    "dropped", restored.dropped)
     log.info("engine state restored (%d tags last seen)", len(state.seen))
     return state
+
+
+def _scrub_old_state(outbox: Outbox, state: EngineState, engine: Engine) -> None:
+    """Overwrite a state saved by tag id at once, and empty the WAL, whose old frames
+    (after a power cut) would hold it in clear until they are reused."""
+    blob = persist.dumps(state, persist.saved_keys(engine.runtime.tags))
+    try:
+        outbox.add([], state=(STATE_KEY, blob))
+        outbox.truncate_wal()
+    except BufferWriteError as e:  # the next save overwrites it
+        log.warning("could not overwrite the old engine state yet (%s)", e)
