@@ -157,12 +157,10 @@ def cmd_locate(args: argparse.Namespace) -> int:
 
         return main_locate(args.config, args.readings, args.who, sys.stdout)
     # No readings file: answer from the state the daemon last saved in its buffer.
-    import json
-
-    from gateway.engine import locate, state_from_dict
+    from gateway.engine import locate
     from gateway.engine.runtime import Runtime
     from gateway.outbox import BufferReadError, Outbox
-    from gateway.pipeline import STATE_KEY
+    from gateway.pipeline import saved_state
     from gateway.replay import print_locate
 
     cfg = _load(args.config)
@@ -170,14 +168,13 @@ def cmd_locate(args: argparse.Namespace) -> int:
         return 2
     try:
         with Outbox.saved(cfg.buffer.path) as saved:  # read-only: the daemon may be running
-            blob = saved.load_state(STATE_KEY)
+            state = saved_state(saved)
     except BufferReadError as e:
         print(f"gatewayd locate: {e}", file=sys.stderr)
         return 2
-    if blob is None:
+    if state is None:
         print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
         return 1
-    state = state_from_dict(json.loads(blob))
     return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
                         sys.stdout, cfg.engine.timezone)
 
