@@ -322,28 +322,36 @@ def field_tags(n: int, prefix: str, groups: list[str] | None = None) -> list[dic
 
 
 def calibration(rnd: random.Random, site: Site, at: float,
-                boundary_s: float | None = None, one_m_s: float | None = None) -> Calibration:
-    """A reference tag (another tag of the same model) held at the boundary, then at 1 m,
-    each for 60-120 s, at this site."""
-    off = tag_offset(rnd, site)
-    ch = Channel(rnd, site, off)
-    out: list[tuple[float, Reading]] = []
-    tb = boundary_s if boundary_s is not None else rnd.uniform(60, 120)
-    _advertise(rnd, ch, site.reader, "CA11B0000001", at, at + tb, lambda _t: site.radius_m, out)
-    n = len(out)
-    t1 = at + tb + 30.0
-    t1m = one_m_s if one_m_s is not None else rnd.uniform(60, 120)
-    _advertise(rnd, ch, site.reader, "CA11B0000001", t1, t1 + t1m, lambda _t: 1.0, out)
-    sight = [r for _, r in out if isinstance(r, BleSighting)]
-    return Calibration(site.zone, site.reader, site.radius_m, tuple(sight[:n]),
-                       tuple(sight[n:]))
+                boundary_s: float | None = None, one_m_s: float | None = None,
+                ref_tags: int = 1) -> Calibration:
+    """Reference tags (of the same model as the children's) held together at the
+    boundary, then at 1 m, each for 60-120 s, at this site. Each reference tag has its
+    own 1 m power and its own link (held on a body, tags a hand apart fade apart)."""
+    at_b: list[tuple[float, Reading]] = []
+    at_1m: list[tuple[float, Reading]] = []
+    tb = t1m = 0.0
+    for k in range(ref_tags):  # draws in the order of the one-tag recording of old
+        ch = Channel(rnd, site, tag_offset(rnd, site))
+        tag = f"CA11B{k + 1:07d}"
+        if k == 0:
+            tb = boundary_s if boundary_s is not None else rnd.uniform(60, 120)
+        _advertise(rnd, ch, site.reader, tag, at, at + tb, lambda _t: site.radius_m, at_b)
+        if k == 0:
+            t1m = one_m_s if one_m_s is not None else rnd.uniform(60, 120)
+        _advertise(rnd, ch, site.reader, tag, at + tb + 30.0, at + tb + 30.0 + t1m,
+                   lambda _t: 1.0, at_1m)
+    at_b.sort(key=lambda x: x[0])
+    at_1m.sort(key=lambda x: x[0])
+    return Calibration(site.zone, site.reader, site.radius_m,
+                       tuple(r for _, r in at_b if isinstance(r, BleSighting)),
+                       tuple(r for _, r in at_1m if isinstance(r, BleSighting)))
 
 
 def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6,
                inside: int = 2, outside: int = 2, exponent: float | None = None,
                radius_m: float | None = None, clock: UnitClock | None = None,
                groups: list[str] | None = None, tail_s: float = 600.0,
-               zone: str = "yard", reader: str = "ble-yard") -> ZoneField:
+               zone: str = "yard", reader: str = "ble-yard", ref_tags: int = 1) -> ZoneField:
     """One zone of radius R (metres) around one reader at a site drawn from ``seed``.
 
     moving: children walking in and out (0.6-1.5 m/s) between far inside (0.15-0.6 R)
@@ -409,7 +417,7 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
         ch = Channel(rnd, site, tag_offset(rnd, site))
         _advertise(rnd, ch, site.reader, tg["id"], start, end + tail_s, path, items,
                    walls=walls)
-    cal = calibration(rnd, site, start - 3600.0)
+    cal = calibration(rnd, site, start - 3600.0, ref_tags=ref_tags)
     reads, monos, true_times = _in_order(items, clock)
     crossings.sort(key=lambda c: c.time)
     return ZoneField(site, tags, reads, monos, true_times, crossings, still, role_of, cal,

@@ -127,6 +127,18 @@ def test_calibration_readings_estimate_the_boundary() -> None:
     assert statistics.median(abs(e) for e in errors) < 3.0
 
 
+def test_calibration_with_several_reference_tags() -> None:
+    """Tags held together: each its own id and 1 m power; one tag's draws are as before."""
+    one = zone_field(3, hours=0.05, moving=1, boundary=0, inside=0, outside=0)
+    three = zone_field(3, hours=0.05, moving=1, boundary=0, inside=0, outside=0, ref_tags=3)
+    assert one.readings == three.readings  # the children's radio does not change
+    assert {r.tag for r in three.calibration.boundary} == {
+        "CA11B0000001", "CA11B0000002", "CA11B0000003"}
+    assert [r for r in three.calibration.boundary if r.tag == "CA11B0000001"] == list(
+        one.calibration.boundary)
+    assert 2.4 < len(three.calibration.boundary) / len(one.calibration.boundary) < 3.6
+
+
 def test_battery_truth() -> None:
     bf = battery_field(3, 30, hours=2.0)
     crossers = [b for b in bf.truth if b.crossing is not None]
@@ -211,8 +223,10 @@ def _zone_run(seed: int, exponent: float, **kw: Any) -> tuple[ZoneField, Any]:
     return zf, score_zone(zf, run_field(field_zone_engine(zf), zf.readings), DWELL_S)
 
 
-@pytest.mark.xfail(reason=f"{XFAIL}: zone precision/recall 0.91-0.98 (children at the "
-                   "boundary entered late; near exits at exponent 2.0)",
+@pytest.mark.xfail(reason=f"{XFAIL}: zone precision/recall 0.90-0.97 on fixed and fresh "
+                   "seeds, 0.92-0.98 even with the true boundary level (children standing "
+                   "just inside entered late, exits to 1.4-2 radii missed; "
+                   "docs/zones.md 'Second pass')",
                    strict=False, raises=AssertionError)
 @pytest.mark.parametrize("exponent", EXPONENTS)
 @pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
@@ -234,8 +248,8 @@ def test_zone_still_children_no_false_exits(seed: int, exponent: float) -> None:
         f"{sc.still_hours:.0f} still tag-hours")
 
 
-@pytest.mark.xfail(reason=f"{XFAIL}: 92-97 % within (children at the boundary entered "
-                   "late)", strict=False,
+@pytest.mark.xfail(reason=f"{XFAIL}: 89-95 % within (children standing just inside "
+                   "entered late; docs/zones.md 'Second pass')", strict=False,
                    raises=AssertionError)
 @pytest.mark.parametrize("seed", ZONE_SEEDS, ids=_ids(ZONE_SEEDS))
 def test_zone_event_times_near_the_crossing(seed: int) -> None:
