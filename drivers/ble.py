@@ -43,7 +43,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-import uvloop
 from bleak import BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
@@ -245,10 +244,7 @@ class BleDriver(Driver[BleOptions]):
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        # uvloop: asyncio's own loop (its select, handles, _run_once) was about a fifth of
-        # the BLE thread at a 300-tag site; bleak and dbus_fast run on it unchanged
-        # (docs/architecture.md, "Cost at a site").
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with asyncio.Runner() as runner:
             runner.get_loop().set_exception_handler(self._loop_exception)
             runner.run(self._main(stop))
 
