@@ -12,25 +12,13 @@ line, corrupted tag packets, and the whole adapter unplugged (VirtualSerial).
 
 from __future__ import annotations
 
-import random
-import threading
 import time
-from dataclasses import dataclass
 
 from drivers.codecs import Reject
 from drivers.codecs import uhf_r2000 as r2k
-from firmware_sim.simulator import (
-    Context,
-    Settings,
-    Simulator,
-    Started,
-    StepArgs,
-    later,
-    plug_action,
-    serial_where,
-)
+from firmware_sim._uhf import ACTIONS, UhfSim
+from firmware_sim.simulator import Context, Settings, Simulator, Started, StepArgs, serial_where
 from firmware_sim.vserial import VirtualSerial
-from firmware_sim.worker import Worker
 
 BAUD = 115200
 BYTE_S = 10 / BAUD
@@ -44,91 +32,34 @@ def dbm_to_raw(dbm: float) -> int:
     return min(98, max(90, d + 129))
 
 
-@dataclass
-class _InField:
-    rssi_dbm: float
-    until: float | None  # monotonic time it leaves the field, None = stays
-
-
-class UhfR2000Sim(Worker):
+class UhfR2000Sim(UhfSim[r2k.R2000Command]):
     thread_name = "uhf-sim"
+    walk_rssi = -55.0  # dBm
 
     def __init__(self, port: VirtualSerial, *, antennas: int = 4, miss_rate: float = 0.1,
                  rssi_jitter_db: float = 2.0, round_s: float = 0.03, address: int = 1,
                  seed: int = 1) -> None:
-        self.port = port
-        self.n_antennas = antennas
-        self.miss_rate = miss_rate
+        # corrupt_next counts tag packets (sent with a wrong check byte).
+        super().__init__(port, antennas=antennas, miss_rate=miss_rate, round_s=round_s,
+                         address=address, seed=seed)
         self.rssi_jitter_db = rssi_jitter_db
-        self.round_s = round_s  # how long one inventory round takes on air
-        self.address = address
-        self.rng = random.Random(seed)
         self.work_antenna = 1
-        self.missing: set[int] = set()
-        self.muted = False
-        self.corrupt_next = 0  # tag packets to send with a wrong check byte
-        self.field: dict[int, dict[str, _InField]] = {a: {} for a in range(1, antennas + 1)}
-        self.commands: list[r2k.R2000Command] = []  # what the host sent (for tests)
-        self.tags_sent = 0
-        self._lock = threading.Lock()
-        self._buf = bytearray()
-        super().__init__()
-
-    # -- the tags' world ---------------------------------------------------------------------
 
     def enter(self, epc: str, antenna: int = 1, rssi_dbm: float = -60.0,
               hold_s: float | None = None) -> None:
         """Put a tag in an antenna's field (for ``hold_s`` seconds, or until :meth:`leave`)."""
-        until = time.monotonic() + hold_s if hold_s is not None else None
-        with self._lock:
-            self.field[antenna][epc.upper()] = _InField(rssi_dbm, until)
-
-    def leave(self, epc: str, antenna: int | None = None) -> None:
-        with self._lock:
-            for a, tags in self.field.items():
-                if antenna is None or a == antenna:
-                    tags.pop(epc.upper(), None)
-
-    def walk_through(self, epc: str, direction: str = "in", dwell_s: float = 1.0,
-                     overlap_s: float = 0.3, outer: int = 1, inner: int = 2,
-                     stop: threading.Event | None = None) -> None:
-        """A child walking through a two-antenna gate: one side, both, then the other."""
-        first, second = (outer, inner) if direction == "in" else (inner, outer)
-        self.enter(epc, first, -55.0, dwell_s)
-        self._sleep(dwell_s - overlap_s, stop)
-        self.enter(epc, second, -55.0, dwell_s)
-        self._sleep(dwell_s, stop)
-
-    def antenna_missing(self, antenna: int, missing: bool = True) -> None:
-        with self._lock:
-            (self.missing.add if missing else self.missing.discard)(antenna)
-
-    def mute(self, muted: bool = True) -> None:
-        """Stop answering commands (a hung reader) while the port stays open."""
-        self.muted = muted
+        self._put(epc, antenna, rssi_dbm, hold_s)
 
     def garbage(self, n: int = 16) -> None:
         # No 0xA0, so it cannot fake the start of a frame.
         self.port.write(bytes(self.rng.choice([b for b in range(256) if b != r2k.HEAD])
                               for _ in range(n)))
 
+    def _enter_step(self, a: StepArgs) -> None:
+        self.enter(a["tag"], int(a.get("antenna", 1)), float(a.get("rssi_dbm", -60)),
+                   float(a["hold_s"]) if "hold_s" in a else None)
+
     # -- the reader's side of the protocol ---------------------------------------------------
-
-    def _sleep(self, s: float, stop: threading.Event | None) -> None:
-        if s > 0:
-            (stop or self._stop).wait(s)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            data = self.port.read()
-            if not data:
-                self._stop.wait(0.005)
-                continue
-            self._buf += data
-            for cmd in self._commands():
-                self.commands.append(cmd)
-                if not self.muted:
-                    self._answer(cmd)
 
     def _commands(self) -> list[r2k.R2000Command]:
         out = []
@@ -176,18 +107,13 @@ class UhfR2000Sim(Worker):
             time.sleep(self.round_s / 3)
             self._send(r2k.encode_status(cmd.cmd, 0x22, self.address))
             return
-        now = time.monotonic()
-        with self._lock:
-            tags = self.field[ant]
-            for epc in [e for e, f in tags.items() if f.until is not None and f.until <= now]:
-                del tags[epc]
-            present = list(tags.items())
+        present = self._in_field(ant)
         t0 = time.monotonic()
         n = 0
         for epc, f in present:
             if self.rng.random() < self.miss_rate:
                 continue
-            rssi = dbm_to_raw(f.rssi_dbm + self.rng.gauss(0, self.rssi_jitter_db))
+            rssi = dbm_to_raw(f.rssi + self.rng.gauss(0, self.rssi_jitter_db))
             frame = bytearray(r2k.encode_tag(epc, rssi, ant, self.rng.randrange(50),
                                              addr=self.address))
             if self.corrupt_next > 0:
@@ -203,29 +129,6 @@ class UhfR2000Sim(Worker):
 
 # -- in a scenario (kidsafe-sim run) -------------------------------------------------------
 
-def _act(sim: UhfR2000Sim, action: str, a: StepArgs, stop: threading.Event) -> None:
-    if plug_action(sim.port, action, a, stop):
-        return
-    if action == "enter":
-        sim.enter(a["tag"], int(a.get("antenna", 1)), float(a.get("rssi_dbm", -60)),
-                  float(a["hold_s"]) if "hold_s" in a else None)
-    elif action == "leave":
-        sim.leave(a["tag"], a.get("antenna"))
-    elif action == "walk":
-        sim.walk_through(a["tag"], str(a.get("direction", "in")), float(a.get("dwell_s", 1.0)),
-                         stop=stop)
-    elif action == "garbage":
-        sim.garbage(int(a.get("bytes", 16)))
-    elif action == "corrupt":
-        sim.corrupt_next = int(a.get("count", 1))
-    elif action == "antenna_missing":
-        sim.antenna_missing(int(a["antenna"]))
-        later(a, stop, lambda: sim.antenna_missing(int(a["antenna"]), False))
-    elif action == "mute":
-        sim.mute()
-        later(a, stop, lambda: sim.mute(False))
-
-
 def _start(device_id: str, s: Settings, ctx: Context) -> Started:
     port = ctx.serial_port(device_id, s)
     sim = UhfR2000Sim(port, antennas=int(s["antennas"]), miss_rate=float(s["miss_rate"]),
@@ -233,15 +136,13 @@ def _start(device_id: str, s: Settings, ctx: Context) -> Started:
                       seed=int(s["seed"])).start()
     ctx.stack.callback(sim.stop)
     return Started({"kind": SIMULATOR.kind, "role": "gate", "port": port.path, "baud": BAUD},
-                   serial_where(port), lambda action, a, stop: _act(sim, action, a, stop))
+                   serial_where(port), sim.act)
 
 
 SIMULATOR = Simulator(
     kind="uhf_r2000",
     settings={"link": None, "antennas": 4, "miss_rate": 0.1, "rssi_jitter_db": 2.0,
               "round_s": 0.03, "seed": 1},
-    actions={"enter": ("tag",), "leave": ("tag",), "walk": ("tag",), "garbage": (),
-             "corrupt": (), "antenna_missing": ("antenna",), "mute": (), "unplug": (),
-             "replug": ()},
+    actions=ACTIONS,
     start=_start,
 )

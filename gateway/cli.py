@@ -91,7 +91,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     _print_engine_summary(cfg)
     for w in cfg.warnings:
         print(f"warning: {w.key}: {w.message}")
+    if (damage := _buffer_damage(cfg.buffer.path)) is not None:
+        # The unit still starts (it salvages the file), so a warning, not an error.
+        print(f"warning: buffer.path: {damage}; `gatewayd run` will move it aside, salvage "
+              "every readable event into a fresh buffer and report what it could not save")
     return 0
+
+
+def _buffer_damage(path: str) -> str | None:
+    """What SQLite's integrity check says of an existing buffer file, or None if it is ok."""
+    if not os.path.exists(path):
+        return None
+    from gateway.outbox import BufferReadError, Outbox
+
+    try:
+        with Outbox.saved(path) as saved:
+            problems = saved.quick_check()
+    except BufferReadError as e:
+        return f"the buffer {path} cannot be read ({e})"
+    if problems == ["ok"]:
+        return None
+    return f"the buffer {path} fails its integrity check ({'; '.join(problems[:2])})"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -156,7 +176,8 @@ def cmd_locate(args: argparse.Namespace) -> int:
         from gateway.replay import main_locate
 
         return main_locate(args.config, args.readings, args.who, sys.stdout)
-    # No readings file: answer from the state the daemon last saved in its buffer.
+    # No readings file: answer from the state the daemon last saved in its buffer (keyed
+    # by child reference: mapped back through the config's enrolled tags).
     from gateway.engine import locate
     from gateway.engine.runtime import Runtime
     from gateway.outbox import BufferReadError, Outbox
@@ -166,16 +187,20 @@ def cmd_locate(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
+    runtime = Runtime(configmod.engine_config(cfg))
     try:
-        with Outbox.saved(cfg.buffer.path) as saved:  # read-only: the daemon may be running
-            state = saved_state(saved)
+        with Outbox.saved(cfg.buffer.path) as store:  # read-only: the daemon may be running
+            saved = saved_state(store, runtime.tags)
     except BufferReadError as e:
         print(f"gatewayd locate: {e}", file=sys.stderr)
         return 2
-    if state is None:
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"gatewayd locate: saved engine state not usable ({e})", file=sys.stderr)
+        return 1
+    if saved is None:
         print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
         return 1
-    return print_locate(locate(state, Runtime(configmod.engine_config(cfg)), args.who),
+    return print_locate(locate(saved[0], runtime, args.who),
                         sys.stdout, cfg.engine.timezone)
 
 
@@ -294,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="least severe log lines shown (default: info; debug is verbose)")
     r.add_argument("--record", metavar="FILE",
-                   help="append the readings of enrolled tags to FILE (for gatewayd replay)")
+                   help="append the readings of enrolled tags to FILE (for gatewayd replay); "
+                        "FILE holds their tag ids (card numbers) in clear: delete it after "
+                        "use")
     r.add_argument("--roll-call", metavar="ALERT_ID",
                    help="a disaster alert is active: publish roll-calls until stopped "
                         "(without it, a roll-call saved from before ends)")

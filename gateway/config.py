@@ -92,6 +92,7 @@ class BufferConfig:
     path: str
     max_mb: float = 256.0
     max_events: int = 2_000_000
+    reserve_mb: float = 64.0  # free disk the buffer never grows into
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +217,14 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
                               "or use port 1883)")
 
     bf = c.table(raw, "buffer", "buffer", required=True)
-    c.unknown(bf, {"path", "max_mb", "max_events"}, "buffer")
+    c.unknown(bf, {"path", "max_mb", "max_events", "reserve_mb"}, "buffer")
     buffer = BufferConfig(
         path=rel(c.get(bf, "path", "buffer", str, "", required=True, check=printable)),
         max_mb=c.get(bf, "max_mb", "buffer", float, 256.0, check=bounds(gt=0, le=1_000_000)),
         max_events=c.get(bf, "max_events", "buffer", int, 2_000_000,
                          check=bounds(ge=1, le=1_000_000_000)),
+        reserve_mb=c.get(bf, "reserve_mb", "buffer", float, 64.0,
+                         check=bounds(ge=0, le=1_000_000)),
     )
     if buffer.path:
         _buffer_path(c, buffer.path)

@@ -99,7 +99,9 @@ def status_payload(unit: str, online: bool, time_iso: str | None, reason: str) -
 
 
 def birth_payload(unit: str, site: str, config_version: str, last_seq: int, time_iso: str,
-                  protocol: str) -> dict[str, Any]:
+                  protocol: str, high_water_seq: int | None = None) -> dict[str, Any]:
+    """``high_water_seq``: no seq at or below it is assigned again, even if the buffer file
+    is lost (kept beside the buffer, reserved ahead of use)."""
     return {
         "unit": unit,
         "site": site,
@@ -107,6 +109,7 @@ def birth_payload(unit: str, site: str, config_version: str, last_seq: int, time
         "schema": SCHEMA_VERSION,
         "config_version": config_version,
         "last_seq": last_seq,
+        "high_water_seq": max(last_seq, high_water_seq or 0),
         "mqtt": protocol,
         "time": time_iso,
     }

@@ -58,7 +58,8 @@ class Gateway:
         self.beats = sdnotify.Heartbeats()
         self.clocks: dict[str, Any] = {}
         self.outbox = Outbox(cfg.buffer.path, cfg.unit.id, cfg.unit.site,
-                             max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events)
+                             max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events,
+                             reserve_mb=cfg.buffer.reserve_mb)
         self.engine = Engine(engine_config(cfg))
         state = restore_state(self.outbox, self.engine)  # before any clock is handed out
         self.clock: Clock = continued(clock or SystemClock(), state)
@@ -104,6 +105,9 @@ class Gateway:
                 "oldest_unsent_age_s": round(now - oldest, 1) if oldest else 0.0,
                 "last_seq": self.outbox.last_seq(),
                 "dropped": self.outbox.drops(),
+                # free disk, reserve, WAL, high-water mark, what happened to the file
+                **self.outbox.disk(),
+                "acks_not_recorded": self.publisher.core.undeleted,
             },
             "readers": st["readers"],
             "counters": st["counters"],
@@ -156,7 +160,8 @@ class Gateway:
             where = f" on {r.options.where()}" if r.options.where() else ""
             log.info("reader %s: %s, role %s%s", r.id, r.kind, r.role, where)
         if self.recorder is not None:
-            log.info("recording readings of enrolled tags to %s", self.recorder.path)
+            log.warning("recording readings of enrolled tags to %s: it holds their tag ids "
+                        "(card numbers) in clear; delete it after use", self.recorder.path)
         spawn("mqtt", self.publisher.run)
         spawn("pipeline", self.pipeline.run)
         for d in self.drivers:
@@ -189,14 +194,19 @@ class Gateway:
         self.outbox.close()
         if self.recorder is not None:
             self.recorder.close(self.pipeline.last_tick)
-        log.info("gatewayd stopped")
+        if self.pipeline.lost:
+            log.critical("gatewayd stop was NOT clean: %d decided events lost this run "
+                         "(see the errors above)", self.pipeline.lost)
+        else:
+            log.info("gatewayd stopped")
 
 
-def private_files(path: str) -> None:
+def private_files(path: str, suffixes: tuple[str, ...] = ("", "-wal", "-shm")) -> None:
     """The buffer and its WAL/shm files readable by the daemon's user only (files made
     by an older version, or copied in, may be world-readable; SQLite gives the -wal and
-    -shm it creates the mode of the database file)."""
-    for suffix in ("", "-wal", "-shm"):
+    -shm it creates the mode of the database file). Also a readings recording appended
+    to (suffixes ``("",)``: it holds tag ids)."""
+    for suffix in suffixes:
         try:
             if os.stat(path + suffix).st_mode & 0o077:
                 os.chmod(path + suffix, 0o600)
@@ -224,6 +234,8 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None) ->
     os.umask(0o077)  # everything the daemon creates (buffer, recordings, socket): owner only
     gw = Gateway(cfg, record=record, roll_call=roll_call)
     private_files(cfg.buffer.path)
+    if record:  # an existing recording appended to keeps its mode otherwise
+        private_files(record, ("",))
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
@@ -244,4 +256,4 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None) ->
     dog.stopping()
     gw.shutdown()
     logs.flush(final=True)
-    return 0
+    return 1 if gw.pipeline.lost else 0  # a stop that lost events is never a clean exit

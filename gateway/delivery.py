@@ -41,6 +41,11 @@ The rules:
   kept within each lane's backlog and live part.
 - Refill in chunks: routine/telemetry are fetched when at least ``batch // 2``
   slots are free (or none of theirs is in flight), not one query per freed slot.
+- Deletes that fail (disk full, read-only card): the shell reports them with
+  ``delete_failed``; those seqs count as acknowledged - never offered again,
+  on this connection or the next - and a ``Delete`` of them is retried every
+  ``delete_retry_s`` until the shell reports ``deleted``. So a full disk
+  costs memory for the seqs (at most ``max_undeleted``), not a resend loop.
 - Queries the store cannot answer are not asked: a part whose last fetch came
   back short is exhausted until ``committed()`` (live parts, emergency) or for
   the rest of the connection (backlog). Every ``idle_s`` all parts are asked
@@ -74,8 +79,14 @@ class Limits:
     window: int = 256  # routine + telemetry events in flight
     reserve: int = 32  # further in-flight slots only emergency events may use
     batch: int = 64  # refill chunk, and acks deleted per transaction
-    ack_flush_s: float = 0.02  # pending acks are deleted at least this often
+    # Pending acks are deleted at least this often: fewer, larger delete transactions write
+    # fewer WAL pages (SD-card wear); a crash only resends what was not yet deleted.
+    ack_flush_s: float = 0.1
     idle_s: float = 0.5  # wait with nothing to do; every part is asked again this often
+    delete_retry_s: float = 2.0  # deletes that failed are tried again this often
+    # Acknowledged seqs kept while their deletes fail (a read-only card under a large
+    # backlog): beyond this the lowest are forgotten, and go once more after a reconnect.
+    max_undeleted: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +132,9 @@ class Delivery:
         self._last_flush = 0.0
         self._turn = 0
         self._busy = False
+        # Acknowledged, but the delete failed: kept across connections, never offered again.
+        self._undeleted: set[int] = set()
+        self._retry_at = 0.0
 
     # -- events in ---------------------------------------------------------------------------
 
@@ -158,6 +172,19 @@ class Delivery:
         else:
             self._refused.append(seq)
 
+    def delete_failed(self, seqs: Sequence[int], now: float) -> None:
+        """The shell could not carry out a Delete: remember the seqs and retry later."""
+        self._undeleted.update(seqs)
+        self._retry_at = now + self.limits.delete_retry_s
+        cap = self.limits.max_undeleted
+        if len(self._undeleted) > cap:
+            self._undeleted = set(sorted(self._undeleted)[-(cap * 9 // 10):])
+
+    def deleted(self, seqs: Sequence[int]) -> None:
+        """The shell carried out a Delete."""
+        if self._undeleted:
+            self._undeleted.difference_update(seqs)
+
     def disconnected(self) -> list[Action]:
         """The connection is gone (or stopped cleanly): what the broker has is deleted now,
         so it is not sent again; everything else is offered again on the next connection."""
@@ -182,6 +209,9 @@ class Delivery:
             out.append(Delete(pending))
             self._pending = []
             self._last_flush = now
+        if self._undeleted and now >= self._retry_at:
+            out.append(Delete(sorted(self._undeleted)))
+            self._retry_at = now + lim.delete_retry_s
         if now >= self._recheck_at:
             self._exhausted.clear()
             self._recheck_at = now + lim.idle_s
@@ -237,24 +267,37 @@ class Delivery:
     def pending_deletes(self) -> int:
         return len(self._pending)
 
+    @property
+    def undeleted(self) -> int:
+        """Acknowledged events whose delete failed, waiting for a retry."""
+        return len(self._undeleted)
+
     # -- inside ------------------------------------------------------------------------------
 
     def _take(self, lane: int, part: str, limit: int) -> list[Stored]:
         key = (lane, part)
         if limit <= 0 or key in self._exhausted:
             return []
-        after = self._cursors.get(key, 0)
-        if part == LIVE:
-            rows = self.fetch(lane, max(after, self._live_mark), limit)
-        elif part == BACKLOG:
-            rows = self.fetch(lane, after, limit, self._live_mark)
-        else:
-            rows = self.fetch(lane, after, limit)
-        if len(rows) < limit:
-            self._exhausted.add(key)
-        if rows:
-            self._cursors[key] = rows[-1].seq
-        return rows
+        out: list[Stored] = []
+        while True:
+            want = limit - len(out)
+            after = self._cursors.get(key, 0)
+            if part == LIVE:
+                rows = self.fetch(lane, max(after, self._live_mark), want)
+            elif part == BACKLOG:
+                rows = self.fetch(lane, after, want, self._live_mark)
+            else:
+                rows = self.fetch(lane, after, want)
+            if len(rows) < want:
+                self._exhausted.add(key)
+            if rows:
+                self._cursors[key] = rows[-1].seq
+            if not self._undeleted:
+                return out + rows if out else rows
+            # Acknowledged already (their delete failed): skip them, read on.
+            out.extend(r for r in rows if r.seq not in self._undeleted)
+            if len(out) >= limit or len(rows) < want:
+                return out
 
     def _drain_notes(self) -> list[Action]:
         out: list[Action] = [Refused(seq) for seq in self._refused]

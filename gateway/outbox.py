@@ -13,12 +13,33 @@ number is never reused, even after rows are deleted or the process dies).
 Rows are deleted when the broker acknowledges them. When the size cap is
 reached, the oldest events of the lowest lane go first; emergency events are
 never dropped; every drop is recorded and reported in a ``buffer_drop`` event
-(itself never dropped) that lists the exact sequence runs.
+(itself never dropped) that lists the exact sequence runs. The cap counts the
+WAL file too, and the buffer never grows into the last ``reserve_mb`` of free
+disk.
+
+Faults of the file itself (issue 11):
+
+- A high-water mark lives beside the buffer (``<path>.seq``, written atomically
+  whenever the sequence passes it, ``HWM_STEP`` numbers ahead), so a lost or
+  corrupt buffer cannot take the sequence back with it.
+- A corrupt buffer found at start (``PRAGMA quick_check``, or SQLite refusing
+  the file) is moved aside (``<path>.corrupt-<UTC time>``), every readable event
+  is copied row by row into a fresh buffer, and an emergency ``buffer_salvage``
+  event names the seq ranges that could not be saved.
+- A buffer deleted or replaced under the running daemon is noticed by file
+  identity (device, inode) before every commit; what the still-open old file
+  holds is copied into a re-created one, with a ``buffer_salvage`` event.
+- Events held in memory at a stop whose buffer cannot be written are parked in a
+  JSON-lines file (``park``) and committed at the next start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -30,9 +51,11 @@ from typing import Any
 
 from peewee import (
     BlobField,
+    DatabaseError,
     FloatField,
     IntegerField,
     Model,
+    OperationalError,
     PeeweeException,
     SqliteDatabase,
     TextField,
@@ -44,6 +67,72 @@ from gateway.contract import Stored
 from gateway.model import Event, Lane
 
 log = logging.getLogger("gateway.outbox")
+
+# peewee ships no type annotations: the few calls of it this module makes go through
+# these typed wrappers, so the rest of the module is checked strictly.
+def _sql(db: SqliteDatabase, query: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    cur: sqlite3.Cursor = db.execute_sql(query, params)  # type: ignore[no-untyped-call]
+    return cur
+
+
+def _cursor(db: SqliteDatabase) -> sqlite3.Cursor:
+    cur: sqlite3.Cursor = db.cursor()  # type: ignore[no-untyped-call]
+    return cur
+
+
+def _connection(db: SqliteDatabase) -> sqlite3.Connection:
+    conn: sqlite3.Connection = db.connection()  # type: ignore[no-untyped-call]
+    return conn
+
+
+HWM_STEP = 1000  # seqs reserved per write of the high-water mark file
+MAX_NOTICE_RANGES = 200  # seq runs listed in one buffer_salvage event
+# SD-card wear (docs/architecture.md, bench/wear.py): page_size first, it only takes on a
+# new file; 1 KiB pages make each commit's WAL frames a quarter of the default 4 KiB.
+# journal_size_limit: the WAL file is cut back to 4 MiB after a checkpoint (disk, not wear).
+# secure_delete: freed pages are zeroed, so nothing deleted or overwritten (an engine state
+# saved by tag id before, see engine/persist.py) lingers in the file. Debian's SQLite has
+# it on already (measured with it); said here for other builds.
+PRAGMAS = {"page_size": 1024, "journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000,
+           "cache_size": -2000, "journal_size_limit": 4 * 1024 * 1024, "secure_delete": 1}
+
+
+def _utc_stamp(t: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """temp + fsync + rename + fsync of the folder: the file is the old or the new one."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _complement(have: list[int], low: int, high: int) -> list[tuple[int, int]]:
+    """Runs of [low, high] not in ``have`` (sorted ascending)."""
+    out: list[tuple[int, int]] = []
+    nxt = low
+    for s in have:
+        if s < nxt:
+            continue
+        if s > high:
+            break
+        if s > nxt:
+            out.append((nxt, s - 1))
+        nxt = s + 1
+    if nxt <= high:
+        out.append((nxt, high))
+    return out
 
 
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:
@@ -99,12 +188,95 @@ class KvRow(_Base):
         table_name = "kv"
 
 
+def _put_kv(key: str, value: bytes) -> None:
+    KvRow.replace(key=key, value=value).execute()  # type: ignore[no-untyped-call]
+
+
 class BufferWriteError(Exception):
     """The buffer could not be written (disk full, card failing); nothing was committed."""
 
 
 class BufferReadError(Exception):
     """A buffer file could not be read (missing, not a buffer, locked for too long)."""
+
+
+def _fit_header(path: str) -> None:
+    """A truncated file: make the header's page count match what is left, so SQLite reads
+    the pages that are there instead of refusing the whole file as malformed."""
+    with open(path, "r+b") as f:
+        head = f.read(100)
+        if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+            return
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        if page_size < 512:
+            return
+        have = os.fstat(f.fileno()).st_size // page_size
+        if int.from_bytes(head[28:32], "big") > have:
+            f.truncate(have * page_size)
+            f.seek(28)
+            f.write(have.to_bytes(4, "big"))
+
+
+_ROW_COLS = "seq, uid, lane, kind, topic, payload, created"
+
+
+def _salvage_rows(conn: sqlite3.Connection, high: int) -> tuple[list[tuple[Any, ...]], int, bool]:
+    """Every readable outbox row of a damaged file, row by row in seq order.
+
+    A read that fails (an unreadable page) is retried further on, at exponentially
+    growing distances, so one bad page costs only the rows on it. Returns the rows,
+    the highest seq the file itself still names, and whether the scan began cleanly
+    (then no row below the first one existed).
+    """
+    with contextlib.suppress(sqlite3.Error):
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        if row:
+            high = max(high, int(row[0]))
+    rows: list[tuple[Any, ...]] = []
+    after, clean_start = 0, True
+    while True:
+        try:
+            for r in conn.execute(f"SELECT {_ROW_COLS} FROM outbox WHERE seq>? ORDER BY seq",
+                                  (after,)):
+                rows.append(tuple(r))
+                after = int(r[0])
+            break
+        except sqlite3.Error:
+            if not rows:
+                clean_start = False
+            skip, resumed = 1, False
+            while after + skip <= high:
+                try:
+                    nxt = conn.execute("SELECT seq FROM outbox WHERE seq>? ORDER BY seq LIMIT 1",
+                                       (after + skip,)).fetchone()
+                except sqlite3.Error:
+                    skip *= 2
+                    continue
+                if nxt is None:
+                    break
+                after, resumed = int(nxt[0]) - 1, True
+                break
+            if not resumed:
+                break
+    if rows:
+        high = max(high, int(rows[-1][0]))
+    return rows, high, clean_start
+
+
+def _salvage_kv(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
+    try:
+        return [(str(k), bytes(v)) for k, v in conn.execute("SELECT key, value FROM kv")]
+    except sqlite3.Error:
+        return []
+
+
+def _salvage_drops(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    try:
+        return [tuple(r) for r in conn.execute(
+            "SELECT first_seq, last_seq, count, lane, at FROM drops")]
+    except sqlite3.Error:
+        return []
 
 
 class SavedBuffer:
@@ -123,7 +295,7 @@ class SavedBuffer:
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return list(self._db.execute_sql(sql, params).fetchall())
+            return list(_sql(self._db, sql, params).fetchall())
         except (PeeweeException, sqlite3.DatabaseError) as e:  # fetchall's are not wrapped
             raise BufferReadError(f"cannot read the buffer {self.path}: {e}") from e
 
@@ -160,6 +332,7 @@ class Outbox:
         site: str,
         max_mb: float = 256.0,
         max_events: int = 2_000_000,
+        reserve_mb: float = 0.0,
     ) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -167,23 +340,325 @@ class Outbox:
         self.site = site
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.max_events = max_events
-        self.db = SqliteDatabase(
-            path,
-            pragmas={"journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000,
-                     "cache_size": -2000},
-            check_same_thread=False,
-        )
+        self.reserve_bytes = int(reserve_mb * 1024 * 1024)
+        self._reserve_in_force = self.reserve_bytes
         self._models = (OutboxRow, DropRow, KvRow)
-        self.db.bind(self._models)
-        self.db.connect(reuse_if_open=True)
-        self.db.create_tables(self._models)
         self._lock = threading.Lock()
+        self._lanes: Counter[int] = Counter()
+        self._fast_ack_conns: set[int] = set()
+        self._hwm_path = f"{path}.seq"
+        self._reserved, self._unacked_from = self._read_hwm()
+        self._hwm_failing = False
+        self._old_last = 0
+        self._kv_saved: dict[str, int] = {}  # key -> hash of the value last committed
+        self._parked_pending = False
+        self._unsaved: list[Event] = []  # own notices not yet committed (the buffer failed)
+        # What happened to the buffer file itself, newest last (health and status show it).
+        self.incidents: list[dict[str, Any]] = []
+        notice = self._open_checked()
         # Events per lane, kept in memory: counting a million-row table for every health
         # message would stall the publisher for most of a second on a Pi.
-        self._lanes: Counter[int] = Counter()
         self._recount()
-        self._fast_ack_conns: set[int] = set()
         self.dropped_total = sum(d.count for d in DropRow.select())
+        self._floor_sequence()
+        parked = self._unpark()
+        if notice is not None:
+            self._unsaved.append(notice)
+        if notice is not None or parked:
+            try:
+                self.add(parked)
+            except BufferWriteError as e:  # kept: parked files stay, notices wait in memory
+                log.error("cannot commit at start (%s); retried with the next commit", e)
+                self._unsaved.extend(parked)
+                self._parked_pending = True
+            else:
+                self._clear_parked()
+
+    # -- opening, salvage, identity ------------------------------------------------------------
+
+    def _connect(self) -> SqliteDatabase:
+        db = SqliteDatabase(self.path, pragmas=PRAGMAS, check_same_thread=False)
+        db.bind(self._models)
+        db.connect(reuse_if_open=True)
+        db.create_tables(self._models)
+        return db
+
+    def _open_checked(self) -> Event | None:
+        """Open the buffer; a corrupt one is moved aside and salvaged (the notice returned)."""
+        existed = os.path.exists(self.path)
+        problem = None
+        db: SqliteDatabase | None = None
+        try:
+            db = self._connect()
+            check = [str(r[0]) for r in _sql(db, "PRAGMA quick_check").fetchall()]
+            if check != ["ok"]:
+                problem = "; ".join(check[:3])
+        except OperationalError:
+            raise  # locked, unopenable: not corruption, and not ours to move aside
+        except DatabaseError as e:
+            problem = str(e)
+        if problem is None and db is not None:
+            self.db = db
+            self._identity = self._stat()
+            if not existed and self._reserved > 0:
+                return self._lost_notice("missing", "the buffer file was missing at start", None,
+                                         [], True)
+            if existed and self.last_seq() < self._unacked_from - 1:
+                # Only an older copy put in place can be behind the mark's lowest unsent seq.
+                return self._replace_older()
+            return None
+        if db is not None:
+            with contextlib.suppress(Exception):
+                db.close()
+        return self._salvage_file(problem or "unreadable")
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _move_aside(self, tag: str) -> str | None:
+        """Keep a damaged or foreign buffer (and its -wal, -shm) for forensics."""
+        aside = f"{self.path}.{tag}-{_utc_stamp(time.time())}"
+        moved = None
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path + suffix, aside + suffix)
+                if suffix == "":
+                    moved = aside
+        return moved
+
+    def _salvage_file(self, problem: str) -> Event:
+        aside = self._move_aside("corrupt")
+        rows: list[tuple[Any, ...]] = []
+        kv: list[tuple[str, bytes]] = []
+        drops: list[tuple[Any, ...]] = []
+        high, clean = self._reserved, False
+        if aside is not None:
+            work = f"{aside}.salvaging"  # a copy: the one moved aside stays as it was found
+            try:
+                for suffix in ("", "-wal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        shutil.copyfile(aside + suffix, work + suffix)
+                _fit_header(work)
+                conn = sqlite3.connect(work)
+                try:
+                    rows, high, clean = _salvage_rows(conn, 0)
+                    kv, drops = _salvage_kv(conn), _salvage_drops(conn)
+                finally:
+                    conn.close()
+            except (OSError, sqlite3.Error) as e:
+                log.error("salvage of %s failed: %s", aside, e)
+            finally:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(work + suffix)
+        self.db = self._connect()
+        self._identity = self._stat()
+        self._copy_in(rows, kv, drops, max(high, self._reserved))
+        return self._lost_notice("corrupt", problem, aside, rows, clean, known_high=high or None)
+
+    def _copy_in(self, rows: list[tuple[Any, ...]], kv: list[tuple[str, bytes]],
+                 drops: list[tuple[Any, ...]], high: int) -> None:
+        with self.db.atomic("IMMEDIATE"):
+            cur = _cursor(self.db)
+            cur.executemany(f"INSERT OR IGNORE INTO outbox ({_ROW_COLS}) VALUES (?,?,?,?,?,?,?)",
+                            rows)
+            cur.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", kv)
+            cur.executemany("INSERT INTO drops (first_seq, last_seq, count, lane, at) "
+                            "VALUES (?,?,?,?,?)", drops)
+            self._set_sequence(high)
+
+    def _set_sequence(self, seq: int) -> None:
+        if seq <= self.last_seq():
+            return
+        cur = _sql(self.db, "UPDATE sqlite_sequence SET seq=? WHERE name='outbox'", (seq,))
+        if cur.rowcount == 0:
+            _sql(self.db, "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
+                                (seq,))
+
+    def _lost_notice(self, reason: str, detail: str, aside: str | None,
+                     rows: list[tuple[Any, ...]], clean_start: bool,
+                     known_high: int | None = None, complete: bool = False) -> Event:
+        """The emergency notice of a buffer lost in part: what was saved, which seqs not.
+
+        ``ranges`` are the seqs the unit may have held and could not save: those among them
+        the backend has not received are lost (some may have been delivered before, or
+        only reserved by the high-water mark and never used)."""
+        high = self.last_seq() if complete else max(self._reserved, self.last_seq())
+        saved = [int(r[0]) for r in rows]
+        # Below the first salvaged row nothing was buffered if the scan began cleanly;
+        # otherwise the mark's lowest unsent seq (written with the mark) bounds it.
+        low = saved[0] if clean_start and saved else max(1, self._unacked_from)
+        runs = [] if complete else _complement(saved, low, known_high or high)
+        lost_max = sum(b - a + 1 for a, b in runs)
+        with self.db.atomic("IMMEDIATE"):
+            self._set_sequence(high)
+        incident = {"at": contract.iso_utc(time.time()), "reason": reason, "detail": detail,
+                    "moved_to": aside, "salvaged": len(saved), "lost_max": lost_max,
+                    "ranges": [[a, b] for a, b in runs[:MAX_NOTICE_RANGES]]}
+        self.incidents = [*self.incidents, incident][-10:]
+        log.error("buffer %s %s (%s): %s; %d events salvaged, up to %d seqs lost in %d runs "
+                  "(%s), seq continues above %d", self.path, reason, detail,
+                  f"moved to {aside}" if aside else "nothing to move aside", len(saved),
+                  lost_max, len(runs), ", ".join(f"{a}-{b}" for a, b in runs[:5])
+                  + (" ..." if len(runs) > 5 else ""), high)
+        return Event(kind="buffer_salvage", time=time.time(), lane=Lane.EMERGENCY, data={
+            "reason": reason, "detail": detail[:200],
+            "moved_to": os.path.basename(aside) if aside else None,
+            "salvaged": len(saved), "lost_max": lost_max,
+            "ranges": incident["ranges"], "ranges_complete": len(runs) <= MAX_NOTICE_RANGES})
+
+    def _replace_older(self) -> Event:
+        """An older buffer was put in place: keep its unsent events, continue above the mark."""
+        rows = [tuple(r) for r in _sql(self.db, f"SELECT {_ROW_COLS} FROM outbox")]
+        self._old_last = self.last_seq()
+        return self._rebuild("replaced", "an older buffer file was put in place", rows, [], [],
+                             complete=False)
+
+    def _rebuild(self, reason: str, detail: str, rows: list[tuple[Any, ...]],
+                 kv: list[tuple[str, bytes]], drops: list[tuple[Any, ...]],
+                 complete: bool) -> Event:
+        with contextlib.suppress(Exception):
+            self.db.close()
+        aside = self._move_aside(reason) if reason == "replaced" else None
+        if reason == "deleted":  # a -wal or -shm left behind belongs to the deleted file
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path + suffix)
+        self._fast_ack_conns = set()
+        self._kv_saved = {}
+        self.db = self._connect()
+        self._identity = self._stat()
+        # Everything carried over: seq goes on from the old file's own last (no gap);
+        # otherwise above the high-water mark (nothing assigned before is used again).
+        high = max([self._old_last if complete else self._reserved] + [int(r[0]) for r in rows])
+        self._copy_in(rows, kv, drops, high)
+        self._recount()
+        self.dropped_total = sum(d.count for d in DropRow.select())
+        rows.sort(key=lambda r: int(r[0]))
+        return self._lost_notice(reason, detail, aside, rows, clean_start=False,
+                                 complete=complete)
+
+    def check_file(self) -> Event | None:
+        """Is the file at ``path`` still the one we have open? If it was deleted or
+        replaced, re-create it with everything the open file still holds (the notice
+        returned, to be committed)."""
+        ident = self._stat()
+        if ident == self._identity:
+            return None
+        reason = "deleted" if ident is None else "replaced"
+        rows: list[tuple[Any, ...]] = []
+        kv: list[tuple[str, bytes]] = []
+        drops: list[tuple[Any, ...]] = []
+        complete = False
+        with contextlib.suppress(PeeweeException, sqlite3.Error):  # the old inode is still open
+            rows = [tuple(r) for r in _sql(self.db, f"SELECT {_ROW_COLS} FROM outbox")]
+            kv = [(str(k), bytes(v)) for k, v in _sql(self.db, "SELECT key, value FROM kv")]
+            drops = [tuple(r) for r in _sql(self.db,
+                "SELECT first_seq, last_seq, count, lane, at FROM drops")]
+            complete = True
+        self._old_last = 0
+        try:
+            self._old_last = self.last_seq()
+        except (PeeweeException, sqlite3.Error):
+            complete = False  # the old file's own last seq is unknown: go above the mark
+        return self._rebuild(reason, f"the buffer file was {reason} while the unit ran",
+                             rows, kv, drops, complete)
+
+    # -- the high-water mark -------------------------------------------------------------------
+
+    def _read_hwm(self) -> tuple[int, int]:
+        try:
+            doc = json.loads(Path(self._hwm_path).read_text())
+            return int(doc["reserved"]), int(doc["unacked_from"])
+        except FileNotFoundError:
+            return 0, 0
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            log.error("high-water mark %s unreadable (%s); the buffer's own seq is used",
+                      self._hwm_path, e)
+            return 0, 0
+
+    def _write_hwm(self, upto: int) -> None:
+        """Reserve seqs up to ``upto`` + HWM_STEP before any of them is committed."""
+        reserved = upto + HWM_STEP
+        row = _sql(self.db, "SELECT seq FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        unacked_from = int(row[0]) if row else self.last_seq() + 1
+        try:
+            _write_atomic(self._hwm_path, json.dumps(
+                {"reserved": reserved, "unacked_from": unacked_from}).encode())
+        except OSError as e:
+            if not self._hwm_failing:
+                log.error("cannot write the high-water mark %s (%s)", self._hwm_path, e)
+            self._hwm_failing = True
+            return
+        self._hwm_failing = False
+        self._reserved, self._unacked_from = reserved, unacked_from
+
+    def _floor_sequence(self) -> None:
+        last = self.last_seq()
+        if self._reserved <= last:
+            self._write_hwm(last)
+
+    @property
+    def high_water(self) -> int:
+        """No seq at or below this is ever assigned again (the birth message carries it)."""
+        return max(self._reserved, self.last_seq())
+
+    # -- events held at a stop ----------------------------------------------------------------
+
+    def _park_paths(self) -> list[str]:
+        paths = [f"{self.path}.held.jsonl"]
+        run = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        if run:
+            paths.append(os.path.join(run, os.path.basename(self.path) + ".held.jsonl"))
+        return paths
+
+    def park(self, events: Sequence[Event]) -> str | None:
+        """Write events the buffer could not take to the first writable fallback file."""
+        data = b"".join(json.dumps({"kind": e.kind, "time": e.time, "lane": int(e.lane),
+                                    "reader": e.reader, "child": e.child, "data": e.data},
+                                   separators=(",", ":")).encode() + b"\n" for e in events)
+        for path in self._park_paths():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                try:
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                log.error("cannot park held events in %s (%s)", path, e)
+                continue
+            return path
+        return None
+
+    def _unpark(self) -> list[Event]:
+        out: list[Event] = []
+        for path in self._park_paths():
+            try:
+                lines = Path(path).read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.error("cannot read parked events %s (%s)", path, e)
+                continue
+            for line in lines:
+                try:
+                    d = json.loads(line)
+                    out.append(Event(kind=d["kind"], time=float(d["time"]), lane=Lane(d["lane"]),
+                                     reader=d["reader"], child=d["child"], data=d["data"]))
+                except (ValueError, KeyError, TypeError):
+                    log.error("a parked event in %s is unreadable; skipped", path)
+            log.warning("%d events parked at the last stop (%s) committed now", len(lines), path)
+        return out
+
+    def _clear_parked(self) -> None:
+        for path in self._park_paths():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
     # -- writer side (the pipeline thread) ---------------------------------------------------
 
@@ -196,20 +671,39 @@ class Outbox:
         cap, the oldest low-lane events are dropped in the same transaction and a
         ``buffer_drop`` event names each run.
         """
-        if not events and state is None:
+        if not events and state is None and not self._unsaved:
             return []
         now = time.time() if now is None else now
+        extra: list[Event] = []
+        kv_saved: tuple[str, int] | None = None
         try:
+            lost = self.check_file()
+            if lost is not None:
+                self._unsaved.append(lost)
+            extra, self._unsaved = self._unsaved, []
             with self.db.atomic("IMMEDIATE"):
-                if state is not None:
-                    KvRow.replace(key=state[0], value=state[1]).execute()
-                if not events:
-                    return []
-                out = self._insert(events, now)
-                notices = self._enforce_cap(now)
-                if notices:
-                    self._insert(notices, now)
-        except PeeweeException as e:
+                # An unchanged state (an idle unit) is not written again: SD-card wear.
+                if state is not None and self._kv_saved.get(state[0]) != hash(state[1]):
+                    _put_kv(state[0], state[1])
+                    kv_saved = (state[0], hash(state[1]))
+                out: list[Stored] = []
+                if events or extra:
+                    if self.last_seq() + len(events) + len(extra) + 64 > self._reserved:
+                        self._write_hwm(self.last_seq() + len(events) + len(extra) + 64)
+                    # Notices of this unit's own buffer go first and are not the caller's.
+                    if extra:
+                        self._insert(extra, now)
+                    out = self._insert(events, now)
+                    notices = self._enforce_cap(now)
+                    if notices:
+                        self._insert(notices, now)
+            if kv_saved is not None:
+                self._kv_saved[kv_saved[0]] = kv_saved[1]
+            if self._parked_pending and extra:
+                self._clear_parked()
+                self._parked_pending = False
+        except (PeeweeException, sqlite3.Error) as e:
+            self._unsaved = extra + self._unsaved  # the notices wait for the next commit
             # On SQLITE_FULL SQLite has rolled back already and peewee's own rollback then
             # fails with "no transaction is active": report the cause, not the echo.
             cause: BaseException = e
@@ -221,7 +715,7 @@ class Outbox:
 
     def _insert(self, events: Sequence[Event], now: float) -> list[Stored]:
         recorded = contract.iso_utc(now)
-        row = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        row = _sql(self.db, "SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         seq = row[0] if row else 0
         rows = []
         out: list[Stored] = []
@@ -232,7 +726,7 @@ class Outbox:
             topic = contract.event_topic(ev.kind)
             rows.append((seq, uid, int(ev.lane), ev.kind, topic, payload, now))
             out.append(Stored(seq, uid, int(ev.lane), topic, payload))
-        self.db.cursor().executemany(
+        _cursor(self.db).executemany(
             "INSERT INTO outbox (seq, uid, lane, kind, topic, payload, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
@@ -241,27 +735,56 @@ class Outbox:
             self._lanes.update(r[2] for r in rows)
         return out
 
-    def _used_bytes(self) -> int:
-        pc = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
-        fl = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
-        ps = self.db.execute_sql("PRAGMA page_size").fetchone()[0]
-        return int((pc - fl) * ps)
+    def _wal_bytes(self) -> int:
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
+
+    def free_disk_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return None
+        # A reserve bigger than a tenth of the filesystem (a small card or partition)
+        # would leave the buffer no room at all: it is held to that tenth.
+        self._reserve_in_force = min(self.reserve_bytes, st.f_blocks * st.f_frsize // 10)
+        return st.f_bavail * st.f_frsize
+
+    def _used_bytes(self) -> tuple[int, int]:
+        """(bytes the events take, including the WAL; the cap in force now).
+
+        The cap is ``max_mb``, or less where the disk has less than ``reserve_mb`` free: the
+        file (its free pages count as room) may take what is free beyond the reserve, and
+        once it ate into the reserve, that much of it is kept as free pages, so it does
+        not grow further; events are dropped (oldest, lowest lane first) to make them.
+        """
+        pc = _sql(self.db, "PRAGMA page_count").fetchone()[0]
+        fl = _sql(self.db, "PRAGMA freelist_count").fetchone()[0]
+        ps = _sql(self.db, "PRAGMA page_size").fetchone()[0]
+        wal = self._wal_bytes()
+        cap = self.max_bytes
+        free = self.free_disk_bytes()
+        if self.reserve_bytes and free is not None:
+            cap = min(cap, pc * ps + wal + free - self._reserve_in_force)
+        return int((pc - fl) * ps + wal), cap
 
     def _enforce_cap(self, now: float) -> list[Event]:
         over_events = self._count - self.max_events
-        used = self._used_bytes()
-        over_bytes = used - self.max_bytes
+        used, cap = self._used_bytes()
+        over_bytes = used - cap
         if over_events <= 0 and over_bytes <= 0:
             return []
         notices: list[Event] = []
         # Free 5% more than the excess so the cap is not hit again on every insert.
         avg = max(1, used // max(1, self._count))
-        want = max(over_events, over_bytes // avg + 1, 0) + max(1, self.max_events // 20)
+        margin = (self.max_events if over_events > 0 else max(1, cap) // avg) // 20
+        want = max(over_events, over_bytes // avg + 1, 0) + max(1, margin)
         for lane in (Lane.TELEMETRY, Lane.ROUTINE):
             if want <= 0:
                 break
             # Drop notices are never dropped: they are the backend's account of the gaps.
-            seqs = [r[0] for r in self.db.execute_sql(
+            seqs = [r[0] for r in _sql(self.db,
                 "SELECT seq FROM outbox WHERE lane=? AND kind != 'buffer_drop' "
                 "ORDER BY seq LIMIT ?", (int(lane), want))]
             if not seqs:
@@ -287,11 +810,11 @@ class Outbox:
     def fetch(self, lane: int, after: int, limit: int, upto: int | None = None) -> list[Stored]:
         """Oldest unacknowledged events of a lane with seq in (after, upto]."""
         if upto is None:
-            cur = self.db.execute_sql(
+            cur = _sql(self.db,
                 "SELECT seq, uid, lane, topic, payload FROM outbox WHERE lane=? AND seq>? "
                 "ORDER BY seq LIMIT ?", (lane, after, limit))
         else:
-            cur = self.db.execute_sql(
+            cur = _sql(self.db,
                 "SELECT seq, uid, lane, topic, payload FROM outbox WHERE lane=? AND seq>? "
                 "AND seq<=? ORDER BY seq LIMIT ?", (lane, after, upto, limit))
         return [Stored(r[0], r[1], r[2], r[3], bytes(r[4])) for r in cur]
@@ -301,18 +824,22 @@ class Outbox:
         seqs = list(seqs)
         if not seqs:
             return
-        conn = self.db.connection()
+        conn = _connection(self.db)
         if id(conn) not in self._fast_ack_conns:
             conn.execute("PRAGMA synchronous=NORMAL")
             self._fast_ack_conns.add(id(conn))
-        with self.db.atomic("IMMEDIATE"):
-            self._delete(seqs)
+        try:
+            with self.db.atomic("IMMEDIATE"):
+                self._delete(seqs)
+        except (PeeweeException, sqlite3.Error) as e:
+            self._recount()
+            raise BufferWriteError(f"{e}") from e
 
     def _delete(self, seqs: list[int]) -> None:
         gone: Counter[int] = Counter()
         for i in range(0, len(seqs), 500):
             chunk = seqs[i:i + 500]
-            cur = self.db.execute_sql(  # RETURNING (SQLite >= 3.35) keeps the lane counts exact
+            cur = _sql(self.db,   # RETURNING (SQLite >= 3.35) keeps the lane counts exact
                 f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING lane",
                 chunk)
             gone.update(lane for (lane,) in cur.fetchall())
@@ -320,7 +847,7 @@ class Outbox:
             self._lanes.subtract(gone)
 
     def _recount(self) -> None:
-        counts = Counter({lane: n for lane, n in self.db.execute_sql(
+        counts = Counter({lane: n for lane, n in _sql(self.db,
             "SELECT lane, count(*) FROM outbox GROUP BY lane")})
         with self._lock:
             self._lanes = counts
@@ -331,11 +858,21 @@ class Outbox:
             return sum(self._lanes.values())
 
     def last_seq(self) -> int:
-        row = self.db.execute_sql("SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
+        row = _sql(self.db, "SELECT seq FROM sqlite_sequence WHERE name='outbox'").fetchone()
         return int(row[0]) if row else 0
 
     def depth(self) -> int:
         return self._count
+
+    def disk(self) -> dict[str, Any]:
+        """Free disk, the reserve kept, the WAL, the high-water mark, incidents: for health."""
+        free = self.free_disk_bytes()
+        mib = 1024 * 1024
+        return {"free_disk_mb": round(free / mib, 1) if free is not None else None,
+                "reserve_mb": round(self._reserve_in_force / mib, 1),
+                "wal_mb": round(self._wal_bytes() / mib, 2),
+                "high_water_seq": self.high_water,
+                "incidents": list(self.incidents)}
 
     def depth_by_lane(self) -> dict[str, int]:
         with self._lock:
@@ -343,12 +880,12 @@ class Outbox:
 
     def oldest_created(self) -> float | None:
         # The lowest seq is the oldest event: a primary-key lookup, not a table scan.
-        row = self.db.execute_sql("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        row = _sql(self.db, "SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
     def drops(self, recent: int = 20) -> dict[str, Any]:
         by_lane = {lane.name.lower(): 0 for lane in Lane}
-        for lane, n in self.db.execute_sql("SELECT lane, sum(count) FROM drops GROUP BY lane"):
+        for lane, n in _sql(self.db, "SELECT lane, sum(count) FROM drops GROUP BY lane"):
             by_lane[Lane(lane).name.lower()] = n
         ranges = [[r.first_seq, r.last_seq] for r in
                   DropRow.select().order_by(DropRow.first_seq.desc()).limit(recent)][::-1]
@@ -357,11 +894,19 @@ class Outbox:
     # -- small persistent state --------------------------------------------------------------
 
     def save_state(self, key: str, value: bytes) -> None:
-        KvRow.replace(key=key, value=value).execute()
+        _put_kv(key, value)
 
     def load_state(self, key: str) -> bytes | None:
         row = KvRow.get_or_none(KvRow.key == key)
         return bytes(row.value) if row else None
+
+    def truncate_wal(self) -> None:
+        """Checkpoint the WAL and cut it to nothing: frames of overwritten data (an old
+        engine state saved by tag id) are gone from the disk, not only superseded."""
+        try:
+            _sql(self.db, "PRAGMA wal_checkpoint(TRUNCATE)")
+        except PeeweeException as e:
+            raise BufferWriteError(f"{e}") from e
 
     @staticmethod
     def saved(path: str, timeout_s: float = 5.0) -> SavedBuffer:

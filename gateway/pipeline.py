@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gateway.clock import Clock
@@ -36,11 +35,10 @@ from gateway.engine import (
     Engine,
     EngineState,
     end_roll_call,
+    persist,
     start_roll_call,
-    state_from_dict,
-    state_to_dict,
 )
-from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagRead
+from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagConfig, TagRead
 from gateway.outbox import BufferWriteError, Outbox
 from gateway.recording import Recorder
 
@@ -77,6 +75,8 @@ class Pipeline:
         # (wall, monotonic) time of the engine's last tick (the Recorder's end)
         self.last_tick: tuple[float, float] | None = None
         self.enrolled = frozenset(cfg.tag_map())
+        # Saved state keys: the child reference, never the tag id (engine/persist.py).
+        self._state_keys = persist.saved_keys(engine.runtime.tags)
         self.engine_state: EngineState = (state if state is not None
                                           else restore_state(outbox, engine))
         self._state_saved = -math.inf
@@ -86,6 +86,7 @@ class Pipeline:
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
         self._deferred: list[Event] = []  # routine events waiting to share a state save
         self._failing = False  # the last commit failed
+        self.lost_at_stop = 0  # held events neither committed nor parked at the stop
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
@@ -168,6 +169,8 @@ class Pipeline:
             if r is not None:
                 rest.append(r)
         self.commit_soon(self.process(rest), final=True)
+        if self._pending:
+            self._park_at_stop()
 
     def process(self, batch: list[Reading]) -> list[Event]:
         events: list[Event] = []
@@ -218,9 +221,9 @@ class Pipeline:
         if not events and not save:
             return
         state = None
-        if save:  # without the windows: ~10 % of the bytes and CPU (see _save_windows)
+        if save:  # without the windows: about half the bytes, most of the CPU (_save_windows)
             without = dataclasses.replace(self.engine_state, rssi={})
-            state = (STATE_KEY, json.dumps(state_to_dict(without), separators=(",", ":")).encode())
+            state = (STATE_KEY, persist.dumps(without, self._state_keys))
         try:
             stored = self.outbox.add(events, now=self.clock.now(), state=state)
         except BufferWriteError as e:
@@ -254,8 +257,7 @@ class Pipeline:
         decisions made from them are in the zone presences, saved with every event."""
         windows = EngineState(rssi=self.engine_state.rssi)
         try:
-            self.outbox.add([], state=(WINDOWS_KEY, json.dumps(
-                state_to_dict(windows), separators=(",", ":")).encode()))
+            self.outbox.add([], state=(WINDOWS_KEY, persist.dumps(windows, self._state_keys)))
         except BufferWriteError:
             return  # counted and logged by the commit of events that follows
         self._windows_saved = mono
@@ -263,8 +265,12 @@ class Pipeline:
     def _hold(self, events: list[Event], error: Exception) -> None:
         self.counters["buffer_write_failures"] += 1
         if not self._failing:
-            log.error("cannot write the buffer (%s); holding %d events in memory and retrying",
-                      error, len(events))
+            if events:
+                log.error("cannot write the buffer (%s); holding %d events in memory and "
+                          "retrying", error, len(events))
+            else:  # only the engine state was to be saved
+                log.error("cannot write the buffer (%s); the engine state is not saved, "
+                          "retrying", error)
             self._failing = True
         if len(events) > PENDING_MAX:
             keep = [e for e in events if e.lane == Lane.EMERGENCY]
@@ -274,6 +280,27 @@ class Pipeline:
             events = keep + rest[min(drop, len(rest)):]
             events.sort(key=lambda e: e.time)
         self._pending = events
+
+    def _park_at_stop(self) -> None:
+        """The buffer cannot be written and we are stopping: park what memory holds in a
+        fallback file (committed at the next start), or say loudly what is lost."""
+        held, self._pending = self._pending, []
+        kinds = ", ".join(f"{k} {n}" for k, n in Counter(e.kind for e in held).most_common())
+        where = self.outbox.park(held)
+        if where is not None:
+            self.counters["events_parked_at_stop"] += len(held)
+            log.error("buffer not writable at stop: %d held events (%s) parked in %s, "
+                      "committed at the next start", len(held), kinds, where)
+            return
+        self.lost_at_stop += len(held)
+        self.counters["events_lost_at_stop"] += len(held)
+        log.critical("buffer not writable at stop and no fallback file could be written: "
+                     "%d decided events LOST (%s)", len(held), kinds)
+
+    @property
+    def lost(self) -> int:
+        """Decided events this run lost: dropped while the buffer failed, or at the stop."""
+        return self.lost_at_stop + self.counters["events_dropped_buffer_failed"]
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -290,29 +317,50 @@ class StateStore(Protocol):
     def load_state(self, key: str) -> bytes | None: ...
 
 
-def saved_state(store: StateStore) -> EngineState | None:
+def saved_state(store: StateStore, tags: Mapping[str, TagConfig]
+                ) -> tuple[EngineState, persist.Restored] | None:
     """The engine state saved last (None: none yet), with the RSSI windows saved last
     (up to WINDOWS_SAVE_S older: samples, not decisions; the engine expires stale ones).
     Raises ValueError, KeyError or TypeError for a bad or foreign state."""
     blob = store.load_state(STATE_KEY)
     if blob is None:
         return None
-    state = state_from_dict(json.loads(blob))
+    state, restored = persist.loads(blob, tags)
     windows = store.load_state(WINDOWS_KEY)
     if windows is not None:  # else a buffer from before they were apart: its own
-        state.rssi = state_from_dict(json.loads(windows)).rssi
-    return state
+        state.rssi = persist.loads(windows, tags)[0].rssi
+    return state, restored
 
 
 def restore_state(outbox: Outbox, engine: Engine) -> EngineState:
     """The engine state saved before the last stop or crash, so a reboot continues
     (no burst of false exits and re-entries); a bad or foreign state starts fresh."""
     try:
-        state = saved_state(outbox)
+        saved = saved_state(outbox, engine.runtime.tags)
     except (ValueError, KeyError, TypeError) as e:
         log.warning("saved engine state not usable (%s); starting fresh", e)
         return engine.initial_state()
-    if state is None:
+    if saved is None:
         return engine.initial_state()
+    state, restored = saved
+    if restored.migrated:
+        log.warning("engine state saved by tag id (before this version) migrated: it is "
+                    "saved by child reference from now on; %d entries of tags no longer "
+                    "enrolled dropped", restored.dropped)
+        _scrub_old_state(outbox, state, engine)
+    elif restored.dropped:
+        log.warning("engine state: %d entries of tags or children no longer enrolled "
+                    "dropped", restored.dropped)
     log.info("engine state restored (%d tags last seen)", len(state.seen))
     return state
+
+
+def _scrub_old_state(outbox: Outbox, state: EngineState, engine: Engine) -> None:
+    """Overwrite a state saved by tag id at once, and empty the WAL, whose old frames
+    (after a power cut) would hold it in clear until they are reused."""
+    blob = persist.dumps(state, persist.saved_keys(engine.runtime.tags))
+    try:
+        outbox.add([], state=(STATE_KEY, blob))
+        outbox.truncate_wal()
+    except BufferWriteError as e:  # the next save overwrites it
+        log.warning("could not overwrite the old engine state yet (%s)", e)

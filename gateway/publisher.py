@@ -45,7 +45,7 @@ from gateway.clock import Clock
 from gateway.config import Config
 from gateway.contract import iso_utc
 from gateway.delivery import Action, Delete, Delivery, Limits, Publish, Refused
-from gateway.outbox import Outbox
+from gateway.outbox import BufferWriteError, Outbox
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -99,6 +99,7 @@ class Publisher:
         self.connected_protocol = ""
         self.connected_protocol_try = ""
         self._paho_error = ""
+        self._delete_failing = False
         self.sent = 0
         self.acked = 0
         self.refused = 0
@@ -194,7 +195,8 @@ class Publisher:
         self._lost.clear()
         try:
             if v5:
-                props = Properties(PacketTypes.CONNECT)
+                # paho's Properties has no annotations; the one untyped call of it.
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = SESSION_EXPIRY_S
                 client.connect(b.host, b.port, keepalive=b.keepalive_s, clean_start=False,
                                properties=props)
@@ -333,7 +335,8 @@ class Publisher:
         live_mark = self.outbox.last_seq()
         birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
                                        self.cfg.unit.config_version, live_mark,
-                                       iso_utc(self.clock.now()), self.connected_protocol)
+                                       iso_utc(self.clock.now()), self.connected_protocol,
+                                       self.outbox.high_water)
         client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
         log.info("broker %s:%d connected (MQTT %s); %d events to send",
                  self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,
@@ -370,7 +373,22 @@ class Publisher:
                 self.core.published(action, mids)
             case Delete(seqs):
                 # One transaction per batch of PUBACKs, not per PUBACK.
-                self.outbox.ack(seqs)
+                try:
+                    self.outbox.ack(seqs)
+                except BufferWriteError as e:
+                    # A full or read-only card: the core remembers them as acknowledged (not
+                    # sent again) and retries; this thread keeps delivering.
+                    self.core.delete_failed(seqs, self.clock.monotonic())
+                    if not self._delete_failing:
+                        log.error("cannot record %d acknowledged events in the buffer (%s); "
+                                  "kept in memory, not resent, retried every %.0f s", len(seqs),
+                                  e, self.core.limits.delete_retry_s)
+                        self._delete_failing = True
+                    return
+                self.core.deleted(seqs)
+                if self._delete_failing and not self.core.undeleted:
+                    log.warning("buffer writable again: acknowledged events deleted")
+                    self._delete_failing = False
                 self.acked += len(seqs)
                 if self._backlog is not None:
                     self._backlog.update(self.acked, self.outbox.depth())

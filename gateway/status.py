@@ -46,6 +46,14 @@ def render(doc: dict[str, Any], cfg: Config) -> list[str]:
     lines.append(f"buffer    {buf.get('depth', 0)} events waiting ({lanes}); oldest unsent "
                  f"{_age(buf.get('oldest_unsent_age_s')) if buf.get('depth') else '-'}; "
                  f"last seq {buf.get('last_seq', 0)}; dropped {dropped}")
+    # The buffer file's own faults (gateway/outbox.py): what happened, and what it left.
+    for inc in buf.get("incidents", []):
+        lines.append(f"buffer    {inc['reason'].upper()} at {inc['at']}: {inc['salvaged']} events "
+                     f"saved, up to {inc['lost_max']} seqs lost"
+                     + (f"; kept as {inc['moved_to']}" if inc.get("moved_to") else ""))
+    if buf.get("acks_not_recorded"):
+        lines.append(f"buffer    {buf['acks_not_recorded']} acknowledged events not yet deleted "
+                     "(the card is full or read-only; retried)")
     br, mq = doc.get("broker", {}), doc.get("mqtt", {})
     state = f"connected (MQTT {br.get('protocol')})" if br.get("connected") else "NOT CONNECTED"
     ack = br.get("last_ack")
@@ -63,7 +71,9 @@ def render(doc: dict[str, Any], cfg: Config) -> list[str]:
     dk = doc.get("disk")
     if dk:
         lines.append(f"disk      {dk['path']}: {dk['free_mb']:.0f} MB free of "
-                     f"{dk['total_mb']:.0f} MB ({dk['free_pct']:.0f} %)")
+                     f"{dk['total_mb']:.0f} MB ({dk['free_pct']:.0f} %)"
+                     + (f"; the buffer keeps {buf['reserve_mb']:g} MB free"
+                        if buf.get("reserve_mb") is not None else ""))
     counters = doc.get("counters", {})
     if counters:
         lines.append("counters  " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))

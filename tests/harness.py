@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 
 import contract
 from firmware_sim import procs
+from firmware_sim.vserial import VirtualSerial
 from gateway.clock import FakeClock
 from gateway.model import ReaderState, Reading
 
@@ -106,6 +107,65 @@ def advance_until(clock: FakeClock, pred: Callable[[], bool], step: float, timeo
         end = time.monotonic() + settle
         while time.monotonic() < end and not pred():
             time.sleep(0.01)
+
+
+def unplug_and_replug(port: VirtualSerial, sink: CollectSink[Any], clock: FakeClock,
+                      backoff_cap_s: float = 0.3) -> None:
+    """Unplug a serial driver's adapter until it is offline and a few re-opens failed on its
+    FakeClock, plug it back, and move the clock past the back-off until it is online."""
+    port.unplug()
+    wait_until(lambda: sink.last_state() == ReaderState.OFFLINE, 10, "offline")
+    for _ in range(3):  # failed re-opens with back-off
+        clock.advance(backoff_cap_s)
+        time.sleep(0.05)
+    port.plug()
+    # Past the back-off: the next attempt opens the port.
+    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, backoff_cap_s, 10,
+                  "reopened")
+
+
+def gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
+    """``gatewayd ARGS`` in a fresh process, its output captured."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def sim_until_playing(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """`kidsafe-sim run`'s output (stdout, stderr joined to it) up to its "[sim] playing" line,
+    and the [[readers]]/[[tags]] snippet it prints to paste into a config."""
+    assert proc.stdout is not None
+    out: list[str] = []
+    while not any(line.startswith("[sim] playing") for line in out):
+        line = proc.stdout.readline()
+        assert line, "kidsafe-sim ended early:\n" + "".join(out)
+        out.append(line)
+    text = "".join(out)
+    return text, text[text.index("[[readers]]"):text.index("[sim] playing")]
+
+
+# A small valid unit config (one RDM6300 gate reader, one card) that config tests edit.
+GOOD_CONFIG = """
+[unit]
+id = "gate-01"
+site = "school"
+
+[broker]
+host = "127.0.0.1"
+port = 1883
+
+[buffer]
+path = "buf.db"
+
+[[readers]]
+id = "gate-a"
+kind = "rdm6300"
+role = "gate"
+port = "/dev/ttyUSB0"
+
+[[tags]]
+id = "62e3086ced"
+child = "c-1"
+"""
 
 
 def write_config(path: Path, *, broker_port: int, buffer: Path, readers: list[dict[str, Any]],

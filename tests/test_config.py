@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,37 +17,15 @@ from drivers.uhf_r2000 import UhfR2000Options
 from gateway import config
 from gateway.checker import Checker
 from gateway.options import ReaderOptions, opt, option_docs, parse_options, toml_default
+from harness import GOOD_CONFIG, gatewayd
 
 REPO = Path(__file__).resolve().parents[1]
 
-GOOD = """
-[unit]
-id = "gate-01"
-site = "school"
-
-[broker]
-host = "127.0.0.1"
-port = 1883
-
-[buffer]
-path = "buf.db"
-
-[[readers]]
-id = "gate-a"
-kind = "rdm6300"
-role = "gate"
-port = "/dev/ttyUSB0"
-
-[[tags]]
-id = "62e3086ced"
-child = "c-1"
-groups = ["g1"]
-"""
+GOOD = GOOD_CONFIG + 'groups = ["g1"]\n'
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return gatewayd("check-config", str(path))
 
 
 def test_good_config_summary(tmp_path: Path) -> None:
@@ -79,8 +56,7 @@ def test_three_errors_reported_together(tmp_path: Path) -> None:
     assert f"{f}: readers[0].kind: unknown reader kind 'rdm9999'" in err
     assert not marker.exists()  # nothing was started or created
     # `run` refuses the same file the same way, before starting anything.
-    r2 = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", str(f)],
-                        capture_output=True, text=True, timeout=60)
+    r2 = gatewayd("run", "--config", str(f))
     assert r2.returncode == 2 and "readers[0].kind" in r2.stderr
     assert not marker.exists()
 
@@ -144,8 +120,7 @@ def test_shipped_configs_are_valid(name: str) -> None:
 
 
 def test_version() -> None:
-    r = subprocess.run([sys.executable, "-m", "gateway", "--version"], capture_output=True,
-                       text=True, timeout=30)
+    r = gatewayd("--version")
     assert r.returncode == 0 and r.stdout.startswith("gatewayd ")
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -20,29 +18,9 @@ from drivers import registry
 from gateway import cli, config
 from gateway.checker import Checker, bounds, seconds
 from gateway.options import option_spec
+from harness import GOOD_CONFIG, gatewayd
 
-GOOD = """
-[unit]
-id = "gate-01"
-site = "school"
-
-[broker]
-host = "127.0.0.1"
-port = 1883
-
-[buffer]
-path = "buf.db"
-
-[[readers]]
-id = "gate-a"
-kind = "rdm6300"
-role = "gate"
-port = "/dev/ttyUSB0"
-
-[[tags]]
-id = "62e3086ced"
-child = "c-1"
-"""
+GOOD = GOOD_CONFIG
 
 SECOND_READER = """
 [[readers]]
@@ -62,6 +40,7 @@ ERRORS: list[tuple[str, str, str, str]] = [
     ("max-mb-inf", "[buffer]max_mb = inf", "buffer.max_mb", "finite"),
     ("max-events", "[buffer]max_events = 9000000000000", "buffer.max_events",
      "between 1 and 1000000000"),
+    ("reserve", "[buffer]reserve_mb = -1", "buffer.reserve_mb", "between 0 and 1000000"),
     ("health", "[health]\ninterval_s = -inf\n", "health.interval_s", "finite"),
     ("engine-number", "[engine]\nrssi_window_s = inf\n", "engine.rssi_window_s", "finite"),
     ("engine-gate-pair", "[engine]\ngate_pair_s = 1e9\n", "engine.gate_pair_s", "600"),
@@ -120,11 +99,6 @@ def test_error_names_the_key(tmp_path: Path, name: str, edit: str, key: str, wor
     assert words in found[key], found[key]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60)
-
-
 def test_run_refuses_every_error_with_exit_2_and_no_traceback(tmp_path: Path) -> None:
     """One ``gatewayd run`` per case (each a fresh folder): exit 2, the key on stderr, no
     traceback, no buffer created."""
@@ -132,7 +106,7 @@ def test_run_refuses_every_error_with_exit_2_and_no_traceback(tmp_path: Path) ->
         d = tmp_path / name
         d.mkdir()
         f = _write(d, _edit(edit))
-        r = _run("run", "--config", str(f))
+        r = gatewayd("run", "--config", str(f))
         assert r.returncode == 2, (name, r.stderr)
         assert f": {key}: " in r.stderr, (name, r.stderr)
         assert "Traceback" not in r.stderr, (name, r.stderr)
@@ -160,7 +134,7 @@ def test_secret_files_readable_by_everyone_are_refused_with_the_chmod(tmp_path: 
     assert f"run: chmod 600 {pw}" in found["broker.password_file"]
     assert "mode 0644" in found["broker.password_file"]
     assert f"run: chmod 600 {key}" in found["broker.tls.key_file"]
-    r = _run("run", "--config", str(f))
+    r = gatewayd("run", "--config", str(f))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "chmod 600" in r.stderr
     pw.chmod(0o600)
     key.chmod(0o640)  # group-readable (e.g. a kidsafe group) is fine
@@ -174,7 +148,7 @@ def test_buffer_path_a_directory_or_not_writable(tmp_path: Path) -> None:
         config.load(f)
     assert [(e.key, "is a directory" in e.message) for e in ei.value.errors] == [
         ("buffer.path", True)]
-    r = _run("run", "--config", str(f))  # was a traceback and a restart loop
+    r = gatewayd("run", "--config", str(f))  # was a traceback and a restart loop
     assert r.returncode == 2 and "Traceback" not in r.stderr and "buffer.path" in r.stderr
     # Under a regular file: nothing can be created there.
     (tmp_path / "afile").write_text("")
@@ -235,7 +209,7 @@ def test_warnings_are_reported_and_exit_0(tmp_path: Path, name: str, text: str, 
     cfg = config.load(f)
     found = {w.key: w.message for w in cfg.warnings}
     assert key in found and words in found[key], found
-    r = _run("check-config", str(f))
+    r = gatewayd("check-config", str(f))
     assert r.returncode == 0, r.stderr
     assert "OK with 1 warning(s)" in r.stdout
     assert f"warning: {key}: " in r.stdout
@@ -255,7 +229,7 @@ def test_zone_reader_without_zone_is_fine_when_the_unit_has_a_position(tmp_path:
 
 def test_errors_and_warnings_together_exit_2(tmp_path: Path) -> None:
     f = _write(tmp_path, GOOD.replace("port = 1883", "port = 8883\nkeepalive_s = 0"))
-    r = _run("check-config", str(f))
+    r = gatewayd("check-config", str(f))
     assert r.returncode == 2
     assert "broker.keepalive_s" in r.stderr and "warning:" in r.stderr and "8883" in r.stderr
 
@@ -308,3 +282,15 @@ def test_an_option_without_limits_still_refuses_non_finite_numbers() -> None:
                          "r") is None
     assert {e.key: e.message for e in c.errors} == {"r.gain": "must be a finite number",
                                                     "r.gains": "must be a finite number"}
+
+
+def test_check_config_warns_of_a_corrupt_buffer(tmp_path: Path) -> None:
+    # Issue 11, item 1: check-config said OK on a buffer SD-card corruption had damaged.
+    f = _write(tmp_path, GOOD)
+    r = gatewayd("check-config", str(f))
+    assert r.returncode == 0 and "buffer.path" not in r.stdout  # no buffer yet: nothing to say
+    (tmp_path / "buf.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    r = gatewayd("check-config", str(f))
+    assert r.returncode == 0, r.stderr  # the unit still starts: it salvages the file
+    assert "warning: buffer.path:" in r.stdout and "salvage" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr

@@ -60,6 +60,8 @@ class Shell:
     refused: list[int] = field(default_factory=list)
     offered: list[int] = field(default_factory=list)  # on this connection, in order
     live_mark: int = 0
+    disk_ok: bool = True  # False: every delete fails (a full or read-only card)
+    failed_deletes: int = 0
 
     def connect(self) -> None:
         self.live_mark = self.store.last
@@ -73,6 +75,8 @@ class Shell:
                 handles = []
                 for row in a.rows:
                     assert row.seq not in self.offered, f"seq {row.seq} offered twice"
+                    # Acknowledged means done, even while its delete keeps failing.
+                    assert row.seq not in self.acked_ok, f"seq {row.seq} offered after its ack"
                     assert row.seq in self.store.rows
                     self.offered.append(row.seq)
                     self.inflight[self.next_handle] = row
@@ -83,8 +87,14 @@ class Shell:
             elif isinstance(a, Delete):
                 for s in a.seqs:
                     assert s in self.acked_ok, f"seq {s} deleted before its ack"
+                if not self.disk_ok:
+                    self.failed_deletes += 1
+                    self.core.delete_failed(a.seqs, self.now)
+                    continue
+                for s in a.seqs:
                     del self.store.rows[s]
                 self.deleted.extend(a.seqs)
+                self.core.deleted(a.seqs)
             else:
                 assert a.seq in self.store.rows  # a refused event stays buffered
                 self.refused.append(a.seq)
@@ -283,6 +293,7 @@ op = st.one_of(
               st.booleans()),
     st.tuples(st.just("disconnect")),
     st.tuples(st.just("connect")),
+    st.tuples(st.just("disk"), st.booleans()),
 )
 
 
@@ -299,7 +310,9 @@ def test_delivery_properties(ops: list[tuple[object, ...]], start_with_backlog: 
     - a routine live event committed while no live event waits is offered behind at most
       one backlog chunk;
     - after any sequence of disconnects, the next connection offers every event not yet
-      acknowledged, and in the end every event is deleted exactly once.
+      acknowledged, and in the end every event is deleted exactly once;
+    - while deletes fail (a full or read-only disk), an acknowledged event is never offered
+      again, on any connection, and its delete is retried until it succeeds.
     """
     lim = SMALL
     sh = shell(lim)
@@ -311,12 +324,12 @@ def test_delivery_properties(ops: list[tuple[object, ...]], start_with_backlog: 
 
     def waiting_live() -> bool:
         return any(s > sh.live_mark and r.lane != E and s not in sh.offered
-                   for s, r in sh.store.rows.items())
+                   and s not in sh.acked_ok for s, r in sh.store.rows.items())
 
     def checked_poll(dt: float) -> None:
         free = lim.window + lim.reserve - sh.core.in_flight
         waiting_sos = [s for s, r in sorted(sh.store.rows.items())
-                       if r.lane == E and s not in sh.offered]
+                       if r.lane == E and s not in sh.offered and s not in sh.acked_ok]
         rows = sh.poll(dt)
         got = set(seqs(rows))
         assert set(waiting_sos[:max(free, 0)]) <= got  # emergency at the first poll
@@ -364,11 +377,15 @@ def test_delivery_properties(ops: list[tuple[object, ...]], start_with_backlog: 
                 if not online:
                     sh.connect()
                     online = True
+            case ("disk", ok):
+                assert isinstance(ok, bool)
+                sh.disk_ok = ok
     # The next connection offers everything not acknowledged; acked, it is all deleted.
+    sh.disk_ok = True
     if online:
         sh.disconnect()
     watched.clear()
-    owed = set(sh.store.rows)
+    owed = set(sh.store.rows) - sh.acked_ok
     sh.connect()
     for _ in range(1000):
         checked_poll(0.03)
@@ -378,3 +395,27 @@ def test_delivery_properties(ops: list[tuple[object, ...]], start_with_backlog: 
     assert owed <= set(sh.offered)
     assert not sh.store.rows
     assert sorted(sh.deleted) == list(range(1, sh.store.last + 1))  # each exactly once
+
+
+def test_failed_deletes_are_not_resent_and_are_retried() -> None:
+    sh = shell()
+    sh.commit(R, 4)
+    sh.connect()
+    assert seqs(sh.poll()) == [1, 2, 3, 4]
+    sh.disk_ok = False
+    sh.ack_all()
+    sh.poll(0.03)  # the delete fails: remembered, not an error
+    assert sh.failed_deletes == 1 and sh.core.undeleted == 4 and len(sh.store.rows) == 4
+    sh.disconnect()
+    sh.connect()
+    assert sh.poll(0.03) == []  # acknowledged: not offered again on the new connection
+    sh.disk_ok = True
+    sh.poll(SMALL.delete_retry_s)  # the retry goes through
+    assert sh.core.undeleted == 0 and not sh.store.rows and sorted(sh.deleted) == [1, 2, 3, 4]
+
+
+def test_failed_deletes_kept_in_memory_are_bounded() -> None:
+    store = Store()
+    core = Delivery(store.fetch, Limits(max_undeleted=100))
+    core.delete_failed(list(range(1, 151)), 0.0)
+    assert core.undeleted == 90  # the newest 90 kept; the rest may go once more

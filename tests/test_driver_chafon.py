@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from drivers.codecs import Reject
 from drivers.codecs import chafon as cf
 from drivers.uhf_chafon import (
     ANSWER_GAP_S,
@@ -30,8 +30,17 @@ from firmware_sim.vserial import VirtualSerial
 from gateway import config as configmod
 from gateway.clock import Clock, FakeClock, SystemClock
 from gateway.config import reader_config
-from gateway.model import ReaderState, TagRead
-from harness import CollectSink, advance_until, driver_running, wait_until
+from gateway.model import ReaderState
+from harness import driver_running, wait_until
+from uhfgate import (
+    DRIVER_TIMES,
+    Collect,
+    answers_again,
+    driver_rig,
+    hang_until_reopened,
+    plugged,
+    reads_after_replug,
+)
 
 EPC_A = "E2000017221101441890ABCD"
 EPC_B = "3034257BF7194E4000000001"
@@ -51,12 +60,12 @@ def test_inventory_commands_match_the_captured_frames() -> None:
         "0dff010f0001000000008014c03a")
     assert encode_inventory(_opts(model="18", address=0), 1) == bytes.fromhex("040001db4b")
     ant3 = cf.decode_command(encode_inventory(_opts(), 3))
-    assert not isinstance(ant3, cf.Reject) and ant3.data[-2:] == bytes([0x82, 3])
+    assert not isinstance(ant3, Reject) and ant3.data[-2:] == bytes([0x82, 3])
 
 
 def _inv(status: int, antenna: int = 1, tags: tuple[str, ...] = ()) -> cf.ChafonFrame:
     f = cf.decode_frame(cf.encode_inventory([(t, 100) for t in tags], "288", antenna, status))
-    assert not isinstance(f, cf.Reject)
+    assert not isinstance(f, Reject)
     return f
 
 
@@ -121,38 +130,20 @@ def test_poller_asks_again_soon_after_a_garbled_answer() -> None:
 
 # -- the driver on a pty ---------------------------------------------------------------------
 
-class Collect(CollectSink[TagRead]):
-    def __init__(self) -> None:
-        super().__init__(TagRead)
-        self.reads = self.items
-
-    def epcs(self, antenna: int | None = None) -> set[str]:
-        with self.lock:
-            return {r.tag for r in self.reads if antenna is None or r.antenna == antenna}
-
-
 Rig = tuple[VirtualSerial, UhfChafonSim, Collect]
 
 
 @contextlib.contextmanager
 def _rig(tmp_path: Path, model: str, antennas: list[int], clock: Clock | None = None,
          **sim_kw: object) -> Iterator[Rig]:
-    port = VirtualSerial(str(tmp_path / "ttyCF0"))
-    port.plug()
+    port = plugged(tmp_path / "ttyCF0")
     sim = UhfChafonSim(port, model=model, miss_rate=0.2, seed=7, **sim_kw).start()  # type: ignore[arg-type]
-    sink = Collect()
     cfg = reader_config({"id": "gate-cf", "kind": "uhf_chafon", "role": "gate",
                          "port": port.path, "model": model, "antennas": antennas,
-                         "reply_timeout_s": 0.3, "silence_s": 1.0,
-                         "reconnect_initial_s": 0.05, "reconnect_max_s": 0.3})
-    drv = UhfChafonDriver(cfg, sink, clock or SystemClock())
-    try:
-        with driver_running(drv):
-            wait_until(lambda: sink.state_count(ReaderState.ONLINE) >= 1, 10, "driver online")
-            yield port, sim, sink
-    finally:
-        sim.stop()
-        port.close()
+                         **DRIVER_TIMES})
+    with driver_rig(port, sim,
+                    lambda sink: UhfChafonDriver(cfg, sink, clock or SystemClock())) as rig:
+        yield rig
 
 
 @pytest.fixture
@@ -223,41 +214,16 @@ def test_antenna_error_degrades_then_recovers(rig: Rig) -> None:
 
 
 def test_hung_reader_reopens_port(fake_rig: Rig, clock: FakeClock) -> None:
-    _port, sim, sink = fake_rig
-    sim.enter(EPC_A, antenna=1)
-    wait_until(lambda: EPC_A in sink.epcs(), 10, "first read")
-    sim.mute()
+    _port, _sim, sink = fake_rig
     # Resent after scan time + reply_timeout_s (0.6 s) unanswered, reopened after silence_s (1 s).
-    advance_until(clock, lambda: ReaderState.OFFLINE in [s for s, _ in sink.states], 0.3, 10,
-                  "offline after silence_s without replies")
+    before_offline = hang_until_reopened(fake_rig, clock, EPC_A)
     assert sink.rejects.count("no-reply") >= 2
-    with sink.lock:
-        i = [s for s, _ in sink.states].index(ReaderState.OFFLINE)
-        assert sink.states[i - 1] == (ReaderState.DEGRADED,
-                                      "no reply for 1 s; reopening the port")
-        before = len(sink.reads)
-    sim.mute(False)
-    # Past the reopen back-off (cap 0.3 s); the reader answers the new connection's command.
-    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.3, 10,
-                  "answers again")
-    wait_until(lambda: len(sink.reads) > before, 10, "reads again")
+    assert before_offline == (ReaderState.DEGRADED, "no reply for 1 s; reopening the port")
+    answers_again(fake_rig, clock)
 
 
 def test_unplug_and_replug(fake_rig: Rig, clock: FakeClock) -> None:
-    port, sim, sink = fake_rig
-    sim.enter(EPC_A, antenna=1)
-    wait_until(lambda: EPC_A in sink.epcs(), 10, "first read")
-    port.unplug()
-    wait_until(lambda: sink.last_state() == ReaderState.OFFLINE, 10, "offline")
-    for _ in range(3):  # failed re-opens with back-off (cap 0.3 s)
-        clock.advance(0.3)
-        time.sleep(0.05)
-    port.plug()
-    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.3, 10, "reopened")
-    with sink.lock:
-        before = len(sink.reads)
-    wait_until(lambda: len(sink.reads) > before, 10, "reads after replug")
-    assert sink.last_state() == ReaderState.ONLINE
+    reads_after_replug(fake_rig, clock, EPC_A)
 
 
 def test_uhfreader18_reads_without_antenna(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from firmware_sim.vserial import VirtualSerial
 from gateway.clock import FakeClock
 from gateway.config import reader_config
 from gateway.model import GpsFix, ReaderState
-from harness import CollectSink, advance_until, driver_running, wait_until
+from harness import CollectSink, advance_until, driver_running, unplug_and_replug, wait_until
 
 HOME = (37.5665, 126.9780)
 
@@ -151,14 +151,7 @@ def test_no_fix_degrades_and_silence_degrades(rig: Rig) -> None:
 def test_unplug_and_replug(rig: Rig) -> None:
     port, _sim, sink, clock = rig
     wait_until(lambda: len(sink.good()) >= 1, 10, "first fix")
-    port.unplug()
-    wait_until(lambda: sink.last_state() == ReaderState.OFFLINE, 10, "offline")
-    for _ in range(3):  # failed re-opens with back-off (cap 0.3 s)
-        clock.advance(0.3)
-        time.sleep(0.05)
-    port.plug()
-    # Past the back-off (cap 0.3 s): the next attempt opens the port.
-    advance_until(clock, lambda: sink.last_state() == ReaderState.ONLINE, 0.3, 10, "reopened")
+    unplug_and_replug(port, sink, clock)  # back-off cap 0.3 s
     n = len(sink.good())
     wait_until(lambda: len(sink.good()) > n + 1, 10, "fixes after replug")
     assert sentence("GPTXT,01,01,02,hi").endswith(b"\r\n")

@@ -21,7 +21,7 @@ from firmware_sim import cli, procs, simulator
 from firmware_sim import scenario as scen
 from firmware_sim.ble import missing_tools
 from gateway import config
-from harness import REPO
+from harness import REPO, sim_until_playing
 from scenarios import raw_config
 
 
@@ -150,14 +150,8 @@ def test_the_sim_command_starts_the_bus_route(tmp_path: Path) -> None:
          "--workdir", str(tmp_path), "--start-delay", "30"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert proc.stdout is not None
-        out: list[str] = []
-        while not any(line.startswith("[sim] playing") for line in out):
-            line = proc.stdout.readline()
-            assert line, "kidsafe-sim ended early:\n" + "".join(out)
-            out.append(line)
-        text = "".join(out)
-        readers = tomllib.loads(text[text.index("[[readers]]"):text.index("[sim] playing")])
+        _text, snippet = sim_until_playing(proc)
+        readers = tomllib.loads(snippet)
         assert readers["readers"][0]["kind"] == "gps_nmea"
         proc.terminate()
         assert proc.wait(10) == 0

@@ -20,7 +20,7 @@ from blezmock import ALERT_UUID, TAG_UUID, ble_world, require_ble_tools
 from firmware_sim.ble import BleSim, SimTag
 from firmware_sim.broker import LocalBroker
 from gateway import config as configmod
-from harness import REPO, GatewayProcess, Subscriber, wait_until, write_config
+from harness import REPO, GatewayProcess, Subscriber, sim_until_playing, wait_until, write_config
 
 KID = "C0:00:00:00:01:01"
 EDDY = "C0:00:00:00:01:02"
@@ -121,15 +121,8 @@ def test_kidsafe_sim_run_sos_scenario(tmp_path: Path, broker: LocalBroker) -> No
     gw: GatewayProcess | None = None
     sub: Subscriber | None = None
     try:
-        assert sim.stdout is not None
-        out: list[str] = []
-        while not any(line.startswith("[sim] playing") for line in out):
-            line = sim.stdout.readline()
-            assert line, "kidsafe-sim ended early:\n" + "".join(out)
-            out.append(line)
-        text = "".join(out)
+        text, snippet = sim_until_playing(sim)
         address = re.search(r"^DBUS_SYSTEM_BUS_ADDRESS=(\S+)$", text, re.M)
-        snippet = text[text.index("[[readers]]"):text.index("[sim] playing")]
         assert address and 'kind = "ble"' in snippet
         assert f'[[tags]]\nid = "ibeacon:{TAG_UUID}:7:42"\nchild = "child-01"' in snippet
         cfg = write_config(tmp_path / "gw.toml", broker_port=broker.port,

@@ -133,3 +133,82 @@ def test_saved_buffer_reads_beside_the_owner_and_never_writes(tmp_path: Path) ->
     with pytest.raises(BufferReadError, match="cannot read the buffer"):
         Outbox.saved(str(tmp_path / "missing.db"))
     assert not (tmp_path / "missing.db").exists()  # read-only: nothing created
+
+
+def test_the_cap_counts_the_wal_and_keeps_the_disk_reserve(tmp_path: Path) -> None:
+    ob = Outbox(str(tmp_path / "b.db"), "u1", "s1", reserve_mb=1)
+    ob.add([ev() for _ in range(1000)])
+    used, _ = ob._used_bytes()
+    assert used >= ob._wal_bytes() > 0  # the WAL is part of what the buffer takes
+    ob.ack(range(1, 501))  # freed pages: room inside the file
+    pages = ob.db.execute_sql("PRAGMA page_count").fetchone()[0]
+    # 64 KiB into the reserve: that much must stay free inside the file.
+    ob.free_disk_bytes = lambda: ob.reserve_bytes - 65536  # type: ignore[method-assign]
+    ob.add([ev() for _ in range(100)])  # the freed pages cover it: nothing dropped
+    assert ob.dropped_total == 0
+    for _ in range(10):  # beyond them: the file would grow into the reserve
+        ob.add([ev() for _ in range(100)])
+    assert ob.dropped_total > 0 and ob.drops()["total"] == ob.dropped_total
+    grown = ob.db.execute_sql("PRAGMA page_count").fetchone()[0] - pages
+    assert grown <= 10, grown  # at most one commit's pages beyond the file it had
+    assert ob.disk()["reserve_mb"] == 1.0
+
+
+def test_high_water_mark_outlives_the_buffer(tmp_path: Path) -> None:
+    path = str(tmp_path / "b.db")
+    ob = Outbox(path, "u1", "s1")
+    ob.add([ev() for _ in range(10)])
+    assert ob.high_water >= 10 and json.loads(Path(path + ".seq").read_text())["reserved"] >= 10
+    ob.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
+    ob = Outbox(path, "u1", "s1")  # the file is gone: seq goes on above the mark
+    notice = json.loads(ob.fetch(int(Lane.EMERGENCY), 0, 10)[0].payload)
+    assert notice["kind"] == "buffer_salvage" and notice["data"]["reason"] == "missing"
+    assert notice["seq"] > 10 and notice["data"]["ranges"][0][0] == 1
+    assert ob.add([ev()])[0].seq > notice["seq"]
+
+
+def test_a_truncated_buffer_is_moved_aside_and_salvaged(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    ob = Outbox(str(path), "u1", "s1")
+    ob.add([ev() for _ in range(2000)])
+    ob.ack(range(1, 101))
+    ob.close()
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    ob = Outbox(str(path), "u1", "s1")  # no exception: the unit runs
+    (aside,) = tmp_path.glob("b.db.corrupt-*")
+    assert aside.stat().st_size > 0  # kept as found
+    notice = json.loads(ob.fetch(int(Lane.EMERGENCY), 0, 10)[0].payload)
+    data = notice["data"]
+    assert notice["kind"] == "buffer_salvage" and data["reason"] == "corrupt"
+    kept = {r.seq for r in ob.fetch(int(Lane.ROUTINE), 0, 10_000)}
+    assert len(kept) == data["salvaged"] > 0 and min(kept) == 101
+    lost = {s for a, b in data["ranges"] for s in range(a, b + 1)}
+    assert kept | lost == set(range(101, 2001)) and not kept & lost
+    assert notice["seq"] > 2000 and ob.add([ev()])[0].seq > notice["seq"]
+
+
+def test_a_deleted_buffer_is_recreated_from_the_open_file(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    ob = Outbox(str(path), "u1", "s1")
+    ob.add([ev() for _ in range(300)])
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    (new,) = ob.add([ev()])
+    assert path.exists() and new.seq == 302  # 300, the notice, this one: seq goes on
+    assert ob.depth() == 302
+    notice = json.loads(ob.fetch(int(Lane.EMERGENCY), 0, 10)[0].payload)
+    assert notice["data"]["reason"] == "deleted" and notice["data"]["lost_max"] == 0
+    assert ob.disk()["incidents"][-1]["reason"] == "deleted"
+
+
+def test_parked_events_are_committed_at_the_next_start(tmp_path: Path) -> None:
+    path = str(tmp_path / "b.db")
+    ob = Outbox(path, "u1", "s1")
+    assert ob.park([ev(), ev(Lane.EMERGENCY, "sos")]) == path + ".held.jsonl"
+    ob.close()
+    ob = Outbox(path, "u1", "s1")
+    assert ob.depth_by_lane() == {"emergency": 1, "routine": 1, "telemetry": 0}
+    assert not Path(path + ".held.jsonl").exists()

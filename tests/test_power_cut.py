@@ -127,16 +127,18 @@ def test_rssi_windows_are_saved_apart_and_merged_at_restore(tmp_path: Path) -> N
     for _ in range(int(WINDOWS_SAVE_S / 0.5) - 2):
         advert()
     assert saved_samples(WINDOWS_KEY) == 1  # not yet
-    restored = saved_state(ob)
-    assert restored is not None and restored.clock == pipe.engine_state.clock
+    saved = saved_state(ob, engine.runtime.tags)
+    assert saved is not None
+    restored = saved[0]
+    assert restored.clock == pipe.engine_state.clock
     assert len(restored.rssi["z"][tag].times) == 1  # the windows saved last
     advert()
     advert()
     assert saved_samples(WINDOWS_KEY) == len(pipe.engine_state.rssi["z"][tag].times) > 1
     pipe.commit([], final=True)
-    restored = saved_state(ob)
-    assert restored is not None
-    assert list(restored.rssi["z"][tag].times) == list(pipe.engine_state.rssi["z"][tag].times)
+    saved = saved_state(ob, engine.runtime.tags)
+    assert saved is not None
+    assert list(saved[0].rssi["z"][tag].times) == list(pipe.engine_state.rssi["z"][tag].times)
     ob.close()
 
 

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from firmware_sim.broker import LocalBroker
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
-from harness import GatewayProcess, Subscriber, wait_until, write_config
+from harness import GatewayProcess, Subscriber, gatewayd, wait_until, write_config
 
 TAGS = [{"id": "62E3086CED", "child": "c-1001", "groups": ["3a"]},
         {"id": "01000734E0", "child": "c-1002", "groups": ["3a"]}]
-
-
-def gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60)
 
 
 def test_record_then_replay_and_locate(tmp_path: Path, broker: LocalBroker) -> None:

@@ -7,8 +7,6 @@ import json
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,15 +18,10 @@ from firmware_sim.vserial import VirtualSerial
 from gateway import config as configmod
 from gateway import daemon, doctor
 from gateway.outbox import Outbox
-from harness import GatewayProcess, Subscriber, wait_until, write_config
+from harness import GatewayProcess, Subscriber, gatewayd, wait_until, write_config
 
 TAG_ID = "62E3086CED"
 TAG = {"id": TAG_ID, "child": "c-1001", "groups": ["3a"]}
-
-
-def gatewayd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, timeout=60)
 
 
 def mode(p: Path) -> int:

@@ -15,28 +15,11 @@ from gateway.decode import decode_stream
 from gateway.model import TagRead
 from gateway.recording import Recorder
 from gateway.replay import main_locate, main_replay
+from harness import GOOD_CONFIG
 
 T0 = 1_796_000_000.25  # 2026-11-30T00:53:20.250Z = 09:53:20.250 in Seoul
 
-CONFIG = """
-[unit]
-id = "u1"
-site = "s"
-[broker]
-host = "127.0.0.1"
-[buffer]
-path = "b.db"
-[engine]
-timezone = "Asia/Seoul"
-[[readers]]
-id = "gate-a"
-kind = "rdm6300"
-role = "gate"
-port = "/dev/ttyUSB0"
-[[tags]]
-id = "62E3086CED"
-child = "c-1"
-"""
+CONFIG = GOOD_CONFIG + '\n[engine]\ntimezone = "Asia/Seoul"\n'
 
 
 @pytest.fixture
