@@ -348,7 +348,8 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
         if spy is not None:
             spy.wait(60)
         with Outbox.saved(str(work / "buffer.db")) as saved:  # read-only: the daemon owns it
-            state = saved.load_state("engine") or b""
+            state = saved.load_state("engine") or b""  # saved with every commit of events
+            windows = saved.load_state("engine_rssi") or b""  # every 30 s
         dt_h = float(h1["uptime_s"]) - float(h0["uptime_s"])
         r0, r1 = _reader_counts(h0), _reader_counts(h1)
         rate = {rid: (r1[rid] - r0.get(rid, 0)) / dt_h for rid in r1}
@@ -365,6 +366,7 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
             "site_load_gps_readings_per_s": round(rate.get("gps", 0.0), 2),
             "site_load_events_per_s": round(events, 2),
             "site_load_engine_state_kib": round(len(state) / 1024, 1),
+            "site_load_engine_windows_kib": round(len(windows) / 1024, 1),
         }
         utime = sum(u for u, _ in th1.values()) - sum(u for u, _ in th0.values())
         figures["site_load_cpu_user_percent"] = round(100 * utime / wall, 2)

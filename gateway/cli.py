@@ -178,31 +178,29 @@ def cmd_locate(args: argparse.Namespace) -> int:
         return main_locate(args.config, args.readings, args.who, sys.stdout)
     # No readings file: answer from the state the daemon last saved in its buffer (keyed
     # by child reference: mapped back through the config's enrolled tags).
-    from gateway.engine import locate, persist
+    from gateway.engine import locate
     from gateway.engine.runtime import Runtime
     from gateway.outbox import BufferReadError, Outbox
-    from gateway.pipeline import STATE_KEY
+    from gateway.pipeline import saved_state
     from gateway.replay import print_locate
 
     cfg = _load(args.config)
     if cfg is None:
         return 2
+    runtime = Runtime(configmod.engine_config(cfg))
     try:
-        with Outbox.saved(cfg.buffer.path) as saved:  # read-only: the daemon may be running
-            blob = saved.load_state(STATE_KEY)
+        with Outbox.saved(cfg.buffer.path) as store:  # read-only: the daemon may be running
+            saved = saved_state(store, runtime.tags)
     except BufferReadError as e:
         print(f"gatewayd locate: {e}", file=sys.stderr)
         return 2
-    if blob is None:
-        print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
-        return 1
-    runtime = Runtime(configmod.engine_config(cfg))
-    try:
-        state, _ = persist.loads(blob, runtime.tags)
     except (ValueError, KeyError, TypeError) as e:
         print(f"gatewayd locate: saved engine state not usable ({e})", file=sys.stderr)
         return 1
-    return print_locate(locate(state, runtime, args.who),
+    if saved is None:
+        print(f"gatewayd locate: no saved engine state in {cfg.buffer.path} yet", file=sys.stderr)
+        return 1
+    return print_locate(locate(saved[0], runtime, args.who),
                         sys.stdout, cfg.engine.timezone)
 
 

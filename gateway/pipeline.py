@@ -6,25 +6,28 @@ that are not enrolled (counted, never stored or logged: privacy), runs the
 pure engine, commits the resulting events to the outbox in one transaction
 per batch, and wakes the publisher. Nothing here waits on the network.
 
-The engine state is saved in the same transaction as every commit that holds
-events (and at least every STATE_SAVE_S otherwise): a power cut then never
-loses the record of a decision whose event is in the buffer, so a restart does
-not decide it again under a new id (docs/architecture.md). To bound what that
-costs when events come fast (a flooded gate), routine events decided within
-STATE_COALESCE_S of the last save wait for the next commit, at most that long;
+The engine state without its RSSI sample windows (its decisions) is saved in
+the same transaction as every commit that holds events (and at least every
+STATE_SAVE_S otherwise): a power cut then never loses the record of a decision
+whose event is in the buffer, so a restart does not decide it again under a new
+id (docs/architecture.md). The windows are most of the state's bytes and of the
+CPU to encode it, and decide nothing by themselves: they are saved apart, every
+WINDOWS_SAVE_S and at a stop. Routine events decided within STATE_COALESCE_S
+of the last save wait for the next commit, at most that long, to share it;
 emergency events never wait.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from gateway.clock import Clock
 from gateway.config import Config
@@ -35,7 +38,7 @@ from gateway.engine import (
     persist,
     start_roll_call,
 )
-from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagRead
+from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagConfig, TagRead
 from gateway.outbox import BufferWriteError, Outbox
 from gateway.recording import Recorder
 
@@ -45,8 +48,10 @@ BATCH = 512
 TICK_S = 0.5
 QUEUE_MAX = 50_000  # readings waiting for the pipeline; beyond it they are counted and dropped
 PENDING_MAX = 100_000  # decided events waiting for a buffer that cannot be written
-STATE_KEY = "engine"
-STATE_SAVE_S = 1.0  # engine state goes to disk with every commit of events, else this often
+STATE_KEY = "engine"  # the engine state without its RSSI windows
+WINDOWS_KEY = "engine_rssi"  # a state holding only the RSSI windows
+STATE_SAVE_S = 1.0  # the state goes to disk with every commit of events, else this often
+WINDOWS_SAVE_S = 30.0  # the RSSI windows, this often (and at a stop)
 STATE_COALESCE_S = 0.2  # routine events wait at most this long to share a state save
 
 
@@ -75,6 +80,7 @@ class Pipeline:
         self.engine_state: EngineState = (state if state is not None
                                           else restore_state(outbox, engine))
         self._state_saved = -math.inf
+        self._windows_saved = -math.inf
         # None is not a reading: wake() puts it to end a wait for readings at once.
         self._q: queue.Queue[Reading | None] = queue.Queue(QUEUE_MAX)
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
@@ -205,16 +211,19 @@ class Pipeline:
         memory, are retried with the next commit, and the failure is logged; past
         PENDING_MAX the oldest non-emergency ones are dropped and counted.
         """
-        since_save = self.clock.monotonic() - self._state_saved
+        mono = self.clock.monotonic()
         if self._pending:
             events = self._pending + events
             self._pending = []
-        save = bool(events) or final or since_save >= STATE_SAVE_S
+        if final or mono - self._windows_saved >= WINDOWS_SAVE_S:
+            self._save_windows(mono)
+        save = bool(events) or final or mono - self._state_saved >= STATE_SAVE_S
         if not events and not save:
             return
         state = None
-        if save:
-            state = (STATE_KEY, persist.dumps(self.engine_state, self._state_keys))
+        if save:  # without the windows: about half the bytes, most of the CPU (_save_windows)
+            without = dataclasses.replace(self.engine_state, rssi={})
+            state = (STATE_KEY, persist.dumps(without, self._state_keys))
         try:
             stored = self.outbox.add(events, now=self.clock.now(), state=state)
         except BufferWriteError as e:
@@ -241,6 +250,17 @@ class Pipeline:
                     f" direction={ev.data.get('direction') or '-'}"  # gates: arrival/departure
                     if "direction" in ev.data else "")
         self.on_committed()
+
+    def _save_windows(self, mono: float) -> None:
+        """Save the RSSI sample windows in their own transaction. They only smooth what
+        the next sightings show (after any real downtime they have expired anyway); the
+        decisions made from them are in the zone presences, saved with every event."""
+        windows = EngineState(rssi=self.engine_state.rssi)
+        try:
+            self.outbox.add([], state=(WINDOWS_KEY, persist.dumps(windows, self._state_keys)))
+        except BufferWriteError:
+            return  # counted and logged by the commit of events that follows
+        self._windows_saved = mono
 
     def _hold(self, events: list[Event], error: Exception) -> None:
         self.counters["buffer_write_failures"] += 1
@@ -293,17 +313,36 @@ class Pipeline:
         return {"counters": dict(self.counters), "readers": readers}
 
 
+class StateStore(Protocol):
+    def load_state(self, key: str) -> bytes | None: ...
+
+
+def saved_state(store: StateStore, tags: Mapping[str, TagConfig]
+                ) -> tuple[EngineState, persist.Restored] | None:
+    """The engine state saved last (None: none yet), with the RSSI windows saved last
+    (up to WINDOWS_SAVE_S older: samples, not decisions; the engine expires stale ones).
+    Raises ValueError, KeyError or TypeError for a bad or foreign state."""
+    blob = store.load_state(STATE_KEY)
+    if blob is None:
+        return None
+    state, restored = persist.loads(blob, tags)
+    windows = store.load_state(WINDOWS_KEY)
+    if windows is not None:  # else a buffer from before they were apart: its own
+        state.rssi = persist.loads(windows, tags)[0].rssi
+    return state, restored
+
+
 def restore_state(outbox: Outbox, engine: Engine) -> EngineState:
     """The engine state saved before the last stop or crash, so a reboot continues
     (no burst of false exits and re-entries); a bad or foreign state starts fresh."""
-    blob = outbox.load_state(STATE_KEY)
-    if blob is None:
-        return engine.initial_state()
     try:
-        state, restored = persist.loads(blob, engine.runtime.tags)
+        saved = saved_state(outbox, engine.runtime.tags)
     except (ValueError, KeyError, TypeError) as e:
         log.warning("saved engine state not usable (%s); starting fresh", e)
         return engine.initial_state()
+    if saved is None:
+        return engine.initial_state()
+    state, restored = saved
     if restored.migrated:
         log.warning("engine state saved by tag id (before this version) migrated: it is "
                     "saved by child reference from now on; %d entries of tags no longer "

@@ -28,9 +28,9 @@ from firmware_sim.vserial import VirtualSerial
 from gateway import config as configmod
 from gateway.clock import FakeClock
 from gateway.engine import Engine, state_from_dict
-from gateway.model import Event, Lane, TagRead
+from gateway.model import BleSighting, Event, Lane, TagRead
 from gateway.outbox import Outbox
-from gateway.pipeline import STATE_KEY, Pipeline
+from gateway.pipeline import STATE_KEY, WINDOWS_KEY, WINDOWS_SAVE_S, Pipeline, saved_state
 from harness import GatewayProcess, Subscriber, wait_until, write_config
 
 KILLS = 22
@@ -93,6 +93,52 @@ def test_every_commit_of_events_saves_the_state(tmp_path: Path) -> None:
     clock.advance(0.2)
     pipe.commit_soon([])  # the coalescing time is over: the waiting event goes, with the state
     assert ob.last_seq() == 4 and passed() == {"c-0", "c-1", "c-2"}
+    ob.close()
+
+
+def test_rssi_windows_are_saved_apart_and_merged_at_restore(tmp_path: Path) -> None:
+    """The state saved with commits leaves out the RSSI windows (most of its bytes); they
+    are saved every WINDOWS_SAVE_S on their own and joined to the state at a restart."""
+    cfg = configmod.parse({
+        "unit": {"id": "u-1", "site": "s"}, "broker": {},
+        "buffer": {"path": str(tmp_path / "b.db")},
+        "readers": [{"id": "z", "kind": "ble", "role": "zone"}],
+        "zones": [{"id": "yard", "readers": ["z"], "enter_dbm": -70, "exit_dbm": -80}],
+        "tags": [{"id": "ibeacon:f7826da6-4fa2-4e98-8024-bc5b71e0893e:1:1", "child": "c-1"}],
+    })
+    tag = cfg.tags[0].id
+    ob = Outbox(cfg.buffer.path, "u-1", "s")
+    clock = FakeClock(1.7e9)
+    engine = Engine(configmod.engine_config(cfg))
+    pipe = Pipeline(cfg, engine, ob, clock)
+
+    def advert() -> None:
+        clock.advance(0.5)
+        pipe.commit(pipe.process([BleSighting("z", tag, clock.now(), -60.0,
+                                              mono=clock.monotonic())]))
+
+    def saved_samples(key: str) -> int:
+        blob = ob.load_state(key)
+        assert blob is not None
+        return sum(len(w[0]) for tags in json.loads(blob)["rssi"].values() for w in tags.values())
+
+    advert()  # the first commit saves both
+    assert saved_samples(WINDOWS_KEY) == 1 and saved_samples(STATE_KEY) == 0
+    for _ in range(int(WINDOWS_SAVE_S / 0.5) - 2):
+        advert()
+    assert saved_samples(WINDOWS_KEY) == 1  # not yet
+    saved = saved_state(ob, engine.runtime.tags)
+    assert saved is not None
+    restored = saved[0]
+    assert restored.clock == pipe.engine_state.clock
+    assert len(restored.rssi["z"][tag].times) == 1  # the windows saved last
+    advert()
+    advert()
+    assert saved_samples(WINDOWS_KEY) == len(pipe.engine_state.rssi["z"][tag].times) > 1
+    pipe.commit([], final=True)
+    saved = saved_state(ob, engine.runtime.tags)
+    assert saved is not None
+    assert list(saved[0].rssi["z"][tag].times) == list(pipe.engine_state.rssi["z"][tag].times)
     ob.close()
 
 
