@@ -114,7 +114,7 @@ def test_rssi_windows_are_saved_apart_and_merged_at_restore(tmp_path: Path) -> N
 
     def advert() -> None:
         clock.advance(0.5)
-        pipe.commit(pipe.process([BleSighting("z", tag, clock.now(), -60.0,
+        pipe.commit(pipe.process([BleSighting("z", tag, clock.now(), -60,
                                               mono=clock.monotonic())]))
 
     def saved_samples(key: str) -> int:
