@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import shutil
@@ -36,6 +35,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from firmware_sim import procs
 from firmware_sim.broker import LocalBroker
 from gateway import config as configmod
 from gateway.daemon import Gateway
@@ -232,11 +232,7 @@ def drain(port: int, n: int, work: Path) -> tuple[float, float, float]:
         idle = 100 * (_cpu_s(proc.pid) - cpu0) / (time.perf_counter() - w0)
         return rate, rss, idle
     finally:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-        if proc.poll() is None:
-            proc.kill()
+        procs.end(proc, signal.SIGTERM, timeout=15)
 
 
 def sos_latency(port: int, n_backlog: int, n_sos: int, work: Path) -> tuple[float, float]:

@@ -12,7 +12,6 @@ written to storage). The SQLite settings behind the figure: docs/architecture.md
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from firmware_sim import procs
 from firmware_sim.broker import LocalBroker
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
@@ -101,11 +101,7 @@ def bench_wear(n: int, rate: float = 500.0) -> float:
                 last, _ = _buffer(db)
                 return (after - before) / last if done and last else float("nan")
             finally:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(15)
-                if proc.poll() is None:
-                    proc.kill()
+                procs.end(proc, signal.SIGTERM, timeout=15)
     finally:
         port.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from firmware_sim.broker import BrokerMissing, LocalBroker
+from firmware_sim.vserial import VirtualSerial
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -29,3 +30,12 @@ def broker(tmp_path: Path) -> Iterator[LocalBroker]:
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture
+def reader(tmp_path: Path) -> Iterator[VirtualSerial]:
+    """A plugged pseudo-terminal for a simulated serial gate reader (the daemon's port)."""
+    port = VirtualSerial(str(tmp_path / "ttyRFID0"))
+    port.plug()
+    yield port
+    port.close()

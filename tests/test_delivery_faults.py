@@ -12,7 +12,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,12 +48,6 @@ def assert_complete(sub: Subscriber, n: int) -> None:
     assert all(len(ids) == 1 for ids in got.values()), "a seq arrived with two different ids"
 
 
-@pytest.fixture
-def reader(tmp_path: Path) -> Iterator[VirtualSerial]:
-    port = VirtualSerial(str(tmp_path / "ttyRFID0"))
-    port.plug()
-    yield port
-    port.close()
 
 
 def start_flood(port: VirtualSerial, count: int, rate: float, lossless: bool,

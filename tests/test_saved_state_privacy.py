@@ -9,7 +9,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,12 +248,6 @@ E2E_TAGS: list[dict[str, Any]] = [
 ]
 
 
-@pytest.fixture
-def gate_port(tmp_path: Path) -> Iterator[VirtualSerial]:
-    port = VirtualSerial(str(tmp_path / "ttyRFID0"))
-    port.plug()
-    yield port
-    port.close()
 
 
 def _locate(cfg: Path, who: str) -> dict[str, Any]:
@@ -265,7 +258,7 @@ def _locate(cfg: Path, who: str) -> dict[str, Any]:
 
 
 def test_daemon_buffer_holds_no_card_number_and_locate_works(
-        tmp_path: Path, broker: LocalBroker, gate_port: VirtualSerial) -> None:
+        tmp_path: Path, broker: LocalBroker, reader: VirtualSerial) -> None:
     """A real gatewayd behind a simulated RDM6300 gate: the buffer and its WAL, while it
     runs, after a SIGKILL and after a restart, hold no enrolled card number; locate
     answers from the saved state; the restart restores every tag (none dropped). The
@@ -277,7 +270,7 @@ def test_daemon_buffer_holds_no_card_number_and_locate_works(
     rec.chmod(0o644)
     cfg = write_config(
         tmp_path / "gw.toml", broker_port=broker.port, buffer=buf,
-        readers=[{"id": "gate-main", "kind": "rdm6300", "role": "gate", "port": gate_port.path,
+        readers=[{"id": "gate-main", "kind": "rdm6300", "role": "gate", "port": reader.path,
                   "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5}],
         tags=E2E_TAGS, gate_window_s=1.0)
     gw = GatewayProcess(cfg, tmp_path / "gateway.log", ["--record", str(rec)]).start()
@@ -286,7 +279,7 @@ def test_daemon_buffer_holds_no_card_number_and_locate_works(
         assert (f"recording readings of enrolled tags to {rec}: it holds their tag ids "
                 "(card numbers) in clear" in gw.log_text())
         assert rec.stat().st_mode & 0o777 == 0o600
-        sim = Rdm6300Sim(gate_port, repeat_s=0.1)
+        sim = Rdm6300Sim(reader, repeat_s=0.1)
         for tag in E2E_TAGS:
             sim.present(tag["id"], hold_s=0.3)
         wait_until(lambda: gw.log_text().count("event gate seq=") >= 3, 15, "3 gate events")
@@ -306,7 +299,7 @@ def test_daemon_buffer_holds_no_card_number_and_locate_works(
     try:
         gw2.wait_log("engine state restored (3 tags last seen)")
         gw2.wait_log("reader gate-main: online")
-        Rdm6300Sim(gate_port, repeat_s=0.1).present(E2E_TAGS[0]["id"], hold_s=0.3)
+        Rdm6300Sim(reader, repeat_s=0.1).present(E2E_TAGS[0]["id"], hold_s=0.3)
         wait_until(lambda: "event gate seq=5" in gw2.log_text(), 15, "a gate event after")
         assert "dropped" not in gw2.log_text() and "Traceback" not in gw2.log_text()
     finally:

@@ -50,12 +50,6 @@ def config(tmp_path: Path, port: VirtualSerial, broker_port: int, buffer: Path,
     return path
 
 
-@pytest.fixture
-def reader(tmp_path: Path) -> Iterator[VirtualSerial]:
-    port = VirtualSerial(str(tmp_path / "ttyRFID0"))
-    port.plug()
-    yield port
-    port.close()
 
 
 def flood(port: VirtualSerial, n: int, start: int = 0) -> None:
