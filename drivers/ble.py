@@ -195,7 +195,7 @@ class BleDriver(Driver[BleOptions]):
             reading(r)
 
     def on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
-        self._last_adv = self.clock.monotonic()  # any advert proves the scan is alive
+        mono = self._last_adv = self.clock.monotonic()  # any advert proves the scan is alive
         frames = self._decode(adv.manufacturer_data, adv.service_data)
         if not frames:
             return  # phones, headphones, ...: not ours
@@ -230,7 +230,7 @@ class BleDriver(Driver[BleOptions]):
             ids.append(known)
         battery = (tlm.battery_mv or None) if tlm is not None else None  # 0: not supported
         temp = tlm.temperature_c if tlm is not None else None
-        now, mono = self.clock.now(), self.clock.monotonic()
+        now = self.clock.now()
         batch = self._batch
         for tid in pressed:
             batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True,

@@ -688,8 +688,9 @@ class Outbox:
                     kv_saved = (state[0], hash(state[1]))
                 out: list[Stored] = []
                 if events or extra:
-                    if self.last_seq() + len(events) + len(extra) + 64 > self._reserved:
-                        self._write_hwm(self.last_seq() + len(events) + len(extra) + 64)
+                    needed = self.last_seq() + len(events) + len(extra) + 64
+                    if needed > self._reserved:
+                        self._write_hwm(needed)
                     # Notices of this unit's own buffer go first and are not the caller's.
                     if extra:
                         self._insert(extra, now)
