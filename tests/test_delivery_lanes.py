@@ -98,14 +98,16 @@ def test_emergency_and_live_events_overtake_a_backlog(
     broker.start()
     wait_until(lambda: len(acked) >= 1000, 30, "the backlog to start draining")
     p = gw.publisher
-    sent_at_commit = p.sent  # events handed to the broker before the SOS was committed
     gw.pipeline.commit([ev(Lane.EMERGENCY, 1), ev(Lane.ROUTINE, 2)])
+    # Events handed to the broker by the time the commit returned (the publisher keeps
+    # sending during the durable commit itself, however long its fsync takes).
+    sent_at_commit = p.sent
     sos_seq, live_seq = backlog + 1, backlog + 2
     wait_until(lambda: sos_seq in acked and live_seq in acked, 30, "the SOS and the live event")
     wait_until(lambda: live_seq in sub.seq_ids(), 30, "the SOS and the live event at the backend")
     # The broker forwards in publish order, so the backend's order is the unit's. Ahead of
-    # the SOS: only what was already sent, plus what a publisher turn running as we
-    # committed may still add (a live and a backlog batch). Ack order is not used here:
+    # the SOS: only what was already sent, plus what a publisher turn running as the
+    # commit returned may still add (a live and a backlog batch). Ack order is not used here:
     # acks are reported a flush at a time, sorted, which blurs the order.
     order = [e["seq"] for e in sub.events()]
     assert order.index(sos_seq) <= sent_at_commit + 2 * p.batch

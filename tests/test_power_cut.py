@@ -181,6 +181,11 @@ def test_sigkill_at_a_busy_gate_neither_loses_nor_redecides(tmp_path: Path,
             gw.kill(signal.SIGKILL)
             gw = GatewayProcess(cfg, log).start()
         wait_until(lambda: online_count() >= KILLS + 1, 30, "the last start")
+        # Busy enough whatever the machine's speed (a fast one restarts the daemon sooner,
+        # so fewer cards pass during the kills): a few more cards than the check below
+        # asks for, presented to the last instance.
+        wait_until(lambda: sum(len(p) for p in presented) > 3 * KILLS + 2 * READERS, 60,
+                   "more cards presented than three a kill")
         time.sleep(2.0)
         stop.set()
         for s in sims:
