@@ -49,6 +49,7 @@ from gateway.options import ReaderOptions, option_names, parse_options
 
 # Re-exported: callers and tests name them through this module.
 __all__ = ["BrokerConfig", "BufferConfig", "Config", "ConfigError", "ConfigInvalid", "GateConfig",
+           "PrivacyConfig",
            "ReaderConfig", "TagConfig", "TlsConfig", "UnitConfig", "canonical_tag_id",
            "engine_config", "load", "parse", "reader_config"]
 
@@ -101,6 +102,15 @@ class GateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """docs/privacy.md. Events, sightings and last-seen state stay on the unit at most
+    ``retention_days``; the purge runs every ``purge_interval_s``."""
+
+    retention_days: float = 30.0
+    purge_interval_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     file: str
     unit: UnitConfig
@@ -113,16 +123,18 @@ class Config:
     warnings: tuple[ConfigError, ...] = ()  # works, but probably not as meant
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # for later sections
     engine: EngineSettings = field(default_factory=EngineSettings)
+    privacy: PrivacyConfig = PrivacyConfig()
 
     def tag_map(self) -> dict[str, TagConfig]:
         return {t.id: t for t in self.tags}
 
 
-def engine_config(cfg: Config) -> EngineConfig:
-    """What the engine needs of a config (the engine itself never sees the loader)."""
+def engine_config(cfg: Config, tags: dict[str, TagConfig] | None = None) -> EngineConfig:
+    """What the engine needs of a config (the engine itself never sees the loader);
+    ``tags``: the roster in force (gateway/roster.py), else the config's."""
     return EngineConfig(
         reader_roles={r.id: r.role for r in cfg.readers},
-        tags=cfg.tag_map(),
+        tags=cfg.tag_map() if tags is None else tags,
         gate_window_s=cfg.gate.repeat_window_s,
         settings=cfg.engine,
     )
@@ -150,7 +162,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     def rel(s: str) -> str:
         return str((base / s).resolve()) if s and not s.startswith("/") else s
 
-    known = {"unit", "broker", "buffer", "readers", "tags", "gate", "health"}
+    known = {"unit", "broker", "buffer", "readers", "tags", "gate", "health", "privacy"}
     # Sections that later capabilities read (zones, geofences, cameras, ...) are kept in `raw`.
     known |= {"zones", "geofences", "cameras", "engine", "roll_call", "battery"}
     c.unknown(raw, known, "")
@@ -239,6 +251,15 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     health_interval = c.get(h, "interval_s", "health", float, 60.0,
                             check=bounds(gt=0, le=86_400))
 
+    pv = c.table(raw, "privacy", "privacy", required=False)
+    c.unknown(pv, {"retention_days", "purge_interval_s"}, "privacy")
+    privacy = PrivacyConfig(
+        retention_days=c.get(pv, "retention_days", "privacy", float, 30.0,
+                             check=bounds(gt=0, le=3650)),
+        purge_interval_s=c.get(pv, "purge_interval_s", "privacy", float, 3600.0,
+                               check=bounds(ge=1, le=86_400)),
+    )
+
     readers = _readers(raw, c)
 
     tags: list[TagConfig] = []
@@ -274,7 +295,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         raise ConfigInvalid(c.errors, c.warnings)
     return Config(file=file, unit=unit, broker=broker, buffer=buffer, readers=tuple(readers),
                   tags=tuple(tags), gate=gate, health_interval_s=health_interval,
-                  warnings=tuple(c.warnings), raw=raw, engine=engine)
+                  warnings=tuple(c.warnings), raw=raw, engine=engine, privacy=privacy)
 
 
 # -- the strict checks (issue 11) -----------------------------------------------------------

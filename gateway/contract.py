@@ -89,6 +89,8 @@ def event_payload(ev: Event, seq: int, uid: str, unit: str, site: str, recorded:
         "child": ev.child,
         "data": ev.data,
     }
+    if ev.term is not None:  # the child is a pseudonym of this term (docs/privacy.md)
+        body["term"] = ev.term
     return encode_json(body).encode()
 
 

@@ -118,3 +118,4 @@ class Event:
     reader: str | None = None
     child: str | None = None  # pseudonymous child reference, never a name
     data: dict[str, Any] = field(default_factory=dict)
+    term: str | None = None  # the pseudonym term ``child`` is named in (gateway/pseudonym.py)

@@ -45,7 +45,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,19 @@ class KvRow(_Base):
 
 def _put_kv(key: str, value: bytes) -> None:
     KvRow.replace(key=key, value=value).execute()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """What :meth:`Outbox.erase_child` removed: deleted seqs as inclusive runs, and the
+    roll-calls whose lists lost the child."""
+
+    ranges: tuple[tuple[int, int], ...]
+    redacted: int
+
+    @property
+    def deleted(self) -> int:
+        return sum(b - a + 1 for a, b in self.ranges)
 
 
 class BufferWriteError(Exception):
@@ -619,7 +633,8 @@ class Outbox:
     def park(self, events: Sequence[Event]) -> str | None:
         """Write events the buffer could not take to the first writable fallback file."""
         data = b"".join(json.dumps({"kind": e.kind, "time": e.time, "lane": int(e.lane),
-                                    "reader": e.reader, "child": e.child, "data": e.data},
+                                    "reader": e.reader, "child": e.child, "data": e.data,
+                                    "term": e.term},
                                    separators=(",", ":")).encode() + b"\n" for e in events)
         for path in self._park_paths():
             try:
@@ -649,7 +664,8 @@ class Outbox:
                 try:
                     d = json.loads(line)
                     out.append(Event(kind=d["kind"], time=float(d["time"]), lane=Lane(d["lane"]),
-                                     reader=d["reader"], child=d["child"], data=d["data"]))
+                                     reader=d["reader"], child=d["child"], data=d["data"],
+                                     term=d.get("term")))
                 except (ValueError, KeyError, TypeError):
                     log.error("a parked event in %s is unreadable; skipped", path)
             log.warning("%d events parked at the last stop (%s) committed now", len(lines), path)
@@ -908,6 +924,87 @@ class Outbox:
             _sql(self.db, "PRAGMA wal_checkpoint(TRUNCATE)")
         except PeeweeException as e:
             raise BufferWriteError(f"{e}") from e
+
+    # -- privacy: erase and retention (docs/privacy.md; the roster helper's region) ---------
+
+    def erase_child(self, names: Collection[str]) -> Erased:
+        """Remove a child's undelivered events, in one transaction: those about the child
+        (the envelope's ``child`` is one of ``names``: its enrolment id, its pseudonyms)
+        are deleted; roll-calls that list it among others keep their id and lose the
+        child's entries (``count`` follows). Events already handed to the broker are not
+        recalled (the backend erases its copy)."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return Erased((), 0)
+        marks = ",".join("?" * len(wanted))
+        try:
+            with self.db.atomic("IMMEDIATE"):
+                seqs = [int(r[0]) for r in _sql(self.db,
+                    f"SELECT seq FROM outbox WHERE json_extract(CAST(payload AS TEXT), "
+                    f"'$.child') IN ({marks}) ORDER BY seq", wanted)]
+                if seqs:
+                    self._delete(seqs)
+                redacted = 0
+                for seq, payload in list(_sql(self.db,
+                        "SELECT seq, payload FROM outbox WHERE kind='roll_call'")):
+                    body = json.loads(bytes(payload))
+                    data = body.get("data", {})
+                    hit = False
+                    for key in ("present", "missing"):
+                        items = data.get(key)
+                        if isinstance(items, list):
+                            kept = [x for x in items if not (isinstance(x, dict)
+                                                             and x.get("child") in wanted)]
+                            hit = hit or len(kept) != len(items)
+                            data[key] = kept
+                    if hit:
+                        if isinstance(data.get("present"), list):
+                            data["count"] = len(data["present"])
+                        _sql(self.db, "UPDATE outbox SET payload=? WHERE seq=?",
+                             (contract.encode_json(body).encode(), seq))
+                        redacted += 1
+        except (PeeweeException, sqlite3.Error) as e:
+            self._recount()
+            raise BufferWriteError(f"{e}") from e
+        return Erased(tuple(_runs(seqs)), redacted)
+
+    def purge_before(self, cutoff: float, now: float) -> int:
+        """Retention: delete routine and telemetry events committed before ``cutoff``
+        (delivered or not), each run reported to the backend as a ``buffer_drop`` like the
+        cap's drops; undelivered emergency events are kept (never dropped). Returns the
+        number deleted."""
+        total = 0
+        try:
+            with self.db.atomic("IMMEDIATE"):
+                notices: list[Event] = []
+                for lane in (Lane.TELEMETRY, Lane.ROUTINE):
+                    seqs = [int(r[0]) for r in _sql(self.db,
+                        "SELECT seq FROM outbox WHERE lane=? AND created<? AND "
+                        "kind != 'buffer_drop' ORDER BY seq", (int(lane), cutoff))]
+                    if not seqs:
+                        continue
+                    self._delete(seqs)
+                    runs = _runs(seqs)
+                    for first, last in runs:
+                        DropRow.create(first_seq=first, last_seq=last,
+                                       count=last - first + 1, lane=int(lane), at=now)
+                    self.dropped_total += len(seqs)
+                    total += len(seqs)
+                    notices.append(Event(kind="buffer_drop", time=now, lane=Lane.ROUTINE,
+                                         data={"lane": lane.name.lower(), "count": len(seqs),
+                                               "ranges": [[a, b] for a, b in runs]}))
+                if notices:
+                    self._insert(notices, now)
+        except (PeeweeException, sqlite3.Error) as e:
+            self._recount()
+            raise BufferWriteError(f"{e}") from e
+        return total
+
+    def terms_in_use(self) -> set[str]:
+        """Pseudonym terms named by events still in the buffer (their keys are kept)."""
+        return {str(r[0]) for r in _sql(self.db,
+            "SELECT DISTINCT json_extract(CAST(payload AS TEXT), '$.term') FROM outbox "
+            "WHERE json_extract(CAST(payload AS TEXT), '$.term') IS NOT NULL")}
 
     @staticmethod
     def saved(path: str, timeout_s: float = 5.0) -> SavedBuffer:

@@ -43,6 +43,7 @@ from gateway.engine.locate import (
     unit_position,
     zones_of,
 )
+from gateway.engine.forget import forget
 from gateway.engine.rssi import level
 from gateway.engine.runtime import EngineConfig, Runtime
 from gateway.engine.settings import EngineSettings
@@ -55,7 +56,7 @@ from gateway.engine.state import (
     state_from_dict,
     state_to_dict,
 )
-from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead
+from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagConfig, TagRead
 
 # A change of wall minus monotonic time larger than this is a step of the wall clock
 # (NTP slews by at most 0.5 ms/s; the two clocks are read microseconds apart).
@@ -87,6 +88,17 @@ class Engine:
 
     def initial_state(self) -> EngineState:
         return EngineState()
+
+    def retag(self, state: EngineState, tags: dict[str, TagConfig]) -> int:
+        """Switch the enrolled tags and forget, in ``state``, every trace of the tags that
+        left and of children with no tag left (engine/forget.py); returns the entries
+        forgotten. Between decisions: nothing may decide on a tag no longer enrolled."""
+        gone = self.runtime.tags.keys() - tags.keys()
+        children = {self.runtime.tags[tid].child for tid in gone}
+        children -= {t.child for t in tags.values()}
+        self.runtime.set_tags(tags)
+        self.cfg = self.runtime.cfg
+        return forget(state, gone, children)
 
     def _advance(self, state: EngineState, wall: float, t: float, reader: str | None
                  ) -> Event | None:

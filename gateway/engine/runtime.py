@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from gateway.engine.geo import Shape
@@ -76,10 +76,19 @@ class Runtime:
             elif role == "gate":
                 antennas = settings.antenna_roles.get(rid)
                 self.gates[rid] = GateSide(gid, None, antennas or None)
-        # Children of each zone's stay groups, for the roll-call's "missing" list.
         self.child_tags: dict[str, list[str]] = {}
-        for tid, tag in sorted(cfg.tags.items()):
-            self.child_tags.setdefault(tag.child, []).append(tid)
+        self.set_tags(cfg.tags)
+
+    def set_tags(self, tags: dict[str, TagConfig]) -> None:
+        """Switch the enrolled tags (the roster changed); the caller forgets the state of
+        tags that left (engine/forget.py) before the next decision."""
+        self.cfg = replace(self.cfg, tags=tags)
+        self.tags = tags
+        # Each child's tags, for locate and the roll-call's "missing" list.
+        child_tags: dict[str, list[str]] = {}
+        for tid, tag in sorted(tags.items()):
+            child_tags.setdefault(tag.child, []).append(tid)
+        self.child_tags = child_tags
 
     def local(self, t: float) -> datetime:
         """Local wall time of engine time ``t``."""
