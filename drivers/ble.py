@@ -167,6 +167,18 @@ class BleDriver(Driver[BleOptions]):
 
     # -- advertisements (called by bleak on our loop) ----------------------------------------
 
+    def _follow_roster(self) -> None:
+        """The sink swaps its ``enrolled`` set whole when the roster changes: forget at once
+        what attributes adverts to tags that left (and bound memory by the new set)."""
+        now = getattr(self.sink, "enrolled", None)
+        if now is self.enrolled or now is None:
+            return
+        self.enrolled = now
+        for addr in [k for k, tid in self._by_addr.items() if tid not in now]:
+            del self._by_addr[addr]
+        for mm in [k for k, tid in self._by_major_minor.items() if tid not in now]:
+            del self._by_major_minor[mm]
+
     def _remember(self, addr: str, tid: str, major_minor: tuple[int, int] | None) -> None:
         """Keep what attributes a later TLM or button press to ``tid``: enrolled tags only."""
         if self.enrolled is not None and tid not in self.enrolled:
@@ -200,6 +212,8 @@ class BleDriver(Driver[BleOptions]):
         if not frames:
             return  # phones, headphones, ...: not ours
         rid, sink = self.cfg.id, self.sink
+        if self.enrolled is not None and getattr(sink, "enrolled", None) is not self.enrolled:
+            self._follow_roster()
         addr = device.address
         ids: list[str] = []
         pressed: list[str] = []

@@ -27,8 +27,11 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
 
+from gateway import pseudonym
+from gateway import roster as rostermod
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.engine import (
@@ -38,9 +41,11 @@ from gateway.engine import (
     persist,
     start_roll_call,
 )
+from gateway.engine.forget import forget, orphan_children, stale, tags_of
 from gateway.model import BleSighting, Event, Lane, ReaderState, Reading, TagConfig, TagRead
 from gateway.outbox import BufferWriteError, Outbox
 from gateway.recording import Recorder
+from gateway.roster import Roster, RosterChange, RosterError, RosterFile
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -53,6 +58,8 @@ WINDOWS_KEY = "engine_rssi"  # a state holding only the RSSI windows
 STATE_SAVE_S = 1.0  # the state goes to disk with every commit of events, else this often
 WINDOWS_SAVE_S = 30.0  # the RSSI windows, this often (and at a stop)
 STATE_COALESCE_S = 0.2  # routine events wait at most this long to share a state save
+CONTROL_TIMEOUT_S = 10.0  # a command waits this long for the pipeline thread to run it
+T = TypeVar("T")
 
 
 class Pipeline:
@@ -65,6 +72,8 @@ class Pipeline:
         on_committed: Callable[[], None] = lambda: None,
         record: Recorder | None = None,
         state: EngineState | None = None,
+        roster: Roster | None = None,
+        roster_file: RosterFile | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
@@ -74,7 +83,18 @@ class Pipeline:
         self.record = record
         # (wall, monotonic) time of the engine's last tick (the Recorder's end)
         self.last_tick: tuple[float, float] | None = None
-        self.enrolled = frozenset(cfg.tag_map())
+        # The roster in force (gateway/roster.py): the backend's, else the config's tags.
+        self.roster = roster if roster is not None else rostermod.from_config(cfg.tags)
+        self.roster_file = roster_file
+        self.pseudonyms = pseudonym.Pseudonyms(self.roster.term)
+        # Swapped whole (never changed in place) on the pipeline thread: the BLE driver
+        # reads it as its bound on remembered tags (drivers/ble.py).
+        self.enrolled = frozenset(self.roster.tag_map())
+        # Work other threads hand to this one (commands), run between batches.
+        self._control: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.retention_s = cfg.privacy.retention_days * 86400.0
+        self.purge_every_s = cfg.privacy.purge_interval_s
+        self._next_purge = -math.inf
         # Saved state keys: the child reference, never the tag id (engine/persist.py).
         self._state_keys = persist.saved_keys(engine.runtime.tags)
         self.engine_state: EngineState = (state if state is not None
@@ -152,7 +172,11 @@ class Pipeline:
                 pass
             batch = [r for r in got if r is not None]
             events = self.process(batch)
+            self._run_control()
             mono = self.clock.monotonic()
+            if mono >= self._next_purge:
+                self._next_purge = mono + self.purge_every_s
+                self.purge()
             if mono >= next_tick:
                 next_tick = mono + TICK_S
                 self.last_tick = (self.clock.now(), mono)
@@ -193,6 +217,7 @@ class Pipeline:
         """:meth:`commit` for the pipeline thread (the only one that calls it): routine
         events decided within STATE_COALESCE_S of the last state save wait, at most that
         long, to share the next one; emergency events and a final commit never wait."""
+        events = self.pseudonyms.events(events)  # child references as the wire shows them
         if self._deferred:
             events = self._deferred + events
             self._deferred = []
@@ -250,6 +275,149 @@ class Pipeline:
                     f" direction={ev.data.get('direction') or '-'}"  # gates: arrival/departure
                     if "direction" in ev.data else "")
         self.on_committed()
+
+    # -- work handed over by other threads (commands) ---------------------------------------
+
+    def call(self, fn: Callable[[], T], timeout_s: float = CONTROL_TIMEOUT_S) -> T:
+        """Run ``fn`` on the pipeline thread between batches and return its result (or
+        raise its exception): engine state is changed by that thread only."""
+        done: Future[T] = Future()
+
+        def job() -> None:
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(fn())
+                except BaseException as e:  # handed to the caller, who raises it
+                    done.set_exception(e)
+
+        self._control.put(job)
+        self.wake()
+        try:
+            return done.result(timeout_s)
+        except TimeoutError:
+            done.cancel()  # not run later: the caller answered already
+            raise
+
+    def _run_control(self) -> None:
+        while True:
+            try:
+                job = self._control.get_nowait()
+            except queue.Empty:
+                return
+            job()
+
+    # -- roster, erase, retention (docs/privacy.md) ------------------------------------------
+
+    def change_roster(self, change: RosterChange) -> dict[str, Any]:
+        """Apply a roster change at once (pipeline thread): persisted first (the file is the
+        commit point), then the enrolled set, the engine's tags and the BLE driver's bound
+        switch together, the state of unenrolled tags is forgotten and saved without them.
+        Raises RosterError (nothing changed)."""
+        applied = rostermod.apply(self.roster, change)
+        if self.roster_file is not None:
+            try:
+                self.roster_file.save(applied.roster)
+            except OSError as e:
+                raise RosterError(500, f"cannot save the roster: {e.strerror or e}") from e
+        new_term = applied.roster.term is not None and applied.roster.term != self.roster.term
+        forgotten = self._switch(applied.roster)
+        if applied.removed:
+            self._save_now(scrub=True)
+        log.warning("roster version %d in force: %d tags of %d children (+%d, -%d tags)%s",
+                    applied.roster.version, len(applied.roster.tags),
+                    len(applied.roster.children), len(applied.added), len(applied.removed),
+                    f"; pseudonym term {applied.roster.term.id}"
+                    if applied.roster.term and new_term else "")
+        return {**applied.roster.summary(), "added": len(applied.added),
+                "removed": len(applied.removed), "state_forgotten": forgotten}
+
+    def _switch(self, roster: Roster) -> int:
+        tags = roster.tag_map()
+        forgotten = self.engine.retag(self.engine_state, tags)
+        self._state_keys = persist.saved_keys(tags)
+        self.pseudonyms.set_term(roster.term)
+        self.roster = roster
+        self.enrolled = frozenset(tags)
+        return forgotten
+
+    def _save_now(self, scrub: bool) -> None:
+        """The engine state (and its RSSI windows) to disk now, and, ``scrub``, the WAL
+        emptied: what was forgotten is then on the card in no copy, old or new."""
+        self._state_saved = -math.inf
+        self.commit([])
+        self._save_windows(self.clock.monotonic())
+        if scrub:
+            try:
+                self.outbox.truncate_wal()
+            except BufferWriteError as e:
+                log.warning("could not empty the buffer's WAL yet (%s)", e)
+
+    def erase(self, child: str) -> dict[str, Any]:
+        """Erase a child's local data (pipeline thread): its engine state (sightings, zone
+        presence, RSSI windows, gate and battery records), its events not yet committed,
+        and its undelivered events in the buffer (roll-calls listing it lose its entries).
+        Enrolment is not changed (the roster command does that). Returns the counts."""
+        terms = [t for t in (self.roster.term, *self.roster.retired) if t is not None]
+        names = pseudonym.names(child, terms)
+        state_n = forget(self.engine_state, tags_of({child}, self.engine.runtime.tags),
+                         {child})
+        held = len(self._deferred) + len(self._pending)
+        self._deferred = [e for e in self._deferred if e.child not in names]
+        self._pending = [e for e in self._pending if e.child not in names]
+        held -= len(self._deferred) + len(self._pending)
+        try:
+            erased = self.outbox.erase_child(names)
+        except BufferWriteError as e:
+            raise RosterError(500, f"cannot write the buffer: {e}") from e
+        self._save_now(scrub=True)
+        self.counters["erasures"] += 1
+        log.warning("erase: a child's data removed (%d state entries, %d buffered events "
+                    "deleted, %d roll-calls redacted, %d held events)", state_n,
+                    erased.deleted, erased.redacted, held)
+        return {"state_entries": state_n, "events_deleted": erased.deleted + held,
+                "events_redacted": erased.redacted,
+                "ranges": [list(r) for r in erased.ranges]}
+
+    def purge(self) -> dict[str, int]:
+        """Retention (pipeline thread): events committed more than retention_days ago
+        leave the buffer (outbox.purge_before), the engine forgets tags unseen for that
+        long, and retired pseudonym keys no buffered event needs are dropped."""
+        now = self.clock.now()
+        cutoff = now - self.retention_s
+        try:
+            events = self.outbox.purge_before(cutoff, now)
+        except BufferWriteError as e:
+            log.warning("retention purge of the buffer failed (%s); retried later", e)
+            events = 0
+        state = self.engine_state
+        old = stale(state, cutoff - state.wall_offset) if state.clock else set()
+        tags = self.engine.runtime.tags
+        forgotten = forget(state, old, orphan_children(state, tags) if old else ())
+        if forgotten:
+            self._save_now(scrub=False)
+        terms = 0
+        if self.roster.retired:
+            try:
+                keep = self.outbox.terms_in_use()
+            except Exception as e:  # a read (peewee, sqlite3); the next purge tries again
+                log.warning("retention: cannot list the terms in use (%s)", e)
+            else:
+                new = rostermod.drop_retired(self.roster, keep)
+                if new is not self.roster and self.roster_file is not None:
+                    try:
+                        self.roster_file.save(new)
+                    except OSError as e:
+                        log.warning("retention: cannot save the roster (%s)", e)
+                    else:
+                        terms = len(self.roster.retired) - len(new.retired)
+                        self.roster = new
+        if events:
+            self.on_committed()  # the buffer_drop notices
+        log.info("retention (%g days): %d events purged from the buffer, %d tags unseen "
+                 "forgotten (%d state entries), %d retired pseudonym keys dropped",
+                 self.retention_s / 86400, events, len(old), forgotten, terms)
+        return {"events": events, "tags": len(old), "state_entries": forgotten,
+                "terms": terms}
 
     def _save_windows(self, mono: float) -> None:
         """Save the RSSI sample windows in their own transaction. They only smooth what

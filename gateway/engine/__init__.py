@@ -34,6 +34,7 @@ from typing import Any
 
 from gateway.contract import iso_utc
 from gateway.engine import battery, gate, geofence, zones
+from gateway.engine.forget import forget
 from gateway.engine.locate import (
     cameras_near,
     end_roll_call,
@@ -43,7 +44,6 @@ from gateway.engine.locate import (
     unit_position,
     zones_of,
 )
-from gateway.engine.forget import forget
 from gateway.engine.rssi import level
 from gateway.engine.runtime import EngineConfig, Runtime
 from gateway.engine.settings import EngineSettings

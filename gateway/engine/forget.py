@@ -20,16 +20,16 @@ def forget(state: EngineState, tags: Collection[str], children: Collection[str] 
     if tags:
         for part in (state.seen, state.last_zone, state.sos, state.battery):
             for tid in tags:
-                if part.pop(tid, None) is not None:  # type: ignore[attr-defined]
+                if part.pop(tid, None) is not None:
                     n += 1
         for inner in (state.rssi, state.zones, state.passages):
-            for entries in inner.values():  # type: ignore[attr-defined]
+            for entries in inner.values():
                 for tid in tags:
                     if entries.pop(tid, None) is not None:
                         n += 1
     for child_part in (state.arrived, state.passed, state.gate_sides):
         for child in children:
-            if child_part.pop(child, None) is not None:  # type: ignore[attr-defined]
+            if child_part.pop(child, None) is not None:
                 n += 1
     return n
 
@@ -44,9 +44,9 @@ def stale(state: EngineState, before: float) -> set[str]:
     no sighting at all."""
     old = {tid for tid, s in state.seen.items() if s.time < before}
     for part in (state.last_zone, state.sos, state.battery):
-        old.update(tid for tid in part if tid not in state.seen)  # type: ignore[attr-defined]
+        old.update(tid for tid in part if tid not in state.seen)
     for inner in (state.rssi, state.zones, state.passages):
-        for entries in inner.values():  # type: ignore[attr-defined]
+        for entries in inner.values():
             old.update(tid for tid in entries if tid not in state.seen)
     return old
 
