@@ -177,17 +177,24 @@ def cmd_locate(args: argparse.Namespace) -> int:
 
         return main_locate(args.config, args.readings, args.who, sys.stdout)
     # No readings file: answer from the state the daemon last saved in its buffer (keyed
-    # by child reference: mapped back through the config's enrolled tags).
+    # by child reference: mapped back through the enrolled tags).
     from gateway.engine import locate
     from gateway.engine.runtime import Runtime
     from gateway.outbox import BufferReadError, Outbox
     from gateway.pipeline import saved_state
     from gateway.replay import print_locate
+    from gateway.roster import RosterFile, effective
 
     cfg = _load(args.config)
     if cfg is None:
         return 2
-    runtime = Runtime(configmod.engine_config(cfg))
+    try:  # the roster in force: the backend's (beside the buffer), else the config's tags
+        saved_roster = RosterFile(cfg.buffer.path).load()
+    except (OSError, ValueError) as e:
+        print(f"gatewayd locate: roster not readable ({e})", file=sys.stderr)
+        return 2
+    tags = effective(cfg.tags, saved_roster).tag_map()
+    runtime = Runtime(configmod.engine_config(cfg, tags))
     try:
         with Outbox.saved(cfg.buffer.path) as store:  # read-only: the daemon may be running
             saved = saved_state(store, runtime.tags)

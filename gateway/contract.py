@@ -101,10 +101,13 @@ def status_payload(unit: str, online: bool, time_iso: str | None, reason: str) -
 
 
 def birth_payload(unit: str, site: str, config_version: str, last_seq: int, time_iso: str,
-                  protocol: str, high_water_seq: int | None = None) -> dict[str, Any]:
+                  protocol: str, high_water_seq: int | None = None,
+                  unit_key: dict[str, Any] | None = None) -> dict[str, Any]:
     """``high_water_seq``: no seq at or below it is assigned again, even if the buffer file
-    is lost (kept beside the buffer, reserved ahead of use)."""
-    return {
+    is lost (kept beside the buffer, reserved ahead of use). ``unit_key``: the unit's own
+    public key as a JWK with ``kid`` (gateway/unitkey.py; it signs erasure receipts)."""
+    extra = {} if unit_key is None else {"unit_key": unit_key}
+    return {**extra,
         "unit": unit,
         "site": site,
         "software": __version__,

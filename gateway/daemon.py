@@ -20,7 +20,8 @@ import time
 from typing import Any
 
 from drivers import registry
-from gateway import __version__, backoff, control, logs, sdnotify, sysinfo
+from gateway import __version__, backoff, control, logs, sdnotify, signing, sysinfo, unitkey
+from gateway import roster as rostermod
 from gateway.clock import Clock, ShiftedClock, SystemClock
 from gateway.config import Config, engine_config
 from gateway.contract import iso_utc
@@ -29,6 +30,7 @@ from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline, restore_state
 from gateway.publisher import Publisher
 from gateway.recording import Recorder
+from gateway.roster import Roster, RosterChange, RosterFile
 
 log = logging.getLogger("gateway")
 
@@ -60,7 +62,15 @@ class Gateway:
         self.outbox = Outbox(cfg.buffer.path, cfg.unit.id, cfg.unit.site,
                              max_mb=cfg.buffer.max_mb, max_events=cfg.buffer.max_events,
                              reserve_mb=cfg.buffer.reserve_mb)
-        self.engine = Engine(engine_config(cfg))
+        # The roster in force (docs/privacy.md): the backend's, once it sent one, else the
+        # config's [[tags]]; the unit's own key signs erasure receipts.
+        self.roster_file = RosterFile(cfg.buffer.path)
+        self.roster = roster_in_force(cfg, self.roster_file)
+        self.unit_key, made = unitkey.load_or_create(cfg.buffer.path)
+        if made:
+            log.warning("unit key made: %s (key id %s, in the birth message)",
+                        self.unit_key.path, self.unit_key.kid)
+        self.engine = Engine(engine_config(cfg, self.roster.tag_map()))
         state = restore_state(self.outbox, self.engine)  # before any clock is handed out
         self.clock: Clock = continued(clock or SystemClock(), state)
         self.started = self.clock.monotonic()
@@ -72,7 +82,8 @@ class Gateway:
                          if record else None)
         self.pipeline = Pipeline(cfg, self.engine, self.outbox, self._worker_clock("pipeline"),
                                  on_committed=self.publisher.notify, record=self.recorder,
-                                 state=state)
+                                 state=state, roster=self.roster, roster_file=self.roster_file)
+        self.publisher.unit_key = self.unit_key.jwk()
         self.pipeline.roll_call(roll_call)
         self.drivers = [registry.driver(r.kind)(r, self.pipeline,
                                                 self._worker_clock(f"reader-{r.id}"))
@@ -85,6 +96,17 @@ class Gateway:
 
     def _acked(self, seqs: list[int]) -> None:
         self.last_ack = self.clock.now()
+
+    # -- commands: roster, erase (gateway/commands/unit.py) -----------------------------------
+
+    def change_roster(self, change: RosterChange) -> dict[str, Any]:
+        return self.pipeline.call(lambda: self.pipeline.change_roster(change))
+
+    def erase(self, child: str) -> dict[str, Any]:
+        return self.pipeline.call(lambda: self.pipeline.erase(child))
+
+    def sign_erasure(self, payload: bytes) -> bytes:
+        return signing.sign(payload, self.unit_key.key, signing.TYP_ERASURE)
 
     def dead_workers(self) -> list[str]:
         """Worker threads that ended while the daemon is not stopping."""
@@ -134,6 +156,7 @@ class Gateway:
         disk = sysinfo.disk(self.cfg.buffer.path)
         doc["disk"] = disk.as_dict() if disk else None
         doc["workers"] = {n: self.problems.get(n, "ok") for n in self.beats.names()}
+        doc["roster"] = self.pipeline.roster.summary()
         return doc
 
     def status_line(self) -> str:
@@ -154,7 +177,7 @@ class Gateway:
 
         log.info("gatewayd %s starting: unit %s at %s, %d readers, %d enrolled tags, "
                  "buffer %s (%d events waiting)", __version__, self.cfg.unit.id,
-                 self.cfg.unit.site, len(self.cfg.readers), len(self.cfg.tags),
+                 self.cfg.unit.site, len(self.cfg.readers), len(self.roster.tags),
                  self.cfg.buffer.path, self.outbox.depth())
         for r in self.cfg.readers:
             where = f" on {r.options.where()}" if r.options.where() else ""
@@ -199,6 +222,22 @@ class Gateway:
                          "(see the errors above)", self.pipeline.lost)
         else:
             log.info("gatewayd stopped")
+
+
+def roster_in_force(cfg: Config, file: RosterFile) -> Roster:
+    """The backend's roster beside the buffer, else the config's tags. A damaged roster
+    file stops the start: falling back to the config could enrol withdrawn children."""
+    try:
+        saved = file.load()
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"gatewayd: the roster {file.path} is not readable ({e}); it "
+                         "decides who is enrolled, so the unit does not start without it. "
+                         "Restore it, or delete it to start from the config's [[tags]] "
+                         "(version 0) and have the backend send the roster again") from e
+    if saved is not None and cfg.tags:
+        log.warning("roster version %d from the backend in force (%d tags); the config's "
+                    "%d [[tags]] are not used", saved.version, len(saved.tags), len(cfg.tags))
+    return rostermod.effective(cfg.tags, saved)
 
 
 def private_files(path: str, suffixes: tuple[str, ...] = ("", "-wal", "-shm")) -> None:

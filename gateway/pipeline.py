@@ -374,7 +374,8 @@ class Pipeline:
         log.warning("erase: a child's data removed (%d state entries, %d buffered events "
                     "deleted, %d roll-calls redacted, %d held events)", state_n,
                     erased.deleted, erased.redacted, held)
-        return {"state_entries": state_n, "events_deleted": erased.deleted + held,
+        return {"time": self.clock.now(), "state_entries": state_n,
+                "events_deleted": erased.deleted + held,
                 "events_redacted": erased.redacted,
                 "ranges": [list(r) for r in erased.ranges]}
 

@@ -105,6 +105,7 @@ class Publisher:
         self.refused = 0
         self.connects = 0
         self.commands = 0
+        self.unit_key: dict[str, Any] | None = None  # the birth message's (gateway/unitkey.py)
         self._backlog: logs.Backlog | None = None  # progress lines while a backlog drains
 
     # -- called from other threads -----------------------------------------------------------
@@ -336,7 +337,7 @@ class Publisher:
         birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
                                        self.cfg.unit.config_version, live_mark,
                                        iso_utc(self.clock.now()), self.connected_protocol,
-                                       self.outbox.high_water)
+                                       self.outbox.high_water, unit_key=self.unit_key)
         client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
         log.info("broker %s:%d connected (MQTT %s); %d events to send",
                  self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,

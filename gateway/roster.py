@@ -134,7 +134,7 @@ def _int(v: object, where: str, lo: int, hi: int) -> int:
     return v
 
 
-def _ident(v: object, where: str) -> str:
+def ident(v: object, where: str) -> str:
     """Child references, groups, term ids: 1-64 of letters, digits, '_', '.', '-'."""
     if (not isinstance(v, str) or not 1 <= len(v) <= 64 or not set(v) <= _ID_OK
             or v[0] in "_.-"):
@@ -169,7 +169,7 @@ def parse_term(v: object, where: str = "term") -> Term:
         raise _bad(f"{where}.key: not base64url") from None
     if len(key) != TERM_KEY_BYTES:
         raise _bad(f"{where}.key: expected {TERM_KEY_BYTES} bytes, got {len(key)}")
-    return Term(_ident(t["id"], f"{where}.id"), key)
+    return Term(ident(t["id"], f"{where}.id"), key)
 
 
 def parse_change(args: object) -> RosterChange:
@@ -187,12 +187,12 @@ def parse_change(args: object) -> RosterChange:
         if tid in seen:
             raise _bad(f"{where}.tag: tag {tid} is enrolled twice in this batch")
         seen.add(tid)
-        groups = [_ident(g, f"{where}.groups[{j}]")
+        groups = [ident(g, f"{where}.groups[{j}]")
                   for j, g in enumerate(_list(e.get("groups", []), f"{where}.groups",
                                               MAX_GROUPS))]
         if len(set(groups)) != len(groups):
             raise _bad(f"{where}.groups: a group is listed twice")
-        enrol.append(TagConfig(tid, _ident(e["child"], f"{where}.child"), tuple(sorted(groups))))
+        enrol.append(TagConfig(tid, ident(e["child"], f"{where}.child"), tuple(sorted(groups))))
     unenrol: list[Unenrol] = []
     gone: set[tuple[str, str]] = set()
     for i, u in enumerate(_list(a.get("unenrol", []), "unenrol", MAX_BATCH)):
@@ -200,7 +200,7 @@ def parse_change(args: object) -> RosterChange:
         u = _obj(u, where, {"child", "tag"}, set())
         if len(u) != 1:
             raise _bad(f"{where}: expected exactly one of 'child' or 'tag'")
-        item = (Unenrol(child=_ident(u["child"], f"{where}.child")) if "child" in u
+        item = (Unenrol(child=ident(u["child"], f"{where}.child")) if "child" in u
                 else Unenrol(tag=_tag(u["tag"], f"{where}.tag")))
         key = ("child", item.child) if item.child else ("tag", item.tag or "")
         if key in gone:
@@ -306,8 +306,8 @@ def loads(blob: bytes) -> Roster:
         version = _int(d["version"], "version", 1, 2**53)
         tags = []
         for i, t in enumerate(d["tags"]):
-            tags.append(TagConfig(_tag(t["tag"], f"tags[{i}]"), _ident(t["child"], "child"),
-                                  tuple(_ident(g, "group") for g in t["groups"])))
+            tags.append(TagConfig(_tag(t["tag"], f"tags[{i}]"), ident(t["child"], "child"),
+                                  tuple(ident(g, "group") for g in t["groups"])))
         term = parse_term(d["term"]) if d["term"] is not None else None
         retired = tuple(parse_term(t, "retired") for t in d["retired"])
     except RosterError as e:

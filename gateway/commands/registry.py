@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.commands import alert, locate, ping, rebirth
+from gateway.commands import alert, erase, locate, ping, rebirth, roster
 from gateway.commands.core import Handler
 
 HANDLERS: dict[str, Handler] = {
@@ -11,4 +11,6 @@ HANDLERS: dict[str, Handler] = {
     "locate": locate.handle,
     "alert/start": alert.start,
     "alert/stop": alert.stop,
+    "roster": roster.handle,
+    "erase": erase.handle,
 }

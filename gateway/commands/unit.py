@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.roster import RosterChange
+
 
 @dataclass(frozen=True, slots=True)
 class Location:
@@ -51,4 +53,18 @@ class Unit(Protocol):
 
     def stop_alert(self, alert_id: str | None) -> bool:
         """End the roll-call (of ``alert_id``, or whichever runs); False if none ran."""
+        ...
+
+    # roster, erase (gateway/commands/roster.py, erase.py): through the pipeline thread
+    def change_roster(self, change: RosterChange) -> dict[str, Any]:
+        """Apply a roster change at once; raises RosterError (then nothing changed).
+        Returns the new roster's summary (version, checksum, counts)."""
+        ...
+
+    def erase(self, child: str) -> dict[str, Any]:
+        """Erase a child's local data; returns the counts (gateway.pipeline.erase)."""
+        ...
+
+    def sign_erasure(self, payload: bytes) -> bytes:
+        """``payload`` signed with the unit's own key (JWS, typ kidsafe-erasure)."""
         ...
