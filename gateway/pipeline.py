@@ -217,7 +217,6 @@ class Pipeline:
         """:meth:`commit` for the pipeline thread (the only one that calls it): routine
         events decided within STATE_COALESCE_S of the last state save wait, at most that
         long, to share the next one; emergency events and a final commit never wait."""
-        events = self.pseudonyms.events(events)  # child references as the wire shows them
         if self._deferred:
             events = self._deferred + events
             self._deferred = []
@@ -240,6 +239,7 @@ class Pipeline:
         if self._pending:
             events = self._pending + events
             self._pending = []
+        events = self.pseudonyms.events(events)  # child references as the wire shows them
         if final or mono - self._windows_saved >= WINDOWS_SAVE_S:
             self._save_windows(mono)
         save = bool(events) or final or mono - self._state_saved >= STATE_SAVE_S

@@ -69,6 +69,9 @@ class Pseudonyms:
             return events
         out = []
         for ev in events:
+            if ev.term is not None:  # named already (held after a failed commit)
+                out.append(ev)
+                continue
             data = ev.data
             if ev.kind == "roll_call":  # lists children in its data
                 data = {**data, **{k: [self._item(x) for x in data[k]]

@@ -144,7 +144,7 @@ def ident(v: object, where: str) -> str:
 
 def _tag(v: object, where: str) -> str:
     if (not isinstance(v, str) or not v.strip() or len(v) > MAX_TAG_ID
-            or any(c.isspace() or not c.isprintable() for c in v)):
+            or any(c.isspace() or not c.isprintable() or not c.isascii() for c in v)):
         raise _bad(f"{where}: expected a tag id (1-{MAX_TAG_ID} printable characters, "
                    "no spaces)")
     return canonical_tag_id(v)
