@@ -414,8 +414,9 @@ class Pipeline:
                         self.roster = new
         if events:
             self.on_committed()  # the buffer_drop notices
-        log.info("retention (%g days): %d events purged from the buffer, %d tags unseen "
-                 "forgotten (%d state entries), %d retired pseudonym keys dropped",
+        log.log(logging.INFO if events or forgotten or terms else logging.DEBUG,
+                 "retention (%g days): %d events purged from the buffer, %d tags unseen "
+                 "forgotten (%d state entries), %d retired pseudonym keys forgotten",
                  self.retention_s / 86400, events, len(old), forgotten, terms)
         return {"events": events, "tags": len(old), "state_entries": forgotten,
                 "terms": terms}
