@@ -49,6 +49,8 @@ from gateway.roster import Roster, RosterChange, RosterError, RosterFile
 
 log = logging.getLogger("gateway.pipeline")
 
+T = TypeVar("T")
+
 BATCH = 512
 TICK_S = 0.5
 QUEUE_MAX = 50_000  # readings waiting for the pipeline; beyond it they are counted and dropped
@@ -58,8 +60,6 @@ WINDOWS_KEY = "engine_rssi"  # a state holding only the RSSI windows
 STATE_SAVE_S = 1.0  # the state goes to disk with every commit of events, else this often
 WINDOWS_SAVE_S = 30.0  # the RSSI windows, this often (and at a stop)
 STATE_COALESCE_S = 0.2  # routine events wait at most this long to share a state save
-CONTROL_TIMEOUT_S = 10.0  # a command waits this long for the pipeline thread to run it
-T = TypeVar("T")
 
 
 class Pipeline:
@@ -90,8 +90,6 @@ class Pipeline:
         # Swapped whole (never changed in place) on the pipeline thread: the BLE driver
         # reads it as its bound on remembered tags (drivers/ble.py).
         self.enrolled = frozenset(self.roster.tag_map())
-        # Work other threads hand to this one (commands), run between batches.
-        self._control: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.retention_s = cfg.privacy.retention_days * 86400.0
         self.purge_every_s = cfg.privacy.purge_interval_s
         self._next_purge = -math.inf
@@ -103,6 +101,10 @@ class Pipeline:
         self._windows_saved = -math.inf
         # None is not a reading: wake() puts it to end a wait for readings at once.
         self._q: queue.Queue[Reading | None] = queue.Queue(QUEUE_MAX)
+        # Work for the pipeline thread from others (commands): run between batches, so the
+        # engine state is only ever touched on this thread.
+        self._control: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any], bool]] = (
+            queue.SimpleQueue())
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
         self._deferred: list[Event] = []  # routine events waiting to share a state save
         self._failing = False  # the last commit failed
@@ -116,11 +118,24 @@ class Pipeline:
         }
 
     def roll_call(self, alert_id: str | None) -> None:
-        """Start (alert id) or end (None) a disaster roll-call. Call before run()."""
+        """The ``--roll-call`` switch at start, before run(): start (alert id), or end (None)
+        a roll-call the switch started before. One started by command (``alert/start``)
+        runs on over restarts until ``alert/stop``."""
+        running = self.engine_state.roll_call
+        if alert_id:
+            self.set_roll_call(alert_id)
+        elif running is not None and running.by == "switch":
+            self.set_roll_call(None)
+
+    def set_roll_call(self, alert_id: str | None, interval_s: float | None = None,
+                      by: str = "switch") -> bool:
+        """Start (alert id) or end (None: whichever runs) the roll-call; on the pipeline
+        thread (or before run()). False: an end with none running."""
         now, mono = self.clock.now(), self.clock.monotonic()
         running = self.engine_state.roll_call
         if alert_id:
-            self.engine_state = start_roll_call(self.engine_state, alert_id, mono)
+            self.engine_state = start_roll_call(self.engine_state, alert_id, mono, interval_s,
+                                                by)
             log.warning("roll-call for alert %s active", alert_id)
         elif running is not None:
             self.engine_state = end_roll_call(self.engine_state)
@@ -128,6 +143,39 @@ class Pipeline:
         if self.record is not None and (alert_id or running):
             self.record.control("roll_call_start" if alert_id else "roll_call_end", now,
                                 alert_id or (running.alert_id if running else None), mono)
+        return bool(alert_id) or running is not None
+
+    def control(self, fn: Callable[[], T], changes: bool = False, timeout: float = 5.0) -> T:
+        """Run ``fn`` on the pipeline thread between two batches and return its result
+        (commands from the command worker). ``changes``: it changes the engine state, which
+        is saved before this returns. Raises TimeoutError (then ``fn`` never runs)."""
+        done: Future[T] = Future()
+        self._control.put((fn, done, changes))
+        self.wake()
+        try:
+            return done.result(timeout)
+        except TimeoutError:
+            done.cancel()  # not run later behind the caller's back (unless already running)
+            raise
+
+    def _run_controls(self) -> None:
+        while True:
+            try:
+                fn, done, changes = self._control.get_nowait()
+            except queue.Empty:
+                return
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+                if changes:  # saved now (with any events waiting): "done" survives a power cut
+                    events, self._deferred = self._deferred, []
+                    self._state_saved = -math.inf
+                    self.commit(events)
+            except BaseException as e:  # the caller's to report (500), not this thread's end
+                done.set_exception(e)
+            else:
+                done.set_result(result)
 
     # -- Sink: called from driver threads ----------------------------------------------------
 
@@ -172,7 +220,7 @@ class Pipeline:
                 pass
             batch = [r for r in got if r is not None]
             events = self.process(batch)
-            self._run_control()
+            self._run_controls()
             mono = self.clock.monotonic()
             if mono >= self._next_purge:
                 self._next_purge = mono + self.purge_every_s
@@ -183,6 +231,7 @@ class Pipeline:
                 self.engine_state, more = self.engine.tick(self.engine_state, *self.last_tick)
                 events.extend(more)
             self.commit_soon(events)
+        self._run_controls()
         # Drain what the drivers already handed over before we stop.
         rest: list[Reading] = []
         while True:
@@ -275,36 +324,6 @@ class Pipeline:
                     f" direction={ev.data.get('direction') or '-'}"  # gates: arrival/departure
                     if "direction" in ev.data else "")
         self.on_committed()
-
-    # -- work handed over by other threads (commands) ---------------------------------------
-
-    def call(self, fn: Callable[[], T], timeout_s: float = CONTROL_TIMEOUT_S) -> T:
-        """Run ``fn`` on the pipeline thread between batches and return its result (or
-        raise its exception): engine state is changed by that thread only."""
-        done: Future[T] = Future()
-
-        def job() -> None:
-            if done.set_running_or_notify_cancel():
-                try:
-                    done.set_result(fn())
-                except BaseException as e:  # handed to the caller, who raises it
-                    done.set_exception(e)
-
-        self._control.put(job)
-        self.wake()
-        try:
-            return done.result(timeout_s)
-        except TimeoutError:
-            done.cancel()  # not run later: the caller answered already
-            raise
-
-    def _run_control(self) -> None:
-        while True:
-            try:
-                job = self._control.get_nowait()
-            except queue.Empty:
-                return
-            job()
 
     # -- roster, erase, retention (docs/privacy.md) ------------------------------------------
 
