@@ -26,6 +26,7 @@ from gateway.commands.unit import Location
 from gateway.config import CommandsConfig, parse
 from gateway.outbox import Outbox
 from gateway.publisher import Incoming, OutgoingReply
+from gateway.roster import RosterChange
 from gateway.signing import TYP_COMMAND, TYP_RECEIPT, Keyring, b64url, sign
 from harness import GOOD_CONFIG
 
@@ -74,6 +75,19 @@ class FakeUnit:
         self.alert = None
         self.calls += 1
         return True
+
+    # roster, erase (the roster helper's; their own tests: tests/test_roster*.py, test_erase*.py)
+    def change_roster(self, change: RosterChange) -> dict[str, Any]:
+        self.calls += 1
+        return {"version": change.expected_version + 1}
+
+    def erase(self, child: str) -> dict[str, Any]:
+        self.calls += 1
+        return {"time": 1_790_000_000.0, "state_entries": 0, "events_deleted": 0,
+                "events_redacted": 0, "ranges": []}
+
+    def sign_erasure(self, payload: bytes) -> bytes:
+        return b"h." + payload + b".s"  # the real signature: tests/test_erase.py
 
 
 def token(name: str = "ping", args: dict[str, Any] | None = None, *, key: Any = KEY,

@@ -1,0 +1,80 @@
+"""The erase command's handler and schema: the args schema agrees with the parser, and
+the reply carries the counts and a receipt signed with the unit's own key that the
+backend verifies with the key from the birth message (gateway/unitkey.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from gateway import unitkey
+from gateway.commands import core, erase
+from gateway.commands.core import Command
+from gateway.commands.registry import HANDLERS
+from gateway.signing import TYP_COMMAND, TYP_ERASURE, Keyring, SignatureError, verify
+from gateway.unitkey import UnitKey
+from test_commands_core import FakeUnit
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+RID = "0b8f1f4e-9a38-4c1e-8d2f-6a1c2b3d4e5f"
+
+
+class ErasingUnit(FakeUnit):
+    def __init__(self, key: UnitKey) -> None:
+        super().__init__()
+        self.key = key
+
+    def erase(self, child: str) -> dict[str, Any]:
+        return {"time": 1_790_000_000.25, "state_entries": 7, "events_deleted": 3,
+                "events_redacted": 1, "ranges": [[4, 5], [9, 9]]}
+
+    def sign_erasure(self, payload: bytes) -> bytes:
+        from gateway.signing import sign
+        return sign(payload, self.key.key, TYP_ERASURE)
+
+
+def _dispatch(unit: FakeUnit, args: dict[str, Any]) -> core.Reply:
+    return core.dispatch(unit, Command(RID, "gate-01", "erase", 0.0, 1.0, args), HANDLERS)
+
+
+def test_schema_and_parser_agree() -> None:
+    doc = json.loads((SCHEMAS / "commands" / "erase.schema.json").read_text())
+    check = jsonschema.Draft202012Validator(doc)
+    for ok in doc["examples"]:
+        check.validate(ok)
+        assert erase.parse(ok) == ok["child"]
+    for bad in [{}, {"child": ""}, {"child": 7}, {"child": "c-1", "tag": "62E3086C01"},
+                {"child": "Kim Lee"}, {"children": ["c-1"]}, {"child": None}]:
+        assert not check.is_valid(bad), bad
+        assert _dispatch(FakeUnit(), bad).code == 400, bad
+
+
+def test_reply_has_counts_and_a_receipt_the_unit_key_verifies(tmp_path: Path) -> None:
+    key, made = unitkey.load_or_create(str(tmp_path / "buf.db"))
+    assert made and (tmp_path / "buf.db.unit-key").stat().st_mode & 0o777 == 0o600
+    reply = _dispatch(ErasingUnit(key), {"child": "c-7f3a21"})
+    assert reply.code == 200
+    data = reply.data
+    assert data["counts"] == {"state_entries": 7, "events_deleted": 3, "events_redacted": 1}
+    assert data["ranges"] == [[4, 5], [9, 9]] and data["child"] == "c-7f3a21"
+    # The backend has the unit's key from the birth message (a JWK): it verifies.
+    jwk = key.jwk()
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    raw = base64.urlsafe_b64decode(jwk["x"] + "=")
+    ring = Keyring.of(Ed25519PublicKey.from_public_bytes(raw))
+    got = verify(data["receipt"].encode(), ring, TYP_ERASURE)
+    assert got.kid == jwk["kid"] == key.kid
+    body = json.loads(got.payload)
+    assert body == {"unit": "gate-01", "request": RID, "child": "c-7f3a21",
+                    "time": "2026-09-21T14:13:20.250Z", "counts": data["counts"],
+                    "ranges": [[4, 5], [9, 9]]}
+    with pytest.raises(SignatureError):  # not replayable as another kind of message
+        verify(data["receipt"].encode(), ring, TYP_COMMAND)
+    # The same key at the next start, not a new one.
+    again, made = unitkey.load_or_create(str(tmp_path / "buf.db"))
+    assert not made and again.kid == key.kid
