@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from test_commands_core import FakeUnit
 
 from gateway import unitkey
 from gateway.commands import core, erase
@@ -18,7 +19,6 @@ from gateway.commands.core import Command
 from gateway.commands.registry import HANDLERS
 from gateway.signing import TYP_COMMAND, TYP_ERASURE, Keyring, SignatureError, verify
 from gateway.unitkey import UnitKey
-from test_commands_core import FakeUnit
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 RID = "0b8f1f4e-9a38-4c1e-8d2f-6a1c2b3d4e5f"
@@ -48,8 +48,9 @@ def test_schema_and_parser_agree() -> None:
     for ok in doc["examples"]:
         check.validate(ok)
         assert erase.parse(ok) == ok["child"]
-    for bad in [{}, {"child": ""}, {"child": 7}, {"child": "c-1", "tag": "62E3086C01"},
-                {"child": "Kim Lee"}, {"children": ["c-1"]}, {"child": None}]:
+    bads: list[dict[str, Any]] = [{}, {"child": ""}, {"child": 7}, {"child": "c-1", "tag": "62E3086C01"},
+                {"child": "Kim Lee"}, {"children": ["c-1"]}, {"child": None}]
+    for bad in bads:
         assert not check.is_valid(bad), bad
         assert _dispatch(FakeUnit(), bad).code == 400, bad
 
