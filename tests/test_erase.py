@@ -48,8 +48,9 @@ def test_schema_and_parser_agree() -> None:
     for ok in doc["examples"]:
         check.validate(ok)
         assert erase.parse(ok) == ok["child"]
-    bads: list[dict[str, Any]] = [{}, {"child": ""}, {"child": 7}, {"child": "c-1", "tag": "62E3086C01"},
-                {"child": "Kim Lee"}, {"children": ["c-1"]}, {"child": None}]
+    bads: list[dict[str, Any]] = [{}, {"child": ""}, {"child": 7},
+                                  {"child": "c-1", "tag": "62E3086C01"}, {"child": "Kim Lee"},
+                                  {"children": ["c-1"]}, {"child": None}]
     for bad in bads:
         assert not check.is_valid(bad), bad
         assert _dispatch(FakeUnit(), bad).code == 400, bad
