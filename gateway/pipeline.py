@@ -412,7 +412,8 @@ class Pipeline:
         state = self.engine_state
         old = stale(state, cutoff - state.wall_offset) if state.clock else set()
         tags = self.engine.runtime.tags
-        forgotten = forget(state, old, orphan_children(state, tags) if old else ())
+        forgotten = forget(state, old)
+        forgotten += forget(state, (), orphan_children(state, tags))  # no tag of theirs left
         if forgotten:
             self._save_now(scrub=False)
         terms = 0
