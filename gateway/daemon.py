@@ -289,11 +289,16 @@ class DaemonUnit:
     # roster, erase (gateway/commands/roster.py, erase.py)
     def change_roster(self, change: RosterChange) -> dict[str, Any]:
         pipeline = self.gw.pipeline
-        return pipeline.control(lambda: pipeline.change_roster(change))
+        return pipeline.control(lambda: pipeline.change_roster(change), timeout=30.0)
 
     def erase(self, child: str) -> dict[str, Any]:
         pipeline = self.gw.pipeline
-        return pipeline.control(lambda: pipeline.erase(child))
+        # The scan of the buffer (a long backlog: ~1 s per 100,000 events here) runs on
+        # this thread; the pipeline thread checks the rows found and those committed since.
+        outbox = self.gw.outbox
+        upto = outbox.last_seq()
+        found = outbox.child_rows(pipeline.erase_names(child), upto=upto)
+        return pipeline.control(lambda: pipeline.erase(child, (found, upto)), timeout=30.0)
 
     def sign_erasure(self, payload: bytes) -> bytes:
         return signing.sign(payload, self.gw.unit_key.key, signing.TYP_ERASURE)

@@ -206,6 +206,23 @@ class Erased:
         return sum(b - a + 1 for a, b in self.ranges)
 
 
+def _redact(body: dict[str, Any], names: Collection[str]) -> bool:
+    """A roll-call without the entries of ``names`` (in place); whether it had any."""
+    data = body.get("data")
+    if body.get("kind") != "roll_call" or not isinstance(data, dict):
+        return False
+    hit = False
+    for key in ("present", "missing"):
+        items = data.get(key)
+        if isinstance(items, list):
+            kept = [x for x in items if not (isinstance(x, dict) and x.get("child") in names)]
+            hit = hit or len(kept) != len(items)
+            data[key] = kept
+    if hit and isinstance(data.get("present"), list):
+        data["count"] = len(data["present"])
+    return hit
+
+
 class BufferWriteError(Exception):
     """The buffer could not be written (disk full, card failing); nothing was committed."""
 
@@ -927,60 +944,70 @@ class Outbox:
 
     # -- privacy: erase and retention (docs/privacy.md; the roster helper's region) ---------
 
-    def erase_child(self, names: Collection[str]) -> Erased:
+    def child_rows(self, names: Collection[str], after: int = 0,
+                   upto: int | None = None) -> list[int]:
+        """Seqs of the events in (after, upto] that may name one of ``names`` (as the
+        envelope's child or in a roll-call's lists): a read, on any thread, so the scan of
+        a long backlog does not hold the pipeline (``erase_child`` checks each one)."""
+        needles = [f'"child":{json.dumps(n, ensure_ascii=False)}'.encode() for n in names]
+        if not needles:
+            return []
+        where = " OR ".join("instr(payload, ?) > 0" for _ in needles)
+        bound = "" if upto is None else " AND seq<=?"
+        params: list[Any] = [after, *([] if upto is None else [upto]), *needles]
+        return [int(r[0]) for r in _sql(self.db,
+            f"SELECT seq FROM outbox WHERE seq>?{bound} AND ({where}) ORDER BY seq", params)]
+
+    def erase_child(self, names: Collection[str], candidates: Iterable[int] = (),
+                    scanned_upto: int = 0) -> Erased:
         """Remove a child's undelivered events, in one transaction: those about the child
         (the envelope's ``child`` is one of ``names``: its enrolment id, its pseudonyms)
         are deleted; roll-calls that list it among others keep their id and lose the
-        child's entries (``count`` follows). Events already handed to the broker are not
-        recalled (the backend erases its copy)."""
-        wanted = sorted(set(names))
+        child's entries (``count`` follows). ``candidates``: what :meth:`child_rows`
+        found up to ``scanned_upto`` (rows after it are scanned here). Events already
+        handed to the broker are not recalled (the backend erases its copy)."""
+        wanted = set(names)
         if not wanted:
             return Erased((), 0)
-        marks = ",".join("?" * len(wanted))
+        deleted: list[int] = []
+        redacted = 0
         try:
             with self.db.atomic("IMMEDIATE"):
-                seqs = [int(r[0]) for r in _sql(self.db,
-                    f"SELECT seq FROM outbox WHERE json_extract(CAST(payload AS TEXT), "
-                    f"'$.child') IN ({marks}) ORDER BY seq", wanted)]
-                if seqs:
-                    self._delete(seqs)
-                redacted = 0
-                for seq, payload in list(_sql(self.db,
-                        "SELECT seq, payload FROM outbox WHERE kind='roll_call'")):
-                    body = json.loads(bytes(payload))
-                    data = body.get("data", {})
-                    hit = False
-                    for key in ("present", "missing"):
-                        items = data.get(key)
-                        if isinstance(items, list):
-                            kept = [x for x in items if not (isinstance(x, dict)
-                                                             and x.get("child") in wanted)]
-                            hit = hit or len(kept) != len(items)
-                            data[key] = kept
-                    if hit:
-                        if isinstance(data.get("present"), list):
-                            data["count"] = len(data["present"])
-                        _sql(self.db, "UPDATE outbox SET payload=? WHERE seq=?",
-                             (contract.encode_json(body).encode(), seq))
-                        redacted += 1
+                seqs = sorted(set(candidates) | set(self.child_rows(wanted, scanned_upto)))
+                for i in range(0, len(seqs), 500):
+                    chunk = seqs[i:i + 500]
+                    rows = list(_sql(self.db, "SELECT seq, payload FROM outbox WHERE seq IN "
+                                              f"({','.join('?' * len(chunk))})", chunk))
+                    for seq, payload in rows:
+                        body = json.loads(bytes(payload))
+                        if body.get("child") in wanted:
+                            deleted.append(int(seq))
+                        elif _redact(body, wanted):
+                            _sql(self.db, "UPDATE outbox SET payload=? WHERE seq=?",
+                                 (contract.encode_json(body).encode(), seq))
+                            redacted += 1
+                if deleted:
+                    self._delete(deleted)
         except (PeeweeException, sqlite3.Error) as e:
             self._recount()
             raise BufferWriteError(f"{e}") from e
-        return Erased(tuple(_runs(seqs)), redacted)
+        return Erased(tuple(_runs(sorted(deleted))), redacted)
 
-    def purge_before(self, cutoff: float, now: float) -> int:
-        """Retention: delete routine and telemetry events committed before ``cutoff``
-        (delivered or not), each run reported to the backend as a ``buffer_drop`` like the
-        cap's drops; undelivered emergency events are kept (never dropped). Returns the
-        number deleted."""
+    def purge_upto(self, upto: int, now: float) -> int:
+        """Retention: delete the routine and telemetry events with seq <= ``upto`` (the
+        caller knows them to be older than the retention; delivered or not), each run
+        reported to the backend as a ``buffer_drop`` like the cap's drops; undelivered
+        emergency events are kept (never dropped). Returns the number deleted."""
         total = 0
+        if upto <= 0:
+            return 0
         try:
             with self.db.atomic("IMMEDIATE"):
                 notices: list[Event] = []
                 for lane in (Lane.TELEMETRY, Lane.ROUTINE):
                     seqs = [int(r[0]) for r in _sql(self.db,
-                        "SELECT seq FROM outbox WHERE lane=? AND created<? AND "
-                        "kind != 'buffer_drop' ORDER BY seq", (int(lane), cutoff))]
+                        "SELECT seq FROM outbox WHERE lane=? AND seq<=? AND "
+                        "kind != 'buffer_drop' ORDER BY seq", (int(lane), upto))]
                     if not seqs:
                         continue
                     self._delete(seqs)
@@ -1000,11 +1027,12 @@ class Outbox:
             raise BufferWriteError(f"{e}") from e
         return total
 
-    def terms_in_use(self) -> set[str]:
-        """Pseudonym terms named by events still in the buffer (their keys are kept)."""
-        return {str(r[0]) for r in _sql(self.db,
-            "SELECT DISTINCT json_extract(CAST(payload AS TEXT), '$.term') FROM outbox "
-            "WHERE json_extract(CAST(payload AS TEXT), '$.term') IS NOT NULL")}
+    def terms_in_use(self, terms: Iterable[str]) -> set[str]:
+        """Which of these pseudonym terms events still in the buffer are named in (their
+        keys are kept); stops at the first such event of each."""
+        return {t for t in terms if _sql(self.db,
+            "SELECT 1 FROM outbox WHERE instr(payload, ?) > 0 LIMIT 1",
+            (f'"term":{json.dumps(t)}'.encode(),)).fetchone()}
 
     @staticmethod
     def saved(path: str, timeout_s: float = 5.0) -> SavedBuffer:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import queue
@@ -58,6 +59,7 @@ PENDING_MAX = 100_000  # decided events waiting for a buffer that cannot be writ
 STATE_KEY = "engine"  # the engine state without its RSSI windows
 WINDOWS_KEY = "engine_rssi"  # a state holding only the RSSI windows
 STATE_SAVE_S = 1.0  # the state goes to disk with every commit of events, else this often
+MARKS_KEY = "retention_marks"  # [[engine time, last seq], ...] of the retention purges
 WINDOWS_SAVE_S = 30.0  # the RSSI windows, this often (and at a stop)
 STATE_COALESCE_S = 0.2  # routine events wait at most this long to share a state save
 
@@ -93,6 +95,9 @@ class Pipeline:
         self.retention_s = cfg.privacy.retention_days * 86400.0
         self.purge_every_s = cfg.privacy.purge_interval_s
         self._next_purge = -math.inf
+        # (engine time, last seq) at each purge: which events are older than the retention,
+        # by the monotonic engine time, not by their (steppable) wall-clock commit times.
+        self._marks = load_marks(outbox)
         # Saved state keys: the child reference, never the tag id (engine/persist.py).
         self._state_keys = persist.saved_keys(engine.runtime.tags)
         self.engine_state: EngineState = (state if state is not None
@@ -371,13 +376,20 @@ class Pipeline:
             except BufferWriteError as e:
                 log.warning("could not empty the buffer's WAL yet (%s)", e)
 
-    def erase(self, child: str) -> dict[str, Any]:
+    def erase_names(self, child: str) -> set[str]:
+        """Every name the child's events may carry here (any thread: the roster is swapped
+        whole): its enrolment id and its pseudonyms under the terms the unit holds."""
+        roster = self.roster
+        return pseudonym.names(child, [t for t in (roster.term, *roster.retired) if t])
+
+    def erase(self, child: str, found: tuple[list[int], int] = ([], 0)) -> dict[str, Any]:
         """Erase a child's local data (pipeline thread): its engine state (sightings, zone
         presence, RSSI windows, gate and battery records), its events not yet committed,
         and its undelivered events in the buffer (roll-calls listing it lose its entries).
-        Enrolment is not changed (the roster command does that). Returns the counts."""
-        terms = [t for t in (self.roster.term, *self.roster.retired) if t is not None]
-        names = pseudonym.names(child, terms)
+        ``found``: the candidates ``outbox.child_rows`` found beforehand on another thread
+        and the last seq it scanned (only rows after it are scanned here). Enrolment is not
+        changed (the roster command does that). Returns the counts."""
+        names = self.erase_names(child)
         state_n = forget(self.engine_state, tags_of({child}, self.engine.runtime.tags),
                          {child})
         held = len(self._deferred) + len(self._pending)
@@ -385,7 +397,7 @@ class Pipeline:
         self._pending = [e for e in self._pending if e.child not in names]
         held -= len(self._deferred) + len(self._pending)
         try:
-            erased = self.outbox.erase_child(names)
+            erased = self.outbox.erase_child(names, *found)
         except BufferWriteError as e:
             raise RosterError(500, f"cannot write the buffer: {e}") from e
         self._save_now(scrub=True)
@@ -400,17 +412,29 @@ class Pipeline:
 
     def purge(self) -> dict[str, int]:
         """Retention (pipeline thread): events committed more than retention_days ago
-        leave the buffer (outbox.purge_before), the engine forgets tags unseen for that
+        leave the buffer (outbox.purge_upto, by engine time: the marks), the engine forgets
+        tags unseen for that
         long, and retired pseudonym keys no buffered event needs are dropped."""
-        now = self.clock.now()
-        cutoff = now - self.retention_s
+        now, mono = self.clock.now(), self.clock.monotonic()
+        cutoff = mono - self.retention_s
+        if self._marks and self._marks[-1][0] > mono:  # from another timeline: not evidence
+            self._marks = []
+        upto = max((seq for t, seq in self._marks if t <= cutoff), default=0)
         try:
-            events = self.outbox.purge_before(cutoff, now)
+            events = self.outbox.purge_upto(upto, now)
         except BufferWriteError as e:
             log.warning("retention purge of the buffer failed (%s); retried later", e)
             events = 0
+        # The newest mark at or past the cutoff is still the threshold; older ones are not.
+        older = [m for m in self._marks if m[0] <= cutoff]
+        self._marks = older[-1:] + [m for m in self._marks if m[0] > cutoff]
+        self._marks.append((mono, self.outbox.last_seq()))
+        with contextlib.suppress(BufferWriteError):  # the next run writes them again
+            self.outbox.add([], state=(MARKS_KEY, json.dumps(self._marks).encode()))
         state = self.engine_state
-        old = stale(state, cutoff - state.wall_offset) if state.clock else set()
+        # Engine time (monotonic, continued across restarts): a wall-clock step neither
+        # ages nor rejuvenates a sighting.
+        old = stale(state, cutoff)
         tags = self.engine.runtime.tags
         forgotten = forget(state, old)
         forgotten += forget(state, (), orphan_children(state, tags))  # no tag of theirs left
@@ -419,7 +443,7 @@ class Pipeline:
         terms = 0
         if self.roster.retired:
             try:
-                keep = self.outbox.terms_in_use()
+                keep = self.outbox.terms_in_use(t.id for t in self.roster.retired)
             except Exception as e:  # a read (peewee, sqlite3); the next purge tries again
                 log.warning("retention: cannot list the terms in use (%s)", e)
             else:
@@ -501,6 +525,16 @@ class Pipeline:
                              "readings": self.reader_readings[rid]}
                        for rid, (st, d) in self.reader_states.items()}
         return {"counters": dict(self.counters), "readers": readers}
+
+
+def load_marks(outbox: Outbox) -> list[tuple[float, int]]:
+    """The retention purges' marks saved in the buffer (none: a fresh buffer, or unreadable,
+    and then events are purged once marks are retention_days old)."""
+    try:
+        blob = outbox.load_state(MARKS_KEY)
+        return [(float(t), int(seq)) for t, seq in json.loads(blob)] if blob else []
+    except (ValueError, TypeError):
+        return []
 
 
 class StateStore(Protocol):

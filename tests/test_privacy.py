@@ -172,12 +172,14 @@ def test_retention_purges_old_events_state_and_retired_keys(
     pipe.change_roster(rostermod.parse_change(
         {"expected_version": 0, "term": {"id": "t1", "key": b64(K1)}}))
     present(pipe, clock, "62E3086C01", "62E3086C02")
+    assert pipe.purge()["events"] == 0  # a mark: these two events are older than now
     pipe.change_roster(rostermod.parse_change(
         {"expected_version": 1, "term": {"id": "t2", "key": b64(K2)}}))
     clock.advance(86400.0)
     present(pipe, clock, "62E3086C02")  # c-2 seen a day later
     old = [e["seq"] for e in buffered(ob)]
     clock.advance(1.5 * 86400.0)  # the first events are 2.5 days old, the last 1.5
+    clock.step_wall(-3e8)  # a wall clock stepped back by years ages nothing (engine time does)
     import logging
     with caplog.at_level(logging.INFO, "gateway.pipeline"):
         out = pipe.purge()
@@ -189,4 +191,21 @@ def test_retention_purges_old_events_state_and_retired_keys(
     assert "62E3086C01" not in pipe.engine_state.seen and "62E3086C02" in pipe.engine_state.seen
     assert pipe.roster.retired == ()  # no buffered event needs t1 any more
     assert RosterFile(ob.path).load().retired == ()  # type: ignore[union-attr]
+    ob.close()
+
+
+def test_erase_scans_off_the_pipeline_thread_and_catches_what_came_after(
+        tmp_path: Path) -> None:
+    """The daemon scans the buffer for the child's rows on the command thread and hands
+    the pipeline the rows found and the last seq scanned: events committed in between
+    are erased too."""
+    pipe, ob, clock = make(tmp_path)
+    present(pipe, clock, "62E3086C01", "62E3086C02")
+    upto = ob.last_seq()
+    found = ob.child_rows(pipe.erase_names("c-1"), upto=upto)
+    assert len(found) == 1
+    present(pipe, clock, "62E3086C01")  # committed after the scan
+    out = pipe.erase("c-1", (found, upto))
+    assert out["events_deleted"] == 2
+    assert [e["child"] for e in buffered(ob)] == ["c-2"]
     ob.close()
