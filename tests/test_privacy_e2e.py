@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 UNIT = "unit-t1"
 A, B, C, S = "62E3086C01", "62E3086C02", "62E3086C03", "62E3086CFF"  # S: never enrolled
-TAGS = [{"id": A, "child": "c-1"}, {"id": B, "child": "c-2"}]
+TAGS = [{"id": A, "child": "kid-a1"}, {"id": B, "child": "kid-b2"}]
 K1, K2 = bytes(range(32)), bytes(range(1, 33))
 # The unit may not publish events: they stay in its buffer (PUBACK "not authorized").
 NO_EVENTS_ACL = """topic readwrite kidsafe/v1/+/cmd/#
@@ -104,25 +104,25 @@ def test_roster_enrol_unenrol_stale_and_consent_like_never_enrolled(
         sim = Rdm6300Sim(reader, repeat_s=0.1)
         gate(sim, C)  # not enrolled yet: nothing
         r = s.command("roster", {"expected_version": 0,
-                                 "enrol": [{"tag": C.lower(), "child": "c-3"}]}, UNIT, key)
+                                 "enrol": [{"tag": C.lower(), "child": "kid-c3"}]}, UNIT, key)
         assert r["code"] == 200, r
         assert r["data"]["version"] == 1 and r["data"]["tags"] == 3 and r["data"]["added"] == 1
         v1 = r["data"]["checksum"]
         gate(sim, C, A)
-        wait_until(lambda: len(sub.events("gate")) == 2, 15, "events of c-3 and c-1")
-        assert [e["child"] for e in sub.events("gate")] == ["c-3", "c-1"]
-        # Withdraw c-1 and c-2 (c-2 was never seen), then present them with a stranger and
-        # then c-3: c-3's event proves the readings before it were processed (dropped).
+        wait_until(lambda: len(sub.events("gate")) == 2, 15, "events of kid-c3 and kid-a1")
+        assert [e["child"] for e in sub.events("gate")] == ["kid-c3", "kid-a1"]
+        # Withdraw kid-a1 and kid-b2 (never seen), then present them with a stranger, then
+        # kid-c3: its event proves the readings before it were processed (and dropped).
         r = s.command("roster", {"expected_version": 1,
-                                 "unenrol": [{"child": "c-1"}, {"child": "c-2"}]}, UNIT, key)
+                                 "unenrol": [{"child": "kid-a1"}, {"child": "kid-b2"}]}, UNIT, key)
         assert r["code"] == 200 and r["data"]["version"] == 2 and r["data"]["removed"] == 2, r
         mark = len(gw.log_text())
         gate(sim, A, B, S, C)
-        wait_until(lambda: len(sub.events("gate")) == 3, 15, "c-3's next event")
-        assert [e["child"] for e in sub.events("gate")] == ["c-3", "c-1", "c-3"]
+        wait_until(lambda: len(sub.events("gate")) == 3, 15, "kid-c3's next event")
+        assert [e["child"] for e in sub.events("gate")] == ["kid-c3", "kid-a1", "kid-c3"]
         # A stale version: 409 with the unit's version and checksum; nothing changed.
         r = s.command("roster", {"expected_version": 1,
-                                 "enrol": [{"tag": B, "child": "c-2"}]}, UNIT, key)
+                                 "enrol": [{"tag": B, "child": "kid-b2"}]}, UNIT, key)
         assert r["code"] == 409 and r["data"]["version"] == 2, r
         assert r["data"]["checksum"] != v1
         status = json.loads(subprocess.run(
@@ -134,24 +134,22 @@ def test_roster_enrol_unenrol_stale_and_consent_like_never_enrolled(
         time.sleep(0.5)
         assert len(sub.events("gate")) == 3
         after = gw.log_text()[mark:]
-    # Consent: the withdrawn child B (c-2) and the never-enrolled S leave the same traces:
+    # Consent: the withdrawn child B (kid-b2) and the never-enrolled S leave the same traces:
     # none, in the events, the buffer and its WAL, the recording and the log.
     files = {p.name: p.read_bytes() for p in tmp_path.glob("buf.db*")
              if not p.name.endswith((".unit-key", ".pub"))}
     files["readings"] = rec.read_bytes()
     files["log"] = (tmp_path / "gateway.log").read_bytes()
     for name, data in files.items():
-        for needle in (B, B.lower(), S, S.lower(), "c-2"):
-            if name == "buf.db.roster.json" and needle == "c-2":
-                continue
+        for needle in (B, B.lower(), S, S.lower(), "kid-b2"):
             assert needle.encode() not in data, f"{needle} in {name}"
-    # c-1, withdrawn after it was seen: nothing after the withdrawal; its saved state gone.
-    assert A not in after and "c-1" not in after
+    # kid-a1, withdrawn after it was seen: nothing after the withdrawal; its saved state gone.
+    assert A not in after and "kid-a1" not in after
     with sqlite3.connect(f"file:{tmp_path / 'buf.db'}?mode=ro", uri=True) as db:
         state = db.execute("SELECT value FROM kv WHERE key='engine'").fetchone()[0]
-    assert b"c-1" not in state and b"c-3" in state
+    assert b"kid-a1" not in state and b"kid-c3" in state
     roster = json.loads((tmp_path / "buf.db.roster.json").read_text())
-    assert [t["child"] for t in roster["tags"]] == ["c-3"] and roster["version"] == 2
+    assert [t["child"] for t in roster["tags"]] == ["kid-c3"] and roster["version"] == 2
 
 
 def test_pseudonym_rotation_keeps_the_backends_continuity(
@@ -169,13 +167,13 @@ def test_pseudonym_rotation_keeps_the_backends_continuity(
         wait_until(lambda: len(sub.events("gate")) == 2, 15, "two gate events")
         evs = sub.events("gate")
         assert [(e["term"], e["child"]) for e in evs] == [
-            ("2027-spring", pseudonym(K1, "c-1")), ("2027-autumn", pseudonym(K2, "c-1"))]
+            ("2027-spring", pseudonym(K1, "kid-a1")), ("2027-autumn", pseudonym(K2, "kid-a1"))]
         # The backend holds the term keys and the enrolment ids: it maps both back.
         table = {(t, pseudonym(k, c)): c for t, k in (("2027-spring", K1), ("2027-autumn", K2))
-                 for c in ("c-1", "c-2")}
-        assert {table[(e["term"], e["child"])] for e in evs} == {"c-1"}
-        assert "c-1" not in gw.log_text()  # the log names the child as the wire does
-        assert pseudonym(K2, "c-1") in gw.log_text()
+                 for c in ("kid-a1", "kid-b2")}
+        assert {table[(e["term"], e["child"])] for e in evs} == {"kid-a1"}
+        assert "kid-a1" not in gw.log_text()  # the log names the child as the wire does
+        assert pseudonym(K2, "kid-a1") in gw.log_text()
 
 
 def test_erase_removes_undelivered_events_with_a_signed_receipt(
@@ -188,7 +186,7 @@ def test_erase_removes_undelivered_events_with_a_signed_receipt(
             sim = Rdm6300Sim(reader, repeat_s=0.1)
             gate(sim, A, B, A)
             wait_until(lambda: gw.log_text().count("event gate seq=") >= 3, 15, "3 events")
-            r = command(s, "erase", {"child": "c-1"}, key)
+            r = command(s, "erase", {"child": "kid-a1"}, key)
             assert r["code"] == 200, r
             d = r["data"]
             assert d["counts"]["events_deleted"] == 2 and d["counts"]["state_entries"] >= 1, d
@@ -200,17 +198,17 @@ def test_erase_removes_undelivered_events_with_a_signed_receipt(
             got = verify(d["receipt"].encode(), Keyring.of(pub), TYP_ERASURE)
             assert got.kid == jwk["kid"]
             body = json.loads(got.payload)
-            assert body["child"] == "c-1" and body["request"] == r["id"]
+            assert body["child"] == "kid-a1" and body["request"] == r["id"]
             assert body["counts"] == d["counts"] and body["unit"] == UNIT
             with sqlite3.connect(f"file:{tmp_path / 'buf.db'}?mode=ro", uri=True) as db:
                 left = [json.loads(p) for (p,) in db.execute("SELECT payload FROM outbox")]
-            assert [e["child"] for e in left if e["kind"] == "gate"] == ["c-2"]
-            # The broker lets events through again: only c-2's arrives.
+            assert [e["child"] for e in left if e["kind"] == "gate"] == ["kid-b2"]
+            # The broker lets events through again: only kid-b2's arrives.
             broker.extra_conf = ""
             broker.restart()
             wait_until(lambda: len(sub.events("gate")) >= 1, 20, "the undelivered event")
             time.sleep(0.5)
-            assert [e["child"] for e in sub.events("gate")] == ["c-2"]
+            assert [e["child"] for e in sub.events("gate")] == ["kid-b2"]
     finally:
         broker.stop()
 
@@ -232,11 +230,11 @@ def test_retention_purges_old_undelivered_events_and_logs_counts(
                     r"retention \(0.0001 days\): (\d+) events purged", gw.log_text()))
 
             wait_until(lambda: purged() >= 2, 25, "both events purged")
-            wait_until(lambda: "c-2" not in engine_state(tmp_path), 5, "c-2's state forgotten")
+            wait_until(lambda: "kid-b2" not in engine_state(tmp_path), 5, "kid-b2 forgotten")
             with sqlite3.connect(f"file:{tmp_path / 'buf.db'}?mode=ro", uri=True) as db:
                 kinds = [k for (k,) in db.execute("SELECT kind FROM outbox")]
             assert "gate" not in kinds and "buffer_drop" in kinds
-            assert "c-1" not in engine_state(tmp_path)  # unseen for longer: forgotten
+            assert "kid-a1" not in engine_state(tmp_path)  # unseen for longer: forgotten
             broker.extra_conf = ""
             broker.restart()
 
