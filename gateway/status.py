@@ -74,6 +74,12 @@ def render(doc: dict[str, Any], cfg: Config) -> list[str]:
                      f"{dk['total_mb']:.0f} MB ({dk['free_pct']:.0f} %)"
                      + (f"; the buffer keeps {buf['reserve_mb']:g} MB free"
                         if buf.get("reserve_mb") is not None else ""))
+    ro = doc.get("roster")
+    if ro:  # docs/privacy.md: version 0 is the config's [[tags]]
+        lines.append(f"roster    version {ro['version']}"
+                     + (" (the config's tags)" if ro["version"] == 0 else " (from the backend)")
+                     + f": {ro['tags']} tags of {ro['children']} children; pseudonym term "
+                     f"{ro['term'] or 'none'}; checksum {ro['checksum'][:16]}")
     counters = doc.get("counters", {})
     if counters:
         lines.append("counters  " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))

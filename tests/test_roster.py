@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
 from gateway import roster as r
@@ -154,3 +156,25 @@ def test_the_backends_roster_replaces_the_configs() -> None:
     assert r.effective(BASE.tags, None) == BASE
     saved = r.Roster(3, (TagConfig("BB", "c-8"),))
     assert r.effective(BASE.tags, saved) is saved
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["expected_version", "enrol", "unenrol", "term", "tag", "child",
+                         "groups", "id", "key", "x"]), inner, max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json)
+def test_any_json_is_a_change_or_a_400_never_a_crash(args: Any) -> None:
+    try:
+        change = r.parse_change(args)
+    except RosterError as e:
+        assert e.code == 400
+        return
+    try:
+        r.apply(BASE, change)
+    except RosterError as e:
+        assert e.code in (400, 404, 409)
