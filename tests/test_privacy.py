@@ -209,3 +209,24 @@ def test_erase_scans_off_the_pipeline_thread_and_catches_what_came_after(
     assert out["events_deleted"] == 2
     assert [e["child"] for e in buffered(ob)] == ["c-2"]
     ob.close()
+
+
+@pytest.mark.parametrize(("section", "why"), [
+    ({"retention_days": 0}, "privacy.retention_days"),
+    ({"retention_days": "30"}, "privacy.retention_days"),
+    ({"retention_days": 5000}, "privacy.retention_days"),
+    ({"purge_interval_s": 0.5}, "privacy.purge_interval_s"),
+    ({"retention_day": 30}, "privacy.retention_day"),
+])
+def test_privacy_config_is_strict(section: dict[str, Any], why: str) -> None:
+    raw = {"unit": {"id": "u-1", "site": "s"}, "broker": {}, "buffer": {"path": "/tmp/x.db"},
+           "privacy": section}
+    with pytest.raises(configmod.ConfigInvalid) as e:
+        configmod.parse(raw)
+    assert any(err.key == why for err in e.value.errors), e.value.errors
+
+
+def test_privacy_config_defaults() -> None:
+    cfg = configmod.parse({"unit": {"id": "u-1", "site": "s"}, "broker": {},
+                           "buffer": {"path": "/tmp/x.db"}})
+    assert cfg.privacy == configmod.PrivacyConfig(30.0, 3600.0)
