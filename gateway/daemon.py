@@ -69,9 +69,11 @@ class Gateway:
         # config's [[tags]]; the unit's own key signs erasure receipts.
         self.roster_file = RosterFile(cfg.buffer.path)
         self.roster = roster_in_force(cfg, self.roster_file)
-        self.unit_key, made = unitkey.load_or_create(cfg.buffer.path)
-        if made:
-            log.warning("unit key made: %s (key id %s, in the birth message)",
+        self.unit_key, note = unitkey.load_or_create(cfg.buffer.path)
+        if self.unit_key is None:
+            log.error("%s", note)
+        elif note:
+            log.warning("unit key %s: %s (key id %s, in the birth message)", note,
                         self.unit_key.path, self.unit_key.kid)
         self.engine = Engine(engine_config(cfg, self.roster.tag_map()))
         state = restore_state(self.outbox, self.engine)  # before any clock is handed out
@@ -87,7 +89,7 @@ class Gateway:
         self.pipeline = Pipeline(cfg, self.engine, self.outbox, self._worker_clock("pipeline"),
                                  on_committed=self.publisher.notify, record=self.recorder,
                                  state=state, roster=self.roster, roster_file=self.roster_file)
-        self.publisher.unit_key = self.unit_key.jwk()
+        self.publisher.unit_key = self.unit_key.jwk() if self.unit_key else None
         self.pipeline.roll_call(roll_call)
         self.commander = Commander(cfg, self.outbox, DaemonUnit(self), self.publisher.reply,
                                    self._worker_clock("commands"))
@@ -300,8 +302,9 @@ class DaemonUnit:
         found = outbox.child_rows(pipeline.erase_names(child), upto=upto)
         return pipeline.control(lambda: pipeline.erase(child, (found, upto)), timeout=30.0)
 
-    def sign_erasure(self, payload: bytes) -> bytes:
-        return signing.sign(payload, self.gw.unit_key.key, signing.TYP_ERASURE)
+    def sign_erasure(self, payload: bytes) -> bytes | None:
+        key = self.gw.unit_key
+        return None if key is None else signing.sign(payload, key.key, signing.TYP_ERASURE)
 
 
 def roster_in_force(cfg: Config, file: RosterFile) -> Roster:

@@ -86,7 +86,7 @@ class FakeUnit:
         return {"time": 1_790_000_000.0, "state_entries": 0, "events_deleted": 0,
                 "events_redacted": 0, "ranges": []}
 
-    def sign_erasure(self, payload: bytes) -> bytes:
+    def sign_erasure(self, payload: bytes) -> bytes | None:
         return b"h." + payload + b".s"  # the real signature: tests/test_erase.py
 
 

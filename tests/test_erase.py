@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class ErasingUnit(FakeUnit):
         return {"time": 1_790_000_000.25, "state_entries": 7, "events_deleted": 3,
                 "events_redacted": 1, "ranges": [[4, 5], [9, 9]]}
 
-    def sign_erasure(self, payload: bytes) -> bytes:
+    def sign_erasure(self, payload: bytes) -> bytes | None:
         from gateway.signing import sign
         return sign(payload, self.key.key, TYP_ERASURE)
 
@@ -57,8 +58,9 @@ def test_schema_and_parser_agree() -> None:
 
 
 def test_reply_has_counts_and_a_receipt_the_unit_key_verifies(tmp_path: Path) -> None:
-    key, made = unitkey.load_or_create(str(tmp_path / "buf.db"))
-    assert made and (tmp_path / "buf.db.unit-key").stat().st_mode & 0o777 == 0o600
+    key, note = unitkey.load_or_create(str(tmp_path / "buf.db"))
+    assert key is not None and note == "made"
+    assert (tmp_path / "buf.db.unit-key").stat().st_mode & 0o777 == 0o600
     reply = _dispatch(ErasingUnit(key), {"child": "c-7f3a21"})
     assert reply.code == 200
     data = reply.data
@@ -78,5 +80,30 @@ def test_reply_has_counts_and_a_receipt_the_unit_key_verifies(tmp_path: Path) ->
     with pytest.raises(SignatureError):  # not replayable as another kind of message
         verify(data["receipt"].encode(), ring, TYP_COMMAND)
     # The same key at the next start, not a new one.
-    again, made = unitkey.load_or_create(str(tmp_path / "buf.db"))
-    assert not made and again.kid == key.kid
+    again, note = unitkey.load_or_create(str(tmp_path / "buf.db"))
+    assert note is None and again is not None and again.kid == key.kid
+
+
+def test_a_damaged_key_is_replaced_and_a_read_only_folder_runs_without_one(
+        tmp_path: Path) -> None:
+    (tmp_path / "buf.db.unit-key").write_bytes(b"")  # a card that failed mid-write
+    key, note = unitkey.load_or_create(str(tmp_path / "buf.db"))
+    assert key is not None and note is not None and note.startswith("replaced")
+    assert list(tmp_path.glob("buf.db.unit-key.damaged-*"))
+    reply = _dispatch(FakeUnsigned(), {"child": "c-1"})  # no key: done, receipt unsigned
+    assert reply.code == 200 and reply.data["receipt"] is None and "unsigned" in reply.reason
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("root writes anywhere: a read-only folder cannot be made here")
+        key, note = unitkey.load_or_create(str(ro / "buf.db"))
+        assert key is None and note is not None and "not signed" in note
+    finally:
+        ro.chmod(0o700)
+
+
+class FakeUnsigned(FakeUnit):
+    def sign_erasure(self, payload: bytes) -> bytes | None:
+        return None

@@ -10,7 +10,8 @@ them apart.
 
 Reply data: ``{"child", "counts": {"state_entries", "events_deleted",
 "events_redacted"}, "ranges": [[first_seq, last_seq], ...] (the deleted seqs, so the
-backend can tell these gaps from losses), "receipt": <JWS>}``. The receipt is a JWS
+backend can tell these gaps from losses), "receipt": <JWS, or null where the unit could
+not make its key>}``. The receipt is a JWS
 (``typ: kidsafe-erasure``) signed with the unit's own Ed25519 key (its key id is in
 the birth message); its payload is :func:`receipt_payload`.
 """
@@ -53,6 +54,8 @@ def handle(unit: Unit, cmd: Command) -> Reply:
     except RosterError as e:
         return refuse(cmd, e.code, e.reason)
     payload = receipt_payload(cmd.unit, cmd.id, child, erased, float(erased["time"]))
-    receipt = unit.sign_erasure(payload).decode()
+    signed = unit.sign_erasure(payload)
     return ok(cmd, {"child": child, "counts": {k: erased[k] for k in COUNTS},
-                    "ranges": erased["ranges"], "receipt": receipt})
+                    "ranges": erased["ranges"],
+                    "receipt": None if signed is None else signed.decode()},
+              "done" if signed is not None else "done; receipt unsigned: the unit has no key")

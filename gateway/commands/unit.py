@@ -65,6 +65,7 @@ class Unit(Protocol):
         """Erase a child's local data; returns the counts (gateway.pipeline.erase)."""
         ...
 
-    def sign_erasure(self, payload: bytes) -> bytes:
-        """``payload`` signed with the unit's own key (JWS, typ kidsafe-erasure)."""
+    def sign_erasure(self, payload: bytes) -> bytes | None:
+        """``payload`` signed with the unit's own key (JWS, typ kidsafe-erasure); None
+        when the unit has no key (it could not make one: gateway/unitkey.py)."""
         ...
