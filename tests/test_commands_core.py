@@ -145,6 +145,10 @@ def test_every_refusal() -> None:
                                                          "missing field: expires")
     assert refused("ping", token(extra={"id": "not-a-uuid"})[1]) == (Code.BAD_REQUEST,
                                                                      "id: not a UUID")
+    odd = admit("ping", token(extra={"id": "a/#", "x": 1})[1])  # names no topic
+    assert isinstance(odd, Reply) and odd.id is None and odd.code == Code.BAD_REQUEST
+    upper = admit("ping", token(extra={"id": str(uuid.uuid4()).upper()})[1])
+    assert isinstance(upper, Reply) and upper.reason == "id: not a UUID"
     assert refused("ping", token(extra={"args": []})[1]) == (Code.BAD_REQUEST,
                                                              "args: not an object")
     assert refused("ping", token(extra={"issued": 17})[1])[0] == Code.BAD_REQUEST
