@@ -246,12 +246,11 @@ class DaemonUnit:
                 if not d["found"]:
                     out.append(Location(child, enrolled=True, found=False))
                     continue
-                position = d["position"]
-                if position is not None and position.get("fix_time") is not None:
-                    position = {**position, "fix_time": position["fix_time"] + state.wall_offset}
+                # time: wall clock (locate adds the offset); a GPS fix_time is the
+                # receiver's UTC already.
                 out.append(Location(child, True, True, d["reader"], d["zone"],
                                     tuple(d["zones"]), d["last_zone"], d["time"], d["rssi"],
-                                    position))
+                                    d["position"]))
             return out
 
         return pipeline.control(where)
