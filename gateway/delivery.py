@@ -258,6 +258,7 @@ class Delivery:
         self._due: set[int] = set()
         self._due_emergency: list[int] = []  # heaps of seqs (stale entries skipped)
         self._due_other: list[int] = []
+        self._covered_in_flight: set[int] = set()  # receipted while in flight: await nothing
 
     # -- events in ---------------------------------------------------------------------------
 
@@ -298,6 +299,8 @@ class Delivery:
             self._refused.append(seq)
         elif not self._receipts:
             self._pending.append(seq)
+        elif seq in self._covered_in_flight:
+            self._covered_in_flight.discard(seq)
         elif seq not in self._receipted:
             # Awaiting its receipt; not offered again on this connection before the deadline.
             deadline = self._now + self.limits.receipt_timeout_s
@@ -524,7 +527,10 @@ class Delivery:
             heapq.heappush(self._due_emergency if entry[1] else self._due_other, seq)
 
     def _forget(self, lo: int, hi: int) -> None:
-        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay)."""
+        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay), and
+        their PUBACKs still to come mark nothing (their rows may be deleted by then)."""
+        self._covered_in_flight.update(s for s in map(abs, self._handles.values())
+                                       if lo <= s <= hi)
         if hi - lo + 1 <= len(self._awaiting) + len(self._due):
             for seq in range(lo, hi + 1):
                 self._awaiting.pop(seq, None)
@@ -564,3 +570,4 @@ class Delivery:
         self._due = set()
         self._due_emergency = []
         self._due_other = []
+        self._covered_in_flight = set()
