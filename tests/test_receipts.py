@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import contract
 from gateway import config, status
 from gateway.model import Event, Lane
 from gateway.outbox import Outbox
@@ -154,3 +155,20 @@ def test_status_shows_events_awaiting_their_receipt() -> None:
 
 def _toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
+
+
+def test_the_receipt_schema_and_the_parser_agree() -> None:
+    """docs/schemas/receipt.schema.json (what the backend builds) against admit()."""
+    v = contract.validator("receipt")
+    doc = contract.schema("receipt")
+    for example in doc["examples"]:
+        assert not list(v.iter_errors(example))
+        r = admit(token(example), RING, example["unit"])
+        assert r.upto == example.get("upto")
+    for bad in ({"unit": "gw-1", "ranges": [[0, 1]], "time": T},
+                {"unit": "gw-1", "ranges": [[1, 2]], "time": T, "seqs": [1]},
+                {"unit": "gw-1", "ranges": [[1, 2]]},
+                {"unit": "gw-1", "ranges": [[1]], "time": T}):
+        assert list(v.iter_errors(bad)), bad
+        with pytest.raises(ReceiptRefused):
+            admit(token(bad), RING, "gw-1")
