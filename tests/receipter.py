@@ -55,8 +55,10 @@ def signed_receipt(key: Ed25519PrivateKey, unit: str, ranges: list[list[int]],
 class Receipter:
     def __init__(self, port: int, key: Ed25519PrivateKey, prefix: str = "kidsafe/v1",
                  client_id: str = "receipter", interval_s: float = 0.05,
-                 drop_first: set[int] | None = None) -> None:
+                 drop_first: set[int] | None = None,
+                 tls: dict[str, str] | None = None) -> None:
         self.port = port
+        self.tls = tls or {}  # ca, cert, key, username, password: as a deployment logs in
         self.key = key
         self.prefix = prefix
         self.client_id = client_id
@@ -81,6 +83,11 @@ class Receipter:
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # follow a restarted broker
+        if self.tls.get("ca"):
+            c.tls_set(ca_certs=self.tls["ca"], certfile=self.tls.get("cert"),
+                      keyfile=self.tls.get("key"))
+        if self.tls.get("username"):
+            c.username_pw_set(self.tls["username"], self.tls.get("password"))
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600  # persistent: the broker queues while offline
         self.connected.clear()
