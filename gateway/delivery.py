@@ -320,6 +320,11 @@ class Delivery:
             for a, b in self._receipted.add(lo, hi):
                 self._to_delete.append((a, b))
                 self._forget(a, b)
+        # PUBACKs still to come for receipted seqs mark nothing (the rows may be gone by then).
+        if self._handles and self._receipted:
+            covered = self._receipted
+            self._covered_in_flight.update(s for s in map(abs, self._handles.values())
+                                           if s in covered)
 
     def delete_failed(self, seqs: Sequence[int], now: float) -> None:
         """The shell could not carry out a Delete: remember the seqs and retry later."""
@@ -527,10 +532,7 @@ class Delivery:
             heapq.heappush(self._due_emergency if entry[1] else self._due_other, seq)
 
     def _forget(self, lo: int, hi: int) -> None:
-        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay), and
-        their PUBACKs still to come mark nothing (their rows may be deleted by then)."""
-        self._covered_in_flight.update(s for s in map(abs, self._handles.values())
-                                       if lo <= s <= hi)
+        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay)."""
         if hi - lo + 1 <= len(self._awaiting) + len(self._due):
             for seq in range(lo, hi + 1):
                 self._awaiting.pop(seq, None)
