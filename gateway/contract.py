@@ -17,7 +17,9 @@ from typing import Any
 from gateway import __version__
 from gateway.model import Event, Lane
 
-SCHEMA_VERSION = 1
+# The contract version (birth "schema"), raised on any change a backend must follow: the
+# changes are listed in docs/mqtt.md.
+SCHEMA_VERSION = 2
 
 _ISO_SECOND: dict[int, str] = {}
 

@@ -28,10 +28,24 @@ def schema(name: str) -> dict[str, Any]:
     return doc
 
 
+# Formats the schemas use that must really be checked: jsonschema skips a format whose
+# checker's optional package is missing (date-time needs rfc3339-validator), silently.
+ENFORCED_FORMATS = ("date-time", "uuid")
+
+
+def format_checker(cls: Any) -> jsonschema.FormatChecker:
+    checker: jsonschema.FormatChecker = cls.FORMAT_CHECKER
+    missing = [f for f in ENFORCED_FORMATS if f not in checker.checkers]
+    if missing:
+        raise RuntimeError(f"jsonschema cannot check format {missing} here: install the "
+                           "test extras (./dev.sh setup; rfc3339-validator for date-time)")
+    return checker
+
+
 def _build(doc: dict[str, Any]) -> jsonschema.protocols.Validator:
     cls = jsonschema.validators.validator_for(doc)
     cls.check_schema(doc)
-    return cls(doc, format_checker=cls.FORMAT_CHECKER)
+    return cls(doc, format_checker=format_checker(cls))
 
 
 @cache
@@ -115,3 +129,10 @@ def violations(topic: str, payload: bytes) -> list[str]:
     except ValueError as e:
         return [f"{topic}: not JSON: {e}"]
     return body_violations(name, body, topic)
+
+
+def gate_data(direction: str | None = None, gate: str = "gate-main") -> dict[str, Any]:
+    """A gate event's data as the engine gives it, for tests that make events by hand."""
+    return {"gate": gate, "direction": direction, "day": "2026-12-01",
+            "first_arrival_today": direction == "arrival", "first_passage_today": True,
+            "reads": 1}

@@ -23,7 +23,7 @@ def test_schemas_are_valid_json_schema(name: str) -> None:
 
 def test_event_payloads_validate_and_garbage_does_not(tmp_path: Path) -> None:
     ob = Outbox(str(tmp_path / "b.db"), "u-1", "site", max_events=3)
-    stored = ob.add([Event("gate", 1.7e9, Lane.ROUTINE, "r1", "c-1", {"direction": None})
+    stored = ob.add([Event("gate", 1.7e9, Lane.ROUTINE, "r1", "c-1", contract.gate_data())
                      for _ in range(5)])
     for s in stored:
         assert contract.violations(f"kidsafe/v1/u-1/{s.topic}", s.payload) == []
@@ -33,7 +33,11 @@ def test_event_payloads_validate_and_garbage_does_not(tmp_path: Path) -> None:
         assert contract.violations(f"kidsafe/v1/u-1/{n.topic}", n.payload) == []
     body = json.loads(stored[0].payload)
     for broken in ({**body, "seq": 0}, {**body, "time": "yesterday"},
-                   {**body, "data": {"direction": "sideways"}},
+                   {**body, "data": {**body["data"], "direction": "sideways"}},
+                   {**body, "data": {"direction": None}},  # the gate's fields are required
+                   {**body, "data": {**body["data"], "extra": 1}},
+                   {**body, "kind": "no_such_kind"},
+                   {**body, "time": "2026-13-01T00:00:00.000Z"},  # only format catches it
                    {k: v for k, v in body.items() if k != "id"}):
         assert contract.violations("kidsafe/v1/u-1/event/gate", json.dumps(broken).encode())
     assert contract.violations("kidsafe/v1/u-1/event/gate", b"\xff not json")
