@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import referencing
+from referencing.jsonschema import DRAFT202012
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -42,10 +44,26 @@ def format_checker(cls: Any) -> jsonschema.FormatChecker:
     return checker
 
 
+BASE_URI = "https://kidsafe.example/schemas/"
+
+
+@cache
+def registry() -> referencing.Registry[Any]:
+    """Every schema file, under its ``$id`` and its path below BASE_URI, so a schema may
+    refer to another by relative path (e.g. a command to commands/<name>.schema.json)."""
+    resources = []
+    for path in sorted(SCHEMAS.rglob("*.schema.json")):
+        doc = json.loads(path.read_text())
+        res = referencing.Resource.from_contents(doc, default_specification=DRAFT202012)
+        uris = {BASE_URI + path.relative_to(SCHEMAS).as_posix(), doc.get("$id")}
+        resources += [(uri, res) for uri in uris if isinstance(uri, str)]
+    return referencing.Registry().with_resources(resources)
+
+
 def _build(doc: dict[str, Any]) -> jsonschema.protocols.Validator:
     cls = jsonschema.validators.validator_for(doc)
     cls.check_schema(doc)
-    return cls(doc, format_checker=format_checker(cls))
+    return cls(doc, format_checker=format_checker(cls), registry=registry())
 
 
 @cache
