@@ -105,3 +105,24 @@ def test_every_engine_event_kind_validates_as_sent(tmp_path: Path) -> None:
     ob = Outbox(str(tmp_path / "b.db"), "u-1", "site")
     for s in ob.add(events):
         assert contract.violations(f"kidsafe/v1/u-1/{s.topic}", s.payload) == [], s.payload
+
+
+def test_times_inside_data_are_rfc3339_like_the_envelope() -> None:
+    """Contract v2: engine times in data become wall times as RFC 3339 text; a GPS
+    position's fix_time (the receiver's own UTC time) is only formatted."""
+    from gateway.engine import _walled_data
+
+    data = {"started": 100.0, "decided": 100.5, "last_seen": 99.0, "zone": "z",
+            "present": [{"child": "c-1", "last_seen": 98.25}],
+            "missing": [{"child": "c-2", "last_seen": None, "last_reader": None}],
+            "position": {"lat": 1.0, "lon": 2.0, "source": "gps", "fix_time": 1.7e9 + 3.5}}
+    out = _walled_data(data, 1.7e9)
+    assert out["started"] == iso_utc(1.7e9 + 100) == "2023-11-14T22:15:00.000Z"
+    assert out["decided"] == iso_utc(1.7e9 + 100.5)
+    assert out["last_seen"] == iso_utc(1.7e9 + 99)
+    assert out["present"][0]["last_seen"] == iso_utc(1.7e9 + 98.25)
+    assert out["missing"][0]["last_seen"] is None
+    assert out["position"]["fix_time"] == iso_utc(1.7e9 + 3.5)
+    assert data["position"]["fix_time"] == 1.7e9 + 3.5  # the engine's own dict untouched
+    assert gwcontract.SCHEMA_VERSION == 2
+    assert contract.schema("birth")["properties"]["schema"]["const"] == gwcontract.SCHEMA_VERSION

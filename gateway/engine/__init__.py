@@ -62,7 +62,8 @@ from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead
 CLOCK_STEP_S = 2.0
 # Event data fields that hold engine times, also inside lists of objects (roll_call's
 # present/missing): converted to wall time with the events, as RFC 3339 UTC text like the
-# envelope's (the contract has one time format).
+# envelope's (the contract has one time format). A position's fix_time is the receiver's
+# own (true UTC, not engine) time: only formatted.
 WALL_KEYS = frozenset({"last_seen", "started", "decided"})
 
 __all__ = [
@@ -273,6 +274,9 @@ def _walled_data(data: dict[str, Any], offset: float) -> dict[str, Any]:
     for key, value in data.items():
         if key in WALL_KEYS and isinstance(value, float | int) and not isinstance(value, bool):
             value = iso_utc(value + offset)
+        elif key == "position" and isinstance(value, dict) and isinstance(
+                value.get("fix_time"), float | int):
+            value = {**value, "fix_time": iso_utc(value["fix_time"])}
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             value = [_walled_data(item, offset) for item in value]
         out[key] = value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.contract import iso_utc
 from gateway.engine.geo import haversine_m
 from gateway.engine.runtime import EngineConfig, Runtime
 from gateway.engine.state import IN, LEAVING, EngineState, Position, RollCall
@@ -14,9 +13,8 @@ from gateway.model import Event, Lane, canonical_tag_id
 def position_dict(p: Position | None, runtime: Runtime) -> dict[str, Any] | None:
     """A position for event data: a GPS fix if there is one, else the configured one."""
     if p is not None:
-        # The receiver's own time (true UTC, not engine time): RFC 3339 like every time.
         return {"lat": round(p[0], 6), "lon": round(p[1], 6), "source": "gps",
-                "fix_time": iso_utc(p[2])}
+                "fix_time": p[2]}
     fixed = runtime.settings.position
     if fixed is not None:
         return {"lat": fixed[0], "lon": fixed[1], "source": "fixed"}
