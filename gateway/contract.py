@@ -66,6 +66,7 @@ class Topics:
         self.birth = f"{self.base}/birth"
         self.health = f"{self.base}/health"
         self.commands = f"{self.base}/cmd/#"
+        self.receipt = f"{self.base}/receipt"  # backend -> unit: events durably stored
 
     def of(self, suffix: str) -> str:
         return f"{self.base}/{suffix}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,7 +113,7 @@ def test_times_inside_data_are_rfc3339_like_the_envelope() -> None:
     position's fix_time (the receiver's own UTC time) is only formatted."""
     from gateway.engine import _walled_data
 
-    data = {"started": 100.0, "decided": 100.5, "last_seen": 99.0, "zone": "z",
+    data: dict[str, Any] = {"started": 100.0, "decided": 100.5, "last_seen": 99.0, "zone": "z",
             "present": [{"child": "c-1", "last_seen": 98.25}],
             "missing": [{"child": "c-2", "last_seen": None, "last_reader": None}],
             "position": {"lat": 1.0, "lon": 2.0, "source": "gps", "fix_time": 1.7e9 + 3.5}}
