@@ -127,3 +127,54 @@ def test_times_inside_data_are_rfc3339_like_the_envelope() -> None:
     assert data["position"]["fix_time"] == 1.7e9 + 3.5  # the engine's own dict untouched
     assert gwcontract.SCHEMA_VERSION == 2
     assert contract.schema("birth")["properties"]["schema"]["const"] == gwcontract.SCHEMA_VERSION
+
+
+def _event(kind: str, lane: str, data: dict[str, Any]) -> bytes:
+    return json.dumps({"id": "0b6f3a52-8f0e-4f7e-9a51-2f6c1f0d9a11", "seq": 1, "unit": "u-1",
+                       "site": "s", "kind": kind, "lane": lane,
+                       "time": iso_utc(1.7e9), "recorded": iso_utc(1.7e9), "reader": "r",
+                       "child": "c-1", "data": data}).encode()
+
+
+def test_positions_carry_their_fix_time_as_text() -> None:
+    gps = {"lat": 37.5, "lon": 127.0, "source": "gps", "fix_time": iso_utc(1.7e9 - 1)}
+    sos = {"zone": "yard", "cameras": [], "rssi": -60.0, "battery_mv": 2900}
+    ok = [gps, {"lat": 37.5, "lon": 127.0, "source": "fixed"}, None]
+    bad = [{**gps, "fix_time": 1.7e9 - 1}, {k: v for k, v in gps.items() if k != "fix_time"},
+           {"lat": 37.5, "lon": 127.0, "source": "fixed", "fix_time": iso_utc(1.7e9)},
+           {**gps, "alt": 30.0}, {**gps, "lat": 91.0}]
+    for pos in ok:
+        assert contract.violations("t/event/sos", _event("sos", "emergency",
+                                                         {**sos, "position": pos})) == []
+    for pos in bad:
+        assert contract.violations("t/event/sos", _event("sos", "emergency",
+                                                         {**sos, "position": pos})), pos
+
+
+def test_status_reason_fits_its_state() -> None:
+    good = gwcontract.status_payload("u-1", True, iso_utc(1.7e9), "connected")
+    for body in ({**good, "state": "offline"}, {**good, "time": None},
+                 {**good, "reason": "connection-lost"}, {**good, "time": "2023-11-14"}):
+        assert contract.violations("t/status", json.dumps(body).encode()), body
+
+
+def test_health_counts_events_per_kind_of_the_event_schema() -> None:
+    """The health schema names a counter per event kind: the same kinds as events."""
+    kinds = contract.schema("event")["properties"]["kind"]["enum"]
+    (pattern,) = contract.schema("health")["properties"]["counters"]["patternProperties"]
+    assert pattern == f"^events_({'|'.join(kinds)})$"
+    health = {"unit": "u-1", "time": iso_utc(1.7e9), "uptime_s": 1.0, "software": "x",
+              "buffer": {"depth": 0, "depth_by_lane": {"emergency": 0, "routine": 0,
+                                                       "telemetry": 0},
+                         "oldest_unsent_age_s": 0.0, "last_seq": 0,
+                         "dropped": {"total": 0, "by_lane": {"emergency": 0, "routine": 0,
+                                                             "telemetry": 0},
+                                     "recent_ranges": []},
+                         "free_disk_mb": None, "reserve_mb": 1.0, "wal_mb": 0.0,
+                         "high_water_seq": 0, "incidents": [], "acks_not_recorded": 0},
+              "readers": {}, "counters": {"events_gate": 3, "readings": 9},
+              "mqtt": {"sent": 0, "acked": 0, "refused": 0, "connects": 0, "commands": 0}}
+    assert contract.violations("t/health", json.dumps(health).encode()) == []
+    for counters in ({"events_sighting": 1}, {"made_up": 1}, {"readings": -1}):
+        body = {**health, "counters": counters}
+        assert contract.violations("t/health", json.dumps(body).encode()), counters
