@@ -191,6 +191,7 @@ def test_qos_retain_and_last_will_match_docs_and_schemas() -> None:
     assert table["cmd/<name>"] == bindings("receiveCmdPing")
     will = doc()["servers"]["city"]["bindings"]["mqtt"]["lastWill"]
     assert (will["qos"], will["retain"]) == bindings("sendStatus")
+    assert will["topic"] == doc()["channels"]["status"]["address"]
     body = json.loads(will["message"])
     assert contract.body_violations("status", body, "last will") == []
     assert body == gwcontract.status_payload("{unit}", False, None, "connection-lost")
