@@ -126,6 +126,9 @@ def schema_for(topic: str) -> str | None:
         return "event"
     if parts[-1] in ("status", "birth", "health"):
         return parts[-1]
+    # command replies (plain JSON, under <prefix>/<unit>/reply/), once their schema exists
+    if len(parts) >= 4 and "reply" in parts[2:-1] and (SCHEMAS / "reply.schema.json").exists():
+        return "reply"
     return None
 
 

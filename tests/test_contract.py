@@ -178,3 +178,14 @@ def test_health_counts_events_per_kind_of_the_event_schema() -> None:
     for counters in ({"events_sighting": 1}, {"made_up": 1}, {"readings": -1}):
         body = {**health, "counters": counters}
         assert contract.violations("t/health", json.dumps(body).encode()), counters
+
+
+def test_topics_map_to_their_schemas() -> None:
+    assert contract.schema_for("kidsafe/v1/u-1/event/gate") == "event"
+    for name in ("status", "birth", "health"):
+        assert contract.schema_for(f"kidsafe/v1/u-1/{name}") == name
+    # signed payloads (JWS, not JSON) are never checked as JSON
+    assert contract.schema_for("kidsafe/v1/u-1/cmd/ping") is None
+    assert contract.schema_for("kidsafe/v1/u-1/receipt") is None
+    has_reply = (contract.SCHEMAS / "reply.schema.json").exists()
+    assert contract.schema_for("kidsafe/v1/u-1/reply/r-1") == ("reply" if has_reply else None)
