@@ -279,6 +279,13 @@ def reply_from_record(text: str) -> Reply:
 
 # --- admission --------------------------------------------------------------------------
 
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
 def _peek_id(token: bytes) -> str | None:
     """The request id of an unverified token, only to route its error reply (a UUID or None)."""
     try:
@@ -321,7 +328,8 @@ def admit(name: str, token: bytes, *, unit: str, keys: Keyring, known: Collectio
     if not isinstance(env, dict):
         return no(Code.BAD_REQUEST, "malformed: payload is not a JSON object")
     rid = env.get("id")
-    rid = rid if isinstance(rid, str) and len(rid) <= 64 else None
+    # Only a UUID is echoed as the reply's id (reply.schema.json: a UUID or null).
+    rid = rid if isinstance(rid, str) and len(rid) == 36 and _is_uuid(rid) else None
     unknown = sorted(set(env) - ENVELOPE)
     if unknown:
         return no(Code.BAD_REQUEST, f"unknown field: {unknown[0][:40]}", rid)
