@@ -4,6 +4,7 @@ command's argument parsing (gateway/commands/config.py). End to end: test_config
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def trial(**kw: object) -> tr.Trial:
                     previous=tr.version_of(OLD.encode()), previous_text=OLD, started=1000.0,
                     deadline=1120.0, reply_topic="kidsafe/v1/gate-01/reply/r-1",
                     correlation="0a0b", digest="d" * 64, expires=5000.0)
-    return tr.Trial(**{**{f: getattr(base, f) for f in base.__slots__}, **kw})  # type: ignore[arg-type]
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
 def test_version_is_the_sha256_of_the_bytes() -> None:
