@@ -215,6 +215,14 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         c.warn("broker.port", "8883 is MQTT over TLS, but [broker.tls] is missing: the "
                               "connection will fail or go out in clear (add [broker.tls] "
                               "or use port 1883)")
+    # The shipped broker config binds the client id to the username (one unit cannot
+    # knock another off the broker) and confines a username to its own topics.
+    if broker.username and broker.username != unit.id:
+        c.warn("broker.username", f"{broker.username!r} is not the unit id {unit.id!r}: under "
+               "the shipped broker ACL a unit may publish only under <prefix>/<username>/")
+    if broker.username and broker.client_id not in (unit.id, broker.username):
+        c.warn("broker.client_id", f"{broker.client_id!r}: a broker that uses the username "
+               "as the client id (the shipped sample: use_username_as_clientid) ignores it")
 
     bf = c.table(raw, "buffer", "buffer", required=True)
     c.unknown(bf, {"path", "max_mb", "max_events", "reserve_mb"}, "buffer")
