@@ -25,6 +25,7 @@ from typing import Any
 from gateway import logs
 from gateway.clock import Clock
 from gateway.commands import core
+from gateway.commands.config import PENDING
 from gateway.commands.core import Code, Command, Handler, Limits, Reply, Seen
 from gateway.commands.registry import HANDLERS
 from gateway.commands.unit import Unit
@@ -56,6 +57,7 @@ class Commander:
         self.counts: dict[str, int] = {"received": 0, "done": 0, "refused": 0, "repeated": 0,
                                        "busy": 0, "failed": 0}
         self._next_purge = 0.0
+        self.current: Incoming | None = None  # the message being handled (its reply route)
 
     # -- from the publisher's thread ---------------------------------------------------------
 
@@ -82,7 +84,9 @@ class Commander:
             except queue.Empty:
                 msg = None
             if msg is not None:
-                self._send(msg, self.handle(msg))
+                reply = self.handle(msg)
+                if reply.code != PENDING:  # config: the outcome is sent later (configtrial)
+                    self._send(msg, reply)
             self._purge()
 
     def handle(self, msg: Incoming) -> Reply:
@@ -107,9 +111,10 @@ class Commander:
                 self.counts["refused"] += 1
                 self._log_refused(msg, result.code, result.reason)
             return result
-        return self._run(result)
+        return self._run(result, msg)
 
-    def _run(self, cmd: Command) -> Reply:
+    def _run(self, cmd: Command, msg: Incoming | None = None) -> Reply:
+        self.current = msg
         try:
             reply = core.dispatch(self.unit, cmd, self.handlers)
         except Exception as e:  # a handler's bug or the unit's failure: 500, nothing stored
@@ -117,6 +122,11 @@ class Commander:
             # The type only: an exception's text may hold arguments.
             log.error("command %s id=%s failed: %s", cmd.name, cmd.id, type(e).__name__)
             return core.refuse(cmd, Code.FAILED, f"failed: {type(e).__name__}")
+        finally:
+            self.current = None
+        if reply.code == PENDING:  # neither stored nor sent: the final reply is, later
+            log.info("command %s id=%s: %s", cmd.name, cmd.id, reply.reason)
+            return reply
         try:
             self.outbox.command_done(cmd.id, cmd.digest, cmd.expires, core.reply_record(reply))
         except BufferWriteError as e:

@@ -110,6 +110,7 @@ class CommandsConfig:
     max_bytes: int = 256 * 1024
     clock_skew_s: float = 60.0
     max_lifetime_s: float = 86_400.0
+    confirm_s: float = 120.0  # a pushed config must reach the broker this soon (gateway/trial.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +304,8 @@ def _commands(raw: dict[str, Any], c: Checker, rel: Any) -> CommandsConfig:
     """``[commands]``: the backend's public keys are loaded here, so a bad one stops the
     start (not the first command)."""
     t = c.table(raw, "commands", "commands", required=False)
-    c.unknown(t, {"public_keys", "max_bytes", "clock_skew_s", "max_lifetime_s"}, "commands")
+    c.unknown(t, {"public_keys", "max_bytes", "clock_skew_s", "max_lifetime_s", "confirm_s"},
+              "commands")
     paths = c.get(t, "public_keys", "commands", list, [])
     if not all(isinstance(x, str) and x.strip() for x in paths):
         c.error("commands.public_keys", "expected an array of file paths")
@@ -324,6 +326,8 @@ def _commands(raw: dict[str, Any], c: Checker, rel: Any) -> CommandsConfig:
                            check=bounds(ge=0, le=3600)),
         max_lifetime_s=c.get(t, "max_lifetime_s", "commands", float, 86_400.0,
                              check=seconds(7 * 86_400)),
+        confirm_s=c.get(t, "confirm_s", "commands", float, 120.0,
+                        check=bounds(ge=10, le=3600)),
     )
 
 

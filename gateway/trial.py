@@ -83,7 +83,7 @@ class Trial:
         return self.deadline - self.started
 
     def decided(self, code: int, reason: str) -> Trial:
-        return replace(self, outcome=Outcome(code, reason))
+        return replace(self, outcome=Outcome(code, reason[:300]))  # the reply's bound
 
 
 # -- decisions ------------------------------------------------------------------------------

@@ -191,3 +191,26 @@ def test_unusable_marker_is_moved_aside(tmp_path: Path) -> None:
     assert trialfiles.at_start(p, 0.0) is None
     assert Path(f"{trialfiles.marker_path(p)}.bad").exists()
     assert not trialfiles.marker_path(p).exists()
+
+
+def test_schema_and_parser_agree() -> None:
+    import jsonschema
+
+    doc = json.loads((Path(__file__).resolve().parents[1] / "docs" / "schemas" / "commands"
+                      / "config.schema.json").read_text())
+    cls = jsonschema.validators.validator_for(doc)
+    cls.check_schema(doc)
+    check = cls(doc)
+    for ok in doc["examples"]:
+        check.validate(ok)
+        parse(ok)
+    v = tr.version_of(b"x")
+    for bad in ({"config": NEW}, {"config": "", "expected_version": v},
+                {"config": NEW, "expected_version": v.upper()},
+                {"config": NEW, "expected_version": v, "confirm_s": 5},
+                {"config": NEW, "expected_version": v, "confirm_s": 4000},
+                {"config": NEW, "expected_version": v, "extra": 1},
+                {"config": "a\x00b", "expected_version": v}):
+        assert not check.is_valid(bad), bad
+        with pytest.raises(BadArgs):
+            parse(bad)
