@@ -174,10 +174,12 @@ class ConfigTrials:
                 store(t.request, t.digest, t.expires, reply)
             except Exception as e:  # a full card: the reply still goes out
                 log.error("config trial %s: reply not stored (%s)", t.request, e)
-            corr = bytes.fromhex(t.correlation) if t.correlation else None
-            send(t.reply_topic, reply, corr)
+            # The marker goes before the reply: whoever gets the reply finds the trial over
+            # (a crash in between loses only the send; a repeated request gets it stored).
             trialfiles.remove_marker(self.path)
             self.pending = None
+            corr = bytes.fromhex(t.correlation) if t.correlation else None
+            send(t.reply_topic, reply, corr)
 
     def info(self) -> dict[str, Any]:
         """For birth, ping and `gatewayd status`."""
