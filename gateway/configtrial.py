@@ -51,7 +51,10 @@ class ConfigTrials:
         self.default_confirm_s = default_confirm_s
         self.now = now
         self.lock = threading.Lock()
-        active, previous = trialfiles.versions(self.path)
+        try:
+            active, previous = trialfiles.versions(self.path)
+        except OSError:  # a config not from a file (tests), or gone since it was loaded
+            active, previous = "", None
         self.versions = Versions(active, previous)
         self.running: tr.Trial | None = None  # on trial in this process: confirm or roll back
         self.pending: tr.Trial | None = None  # decided: its reply goes out once connected

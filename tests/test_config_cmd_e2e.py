@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,20 +60,25 @@ class Rig:
                      {"id": CARD_3, "child": "c-3"}],
         }
 
-    def signed(self, text: str, expected: str | None = None,
-               confirm_s: float = CONFIRM_S) -> tuple[bytes, str]:
+    def signed(self, text: str, expected: str | None = None, confirm_s: float = CONFIRM_S,
+               mqtt: str = "5") -> tuple[bytes, str]:
         args = {"config": text, "expected_version": expected or self.version(),
                 "confirm_s": confirm_s}
-        env = cmdtool.envelope("config", args, UNIT)
-        return cmdtool.sign_command(env, self.key), env["id"]
+        rid = str(uuid.uuid4())
+        # MQTT 3.1.1 has no response topic: the reply topic travels in the signed payload.
+        env = cmdtool.envelope("config", args, UNIT, request_id=rid, reply_to=None if mqtt == "5"
+                               else cmdtool.reply_topic("kidsafe/v1", UNIT, rid))
+        return cmdtool.sign_command(env, self.key), rid
 
-    def send(self, token: bytes, rid: str, timeout_s: float = 60) -> dict[str, Any]:
-        with Session(Broker(port=self.broker.port, protocol="5")) as s:
+    def send(self, token: bytes, rid: str, timeout_s: float = 60, mqtt: str = "5"
+             ) -> dict[str, Any]:
+        with Session(Broker(port=self.broker.port, protocol=mqtt)) as s:
             return s.request("config", token, rid, UNIT, timeout_s=timeout_s)
 
-    def push(self, text: str, expected: str | None = None, timeout_s: float = 60
-             ) -> dict[str, Any]:
-        return self.send(*self.signed(text, expected), timeout_s=timeout_s)
+    def push(self, text: str, expected: str | None = None, timeout_s: float = 60,
+             mqtt: str = "5") -> dict[str, Any]:
+        return self.send(*self.signed(text, expected, mqtt=mqtt), timeout_s=timeout_s,
+                         mqtt=mqtt)
 
     def version(self) -> str:
         return version_of(self.cfg.read_bytes())
@@ -213,7 +219,9 @@ def test_kill_9_during_a_trial_then_a_restart_after_its_deadline_rolls_back(rig:
     old = rig.version()
     bad_text = tomli_w.dumps(rig.doc(port=free_port()))
     got: dict[str, Any] = {}
-    pusher = threading.Thread(target=lambda: got.update(rig.push(bad_text, timeout_s=90)))
+    # Over MQTT 3.1.1: the reply topic from the payload survives the kill in the marker.
+    pusher = threading.Thread(target=lambda: got.update(rig.push(bad_text, timeout_s=90,
+                                                                 mqtt="3.1.1")))
     pusher.start()
     rig.gw.wait_log("on trial: kept only if the broker is reached", 20)
     rig.gw.kill(signal.SIGKILL)
