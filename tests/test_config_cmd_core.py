@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from gateway import trial as tr
 from gateway import trialfiles
 from gateway.commands.config import parse
-from gateway.commands.core import BadArgs
+from gateway.commands.core import BadArgs, Command
 from gateway.config import load
 from harness import GOOD_CONFIG
 
@@ -214,3 +215,108 @@ def test_schema_and_parser_agree() -> None:
         assert not check.is_valid(bad), bad
         with pytest.raises(BadArgs):
             parse(bad)
+
+
+# -- the daemon's side, on real files (gateway/configtrial.py) ----------------------------------
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def command(rid: str = "0b8f1f4e-9a38-4c1e-8d2f-6a1c2b3d4e5f") -> Command:
+    return Command(rid, "gate-01", "config", 0.0, 9e9, {}, digest="d" * 64)
+
+
+def test_config_trials_begin_refuse_confirm_and_reply(tmp_path: Path) -> None:
+    from gateway.commands.config import PENDING, ConfigArgs
+    from gateway.configtrial import ConfigTrials
+
+    p = write_good(tmp_path)
+    clock = Clock(1000.0)
+    trials = ConfigTrials(load(p), None, 120.0, clock)
+    old = tr.version_of(GOOD_CONFIG.encode())
+    new_text = GOOD_CONFIG + "\n[health]\ninterval_s = 30\n"
+    assert trials.info()["version"] == old and trials.info()["previous"] is None
+    # Stale: 409, nothing written.
+    r = trials.start(command(), ConfigArgs(new_text, tr.version_of(b"x"), None), "t", None)
+    assert r.code == 409 and sorted(x.name for x in tmp_path.iterdir()) == ["gw.toml"]
+    # The active text again: 200 unchanged, no restart.
+    r = trials.start(command(), ConfigArgs(GOOD_CONFIG, old, None), "t", None)
+    assert (r.code, r.data["outcome"]) == (200, "unchanged") and not trials.restart.is_set()
+    # Begun: PENDING, the file replaced, the marker holds the old text, a restart asked for.
+    r = trials.start(command(), ConfigArgs(new_text, old, 30.0), "kidsafe/v1/gate-01/reply/x",
+                     b"\x01\x02")
+    assert r.code == PENDING and trials.restart.is_set()
+    assert p.read_text() == new_text
+    marker = trialfiles.read_marker(p)
+    assert marker is not None and marker.previous_text == GOOD_CONFIG
+    assert (marker.deadline, marker.correlation) == (1030.0, "0102")
+    # A second push while it runs: 409.
+    r = trials.start(command("1b6713c0-1ea7-454c-bc9b-7c62f9dfbff5"),
+                     ConfigArgs(GOOD_CONFIG, tr.version_of(new_text.encode()), None), "t", None)
+    assert r.code == 409 and "in progress" in r.reason
+    # The next image (after the re-exec) finds the trial and confirms it on connecting.
+    found = trialfiles.at_start(p, 1005.0)
+    assert isinstance(found, tr.Wait)
+    nxt = ConfigTrials(load(p), found, 120.0, clock)
+    assert nxt.active and nxt.info()["trial"]["deadline_s"] == 30.0
+    sent: list[tuple[str, Any, bytes | None]] = []
+    stored: list[tuple[str, Any]] = []
+    nxt.tick(False, lambda *a: sent.append(a), lambda rid, d, e, rep: stored.append((rid, rep)))
+    assert not sent and nxt.active
+    clock.t = 1010.0
+    nxt.tick(True, lambda *a: sent.append(a), lambda rid, d, e, rep: stored.append((rid, rep)))
+    assert [(t, rep.code, c) for t, rep, c in sent] == [
+        ("kidsafe/v1/gate-01/reply/x", 200, b"\x01\x02")]
+    assert stored[0][0] == command().id and stored[0][1] == sent[0][1]
+    assert not trialfiles.marker_path(p).exists()
+    assert trialfiles.previous_path(p).read_text() == GOOD_CONFIG
+    assert nxt.info()["version"] == tr.version_of(new_text.encode())
+    assert nxt.info()["previous"] == old and nxt.info()["trial"] is None
+
+
+def test_config_trials_roll_back_at_the_deadline(tmp_path: Path) -> None:
+    from gateway.commands.config import ConfigArgs
+    from gateway.configtrial import ConfigTrials
+
+    p = write_good(tmp_path)
+    clock = Clock(1000.0)
+    old = tr.version_of(GOOD_CONFIG.encode())
+    new_text = GOOD_CONFIG.replace("port = 1883", "port = 1884")
+    ConfigTrials(load(p), None, 20.0, clock).start(command(), ConfigArgs(new_text, old, None),
+                                                   "t", None)
+    found = trialfiles.at_start(p, 1001.0)
+    trials = ConfigTrials(load(p), found, 20.0, clock)
+    clock.t = 1020.0
+    sent: list[Any] = []
+    trials.tick(False, lambda *a: sent.append(a), lambda *a: None)
+    assert trials.restart.is_set() and not sent and p.read_text() == GOOD_CONFIG
+    assert trialfiles.rejected_path(p).read_text() == new_text
+    # The image on the old config sends the outcome once connected.
+    found = trialfiles.at_start(p, 1021.0)
+    assert isinstance(found, tr.Report)
+    back = ConfigTrials(load(p), found, 20.0, clock)
+    back.tick(False, lambda *a: sent.append(a), lambda *a: None)
+    assert not sent and trialfiles.marker_path(p).exists()  # not connected yet
+    back.tick(True, lambda *a: sent.append(a), lambda *a: None)
+    assert [(rep.code, rep.data["outcome"]) for _, rep, _ in sent] == [(409, "rolled-back")]
+    assert not trialfiles.marker_path(p).exists()
+    assert back.info()["version"] == old and back.info()["previous"] is None
+
+
+def test_config_trials_refuse_an_invalid_config_with_the_checkers_words(tmp_path: Path) -> None:
+    from gateway.commands.config import ConfigArgs
+    from gateway.configtrial import ConfigTrials
+
+    p = write_good(tmp_path)
+    trials = ConfigTrials(load(p), None, 120.0, Clock(0.0))
+    r = trials.start(command(), ConfigArgs(GOOD_CONFIG.replace("port = 1883", "port = -1"),
+                                           tr.version_of(GOOD_CONFIG.encode()), None), "t", None)
+    assert r.code == 400 and r.data["errors"] == [
+        f"{p}: broker.port: must be a TCP port between 1 and 65535"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["gw.toml"]
+    assert p.read_text() == GOOD_CONFIG and not trials.restart.is_set()
