@@ -370,7 +370,12 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None,
     gw.shutdown()
     logs.flush(final=True)
     if again and not gw.pipeline.lost:
-        reexec()
+        try:
+            reexec()
+        except OSError as e:  # the interpreter went away (an upgrade under way?)
+            log.critical("cannot restart in place (%s): exiting for systemd to start the "
+                         "unit again; the config trial goes on from its marker", e)
+        return 1
     return 1 if gw.pipeline.lost else 0  # a stop that lost events is never a clean exit
 
 

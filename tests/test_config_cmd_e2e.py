@@ -24,7 +24,7 @@ import tomli_w
 from firmware_sim.broker import LocalBroker, free_port
 from firmware_sim.rdm6300 import Rdm6300Sim
 from firmware_sim.vserial import VirtualSerial
-from gateway import cmdtool, signing, trialfiles
+from gateway import cmdtool, signing, trial, trialfiles
 from gateway.cmdtool import Broker, Session
 from gateway.trial import version_of
 from harness import GatewayProcess, Subscriber, wait_until
@@ -236,3 +236,32 @@ def test_kill_9_during_a_trial_then_a_restart_after_its_deadline_rolls_back(rig:
     assert rig.version() == old
     wait_until(lambda: rig.births()[-1]["config_version"] == old, 10, "birth on the old config")
     assert not trialfiles.marker_path(rig.cfg).exists()
+
+
+def test_a_config_on_trial_that_no_longer_loads_is_rolled_back_at_start(
+        tmp_path: Path, broker: LocalBroker) -> None:
+    """Not exit 2 (which systemd does not restart) on a config nobody confirmed."""
+    good = tomli_w.dumps({"unit": {"id": UNIT, "site": "s"},
+                          "broker": {"host": "127.0.0.1", "port": broker.port},
+                          "buffer": {"path": str(tmp_path / "buf.db")}})
+    cfg = tmp_path / "gw.toml"
+    broken = good + f'\n[commands]\npublic_keys = ["{tmp_path}/gone.pub"]\n'
+    cfg.write_text(broken)
+    now = time.time()
+    trialfiles.write_marker(cfg, trial.Trial(
+        request=str(uuid.uuid4()), unit=UNIT, version=version_of(broken.encode()),
+        previous=version_of(good.encode()), previous_text=good, started=now,
+        deadline=now + 120, reply_topic=f"kidsafe/v1/{UNIT}/reply/x", expires=now + 300))
+    sub = Subscriber(broker.port, topic=f"kidsafe/v1/{UNIT}/reply/#").start()
+    gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
+    try:
+        gw.wait_log("connected (MQTT 5)", 20)
+        assert cfg.read_text() == good
+        wait_until(lambda: len(sub.on("/reply/x")) == 1, 10, "the rollback's reply")
+        reply = sub.on("/reply/x")[0]
+        assert reply["code"] == 409 and "did not load at start" in reply["reason"], reply
+        assert "gone.pub" in reply["reason"]
+        assert not trialfiles.marker_path(cfg).exists()
+    finally:
+        gw.stop()
+        sub.stop()
