@@ -256,6 +256,7 @@ class DaemonUnit:
     def info(self) -> dict[str, Any]:
         gw = self.gw
         return {"software": __version__, "config_version": gw.trials.versions.active,
+                "config_label": gw.cfg.unit.config_version,
                 "uptime_s": round(gw.clock.monotonic() - gw.started, 1),
                 "buffer_depth": gw.outbox.depth(),
                 "mqtt": gw.publisher.connected_protocol or None}
