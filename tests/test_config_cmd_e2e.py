@@ -120,7 +120,7 @@ def test_a_good_config_is_applied_in_place_and_confirmed(rig: Rig) -> None:
     pid = rig.gw.proc.pid if rig.gw.proc else 0
     old, old_text = rig.version(), rig.cfg.read_text()
     new_text = "# a second reader\n" + tomli_w.dumps(rig.doc(readers=2))
-    token, rid = rig.signed(new_text)
+    token, rid = rig.signed(new_text, confirm_s=60)  # a loaded test machine: no false alarm
     t0 = time.monotonic()
     reply = rig.send(token, rid)
     took = time.monotonic() - t0
@@ -128,7 +128,7 @@ def test_a_good_config_is_applied_in_place_and_confirmed(rig: Rig) -> None:
     assert reply["data"]["outcome"] == "kept"
     assert reply["data"]["active_version"] == version_of(new_text.encode()) == rig.version()
     assert reply["data"]["previous_version"] == old
-    assert took < CONFIRM_S, took  # confirmed by the reconnect, not by waiting out the time
+    assert took < 30, took  # confirmed by the reconnect (about 3 s), not by waiting 60 s
     # The same process (PID kept: systemd's main process), restarted on the new file.
     assert rig.gw.proc is not None and rig.gw.proc.poll() is None and rig.gw.proc.pid == pid
     assert "restarting in place" in rig.gw.log_text()
@@ -172,7 +172,8 @@ def test_a_config_that_cannot_reach_the_broker_rolls_back_and_loses_nothing(rig:
     rig.gw.wait_log("on trial: kept only if the broker is reached", 20)
     # Events decided while the trial's config cannot reach the broker are buffered...
     before = len(rig.sub.events("gate"))
-    rig.gw.wait_log("reader gate-0: online", 20)
+    wait_until(lambda: rig.gw.log_text().count("reader gate-0: online") == 2, 20,
+               "the reader online in the restarted image")
     present(rig.ports[0], CARD_1)
     time.sleep(1.5)
     present(rig.ports[0], CARD_2)
@@ -182,7 +183,7 @@ def test_a_config_that_cannot_reach_the_broker_rolls_back_and_loses_nothing(rig:
     assert reply["data"]["outcome"] == "rolled-back"
     assert reply["data"]["active_version"] == old == rig.version()
     assert f"no broker connection within {CONFIRM_S} s" in reply["reason"]
-    assert took < CONFIRM_S + 15, took  # the confirm time plus a restart and a reconnect
+    assert took < CONFIRM_S + 20, took  # the confirm time plus a restart and a reconnect
     assert rig.cfg.read_text() == old_text
     assert trialfiles.rejected_path(rig.cfg).read_text() == bad_text
     assert not trialfiles.marker_path(rig.cfg).exists()
