@@ -97,7 +97,7 @@ class ConfigTrials:
             except OSError as e:
                 return refuse(cmd, Code.FAILED, f"cannot write beside the config: {e}")
             try:
-                errors, warnings = candidate.check(self.cfg)
+                errors, warnings = candidate.check(self.cfg, cmd.kid)
                 if errors:
                     return refuse(cmd, Code.BAD_REQUEST,
                                   f"invalid config: {len(errors)} error(s); nothing changed",

@@ -136,9 +136,11 @@ class Candidate:
         self.version = tr.version_of(self.data)
         self.path: Path | None = _temp_beside(self.config, self.data, _mode(self.config))
 
-    def check(self, running: configmod.Config) -> tuple[list[str], list[str]]:
+    def check(self, running: configmod.Config, kid: str = "") -> tuple[list[str], list[str]]:
         """(errors, warnings) as check-config words them, naming the config file; plus
-        what a pushed config may not change on a running unit."""
+        what a pushed config may not change on a running unit. ``kid``: the key that
+        signed the push, which the new config must still trust (a key change lists both
+        keys first), or no command could ever reach the unit again."""
         assert self.path is not None
         tmp, real = str(self.path), str(self.config)
         try:
@@ -153,6 +155,9 @@ class Candidate:
         if new.buffer.path != running.buffer.path:
             errors.append(f"{real}: buffer.path: must stay {running.buffer.path!r} (the "
                           "buffer is kept across a config change; move it on the unit)")
+        if kid and kid not in new.commands.keyring.keys:
+            errors.append(f"{real}: commands.public_keys: must still hold the key that signed "
+                          f"this push (kid {kid}), or the unit could not be commanded again")
         return errors, [str(x).replace(tmp, real) for x in new.warnings]
 
     def discard(self) -> None:

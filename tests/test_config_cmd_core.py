@@ -320,3 +320,19 @@ def test_config_trials_refuse_an_invalid_config_with_the_checkers_words(tmp_path
         f"{p}: broker.port: must be a TCP port between 1 and 65535"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["gw.toml"]
     assert p.read_text() == GOOD_CONFIG and not trials.restart.is_set()
+
+
+def test_a_push_must_keep_the_key_that_signed_it(tmp_path: Path) -> None:
+    from gateway import signing
+
+    signing.generate_keypair(tmp_path / "a.key", tmp_path / "a.pub")
+    signing.generate_keypair(tmp_path / "b.key", tmp_path / "b.pub")
+    kid_a = signing.kid_of(signing.load_private_key(tmp_path / "a.key").public_key())
+    p = write_good(tmp_path, GOOD_CONFIG + '\n[commands]\npublic_keys = ["a.pub"]\n')
+    running = load(p)
+    for keys, ok in (('["a.pub", "b.pub"]', True), ('["b.pub"]', False), ("[]", False)):
+        c = trialfiles.Candidate(p, GOOD_CONFIG + f"\n[commands]\npublic_keys = {keys}\n")
+        errors, _ = c.check(running, kid_a)
+        c.discard()
+        assert (errors == []) == ok, (keys, errors)
+        assert ok or "must still hold the key that signed this push" in errors[0]
