@@ -336,3 +336,46 @@ def test_a_push_must_keep_the_key_that_signed_it(tmp_path: Path) -> None:
         c.discard()
         assert (errors == []) == ok, (keys, errors)
         assert ok or "must still hold the key that signed this push" in errors[0]
+
+
+def _mutated_configs() -> st.SearchStrategy[str]:
+    lines = GOOD_CONFIG.splitlines()
+    junk = st.sampled_from(["port = 0", "port = 1e999", "[[readers]]", "id = ''", "x = [",
+                            "[unit]", "kind = 'nope'", "path = '/proc/x'", "\x00", "é = 1",
+                            "interval_s = -1", "[commands]", "public_keys = ['/nope']"])
+    return st.one_of(
+        st.text(max_size=200),
+        st.builds(lambda i, j: "\n".join([*lines[:i], j, *lines[i + 1:]]),
+                  st.integers(0, len(lines) - 1), junk))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(text=_mutated_configs())
+def test_any_pushed_text_is_answered_and_a_refusal_changes_nothing(tmp_path: Path,
+                                                                   text: str) -> None:
+    """Hostile or broken configs through the handler and the daemon's trial side: an
+    answer every time, never an exception; a refusal leaves exactly the file that was."""
+    from gateway.commands import config as handler
+    from gateway.commands.config import PENDING
+    from gateway.commands.core import dispatch
+    from gateway.configtrial import ConfigTrials
+
+    d = tmp_path / str(abs(hash(text)))
+    d.mkdir(exist_ok=True)
+    p = write_good(d)
+    trials = ConfigTrials(load(p), None, 120.0, Clock(0.0))
+
+    class Unit:
+        unit_id = "gate-01"
+
+        def config_trial(self, cmd: Command, args: Any) -> Any:
+            return trials.start(cmd, args, "t", None)
+
+    cmd = Command("0b8f1f4e-9a38-4c1e-8d2f-6a1c2b3d4e5f", "gate-01", "config", 0.0, 9e9,
+                  {"config": text, "expected_version": tr.version_of(GOOD_CONFIG.encode())})
+    reply = dispatch(Unit(), cmd, {"config": handler.handle})  # type: ignore[arg-type]
+    assert reply.code in (200, 400, PENDING), reply
+    if reply.code != PENDING:
+        assert p.read_text() == GOOD_CONFIG
+        assert sorted(x.name for x in d.iterdir()) == ["gw.toml"]

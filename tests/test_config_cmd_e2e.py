@@ -9,6 +9,7 @@ during a trial and a restart after its deadline roll back.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from firmware_sim.vserial import VirtualSerial
 from gateway import cmdtool, signing, trial, trialfiles
 from gateway.cmdtool import Broker, Session
 from gateway.trial import version_of
-from harness import GatewayProcess, Subscriber, wait_until
+from harness import GatewayProcess, Subscriber, gatewayd, wait_until
 
 UNIT = "unit-t1"
 CARD_1, CARD_2, CARD_3 = "62E3086CED", "01000734E0", "0100073A2B"
@@ -148,6 +149,11 @@ def test_a_good_config_is_applied_in_place_and_confirmed(rig: Rig) -> None:
     assert [e["reader"] for e in evs] == ["gate-0", "gate-1", "gate-0"]
     assert [e["seq"] for e in evs] == sorted(e["seq"] for e in evs)
     assert len({e["seq"] for e in evs}) == 3
+    # `gatewayd status` shows both versions.
+    status = gatewayd("status", "--config", str(rig.cfg), "--json")
+    assert status.returncode == 0, status.stderr
+    conf = json.loads(status.stdout)["config"]
+    assert (conf["version"], conf["previous"], conf["trial"]) == (rig.version(), old, None)
     # A repeat of the request gets the stored reply and changes nothing.
     again = rig.send(token, rid)
     assert {k: again[k] for k in ("id", "code", "reason", "data")} == {
