@@ -251,7 +251,12 @@ class DaemonUnit:
         topic = commands_core.reply_topic(
             gw.cfg.broker.topic_prefix, gw.cfg.unit.id, cmd.id,
             msg.response_topic if msg else None, cmd.reply_to)
-        return gw.trials.start(cmd, args, topic, msg.correlation if msg else None)
+        reply = gw.trials.start(cmd, args, topic, msg.correlation if msg else None)
+        if gw.trials.restart.is_set():  # begun: the workers stop now, not at the next tick
+            gw.stop.set()
+            gw.publisher.notify()
+            gw.pipeline.wake()
+        return reply
 
     def info(self) -> dict[str, Any]:
         gw = self.gw
