@@ -73,6 +73,15 @@ class OutgoingReply:
     correlation: bytes | None = None
 
 
+def nodelay(client: mqtt.Client) -> None:
+    """No Nagle delay for small packets (a command's reply, an SOS after a PUBACK): paho
+    leaves Nagle on, and behind a packet the peer has not ACKed yet (Linux delays ACKs up
+    to 40 ms) a small one waits. paho writes packet by packet either way."""
+    sock: Any = client.socket()
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class ConnectFailed(OSError):
     """The broker did not accept us (refused, TLS failure, no CONNACK in time)."""
 
@@ -266,6 +275,7 @@ class Publisher:
         ok, why = self._connack
         if not ok:
             raise ConnectFailed(self._explain(f"broker refused the connection: {why}"))
+        nodelay(client)
         self.connects += 1
         self.connected_protocol = "5" if v5 else "3.1.1"
         return client
@@ -434,6 +444,12 @@ class Publisher:
             now = self.clock.monotonic()
             for action in core.poll(now):
                 self._execute(client, action)
+                # Between batches (a window's worth takes tens of ms on a busy box): read a
+                # command that came in, send a reply that is ready. Acks wait for the loop.
+                if not self._io(client, 0.0):
+                    break
+                if self._replies:
+                    self._send_replies(client)
             if self.health and now >= next_health:
                 next_health = now + self.cfg.health_interval_s
                 client.publish(self.topics.health, json.dumps(self.health()).encode(), qos=0)
