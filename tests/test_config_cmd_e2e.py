@@ -222,6 +222,7 @@ def test_an_invalid_config_is_refused_with_nothing_changed(rig: Rig) -> None:
     assert "restarting in place" not in rig.gw.log_text()
 
 
+@pytest.mark.slow  # fault injection: waits out a deadline with the unit down
 def test_kill_9_during_a_trial_then_a_restart_after_its_deadline_rolls_back(rig: Rig) -> None:
     old = rig.version()
     bad_text = tomli_w.dumps(rig.doc(port=free_port()))
