@@ -4,9 +4,10 @@ What is sent when and what is deleted when is decided by the sans-I/O core
 (gateway/delivery.py: emergency first with reserved slots, live/backlog
 alternation, the in-flight window, ack batching, resend after a reconnect).
 This module does the I/O around it: sockets, TLS, MQTT version fallback,
-status/birth/health messages, commands, and the loop that feeds the core what
-happened (acks by paho mid, wake-ups) and carries out its actions (publish
-rows, delete acknowledged seqs from the outbox).
+status/birth/health messages, commands (handed to the command worker,
+gateway/commander.py; their replies published here, ahead of any event backlog),
+and the loop that feeds the core what happened (acks by paho mid, wake-ups) and
+carries out its actions (publish rows, delete acknowledged seqs from the outbox).
 
 One thread does all of it: it drives paho through its external-loop API
 (``socket()``, ``loop_read/loop_write/loop_misc``) with ``select`` on the
