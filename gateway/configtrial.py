@@ -145,15 +145,23 @@ class ConfigTrials:
         with self.lock:
             t = self.running
             decision = None if t is None else tr.on_tick(t, self.now(), connected)
+            try:
+                match decision:
+                    case tr.Keep(k):
+                        trialfiles.keep(self.path, k)
+                    case tr.RollBack(r):
+                        trialfiles.roll_back(self.path, r)
+            except OSError as e:  # a full or failing card: the same decision next tick
+                log.error("config trial %s: cannot write its files (%s); retrying",
+                          t.request if t else "-", e)
+                return
             match decision:
                 case tr.Keep(k):
-                    trialfiles.keep(self.path, k)
                     self.versions = Versions(k.version, k.previous)
                     log.warning("config %s kept: %s", k.version[:12],
                                 k.outcome.reason if k.outcome else "")
                     self.running, self.pending = None, k
                 case tr.RollBack(r):
-                    trialfiles.roll_back(self.path, r)
                     log.error("config %s rolled back to %s: %s; restarting on it",
                               r.version[:12], r.previous[:12],
                               r.outcome.reason if r.outcome else "")
@@ -179,7 +187,10 @@ class ConfigTrials:
                 log.error("config trial %s: reply not stored (%s)", t.request, e)
             # The marker goes before the reply: whoever gets the reply finds the trial over
             # (a crash in between loses only the send; a repeated request gets it stored).
-            trialfiles.remove_marker(self.path)
+            try:
+                trialfiles.remove_marker(self.path)
+            except OSError as e:  # sent anyway; the next start sends it again (idempotent)
+                log.error("config trial %s: marker not removed (%s)", t.request, e)
             self.pending = None
             corr = bytes.fromhex(t.correlation) if t.correlation else None
             send(t.reply_topic, reply, corr)

@@ -173,7 +173,11 @@ def begin(candidate: Candidate, trial: tr.Trial) -> None:
     """Record the trial (with the old text), then rename the candidate into place."""
     assert candidate.path is not None
     write_marker(candidate.config, trial)
-    os.replace(candidate.path, candidate.config)
+    try:
+        os.replace(candidate.path, candidate.config)
+    except OSError:
+        remove_marker(candidate.config)  # nothing changed: no trial either
+        raise
     candidate.path = None
     _fsync_dir(candidate.config.parent)
 

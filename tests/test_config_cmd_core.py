@@ -379,3 +379,24 @@ def test_any_pushed_text_is_answered_and_a_refusal_changes_nothing(tmp_path: Pat
     if reply.code != PENDING:
         assert p.read_text() == GOOD_CONFIG
         assert sorted(x.name for x in d.iterdir()) == ["gw.toml"]
+
+
+def test_a_trial_whose_files_cannot_be_written_is_retried_at_the_next_tick(
+        tmp_path: Path) -> None:
+    from gateway.commands.config import ConfigArgs
+    from gateway.configtrial import ConfigTrials
+
+    p = write_good(tmp_path)
+    clock = Clock(1000.0)
+    new_text = GOOD_CONFIG + "\n# new\n"
+    ConfigTrials(load(p), None, 60.0, clock).start(
+        command(), ConfigArgs(new_text, tr.version_of(GOOD_CONFIG.encode()), None), "t", None)
+    trials = ConfigTrials(load(p), trialfiles.at_start(p, 1001.0), 60.0, clock)
+    trialfiles.previous_path(p).mkdir()  # a write that fails, even for root
+    sent: list[Any] = []
+    trials.tick(True, lambda *a: sent.append(a), lambda *a: None)
+    assert not sent and trials.active  # nothing decided: the same decision next tick
+    trialfiles.previous_path(p).rmdir()
+    trials.tick(True, lambda *a: sent.append(a), lambda *a: None)
+    assert [rep.code for _, rep, _ in sent] == [200] and not trials.active
+    assert trialfiles.previous_path(p).read_text() == GOOD_CONFIG
