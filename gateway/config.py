@@ -49,8 +49,8 @@ from gateway.options import ReaderOptions, option_names, parse_options
 from gateway.signing import KeyFileError, Keyring, load_keyring
 
 # Re-exported: callers and tests name them through this module.
-__all__ = ["BrokerConfig", "BufferConfig", "Config", "ConfigError", "ConfigInvalid", "GateConfig",
-           "PrivacyConfig",
+__all__ = ["BrokerConfig", "BufferConfig", "Config", "ConfigError", "ConfigInvalid",
+           "DeliveryConfig", "GateConfig", "PrivacyConfig",
            "ReaderConfig", "TagConfig", "TlsConfig", "UnitConfig", "canonical_tag_id",
            "engine_config", "load", "parse", "reader_config"]
 
@@ -98,6 +98,18 @@ class BufferConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """[delivery]: when an event may leave the buffer (docs/mqtt.md, "Receipts")."""
+
+    mode: str = "broker"  # "broker": deleted on the broker's PUBACK; "receipt": on the backend's
+    receipt_timeout_s: float = 60.0  # an event awaiting its receipt this long is sent again
+    max_awaiting: int = 10_000  # new routine/telemetry only while fewer await a receipt
+
+
+DELIVERY_MODES = ("broker", "receipt")
+
+
+@dataclass(frozen=True, slots=True)
 class GateConfig:
     repeat_window_s: float = 3.0  # reads of one card closer than this are one presentation
 
@@ -120,6 +132,7 @@ class CommandsConfig:
     max_bytes: int = 256 * 1024
     clock_skew_s: float = 60.0
     max_lifetime_s: float = 86_400.0
+    confirm_s: float = 120.0  # a pushed config must reach the broker this soon (gateway/trial.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +150,7 @@ class Config:
     engine: EngineSettings = field(default_factory=EngineSettings)
     privacy: PrivacyConfig = PrivacyConfig()
     commands: CommandsConfig = CommandsConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
 
     def tag_map(self) -> dict[str, TagConfig]:
         return {t.id: t for t in self.tags}
@@ -176,7 +190,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         return str((base / s).resolve()) if s and not s.startswith("/") else s
 
     known = {"unit", "broker", "buffer", "readers", "tags", "gate", "health", "commands",
-             "privacy"}
+             "delivery", "privacy"}
     # Sections that later capabilities read (zones, geofences, cameras, ...) are kept in `raw`.
     known |= {"zones", "geofences", "cameras", "engine", "roll_call", "battery"}
     c.unknown(raw, known, "")
@@ -241,6 +255,14 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         c.warn("broker.port", "8883 is MQTT over TLS, but [broker.tls] is missing: the "
                               "connection will fail or go out in clear (add [broker.tls] "
                               "or use port 1883)")
+    # The shipped broker config binds the client id to the username (one unit cannot
+    # knock another off the broker) and confines a username to its own topics.
+    if broker.username and broker.username != unit.id:
+        c.warn("broker.username", f"{broker.username!r} is not the unit id {unit.id!r}: under "
+               "the shipped broker ACL a unit may publish only under <prefix>/<username>/")
+    if broker.username and broker.client_id not in (unit.id, broker.username):
+        c.warn("broker.client_id", f"{broker.client_id!r}: a broker that uses the username "
+               "as the client id (the shipped sample: use_username_as_clientid) ignores it")
 
     bf = c.table(raw, "buffer", "buffer", required=True)
     c.unknown(bf, {"path", "max_mb", "max_events", "reserve_mb"}, "buffer")
@@ -274,8 +296,12 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
                                check=bounds(ge=1, le=86_400)),
     )
 
+    delivery = _delivery(raw, c)
     readers = _readers(raw, c)
     commands = _commands(raw, c, rel)
+    if delivery.mode == "receipt" and not commands.public_keys:
+        c.error("delivery.mode", "\"receipt\" needs the backend's public keys in [commands] "
+                                 "public_keys: receipts are signed with them")
 
     tags: list[TagConfig] = []
     tl = raw.get("tags", [])
@@ -311,14 +337,15 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     return Config(file=file, unit=unit, broker=broker, buffer=buffer, readers=tuple(readers),
                   tags=tuple(tags), gate=gate, health_interval_s=health_interval,
                   warnings=tuple(c.warnings), raw=raw, engine=engine, commands=commands,
-                  privacy=privacy)
+                  delivery=delivery, privacy=privacy)
 
 
 def _commands(raw: dict[str, Any], c: Checker, rel: Any) -> CommandsConfig:
     """``[commands]``: the backend's public keys are loaded here, so a bad one stops the
     start (not the first command)."""
     t = c.table(raw, "commands", "commands", required=False)
-    c.unknown(t, {"public_keys", "max_bytes", "clock_skew_s", "max_lifetime_s"}, "commands")
+    c.unknown(t, {"public_keys", "max_bytes", "clock_skew_s", "max_lifetime_s", "confirm_s"},
+              "commands")
     paths = c.get(t, "public_keys", "commands", list, [])
     if not all(isinstance(x, str) and x.strip() for x in paths):
         c.error("commands.public_keys", "expected an array of file paths")
@@ -339,6 +366,22 @@ def _commands(raw: dict[str, Any], c: Checker, rel: Any) -> CommandsConfig:
                            check=bounds(ge=0, le=3600)),
         max_lifetime_s=c.get(t, "max_lifetime_s", "commands", float, 86_400.0,
                              check=seconds(7 * 86_400)),
+        confirm_s=c.get(t, "confirm_s", "commands", float, 120.0,
+                        check=bounds(ge=10, le=3600)),
+    )
+
+
+def _delivery(raw: dict[str, Any], c: Checker) -> DeliveryConfig:
+    """[delivery] (issue 13). A timeout shorter than a backend's store-and-receipt round
+    trip would resend everything twice; a day is the longest an awaiting event may sit."""
+    d = c.table(raw, "delivery", "delivery", required=False)
+    c.unknown(d, {"mode", "receipt_timeout_s", "max_awaiting"}, "delivery")
+    return DeliveryConfig(
+        mode=c.get(d, "mode", "delivery", str, "broker", check=one_of(DELIVERY_MODES)),
+        receipt_timeout_s=c.get(d, "receipt_timeout_s", "delivery", float, 60.0,
+                                check=bounds(ge=1, le=86_400)),
+        max_awaiting=c.get(d, "max_awaiting", "delivery", int, 10_000,
+                           check=bounds(ge=1, le=1_000_000)),
     )
 
 

@@ -17,7 +17,9 @@ from typing import Any
 from gateway import __version__
 from gateway.model import Event, Lane
 
-SCHEMA_VERSION = 1
+# The contract version (birth "schema"), raised on any change a backend must follow: the
+# changes are listed in docs/mqtt.md.
+SCHEMA_VERSION = 2
 
 _ISO_SECOND: dict[int, str] = {}
 
@@ -64,6 +66,7 @@ class Topics:
         self.birth = f"{self.base}/birth"
         self.health = f"{self.base}/health"
         self.commands = f"{self.base}/cmd/#"
+        self.receipt = f"{self.base}/receipt"  # backend -> unit: events durably stored
 
     def of(self, suffix: str) -> str:
         return f"{self.base}/{suffix}"
@@ -102,10 +105,14 @@ def status_payload(unit: str, online: bool, time_iso: str | None, reason: str) -
 
 def birth_payload(unit: str, site: str, config_version: str, last_seq: int, time_iso: str,
                   protocol: str, high_water_seq: int | None = None,
+                  config_previous: str | None = None, config_label: str = "",
                   unit_key: dict[str, Any] | None = None) -> dict[str, Any]:
     """``high_water_seq``: no seq at or below it is assigned again, even if the buffer file
-    is lost (kept beside the buffer, reserved ahead of use). ``unit_key``: the unit's own
-    public key as a JWK with ``kid`` (gateway/unitkey.py; it signs erasure receipts)."""
+    is lost (kept beside the buffer, reserved ahead of use). ``config_version`` is the
+    SHA-256 of the active config file, ``config_previous`` that of the one before the last
+    change the unit kept (None: none yet), ``config_label`` its ``[unit] config_version``.
+    ``unit_key``: the unit's own public key as a JWK with ``kid`` (gateway/unitkey.py; it
+    signs erasure receipts)."""
     extra = {} if unit_key is None else {"unit_key": unit_key}
     return {**extra,
         "unit": unit,
@@ -113,6 +120,8 @@ def birth_payload(unit: str, site: str, config_version: str, last_seq: int, time
         "software": __version__,
         "schema": SCHEMA_VERSION,
         "config_version": config_version,
+        "config_previous": config_previous,
+        "config_label": config_label,
         "last_seq": last_seq,
         "high_water_seq": max(last_seq, high_water_seq or 0),
         "mqtt": protocol,

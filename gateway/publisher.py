@@ -4,9 +4,10 @@ What is sent when and what is deleted when is decided by the sans-I/O core
 (gateway/delivery.py: emergency first with reserved slots, live/backlog
 alternation, the in-flight window, ack batching, resend after a reconnect).
 This module does the I/O around it: sockets, TLS, MQTT version fallback,
-status/birth/health messages, commands, and the loop that feeds the core what
-happened (acks by paho mid, wake-ups) and carries out its actions (publish
-rows, delete acknowledged seqs from the outbox).
+status/birth/health messages, commands (handed to the command worker,
+gateway/commander.py; their replies published here, ahead of any event backlog),
+and the loop that feeds the core what happened (acks by paho mid, wake-ups) and
+carries out its actions (publish rows, delete acknowledged seqs from the outbox).
 
 One thread does all of it: it drives paho through its external-loop API
 (``socket()``, ``loop_read/loop_write/loop_misc``) with ``select`` on the
@@ -45,14 +46,17 @@ from gateway import backoff, contract, logs
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.contract import iso_utc
-from gateway.delivery import Action, Delete, Delivery, Limits, Publish, Refused
+from gateway.delivery import Action, Delete, DeleteRanges, Delivery, Limits, Publish, Refused
 from gateway.outbox import BufferWriteError, Outbox
+from gateway.receipts import ReceiptRefused, admit
 
 log = logging.getLogger("gateway.mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 REPLY_SLOTS = 8  # in-flight slots beyond the events' window: a reply never waits behind them
 REPLIES_MAX = 1024  # replies waiting to go out; a flood beyond it is dropped (counted)
+RECEIPTS_MAX = 1024  # receipts read, not yet checked (one loop turn's worth at most)
+REFUSAL_LOG_S = 60.0  # refused receipts: one log line per this long, with the count
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,15 @@ class OutgoingReply:
     topic: str
     body: bytes
     correlation: bytes | None = None
+
+
+def nodelay(client: mqtt.Client) -> None:
+    """No Nagle delay for small packets (a command's reply, an SOS after a PUBACK): paho
+    leaves Nagle on, and behind a packet the peer has not ACKed yet (Linux delays ACKs up
+    to 40 ms) a small one waits. paho writes packet by packet either way."""
+    sock: Any = client.socket()
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ConnectFailed(OSError):
@@ -108,8 +121,20 @@ class Publisher:
         self.batch = batch
         self.reconnect_max_s = reconnect_max_s or cfg.broker.reconnect_max_s
         self.connack_timeout_s = connack_timeout_s
+        d = cfg.delivery
+        self.receipt_mode = d.mode == "receipt"
         self.core = Delivery(outbox.fetch, Limits(window=window, reserve=emergency_reserve,
-                                                  batch=batch))
+                                                  batch=batch, receipts=self.receipt_mode,
+                                                  receipt_timeout_s=d.receipt_timeout_s,
+                                                  max_awaiting=d.max_awaiting),
+                             outbox.fetch_seqs)
+        # Receipt mode (issue 13): signed receipts on <base>/receipt, checked in this thread.
+        self.receipt_topic = self.topics.of("receipt")
+        self._receipts: collections.deque[bytes] = collections.deque(maxlen=RECEIPTS_MAX)
+        self.receipts = 0  # admitted
+        self.receipts_refused = 0
+        self._refusal_log_at = 0.0
+        self._refusals_unlogged = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -118,6 +143,8 @@ class Publisher:
         self._replies: collections.deque[OutgoingReply] = collections.deque()
         self.replies_sent = 0
         self._rebirth = threading.Event()
+        # (active, previous) config versions for birth (the daemon's config trial knows them)
+        self.config_versions: Callable[[], tuple[str, str | None]] | None = None
         self.replies_dropped = 0
         self._connected = threading.Event()
         self._lost = threading.Event()
@@ -265,6 +292,7 @@ class Publisher:
         ok, why = self._connack
         if not ok:
             raise ConnectFailed(self._explain(f"broker refused the connection: {why}"))
+        nodelay(client)
         self.connects += 1
         self.connected_protocol = "5" if v5 else "3.1.1"
         return client
@@ -308,6 +336,9 @@ class Publisher:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Runs in paho's thread. Commands never raise into paho: a hostile payload is the
         # handler's to reject, and a bug in it must not take the connection down.
+        if self.receipt_mode and msg.topic == self.receipt_topic:
+            self._receipts.append(bytes(msg.payload))  # checked in _serve's loop
+            return
         self.commands += 1
         suffix = msg.topic[len(self.topics.base) + 1:] if msg.topic.startswith(
             self.topics.base + "/") else msg.topic
@@ -348,10 +379,14 @@ class Publisher:
         """Status (retained, online) and birth; the last seq the birth names."""
         self._publish_status(client, online=True)
         live_mark = self.outbox.last_seq()
+        version, previous = (self.config_versions() if self.config_versions
+                             else (self.cfg.unit.config_version, None))
         birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
-                                       self.cfg.unit.config_version, live_mark,
+                                       version, live_mark,
                                        iso_utc(self.clock.now()), self.connected_protocol,
-                                       self.outbox.high_water, unit_key=self.unit_key)
+                                       self.outbox.high_water, config_previous=previous,
+                                       config_label=self.cfg.unit.config_version,
+                                       unit_key=self.unit_key)
         client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
         return live_mark
 
@@ -405,6 +440,8 @@ class Publisher:
         core = self.core
         self._connected.set()
         client.subscribe(self.topics.commands, qos=1)
+        if self.receipt_mode:
+            client.subscribe(self.receipt_topic, qos=1)
         live_mark = self._publish_birth(client)
         log.info("broker %s:%d connected (MQTT %s); %d events to send",
                  self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,
@@ -427,9 +464,17 @@ class Publisher:
             while acks:
                 mid, ok = acks.popleft()
                 core.acked(mid, ok)
+            while self._receipts:
+                self._receipt(self._receipts.popleft())
             now = self.clock.monotonic()
             for action in core.poll(now):
                 self._execute(client, action)
+                # Between batches (a window's worth takes tens of ms on a busy box): read a
+                # command that came in, send a reply that is ready. Acks wait for the loop.
+                if not self._io(client, 0.0):
+                    break
+                if self._replies:
+                    self._send_replies(client)
             if self.health and now >= next_health:
                 next_health = now + self.cfg.health_interval_s
                 client.publish(self.topics.health, json.dumps(self.health()).encode(), qos=0)
@@ -470,3 +515,49 @@ class Publisher:
             case Refused(seq):
                 self.refused += 1
                 log.error("broker refused event seq %d; it stays buffered", seq)
+            case DeleteRanges(ranges):
+                self._delete_receipted(ranges)
+
+    # -- receipts (issue 13; helper "receipts" owns this region) -------------------------------
+
+    def _receipt(self, token: bytes) -> None:
+        """A message on <base>/receipt: admitted ones go to the core; the rest are counted,
+        with one log line a minute (a flood of forgeries cannot fill the journal)."""
+        try:
+            r = admit(token, self.cfg.commands.keyring, self.cfg.unit.id)
+        except ReceiptRefused as e:
+            self.receipts_refused += 1
+            self._refusals_unlogged += 1
+            now = self.clock.monotonic()
+            if now >= self._refusal_log_at:
+                log.warning("receipt refused: %s (%d bytes); nothing deleted; %d refused in "
+                            "all, %d since the last line", logs.clip(e.reason, 120), len(token),
+                            self.receipts_refused, self._refusals_unlogged)
+                self._refusals_unlogged = 0
+                self._refusal_log_at = now + REFUSAL_LOG_S
+            return
+        self.receipts += 1
+        self.core.receipt(r.ranges, r.upto)
+
+    def _delete_receipted(self, ranges: list[tuple[int, int]]) -> None:
+        try:
+            seqs = self.outbox.delete_ranges(ranges)
+        except BufferWriteError as e:
+            # As for PUBACK deletes: the core keeps them as done (not resent) and retries.
+            self.core.delete_failed_ranges(ranges, self.clock.monotonic())
+            if not self._delete_failing:
+                log.error("cannot delete receipted events from the buffer (%s); not resent, "
+                          "retried every %.0f s", e, self.core.limits.delete_retry_s)
+                self._delete_failing = True
+            return
+        self.core.ranges_deleted(ranges)
+        if self._delete_failing and not self.core.receipted_undeleted:
+            log.warning("buffer writable again: receipted events deleted")
+            self._delete_failing = False
+        if not seqs:
+            return
+        self.acked += len(seqs)  # delivered: in the backend's database
+        if self._backlog is not None:
+            self._backlog.update(self.acked, self.outbox.depth())
+        if self.on_acked is not None:
+            self.on_acked(seqs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.commands import alert, erase, locate, ping, rebirth, roster
+from gateway.commands import alert, config, erase, locate, ping, rebirth, roster
 from gateway.commands.core import Handler
 
 HANDLERS: dict[str, Handler] = {
@@ -11,6 +11,7 @@ HANDLERS: dict[str, Handler] = {
     "locate": locate.handle,
     "alert/start": alert.start,
     "alert/stop": alert.stop,
+    "config": config.handle,
     "roster": roster.handle,
     "erase": erase.handle,
 }

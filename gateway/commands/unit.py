@@ -3,14 +3,20 @@
 Handlers see the unit only through this Protocol, so they are tested against a
 small fake and the daemon's threads stay its own business: a method that reads or
 changes engine state is queued to the pipeline thread and waits (bounded) for it.
-Each command family adds the methods it needs here, in its own block.
+Each command family adds the methods it needs here, in its own block. Methods run on the
+command worker thread and must return within seconds (it is watched like every worker):
+long work (a config trial) is started here and finished elsewhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # the handlers' own types; they import this module
+    from gateway.commands.config import ConfigArgs
+    from gateway.commands.core import Command, Reply
 
 from gateway.roster import RosterChange
 
@@ -53,6 +59,12 @@ class Unit(Protocol):
 
     def stop_alert(self, alert_id: str | None) -> bool:
         """End the roll-call (of ``alert_id``, or whichever runs); False if none ran."""
+        ...
+
+    # config (gateway/commands/config.py; the daemon's side is gateway/configtrial.py)
+    def config_trial(self, cmd: Command, args: ConfigArgs) -> Reply:
+        """Validate the pushed config as check-config does and start its trial: the
+        refusal (400, 409, 500), or PENDING (202) when the outcome follows later."""
         ...
 
     # roster, erase (gateway/commands/roster.py, erase.py): through the pipeline thread
