@@ -14,6 +14,10 @@ cd "$(dirname "$0")"
 # not be the init system (containers, CI).
 SYSTEM_PACKAGES=(mosquitto mosquitto-clients dbus-daemon gpsd openssl procps systemd
                  gcc python3-dev libdbus-1-dev libglib2.0-dev pkg-config)
+# The operator page: Leaflet served from Debian's copy (no CDN); the browser test drives
+# Debian's headless Chromium (never a browser download), which needs a font to draw text.
+PAGE_PACKAGES=(libjs-leaflet chromium chromium-driver fonts-dejavu-core)
+SYSTEM_PACKAGES+=("${PAGE_PACKAGES[@]}")
 # `./dev.sh demo` needs only the broker (and Python packages with wheels): no compiler.
 DEMO_PACKAGES=(mosquitto)
 
@@ -49,7 +53,7 @@ setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the pac
     "$py" -m venv .venv
   fi
   local stamp=.venv/.kidsafe-installed-$1 target=.
-  [ "$1" = test ] && target='.[test,ble-test]'
+  [ "$1" = test ] && target='.[test,ble-test,web]'
   # A test set-up has everything the demo needs.
   if fresh "$stamp" || { [ "$1" = demo ] && fresh .venv/.kidsafe-installed-test; }; then
     return
