@@ -44,7 +44,8 @@ def serving(cfg: WebConfig, sites: Sites, source: Source, commander: Commander
     """The app served until the block ends; yields its base URL."""
     app = create_app(cfg, sites, source, commander)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port,
-                                           log_level="warning", lifespan="on"))
+                                           log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=1))
     t = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     t.start()
     deadline = time.monotonic() + 10

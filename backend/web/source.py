@@ -35,14 +35,15 @@ async def _codecs(conn: Any) -> None:
 class PgSource:
     """backend.web.app.Source on asyncpg."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, password: str | None = None) -> None:
         self.dsn = dsn
+        self.password = password
         self.pool: Any = None
 
     async def _pool(self) -> Any:
         if self.pool is None:
-            self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=2,
-                                                  init=_codecs, command_timeout=10)
+            self.pool = await asyncpg.create_pool(self.dsn, password=self.password, min_size=1,
+                                                  max_size=2, init=_codecs, command_timeout=10)
         return self.pool
 
     async def rows(self, cfg: WebConfig) -> tuple[Sequence[Row], Sequence[Row], Sequence[Row]]:
