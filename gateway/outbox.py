@@ -916,3 +916,33 @@ class Outbox:
 
     def close(self) -> None:
         self.db.close()
+
+    # -- commands: admitted request ids and their replies (issue 12) --------------------------
+    # gateway/commands: a repeated id gets its stored reply, the same id with another
+    # payload is refused; rows go once the command has expired (it is refused anyway then).
+    # Raw SQL on its own table, created on first use: a salvaged buffer starts without it.
+
+    _COMMANDS_DDL = ("CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, digest TEXT "
+                     "NOT NULL, expires REAL NOT NULL, reply TEXT NOT NULL)")
+
+    def _commands_sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            _sql(self.db, self._COMMANDS_DDL)
+            return list(_sql(self.db, query, params).fetchall())
+        except PeeweeException as e:
+            raise BufferWriteError(f"{e}") from e
+
+    def command_seen(self, request_id: str) -> tuple[str, str] | None:
+        """(digest, stored reply) of an admitted request id, or None."""
+        rows = self._commands_sql("SELECT digest, reply FROM commands WHERE id = ?",
+                                  (request_id,))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def command_done(self, request_id: str, digest: str, expires: float, reply: str) -> None:
+        self._commands_sql("INSERT OR REPLACE INTO commands (id, digest, expires, reply) "
+                           "VALUES (?, ?, ?, ?)", (request_id, digest, expires, reply))
+
+    def command_purge(self, now: float) -> int:
+        """Forget the ids of commands expired before ``now``; how many."""
+        return len(self._commands_sql("DELETE FROM commands WHERE expires < ? RETURNING id",
+                                      (now,)))

@@ -33,6 +33,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -50,6 +51,26 @@ from gateway.outbox import BufferWriteError, Outbox
 log = logging.getLogger("gateway.mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+REPLY_SLOTS = 8  # in-flight slots beyond the events' window: a reply never waits behind them
+REPLIES_MAX = 1024  # replies waiting to go out; a flood beyond it is dropped (counted)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message on ``cmd/#``: the topic below the unit's base, the payload, and the MQTT 5
+    response topic and correlation data (None under 3.1.1, or when not sent)."""
+
+    suffix: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingReply:
+    topic: str
+    body: bytes
+    correlation: bytes | None = None
 
 
 class ConnectFailed(OSError):
@@ -67,7 +88,7 @@ class Publisher:
         outbox: Outbox,
         clock: Clock,
         health: Callable[[], dict[str, Any]] | None = None,
-        on_command: Callable[[str, bytes], None] | None = None,
+        on_command: Callable[[Incoming], None] | None = None,
         on_acked: Callable[[list[int]], None] | None = None,
         window: int = 256,
         emergency_reserve: int = 32,
@@ -93,6 +114,11 @@ class Publisher:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
+        # Replies from the command worker; deque appends and pops are thread-safe.
+        self._replies: collections.deque[OutgoingReply] = collections.deque()
+        self.replies_sent = 0
+        self._rebirth = threading.Event()
+        self.replies_dropped = 0
         self._connected = threading.Event()
         self._lost = threading.Event()
         self._connack: tuple[bool, str] | None = None
@@ -113,6 +139,20 @@ class Publisher:
         """New events are in the outbox (called from the pipeline thread)."""
         with contextlib.suppress(BlockingIOError):  # already awake: a byte is waiting
             os.write(self._wake_w, b"!")
+
+    def rebirth(self) -> None:
+        """Publish status and birth again (the ``rebirth`` command), from this thread."""
+        self._rebirth.set()
+        self.notify()
+
+    def reply(self, reply: OutgoingReply) -> None:
+        """Publish a command's reply (QoS 1) from the publisher's thread, ahead of events
+        (called from the command worker)."""
+        if len(self._replies) >= REPLIES_MAX:
+            self.replies_dropped += 1
+            return
+        self._replies.append(reply)
+        self.notify()
 
     @property
     def online(self) -> bool:
@@ -177,7 +217,7 @@ class Publisher:
         will = json.dumps(contract.status_payload(self.cfg.unit.id, False, None,
                                                   "connection-lost")).encode()
         client.will_set(self.topics.status, will, qos=1, retain=True)
-        client.max_inflight_messages_set(self.window + self.reserve)
+        client.max_inflight_messages_set(self.window + self.reserve + REPLY_SLOTS)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -270,16 +310,49 @@ class Publisher:
         self.commands += 1
         suffix = msg.topic[len(self.topics.base) + 1:] if msg.topic.startswith(
             self.topics.base + "/") else msg.topic
+        props = msg.properties
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        if not isinstance(correlation, bytes | bytearray):
+            correlation = None
         try:
-            self.on_command(suffix, bytes(msg.payload))
+            self.on_command(Incoming(suffix, bytes(msg.payload),
+                                     response if isinstance(response, str) else None,
+                                     None if correlation is None else bytes(correlation)))
         except Exception:
             log.exception("command on %s failed", msg.topic)
 
-    def _unsupported_command(self, suffix: str, payload: bytes) -> None:
+    def _unsupported_command(self, msg: Incoming) -> None:
         # The topic is the broker's (anyone with publish rights): clipped; the CLI's log
         # filter rate-limits these lines with a "suppressed N" count (gateway/logs.py).
         log.warning("command %s received (%d bytes): no handler for it in this version",
-                    logs.clip(suffix, 80), len(payload))
+                    logs.clip(msg.suffix, 80), len(msg.payload))
+
+    def _send_replies(self, client: mqtt.Client) -> None:
+        replies = self._replies
+        while replies:
+            r = replies.popleft()
+            props = None
+            if r.correlation is not None and self.connected_protocol == "5":
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.CorrelationData = r.correlation
+            try:
+                client.publish(r.topic, r.body, qos=1, properties=props)
+            except ValueError:  # a topic paho refuses (the command path checks them first)
+                self.replies_dropped += 1
+                continue
+            self.replies_sent += 1
+
+    def _publish_birth(self, client: mqtt.Client) -> int:
+        """Status (retained, online) and birth; the last seq the birth names."""
+        self._publish_status(client, online=True)
+        live_mark = self.outbox.last_seq()
+        birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
+                                       self.cfg.unit.config_version, live_mark,
+                                       iso_utc(self.clock.now()), self.connected_protocol,
+                                       self.outbox.high_water)
+        client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
+        return live_mark
 
     def _publish_status(self, client: mqtt.Client, online: bool) -> mqtt.MQTTMessageInfo:
         body = contract.status_payload(self.cfg.unit.id, online, iso_utc(self.clock.now()),
@@ -331,13 +404,7 @@ class Publisher:
         core = self.core
         self._connected.set()
         client.subscribe(self.topics.commands, qos=1)
-        self._publish_status(client, online=True)
-        live_mark = self.outbox.last_seq()
-        birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
-                                       self.cfg.unit.config_version, live_mark,
-                                       iso_utc(self.clock.now()), self.connected_protocol,
-                                       self.outbox.high_water)
-        client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
+        live_mark = self._publish_birth(client)
         log.info("broker %s:%d connected (MQTT %s); %d events to send",
                  self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,
                  self.outbox.depth())
@@ -350,6 +417,11 @@ class Publisher:
         while not stop.is_set() and not self._lost.is_set():
             if not self._io(client, core.timeout()):
                 break
+            if self._rebirth.is_set():
+                self._rebirth.clear()
+                self._publish_birth(client)
+            if self._replies:  # replies first: a locate does not wait behind a backlog
+                self._send_replies(client)
             # Acknowledgements (and refusals) first: they free the window.
             while acks:
                 mid, ok = acks.popleft()
