@@ -3,6 +3,8 @@
     kidsafe-backend migrate --config FILE   # apply pending schema migrations, then exit
     kidsafe-backend run --config FILE       # consume, store, receipt (SIGTERM stops cleanly)
     kidsafe-backend gaps --config FILE      # each unit's seq gaps, explained or not
+    kidsafe-backend web --config FILE       # the operator page ([web]; docs/operator-page.md)
+    kidsafe-backend passwd NAME [--role R]  # a password hash for a [[web.users]] entry
 """
 
 from __future__ import annotations
@@ -72,15 +74,28 @@ async def _gaps(cfg: Config) -> int:
     return 1 if any(g.explained_by is None for g in gaps) else 0
 
 
+async def _web(cfg: Config, path: str) -> int:
+    from backend.web.serve import main as serve_page
+
+    return await serve_page(cfg, path)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["passwd"]:  # needs no config: prints a [[web.users]] entry
+        from backend.web.passwd import main as passwd
+
+        return passwd(argv[1:])
     p = argparse.ArgumentParser(prog="kidsafe-backend", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("run", "consume, store in PostgreSQL, send signed receipts"),
                        ("migrate", "apply pending schema migrations"),
-                       ("gaps", "list seq gaps per unit (exit 1 if any is unexplained)")):
+                       ("gaps", "list seq gaps per unit (exit 1 if any is unexplained)"),
+                       ("web", "serve the operator page")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", required=True, help="the backend's TOML config")
+    sub.add_parser("passwd", help="hash a password for a [[web.users]] entry (see passwd -h)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -89,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"kidsafe-backend: {e}", file=sys.stderr)
         return 2
-    fn = {"run": _run, "migrate": _migrate, "gaps": _gaps}[args.command]
+    fn = {"run": _run, "migrate": _migrate, "gaps": _gaps}.get(args.command)
     try:
-        return asyncio.run(fn(cfg))
+        return asyncio.run(fn(cfg) if fn else _web(cfg, args.config))
     except (OSError, RuntimeError) as e:
         print(f"kidsafe-backend {args.command}: {e}", file=sys.stderr)
         return 1

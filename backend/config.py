@@ -71,6 +71,8 @@ class Config:
     database: Database = field(default_factory=Database)
     receipts: Receipts = field(default_factory=Receipts)
     ingest: Ingest = field(default_factory=Ingest)
+    # The operator page's [web] table, checked by backend.web.config (kidsafe-backend web).
+    web: dict[str, Any] = field(default_factory=dict)
 
 
 def _build(cls: type[Any], doc: Any, where: str) -> Any:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backendproc import BackendProcess, keypair, query
-from backendproc import write_config as write_backend_config
 
 from backend import config as backend_config
 from backend.web import serve
 from backend.web import sites as sitesmod
 from backend.web.source import PgSource
+from backendproc import BackendProcess, keypair, query
+from backendproc import write_config as write_backend_config
 from blezmock import ALERT_UUID, TAG_UUID, ble_world
 from firmware_sim.ble import SimTag
 from firmware_sim.broker import LocalBroker

@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +22,18 @@ import uvicorn
 
 from backend.config import Config
 from backend.web.app import Commander, create_app
-from backend.web.config import WebConfig
+from backend.web.config import WebConfig, WebConfigError
 from backend.web.config import parse as parse_web
+from backend.web.sites import Sites, SitesError
 from backend.web.sites import load as load_sites
 from backend.web.source import PgSource
 
 log = logging.getLogger("backend.web")
 
 
-def web_config(config_path: str | Path) -> WebConfig:
+def web_config(cfg: Config, config_path: str | Path) -> WebConfig:
     """The ``[web]`` table of the backend config (its paths relative to the file)."""
-    path = Path(config_path)
-    doc = tomllib.loads(path.read_text())
-    return parse_web(doc.get("web", {}), path.parent)
+    return parse_web(cfg.web, Path(config_path).parent)
 
 
 def commander(cfg: Config) -> Commander:
@@ -76,12 +75,12 @@ def commander(cfg: Config) -> Commander:
     return run
 
 
-async def serve(cfg: Config, web: WebConfig, stopping: asyncio.Event) -> None:
+async def serve(cfg: Config, web: WebConfig, sites: Sites, stopping: asyncio.Event) -> None:
     password = None
     if cfg.database.password_file:
         password = Path(cfg.database.password_file).read_text().strip()
     source = PgSource(cfg.database.dsn, password=password)
-    app = create_app(web, load_sites(web.sites), source, commander(cfg))
+    app = create_app(web, sites, source, commander(cfg))
     # Open event streams never end by themselves: a stop waits 2 s for them at most.
     server = uvicorn.Server(uvicorn.Config(app, host=web.host, port=web.port,
                                            log_level="warning", lifespan="on",
@@ -97,10 +96,15 @@ async def serve(cfg: Config, web: WebConfig, stopping: asyncio.Event) -> None:
 
 
 async def main(cfg: Config, config_path: str) -> int:
-    web = web_config(config_path)
+    try:
+        web = web_config(cfg, config_path)
+        sites = load_sites(web.sites)
+    except (WebConfigError, SitesError) as e:
+        print(f"kidsafe-backend web: {e}", file=sys.stderr)
+        return 2
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await serve(cfg, web, stopping)
+    await serve(cfg, web, sites, stopping)
     return 0
