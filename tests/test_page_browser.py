@@ -9,7 +9,6 @@ test's tmp dir (its path printed)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,7 +83,6 @@ def chain(tmp_path: Path, broker: LocalBroker, backend_dsn: str) -> Iterator[dic
         finally:
             gw.stop()
             backend.stop()
-            asyncio.run(source.close()) if source.pool is not None else None
 
 
 def test_sos_on_the_page_within_2s_and_locate_from_it(chain: dict[str, Any]) -> None:

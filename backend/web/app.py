@@ -327,6 +327,9 @@ def create_app(cfg: WebConfig, sites: Sites, source: Source, commander: Commande
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            close = getattr(source, "close", None)  # the pool lives on this loop: closed here
+            if close is not None:
+                await close()
 
     routes = [
         Route("/", index),

@@ -92,7 +92,6 @@ async def serve(cfg: Config, web: WebConfig, sites: Sites, stopping: asyncio.Eve
     await stopping.wait()
     server.should_exit = True
     await task
-    await source.close()
 
 
 async def main(cfg: Config, config_path: str) -> int:
