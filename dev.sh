@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's two commands (and the set-up step both share):
-#   ./dev.sh demo    set up (the broker only), then run the gateway on simulated hardware
+#   ./dev.sh demo    set up, then run the whole chain on simulated units, with the operator page
 #   ./dev.sh test    set up, then run ruff, mypy, import-linter, the quick bench and the test suite
 #   ./dev.sh setup   only the test set-up: system packages (when missing), .venv, Python packages
 # Works on a fresh Debian 12 / Raspberry Pi OS bookworm as root or with sudo.
@@ -21,8 +21,6 @@ SYSTEM_PACKAGES+=("${PAGE_PACKAGES[@]}")
 # PostgreSQL 15: the reference backend's database (tests start their own throw-away server,
 # tests/pg.py). Installed by setup_postgres, not in this list: see there.
 PG_PACKAGES=(postgresql-15)
-# `./dev.sh demo` needs only the broker (and Python packages with wheels): no compiler.
-DEMO_PACKAGES=(mosquitto)
 
 say() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
@@ -90,14 +88,15 @@ setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the pac
 }
 
 setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_postgres; setup_python test; }
-setup_demo() { setup_system "${DEMO_PACKAGES[@]}"; setup_python demo; }
 
 case "${1:-}" in
   setup) setup ;;
   demo)
-    setup_demo
-    say "demo: local mosquitto + simulated RDM6300 gate reader + gatewayd + backend subscriber"
-    exec .venv/bin/kidsafe-sim demo "${@:2}" ;;
+    # The chain needs what the tests need: the mock BlueZ for the park's BLE scanner,
+    # PostgreSQL, the backend's packages.
+    setup
+    say "demo: simulated units -> mosquitto -> gatewayd -> kidsafe-backend -> PostgreSQL -> operator page"
+    exec .venv/bin/kidsafe-sim demo --chain "${@:2}" ;;
   test)
     setup
     say "ruff"; .venv/bin/ruff check .

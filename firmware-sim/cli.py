@@ -92,6 +92,10 @@ def cmd_rdm6300(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Broker + simulated reader + gatewayd + a backend subscriber, all local."""
+    if args.chain:
+        from firmware_sim import city
+
+        return city.run(args)
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -357,6 +361,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     d = sub.add_parser("demo", help="local broker + simulated reader + gatewayd + subscriber")
     d.add_argument("--workdir", help="where to keep the demo's files (default: a temp dir)")
     d.add_argument("--stay", action="store_true", help="keep running after the scenario")
+    d.add_argument("--chain", action="store_true",
+                   help="the whole chain: two units, kidsafe-backend, PostgreSQL and the "
+                        "operator page (./dev.sh demo)")
+    d.add_argument("--port", type=int, default=0,
+                   help="--chain: the operator page's port (default: a free one)")
+    d.add_argument("--for", dest="run_for", type=float, metavar="S",
+                   help="--chain: end S seconds after the scenario started (default: Ctrl-C)")
     d.set_defaults(func=cmd_demo)
     rn = sub.add_parser("run", help="every simulated device a scenario needs, then play it "
                                     "(see config/scenarios/)")

@@ -48,10 +48,23 @@ class LocalPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
 
     def start(self) -> LocalPostgres:
+        """initdb, then the server; a port taken between choosing and binding it (other
+        programs choose free ports too) is replaced by another, twice at most."""
+        for attempt in range(3):
+            try:
+                return self._start(initdb=attempt == 0)
+            except RuntimeError as e:
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, initdb: bool) -> LocalPostgres:
         data = self.dir / "data"
-        subprocess.run([str(PGBIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                        "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
-                       check=True, cwd="/", capture_output=True, timeout=60, **self._as)
+        if initdb:
+            subprocess.run([str(PGBIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                            "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+                           check=True, cwd="/", capture_output=True, timeout=60, **self._as)
         # Default durability (fsync on): the demo shows what a real deployment keeps.
         argv = [str(PGBIN / "postgres"), "-D", str(data), "-h", "127.0.0.1",
                 "-p", str(self.port), "-k", str(self.dir)]
@@ -66,7 +79,9 @@ class LocalPostgres:
                 raise RuntimeError(f"postgres exited at start: {self._log()[-2000:]}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
                                                                         0.2):
-                return self
+                time.sleep(0.2)  # ours, not another program's on the same port
+                if self.proc.poll() is None:
+                    return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"postgres did not listen on {self.port}: {self._log()[-2000:]}")

@@ -117,7 +117,8 @@ function renderAlerts(alerts) {
     if (a.lat !== null && map) {
       L.circleMarker([a.lat, a.lon], {radius: 12, color: "#d00", weight: 3, fillOpacity: 0.35,
                                       className: "alert-marker"})
-        .bindTooltip(`${KIND[a.kind] || a.kind}: ${a.child}`, {permanent: true, direction: "top"})
+        .bindTooltip(`${KIND[a.kind] || a.kind}: ${a.child}`,
+                     {permanent: true, direction: a.kind === "sos" ? "top" : "bottom"})
         .addTo(layers.alerts);
     }
   }
@@ -154,9 +155,21 @@ function renderUnits(units) {
     el("td", {}, Object.entries(u.readers).map(([k, v]) => `${k}: ${v}`).join(", ")))));
 }
 
+function sighting(c) {
+  // One child in a locate reply, in words.
+  if (c.enrolled === false) return `${c.child}: not enrolled at this unit`;
+  if (!c.found) return `${c.child}: not seen`;
+  const where = c.zone ? `in ${c.zone}` : (c.last_zone ? `last in ${c.last_zone}` : "seen");
+  const rssi = c.rssi === null || c.rssi === undefined ? "" : `, ${c.rssi} dBm`;
+  return `${c.child}: ${where} at reader ${c.reader}, ${ago(c.time)}${rssi}`;
+}
+
 function replyText(r) {
-  const d = r.data ? ` ${JSON.stringify(r.data)}` : "";
-  return `${r.unit}: ${r.code} ${r.reason || ""}${d}`;
+  const head = `${r.unit}: ${r.code} ${r.reason || ""}`;
+  if (r.data && Array.isArray(r.data.children)) {
+    return `${head} — ${r.data.children.map(sighting).join("; ")}`;
+  }
+  return r.data ? `${head} ${JSON.stringify(r.data)}` : head;
 }
 
 function renderActions(actions) {
