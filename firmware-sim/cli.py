@@ -95,7 +95,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.chain:
         from firmware_sim import city
 
-        return city.run(args)
+        try:
+            return city.run(args)
+        except KeyboardInterrupt:  # during the start: everything started is ended already
+            return 130
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            print(f"kidsafe-sim demo: {e}", file=sys.stderr)
+            return 2
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
