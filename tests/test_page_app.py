@@ -266,3 +266,24 @@ def test_alert_start_goes_to_every_unit_of_the_site(served: Any) -> None:
                     ("gate-02", "alert/start", {"alert_id": "quake", "interval_s": 20.0})]
     assert c.req("POST", "/api/alert/start", json.dumps({"site": "nowhere"}), hdr)[0] == 404
     assert c.req("POST", "/api/locate", json.dumps({"child": "c-404"}), hdr)[0] == 404
+
+
+def test_passwd_prints_a_users_entry_that_logs_in(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    from backend.web.config import parse
+
+    r = subprocess.run([sys.executable, "-m", "backend", "passwd", "ann \"the\" op",
+                        "--role", "operator"], input="a long password\n", capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "a long password" not in r.stdout
+    cfg = parse(tomllib.loads(r.stdout)["web"], tmp_path)
+    user = cfg.users['ann "the" op']
+    assert user.role.value == "operator" and verify_password("a long password",
+                                                             user.password_hash)
+    short = subprocess.run([sys.executable, "-m", "backend", "passwd", "bob"], input="short\n",
+                           capture_output=True, text=True, timeout=30)
+    assert short.returncode == 2 and "at least" in short.stderr

@@ -101,6 +101,8 @@ async def main(cfg: Config, config_path: str) -> int:
     except (WebConfigError, SitesError) as e:
         print(f"kidsafe-backend web: {e}", file=sys.stderr)
         return 2
+    if not web.users:
+        log.warning("[web] has no users: nobody can log in (kidsafe-backend passwd NAME)")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
