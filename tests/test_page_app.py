@@ -287,3 +287,37 @@ def test_passwd_prints_a_users_entry_that_logs_in(tmp_path: Path) -> None:
     short = subprocess.run([sys.executable, "-m", "backend", "passwd", "bob"], input="short\n",
                            capture_output=True, text=True, timeout=30)
     assert short.returncode == 2 and "at least" in short.stderr
+
+
+def test_page_shows_data_as_text_and_viewer_buttons_off(tmp_path: Path,
+                                                        sites: sitesmod.Sites) -> None:
+    """A unit's strings (child refs, zones) are data: shown as text, never as markup, also
+    in the map's tooltips; a viewer's action buttons are off."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pagerig import browser, log_in
+
+    (tmp_path / "sites.toml").write_text(SITES)
+    db = FakeDb()
+    now = datetime.now(UTC)
+    evil = '<img src=x id="pwn">'
+    db.alerts = [{**ev("sos", "park-01", "park-site", evil, {"zone": evil}), "time": now,
+                  "received": now}]
+
+    async def commander(unit: str, cmd: str, args: dict[str, Any],
+                        timeout: float) -> dict[str, Any]:
+        raise AssertionError("a viewer sent a command")
+
+    with serving(web_config(tmp_path / "sites.toml"), sites, db, commander) as base, \
+            browser() as d:
+        log_in(d, base, "vic")
+        alert = WebDriverWait(d, 10).until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, ".alert.sos")))
+        assert evil in alert.text
+        assert not d.find_elements(By.ID, "pwn")
+        assert evil in d.find_element(By.CSS_SELECTOR, ".leaflet-tooltip-pane").text
+        assert not alert.find_element(By.TAG_NAME, "button").is_enabled()
+        assert not d.find_element(By.ID, "locate-btn").is_enabled()
+        assert "viewer" in d.find_element(By.ID, "role-note").text

@@ -19,6 +19,9 @@ function el(tag, attrs, ...kids) {
   return e;
 }
 
+// Leaflet puts a string tooltip in as HTML: give it a text node's element instead.
+const tip = text => el("span", {}, text);
+
 function ago(iso) {
   if (!iso) return "never";
   const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
@@ -56,23 +59,23 @@ function drawSites(sites) {
       const opts = {color: "#2a7", weight: 2, dashArray: "6 4", fill: false};
       const shape = g.points.length ? L.polygon(g.points, opts)
                                     : L.circle([g.lat, g.lon], {...opts, radius: g.radius_m});
-      shape.bindTooltip(`geofence ${g.id}`).addTo(layers.geofences);
+      shape.bindTooltip(tip(`geofence ${g.id}`)).addTo(layers.geofences);
       bounds.push(...(g.points.length ? g.points : [[g.lat, g.lon]]));
     }
     for (const z of s.zones) {
       L.circle([z.lat, z.lon], {radius: z.radius_m, color: "#36c", weight: 1, fillOpacity: 0.12})
-        .bindTooltip(`zone ${z.id} (${z.unit})`).addTo(layers.zones);
+        .bindTooltip(tip(`zone ${z.id} (${z.unit})`)).addTo(layers.zones);
       bounds.push([z.lat, z.lon]);
     }
     for (const c of s.cameras) {
       L.circleMarker([c.lat, c.lon], {radius: 4, color: "#737", fillOpacity: 0.9})
-        .bindTooltip(c.id).addTo(layers.cameras);
+        .bindTooltip(tip(c.id)).addTo(layers.cameras);
       bounds.push([c.lat, c.lon]);
     }
     for (const u of s.units) {
       unitPos[u.id] = [u.lat, u.lon];
       L.circleMarker([u.lat, u.lon], {radius: 6, color: "#222", fillColor: "#fff", fillOpacity: 1})
-        .bindTooltip(u.id, {permanent: true, direction: "right", className: "unit-label"})
+        .bindTooltip(tip(u.id), {permanent: true, direction: "right", className: "unit-label"})
         .addTo(layers.units);
       bounds.push([u.lat, u.lon]);
     }
@@ -87,6 +90,7 @@ function drawSites(sites) {
 }
 
 const KIND = {sos: "SOS", zone_alert: "Left must-stay zone"};
+let seenAlerts = null;  // alert ids already shown: the map moves to a new one
 
 function renderAlerts(alerts) {
   const box = document.getElementById("alerts");
@@ -94,6 +98,9 @@ function renderAlerts(alerts) {
   document.getElementById("alert-count").classList.toggle("hot", alerts.length > 0);
   box.replaceChildren();
   if (layers.alerts) layers.alerts.clearLayers();
+  const fresh = alerts.find(a => seenAlerts !== null && !seenAlerts.has(a.id) && a.lat !== null);
+  if (fresh && map) map.setView([fresh.lat, fresh.lon], Math.max(map.getZoom(), 17));
+  seenAlerts = new Set(alerts.map(a => a.id));
   if (!alerts.length) { box.append(el("p", {class: "none"}, "No active SOS or must-stay alert.")); return; }
   for (const a of alerts) {
     const cams = a.cameras.length ? a.cameras.map(c => `${c.id} (${Math.round(c.distance_m)} m)`).join(", ")
@@ -117,7 +124,7 @@ function renderAlerts(alerts) {
     if (a.lat !== null && map) {
       L.circleMarker([a.lat, a.lon], {radius: 12, color: "#d00", weight: 3, fillOpacity: 0.35,
                                       className: "alert-marker"})
-        .bindTooltip(`${KIND[a.kind] || a.kind}: ${a.child}`,
+        .bindTooltip(tip(`${KIND[a.kind] || a.kind}: ${a.child}`),
                      {permanent: true, direction: a.kind === "sos" ? "top" : "bottom"})
         .addTo(layers.alerts);
     }
