@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -58,6 +59,8 @@ class Stats:
     receipts: int = 0
     receipt_failures: int = 0
     connections: int = 0
+    write_s: float = 0.0  # time in store.write (the transaction), total and longest
+    write_max_s: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
     def add(self, w: Written) -> None:
@@ -71,7 +74,9 @@ class Stats:
         return (f"{self.messages} messages: {self.events} events stored, {self.duplicates} "
                 f"duplicates, {self.quarantined} quarantined, {self.unit_messages} "
                 f"status/birth/health; {self.batches} transactions, {self.receipts} receipts "
-                f"({self.receipt_failures} failed)")
+                f"({self.receipt_failures} failed); transaction avg "
+                f"{1000 * self.write_s / max(1, self.batches):.1f} ms, max "
+                f"{1000 * self.write_max_s:.1f} ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +132,10 @@ class Backend:
             b.host, b.port, identifier=b.client_id, username=b.username or None,
             password=password,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else False, clean_start=False, properties=props,
+            # A persistent session either way: 3.1.1 clean_session = false, MQTT 5
+            # clean_start = false (paho refuses clean_start with 3.1.1).
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
             keepalive=b.keepalive_s, tls_params=_tls(self.cfg), timeout=10)
         # aiomqtt has no manual-acknowledgement switch; its paho client has (public paho
         # API): PUBACK only once the batch is committed.
@@ -223,8 +231,12 @@ class Backend:
 
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
         while (batch := await inq.get()) is not None:
+            t0 = time.monotonic()
             written = await self.store.write(batch.items)
+            took = time.monotonic() - t0
             self.stats.add(written)
+            self.stats.write_s += took
+            self.stats.write_max_s = max(self.stats.write_max_s, took)
             if batch.connection == self.connection:
                 paho = client._client
                 for mid, qos in batch.acks:
