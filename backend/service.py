@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import ssl
 import time
 from collections.abc import Sequence
@@ -46,6 +48,9 @@ from gateway.contract import iso_utc
 log = logging.getLogger("kidsafe.backend")
 
 MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
+# Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
+# right after its N-th commit, before the PUBACKs and receipts of that batch.
+KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
 
 
 @dataclass
@@ -117,6 +122,8 @@ class Backend:
         self._pending: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed (tests, the bench)
+        kill = os.environ.get(KILL_AFTER_COMMITS, "")
+        self._kill_after = int(kill) if kill.isdigit() else None
 
     def _client(self) -> aiomqtt.Client:
         b = self.cfg.broker
@@ -237,6 +244,11 @@ class Backend:
             self.stats.add(written)
             self.stats.write_s += took
             self.stats.write_max_s = max(self.stats.write_max_s, took)
+            if self._kill_after is not None and self.stats.batches >= self._kill_after:
+                log.warning("fault injection: SIGKILL after commit %d (%d events new), "
+                            "before its PUBACKs and receipts", self.stats.batches,
+                            written.events)
+                os.kill(os.getpid(), signal.SIGKILL)
             if batch.connection == self.connection:
                 paho = client._client
                 for mid, qos in batch.acks:
