@@ -170,9 +170,11 @@ def test_config_is_strict(tmp_path: Path) -> None:
     cfg = config.parse({"broker": {"port": 1884, "protocol": "5", "shared_group": "g"},
                         "ingest": {"batch_latency_ms": 5}})
     assert cfg.broker.port == 1884 and cfg.ingest.batch_latency_ms == 5.0
-    for bad, what in [({"brokr": {}}, "unknown"), ({"broker": {"port": "x"}}, "broker.port"),
-                      ({"broker": {"shared_group": "g"}}, "shared_group"),
-                      ({"ingest": {"batch_size": True}}, "batch_size")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"brokr": {}}, "unknown"), ({"broker": {"port": "x"}}, "broker.port"),
+        ({"broker": {"shared_group": "g"}}, "shared_group"),
+        ({"ingest": {"batch_size": True}}, "batch_size")]
+    for bad, what in cases:
         with pytest.raises(config.ConfigError, match=what):
             config.parse(bad)
     sample = Path(__file__).resolve().parents[1] / "config" / "backend.example.toml"

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_receipts_e2e import UNIT, depth, flood, last_seq, receipt_config, status
 
 from backendproc import BackendProcess, keypair, query, write_config
 from firmware_sim.broker import LocalBroker
 from firmware_sim.vserial import VirtualSerial
 from harness import GatewayProcess, Subscriber, wait_until
-from test_receipts_e2e import UNIT, depth, flood, last_seq, receipt_config, status
 
 
 def stored(dsn: str) -> int:
@@ -83,7 +83,7 @@ def test_broker_sigkilled_20_times_every_event_in_postgresql_once(
     times while it is offline: every event the unit committed is in PostgreSQL exactly once
     (by id), and the unit's buffer is empty."""
     broker = LocalBroker(str(tmp_path / "broker"), persistence=False).start()
-    cfg, backend, gw = setup(tmp_path, broker, reader, backend_dsn, timeout_s=2.0)
+    _cfg, backend, gw = setup(tmp_path, broker, reader, backend_dsn, timeout_s=2.0)
     db = tmp_path / "buf.db"
 
     def connects() -> int:
@@ -129,7 +129,7 @@ def test_backend_sigkilled_between_commit_and_receipt_10_times(
     """The backend killed right after a commit, before that batch's PUBACKs and receipts
     (its fault-injection switch), 10 times while a gate floods: no event missing, none
     stored twice, the buffer empty."""
-    cfg, backend, gw = setup(tmp_path, broker, reader, backend_dsn, timeout_s=2.0)
+    _cfg, backend, gw = setup(tmp_path, broker, reader, backend_dsn, timeout_s=2.0)
     db = tmp_path / "buf.db"
     rng = random.Random(13)
     gw.start()
