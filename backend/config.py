@@ -31,7 +31,10 @@ class Broker:
     client_id: str = "kidsafe-backend-1"
     username: str = ""
     password_file: str = ""
-    protocol: str = "5"  # "5" or "3.1.1" (RabbitMQ 3.10 speaks 3.1.1 only)
+    # "3.1.1" or "5". 3.1.1 by default: paho decodes an MQTT 5 PUBLISH's properties at
+    # ~100 us per message, which cost a third of the ingest rate (docs/backend.md). MQTT 5
+    # is needed for shared subscriptions; RabbitMQ 3.10 speaks 3.1.1 only.
+    protocol: str = "3.1.1"
     # "$share/<group>/..." subscriptions (MQTT 5): several workers split the messages.
     # Empty: plain subscriptions (one consumer), the only choice with 3.1.1.
     shared_group: str = ""

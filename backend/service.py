@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import ssl
 import time
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -45,6 +48,9 @@ from gateway.contract import iso_utc
 log = logging.getLogger("kidsafe.backend")
 
 MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
+# Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
+# right after its N-th commit, before the PUBACKs and receipts of that batch.
+KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
 
 
 @dataclass
@@ -58,6 +64,8 @@ class Stats:
     receipts: int = 0
     receipt_failures: int = 0
     connections: int = 0
+    write_s: float = 0.0  # time in store.write (the transaction), total and longest
+    write_max_s: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
     def add(self, w: Written) -> None:
@@ -71,7 +79,9 @@ class Stats:
         return (f"{self.messages} messages: {self.events} events stored, {self.duplicates} "
                 f"duplicates, {self.quarantined} quarantined, {self.unit_messages} "
                 f"status/birth/health; {self.batches} transactions, {self.receipts} receipts "
-                f"({self.receipt_failures} failed)")
+                f"({self.receipt_failures} failed); transaction avg "
+                f"{1000 * self.write_s / max(1, self.batches):.1f} ms, max "
+                f"{1000 * self.write_max_s:.1f} ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +122,8 @@ class Backend:
         self._pending: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed (tests, the bench)
+        kill = os.environ.get(KILL_AFTER_COMMITS, "")
+        self._kill_after = int(kill) if kill.isdigit() else None
 
     def _client(self) -> aiomqtt.Client:
         b = self.cfg.broker
@@ -127,7 +139,10 @@ class Backend:
             b.host, b.port, identifier=b.client_id, username=b.username or None,
             password=password,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else False, clean_start=False, properties=props,
+            # A persistent session either way: 3.1.1 clean_session = false, MQTT 5
+            # clean_start = false (paho refuses clean_start with 3.1.1).
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
             keepalive=b.keepalive_s, tls_params=_tls(self.cfg), timeout=10)
         # aiomqtt has no manual-acknowledgement switch; its paho client has (public paho
         # API): PUBACK only once the batch is committed.
@@ -223,8 +238,17 @@ class Backend:
 
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
         while (batch := await inq.get()) is not None:
+            t0 = time.monotonic()
             written = await self.store.write(batch.items)
+            took = time.monotonic() - t0
             self.stats.add(written)
+            self.stats.write_s += took
+            self.stats.write_max_s = max(self.stats.write_max_s, took)
+            if self._kill_after is not None and self.stats.batches >= self._kill_after:
+                log.warning("fault injection: SIGKILL after commit %d (%d events new), "
+                            "before its PUBACKs and receipts", self.stats.batches,
+                            written.events)
+                os.kill(os.getpid(), signal.SIGKILL)
             if batch.connection == self.connection:
                 paho = client._client
                 for mid, qos in batch.acks:

@@ -14,14 +14,18 @@ frozen dataclasses or dicts of JSON-ready values, newest first where it says so)
 - ``event(id)``: one event;
 - ``gaps(unit)``: gaps in each unit's seqs, explained by drop/salvage notices or not;
 - ``quarantine(limit)``: messages that broke the contract, newest first;
-- ``counts()``: totals (events, units, quarantined, unexplained gap seqs).
+- ``counts()``: totals (events, units, quarantined, unexplained gap seqs);
+- ``listen(callback)``: live updates (PostgreSQL NOTIFY, sent at commit by triggers of
+  migration 0002): ``callback(channel, payload)`` for ``kidsafe_events`` (``{"events": n,
+  "units": [...], "emergency": [ids], "more_emergency": bool}``) and ``kidsafe_units``
+  (``{"units": [...]}``); ``await listener.close()`` stops it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,16 +45,22 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
 
+# The events and their units' last_seen in one statement (one round trip, and without
+# other statements its own transaction): the common batch. $14/$15: the batch's units,
+# each once (ON CONFLICT DO UPDATE may touch a row only once per statement).
+INSERT_EVENTS_SEEN = f"""
+WITH seen AS (
+  INSERT INTO units AS u (unit, site, last_seen)
+  SELECT unit, site, now() FROM unnest($14::text[], $15::text[]) AS t(unit, site)
+  ON CONFLICT (unit) DO UPDATE SET last_seen = now(), site = coalesce(excluded.site, u.site)
+), ins AS ({INSERT_EVENTS.strip()})
+SELECT id FROM ins
+"""
+
 INSERT_LOSSES = """
 INSERT INTO seq_losses (event_id, unit, from_seq, to_seq, source)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[])
 ON CONFLICT DO NOTHING
-"""
-
-SEEN = """
-INSERT INTO units AS u (unit, site, last_seen)
-SELECT unit, site, now() FROM unnest($1::text[], $2::text[]) AS t(unit, site)
-ON CONFLICT (unit) DO UPDATE SET last_seen = now(), site = coalesce(excluded.site, u.site)
 """
 
 QUARANTINE = """
@@ -178,6 +188,22 @@ def _event(r: asyncpg.Record) -> StoredEvent:
                        r["lon"], r["received"])
 
 
+CHANNELS = ("kidsafe_events", "kidsafe_units")
+
+
+class Listener:
+    """A pooled connection held for LISTEN; ``close()`` gives it back."""
+
+    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection,
+                 handler: Callable[..., None]) -> None:
+        self.pool, self.conn, self.handler = pool, conn, handler
+
+    async def close(self) -> None:
+        for ch in CHANNELS:
+            await self.conn.remove_listener(ch, self.handler)
+        await self.pool.release(self.conn)
+
+
 class Store:
     """A pool of connections to the backend's database."""
 
@@ -201,22 +227,27 @@ class Store:
         bad = [it for it in items if isinstance(it, Invalid)]
         unit_msgs = [it for it in items if isinstance(it, UnitMessage)]
         new_ids: set[str] = set()
-        async with self.pool.acquire() as conn, conn.transaction():
-            if events:
-                rows = await conn.fetch(INSERT_EVENTS, *event_columns(events))
-                new_ids = {str(r["id"]) for r in rows}
-                losses = [(ev.id, ev.unit, lo, hi, ev.kind) for ev in events
-                          if ev.losses and ev.id in new_ids for lo, hi in ev.losses]
-                if losses:
-                    await conn.execute(INSERT_LOSSES, *map(list, zip(*losses, strict=True)))
-                seen = sorted({ev.unit: ev.site for ev in events}.items())
-                await conn.execute(SEEN, [u for u, _ in seen], [s for _, s in seen])
-            if bad:
-                await conn.executemany(QUARANTINE, [
-                    (b.topic, b.payload, _digest(b.topic, b.payload), b.unit, b.seq,
-                     list(b.reasons)) for b in bad])
-            for m in unit_msgs:  # arrival order: the last status / birth / health wins
-                await self._unit_message(conn, m)
+        seen = sorted({ev.unit: ev.site for ev in events}.items())
+        args = [*event_columns(events), [u for u, _ in seen], [s for _, s in seen]]
+        async with self.pool.acquire() as conn:
+            if events and not bad and not unit_msgs and not any(ev.losses for ev in events):
+                # The common batch: one statement, its own transaction, one round trip.
+                rows = await conn.fetch(INSERT_EVENTS_SEEN, *args)
+                return Written(len(rows), len(events) - len(rows), 0, 0)
+            async with conn.transaction():
+                if events:
+                    rows = await conn.fetch(INSERT_EVENTS_SEEN, *args)
+                    new_ids = {str(r["id"]) for r in rows}
+                    losses = [(ev.id, ev.unit, lo, hi, ev.kind) for ev in events
+                              if ev.losses and ev.id.lower() in new_ids for lo, hi in ev.losses]
+                    if losses:
+                        await conn.execute(INSERT_LOSSES, *map(list, zip(*losses, strict=True)))
+                if bad:
+                    await conn.executemany(QUARANTINE, [
+                        (b.topic, b.payload, _digest(b.topic, b.payload), b.unit, b.seq,
+                         list(b.reasons)) for b in bad])
+                for m in unit_msgs:  # arrival order: the last status / birth / health wins
+                    await self._unit_message(conn, m)
         return Written(len(new_ids), len(events) - len(new_ids), len(bad), len(unit_msgs))
 
     async def _unit_message(self, conn: asyncpg.Connection, m: UnitMessage) -> None:
@@ -283,6 +314,17 @@ class Store:
         return [Quarantined(r["id"], r["topic"], bytes(r["payload"]), r["unit"], r["seq"],
                             list(r["reasons"]), r["first_seen"], r["last_seen"],
                             r["times_seen"]) for r in rows]
+
+    async def listen(self, callback: Callable[[str, dict[str, Any]], None]) -> Listener:
+        """Call ``callback(channel, payload)`` for every committed change (see above)."""
+        conn = await self.pool.acquire()
+
+        def handler(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+            callback(channel, json.loads(payload))
+
+        for ch in CHANNELS:
+            await conn.add_listener(ch, handler)
+        return Listener(self.pool, conn, handler)
 
     async def counts(self) -> dict[str, int]:
         r = await self.pool.fetchrow(

@@ -80,6 +80,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"topics under {b.topic_prefix}/{cfg.unit.id}/")
     print(f"  buffer    {cfg.buffer.path} (cap {cfg.buffer.max_mb:g} MB / "
           f"{cfg.buffer.max_events} events)")
+    d = cfg.delivery
+    print("  delivery  " + ("deleted on the broker's PUBACK" if d.mode == "broker" else
+                            f"deleted on the backend's signed receipt (resent after "
+                            f"{d.receipt_timeout_s:g} s without one; at most {d.max_awaiting} "
+                            "awaiting)"))
     for r in cfg.readers:
         where = f" on {r.options.where()}" if r.options.where() else ""
         print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")

@@ -114,12 +114,17 @@ class Gateway:
                 # free disk, reserve, WAL, high-water mark, what happened to the file
                 **self.outbox.disk(),
                 "acks_not_recorded": self.publisher.core.undeleted,
+                # Receipt mode: PUBACKed on this connection, no receipt yet (null: broker mode).
+                "awaiting_receipt": self.publisher.core.awaiting_receipt
+                if self.publisher.receipt_mode else None,
             },
             "readers": st["readers"],
             "counters": st["counters"],
             "mqtt": {"sent": self.publisher.sent, "acked": self.publisher.acked,
                      "refused": self.publisher.refused, "connects": self.publisher.connects,
-                     "commands": self.publisher.commands},
+                     "commands": self.publisher.commands,
+                     "receipts": self.publisher.receipts,
+                     "receipts_refused": self.publisher.receipts_refused},
         }
 
     def status(self) -> dict[str, Any]:

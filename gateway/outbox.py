@@ -836,6 +836,56 @@ class Outbox:
             self._recount()
             raise BufferWriteError(f"{e}") from e
 
+    # -- receipts (issue 13; helper "receipts" owns this region) -----------------------------
+    #
+    # Only deletes persist. The awaiting-receipt marks stay in the delivery core's memory,
+    # per connection: a restart is a new connection, after which every un-receipted event
+    # is offered again anyway (the rule after a reconnect), so a persisted mark would buy
+    # nothing and cost an SD-card write per PUBACK. What a receipt covered is deleted at
+    # once and durably enough (NORMAL sync, as PUBACK deletes: a lost delete is a resend
+    # that the backend de-duplicates and receipts again).
+
+    def fetch_seqs(self, seqs: Sequence[int]) -> list[Stored]:
+        """The stored rows among ``seqs`` (the delivery core's resends after a receipt
+        timeout); seqs no longer stored are left out."""
+        out: list[Stored] = []
+        seqs = list(seqs)
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i:i + 500]
+            cur = _sql(self.db,
+                "SELECT seq, uid, lane, topic, payload FROM outbox WHERE seq IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY seq", chunk)
+            out.extend(Stored(r[0], r[1], r[2], r[3], bytes(r[4])) for r in cur)
+        return out
+
+    def delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[int]:
+        """A receipt covers these inclusive seq ranges: delete what of them is stored, in one
+        transaction; returns the seqs deleted."""
+        if not ranges:
+            return []
+        conn = _connection(self.db)
+        if id(conn) not in self._fast_ack_conns:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._fast_ack_conns.add(id(conn))
+        gone: Counter[int] = Counter()
+        seqs: list[int] = []
+        try:
+            with self.db.atomic("IMMEDIATE"):
+                for lo, hi in ranges:
+                    cur = _sql(self.db, "DELETE FROM outbox WHERE seq BETWEEN ? AND ? "
+                                        "RETURNING seq, lane", (lo, hi))
+                    for seq, lane in cur.fetchall():
+                        seqs.append(int(seq))
+                        gone[int(lane)] += 1
+        except (PeeweeException, sqlite3.Error) as e:
+            self._recount()
+            raise BufferWriteError(f"{e}") from e
+        with self._lock:
+            self._lanes.subtract(gone)
+        return sorted(seqs)
+
+    # -- end of the receipts region ----------------------------------------------------------
+
     def _delete(self, seqs: list[int]) -> None:
         gone: Counter[int] = Counter()
         for i in range(0, len(seqs), 500):

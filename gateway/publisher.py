@@ -45,14 +45,17 @@ from gateway import backoff, contract, logs
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.contract import iso_utc
-from gateway.delivery import Action, Delete, Delivery, Limits, Publish, Refused
+from gateway.delivery import Action, Delete, DeleteRanges, Delivery, Limits, Publish, Refused
 from gateway.outbox import BufferWriteError, Outbox
+from gateway.receipts import ReceiptRefused, admit
 
 log = logging.getLogger("gateway.mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 REPLY_SLOTS = 8  # in-flight slots beyond the events' window: a reply never waits behind them
 REPLIES_MAX = 1024  # replies waiting to go out; a flood beyond it is dropped (counted)
+RECEIPTS_MAX = 1024  # receipts read, not yet checked (one loop turn's worth at most)
+REFUSAL_LOG_S = 60.0  # refused receipts: one log line per this long, with the count
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +111,20 @@ class Publisher:
         self.batch = batch
         self.reconnect_max_s = reconnect_max_s or cfg.broker.reconnect_max_s
         self.connack_timeout_s = connack_timeout_s
+        d = cfg.delivery
+        self.receipt_mode = d.mode == "receipt"
         self.core = Delivery(outbox.fetch, Limits(window=window, reserve=emergency_reserve,
-                                                  batch=batch))
+                                                  batch=batch, receipts=self.receipt_mode,
+                                                  receipt_timeout_s=d.receipt_timeout_s,
+                                                  max_awaiting=d.max_awaiting),
+                             outbox.fetch_seqs)
+        # Receipt mode (issue 13): signed receipts on <base>/receipt, checked in this thread.
+        self.receipt_topic = self.topics.of("receipt")
+        self._receipts: collections.deque[bytes] = collections.deque(maxlen=RECEIPTS_MAX)
+        self.receipts = 0  # admitted
+        self.receipts_refused = 0
+        self._refusal_log_at = 0.0
+        self._refusals_unlogged = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -307,6 +322,9 @@ class Publisher:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Runs in paho's thread. Commands never raise into paho: a hostile payload is the
         # handler's to reject, and a bug in it must not take the connection down.
+        if self.receipt_mode and msg.topic == self.receipt_topic:
+            self._receipts.append(bytes(msg.payload))  # checked in _serve's loop
+            return
         self.commands += 1
         suffix = msg.topic[len(self.topics.base) + 1:] if msg.topic.startswith(
             self.topics.base + "/") else msg.topic
@@ -404,6 +422,8 @@ class Publisher:
         core = self.core
         self._connected.set()
         client.subscribe(self.topics.commands, qos=1)
+        if self.receipt_mode:
+            client.subscribe(self.receipt_topic, qos=1)
         live_mark = self._publish_birth(client)
         log.info("broker %s:%d connected (MQTT %s); %d events to send",
                  self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,
@@ -426,6 +446,8 @@ class Publisher:
             while acks:
                 mid, ok = acks.popleft()
                 core.acked(mid, ok)
+            while self._receipts:
+                self._receipt(self._receipts.popleft())
             now = self.clock.monotonic()
             for action in core.poll(now):
                 self._execute(client, action)
@@ -469,3 +491,49 @@ class Publisher:
             case Refused(seq):
                 self.refused += 1
                 log.error("broker refused event seq %d; it stays buffered", seq)
+            case DeleteRanges(ranges):
+                self._delete_receipted(ranges)
+
+    # -- receipts (issue 13; helper "receipts" owns this region) -------------------------------
+
+    def _receipt(self, token: bytes) -> None:
+        """A message on <base>/receipt: admitted ones go to the core; the rest are counted,
+        with one log line a minute (a flood of forgeries cannot fill the journal)."""
+        try:
+            r = admit(token, self.cfg.commands.keyring, self.cfg.unit.id)
+        except ReceiptRefused as e:
+            self.receipts_refused += 1
+            self._refusals_unlogged += 1
+            now = self.clock.monotonic()
+            if now >= self._refusal_log_at:
+                log.warning("receipt refused: %s (%d bytes); nothing deleted; %d refused in "
+                            "all, %d since the last line", logs.clip(e.reason, 120), len(token),
+                            self.receipts_refused, self._refusals_unlogged)
+                self._refusals_unlogged = 0
+                self._refusal_log_at = now + REFUSAL_LOG_S
+            return
+        self.receipts += 1
+        self.core.receipt(r.ranges, r.upto)
+
+    def _delete_receipted(self, ranges: list[tuple[int, int]]) -> None:
+        try:
+            seqs = self.outbox.delete_ranges(ranges)
+        except BufferWriteError as e:
+            # As for PUBACK deletes: the core keeps them as done (not resent) and retries.
+            self.core.delete_failed_ranges(ranges, self.clock.monotonic())
+            if not self._delete_failing:
+                log.error("cannot delete receipted events from the buffer (%s); not resent, "
+                          "retried every %.0f s", e, self.core.limits.delete_retry_s)
+                self._delete_failing = True
+            return
+        self.core.ranges_deleted(ranges)
+        if self._delete_failing and not self.core.receipted_undeleted:
+            log.warning("buffer writable again: receipted events deleted")
+            self._delete_failing = False
+        if not seqs:
+            return
+        self.acked += len(seqs)  # delivered: in the backend's database
+        if self._backlog is not None:
+            self._backlog.update(self.acked, self.outbox.depth())
+        if self.on_acked is not None:
+            self.on_acked(seqs)

@@ -56,6 +56,7 @@ class BackendProcess:
     def __init__(self, config: Path, log: Path) -> None:
         self.config = config
         self.log = log
+        self.env: dict[str, str] = {}  # extra environment for the next start
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -64,7 +65,7 @@ class BackendProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend", "run", "--config", str(self.config)],
             stdout=out, stderr=out, start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         out.close()
         self.starts += 1
         if wait:

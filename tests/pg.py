@@ -47,6 +47,10 @@ class PgMissing(RuntimeError):
     pass
 
 
+class PortTaken(RuntimeError):
+    pass
+
+
 class PgServer:
     """One PostgreSQL server in its own temp dir; ``start``/``stop``/``kill`` by pid."""
 
@@ -79,6 +83,14 @@ class PgServer:
         subprocess.run(argv, check=True, cwd="/", capture_output=True, timeout=60, **self._as)
 
     def start(self, timeout: float = 30.0) -> PgServer:
+        for _ in range(5):
+            try:
+                return self._start(timeout)
+            except PortTaken:  # another process took the free port between bind and listen
+                self.port = free_port()
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> PgServer:
         if not self.data.exists():
             self._run(str(PGBIN / "initdb"), "-D", str(self.data), "-U", self.user, "-A", "trust",
                       "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
@@ -91,6 +103,9 @@ class PgServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.proc = None
+                if "could not create any TCP/IP sockets" in self.log_text()[-2000:]:
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"postgres exited at start: {self.log_text()[-2000:]}")
             ready = subprocess.run([str(PGBIN / "pg_isready"), "-q", "-h", "127.0.0.1",
                                     "-p", str(self.port)], check=False, timeout=10)

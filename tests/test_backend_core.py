@@ -167,12 +167,14 @@ def test_gap_classification_partitions_each_gap(losses: list[tuple[int, int]],
 
 
 def test_config_is_strict(tmp_path: Path) -> None:
-    cfg = config.parse({"broker": {"port": 1884, "shared_group": "g"},
+    cfg = config.parse({"broker": {"port": 1884, "protocol": "5", "shared_group": "g"},
                         "ingest": {"batch_latency_ms": 5}})
     assert cfg.broker.port == 1884 and cfg.ingest.batch_latency_ms == 5.0
-    for bad, what in [({"brokr": {}}, "unknown"), ({"broker": {"port": "x"}}, "broker.port"),
-                      ({"broker": {"protocol": "3.1.1", "shared_group": "g"}}, "shared_group"),
-                      ({"ingest": {"batch_size": True}}, "batch_size")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"brokr": {}}, "unknown"), ({"broker": {"port": "x"}}, "broker.port"),
+        ({"broker": {"shared_group": "g"}}, "shared_group"),
+        ({"ingest": {"batch_size": True}}, "batch_size")]
+    for bad, what in cases:
         with pytest.raises(config.ConfigError, match=what):
             config.parse(bad)
     sample = Path(__file__).resolve().parents[1] / "config" / "backend.example.toml"
@@ -202,3 +204,41 @@ def test_a_failing_migration_leaves_nothing(pg_dsn: str,
         asyncio.run(migrate.apply(pg_dsn))
     assert query(pg_dsn, "SELECT to_regclass('events') IS NULL, "
                  "to_regclass('half') IS NULL")[0] == (True, True)
+
+
+def test_store_notifies_listeners_at_commit(backend_dsn: str) -> None:
+    """The page's live feed: a notification per committed batch, emergencies by id."""
+    from backend.store import Store
+
+    sos = event("u1", 2, "sos", {"zone": None, "position": None, "cameras": []},
+                lane="emergency")
+    items = [parse(P, C, "kidsafe/v1/u1/event/gate", encode(event("u1", 1))),
+             parse(P, C, "kidsafe/v1/u1/event/sos", encode(sos))]
+
+    async def go() -> list[tuple[str, dict[str, Any]]]:
+        store = await Store.open(backend_dsn)
+        heard: list[tuple[str, dict[str, Any]]] = []
+        listener = await store.listen(lambda ch, body: heard.append((ch, body)))
+        try:
+            written = await store.write(items)
+            assert (written.events, written.duplicates) == (2, 0)
+            again = await store.write(items)  # duplicates: nothing new, no event notice
+            assert (again.events, again.duplicates) == (0, 2)
+            for _ in range(50):
+                if len(heard) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            units = await store.units()
+            assert [(u.unit, u.stored_max_seq) for u in units] == [("u1", 2)]
+            assert [e.kind for e in await store.emergencies()] == ["sos"]
+            return heard
+        finally:
+            await listener.close()
+            await store.close()
+
+    heard = asyncio.run(go())
+    events = [b for ch, b in heard if ch == "kidsafe_events"]
+    assert events == [{"events": 2, "units": ["u1"], "emergency": [sos["id"]],
+                       "more_emergency": False}]
+    assert any(ch == "kidsafe_units" and b == {"units": ["u1"]} for ch, b in heard)
