@@ -157,7 +157,7 @@ def test_every_refusal() -> None:
                  b'{"a": NaN}', b"\xff\xfe"):
         code, reason = refused("ping", sign(body, KEY, TYP_COMMAND))
         assert code == Code.BAD_REQUEST, (body, reason)
-    deep = {"id": rid, "unit": UNIT, "cmd": "ping", "issued": core.format_time(now),
+    deep: dict[str, Any] = {"id": rid, "unit": UNIT, "cmd": "ping", "issued": core.format_time(now),
             "expires": core.format_time(now + 60), "args": {}}
     node: dict[str, Any] = deep["args"]
     for _ in range(30):
@@ -229,6 +229,7 @@ def test_handlers() -> None:
     many = run("locate", {"children": ["c-1", "c-2", "c-9"]})
     assert [c["found"] for c in many.data["children"]] == [True, False, False]
     assert [c["enrolled"] for c in many.data["children"]] == [True, True, False]
+    bad: dict[str, Any]
     for bad in ({}, {"child": 5}, {"child": ""}, {"children": []}, {"children": "c-1"},
                 {"child": "c-1", "children": ["c-1"]}, {"who": "c-1"},
                 {"children": ["c"] * 201}):
@@ -279,7 +280,7 @@ def test_a_failing_unit_is_a_500_and_nothing_stored(
     def boom(*_a: Any) -> list[Location]:
         raise TimeoutError("pipeline busy")
 
-    unit.locate = boom  # type: ignore[method-assign]
+    unit.locate = boom  # type: ignore[method-assign,assignment]
     rid, tok = token("locate", {"child": "c-1"})
     r = c.handle(_msg("locate", tok))
     assert (r.code, r.reason) == (500, "failed: TimeoutError")
