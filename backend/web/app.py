@@ -58,7 +58,9 @@ SECURITY_HEADERS = {
 
 
 class Source(Protocol):
-    """Rows for backend.views.build_state, and where a child was last seen."""
+    """Rows for backend.views.build_state, and where a child was last seen. A source may
+    also have ``async changed(timeout_s) -> bool``: returns when the data changed (the
+    page reads then) or after the timeout (backend.web.source.PgSource: LISTEN/NOTIFY)."""
 
     async def rows(self, cfg: WebConfig) -> tuple[Sequence[Row], Sequence[Row], Sequence[Row]]:
         ...
@@ -132,9 +134,15 @@ class Live:
         return state
 
     async def run(self) -> None:
+        """Read after each commit the database announces (at most every ``poll_s``), and
+        every ``refresh_s`` anyway (units fall silent, alerts age out with no commit); a
+        source that announces nothing is read every ``poll_s``."""
+        changed = getattr(self.source, "changed", None)
         while True:
             await self.refresh()
             await asyncio.sleep(self.cfg.poll_s)
+            if changed is not None:
+                await changed(self.cfg.refresh_s)
 
     async def wait(self, version: int, timeout: float) -> None:
         if self.version == version:

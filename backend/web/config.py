@@ -21,7 +21,8 @@ from typing import Any
 
 from backend.web.auth import Role, User
 
-KEYS = {"listen", "sites", "cookie_secure", "session_ttl_s", "poll_s", "alert_window_s",
+KEYS = {"listen", "sites", "cookie_secure", "session_ttl_s", "poll_s", "refresh_s",
+        "alert_window_s",
         "roll_call_window_s", "silent_s", "command_timeout_s", "users"}
 
 
@@ -37,7 +38,8 @@ class WebConfig:
     users: dict[str, User]
     cookie_secure: bool = False
     session_ttl_s: float = 8 * 3600.0
-    poll_s: float = 0.25            # how often the page reads the database for changes
+    poll_s: float = 0.1             # the page reads the database at most this often...
+    refresh_s: float = 5.0          # ...after each commit it is told of, and this often anyway
     alert_window_s: float = 3600.0  # an SOS or must-stay alert stays on the page this long
     roll_call_window_s: float = 300.0  # a roll-call with no report for this long is over
     silent_s: float = 90.0          # an online unit not heard from for this long is "silent"
@@ -64,7 +66,7 @@ def parse(web: dict[str, Any], base: Path) -> WebConfig:
                                  "with `kidsafe-backend passwd`)")
         users[name] = User(name, role, h)
     sites = Path(web.get("sites", "sites.toml"))
-    num = {k: float(web[k]) for k in ("session_ttl_s", "poll_s", "alert_window_s",
+    num = {k: float(web[k]) for k in ("session_ttl_s", "poll_s", "refresh_s", "alert_window_s",
                                        "roll_call_window_s", "silent_s", "command_timeout_s")
            if k in web}
     return WebConfig(host=host, port=int(port), sites=sites if sites.is_absolute()
