@@ -132,8 +132,11 @@ class FakeDb:
 
     def __init__(self) -> None:
         self.alerts: list[dict[str, Any]] = []
+        self.down = False
 
     async def rows(self, cfg: WebConfig) -> tuple[list[Any], list[Any], list[Any]]:
+        if self.down:
+            raise OSError("connection refused")
         return self.alerts, [], []
 
     async def last_unit(self, child: str) -> str | None:
@@ -182,12 +185,15 @@ def served(tmp_path: Path, sites: sitesmod.Sites) -> Any:
         sent.append((unit, cmd, args))
         return {"code": 200, "reason": "ok", "data": {"children": [{"child": "c-1"}]}}
 
-    with serving(web_config(tmp_path / "sites.toml"), sites, FakeDb(), commander) as base:
-        yield base, sent
+    db = FakeDb()
+    now = datetime.now(UTC)
+    db.alerts = [{**ev("sos", "park-01", "park-site", "c-1", {}), "time": now, "received": now}]
+    with serving(web_config(tmp_path / "sites.toml"), sites, db, commander) as base:
+        yield base, sent, db
 
 
 def test_no_anonymous_access(served: Any) -> None:
-    base, _ = served
+    base, _, _ = served
     c = Client(base)
     st, h, _ = c.req("GET", "/")
     assert st == 303 and h["location"] == "/login"
@@ -203,7 +209,7 @@ def test_no_anonymous_access(served: Any) -> None:
 
 
 def test_session_cookie_and_csrf(served: Any) -> None:
-    base, sent = served
+    base, sent, _ = served
     c = Client(base)
     st, h = c.login("olga")
     assert st == 303 and h["location"] == "/"
@@ -238,7 +244,7 @@ def test_session_cookie_and_csrf(served: Any) -> None:
 
 
 def test_viewer_sees_but_cannot_act(served: Any) -> None:
-    base, sent = served
+    base, sent, _ = served
     c = Client(base)
     c.login("vic")
     me = json.loads(c.req("GET", "/api/me")[2])
@@ -254,7 +260,7 @@ def test_viewer_sees_but_cannot_act(served: Any) -> None:
 
 
 def test_alert_start_goes_to_every_unit_of_the_site(served: Any) -> None:
-    base, sent = served
+    base, sent, _ = served
     c = Client(base)
     c.login("olga")
     hdr = {"Content-Type": "application/json", "X-CSRF-Token": c.csrf()}
@@ -321,3 +327,21 @@ def test_page_shows_data_as_text_and_viewer_buttons_off(tmp_path: Path,
         assert not alert.find_element(By.TAG_NAME, "button").is_enabled()
         assert not d.find_element(By.ID, "locate-btn").is_enabled()
         assert "viewer" in d.find_element(By.ID, "role-note").text
+
+
+def test_database_down_keeps_the_last_state_and_says_so(served: Any) -> None:
+    import time
+
+    base, _, db = served
+    c = Client(base)
+    c.login("vic")
+    state = json.loads(c.req("GET", "/api/state")[2])
+    assert [a["child"] for a in state["alerts"]] == ["c-1"] and state["error"] is None
+    db.down = True
+    time.sleep(0.5)
+    state = json.loads(c.req("GET", "/api/state")[2])
+    assert [a["child"] for a in state["alerts"]] == ["c-1"]
+    assert "connection refused" in state["error"]
+    db.down = False
+    time.sleep(0.5)
+    assert json.loads(c.req("GET", "/api/state")[2])["error"] is None

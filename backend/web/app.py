@@ -87,8 +87,9 @@ class Action:
 
 
 class Live:
-    """The page's state, read every ``poll_s`` and versioned: each SSE stream waits for a
-    new version. One reader for all browsers, so the database load does not grow with them."""
+    """The page's state, read when the database changed and versioned: each SSE stream
+    waits for a new version. One reader for all browsers, so the database load does not
+    grow with them."""
 
     def __init__(self, cfg: WebConfig, sites: Sites, source: Source) -> None:
         self.cfg, self.sites, self.source = cfg, sites, source
@@ -122,7 +123,7 @@ class Live:
         except Exception as e:  # the database down: say so on the page, keep trying
             log.warning("reading the page's state failed: %s", e)
             self.error = f"database: {e}"
-            self.publish(None)
+            self.publish(self.state)  # the last state stays, marked as not live
             return None
         self.error = None
         # A stopped roll-call's last reports linger in the window: hide them at once.
