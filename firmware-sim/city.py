@@ -238,8 +238,9 @@ def run(args: argparse.Namespace) -> int:
                      work / f"{name}.log", env=ctx.env)
             stack.callback(u.stop)
             units.append(u)
-        for u in units:
+        for u, reader in zip(units, ("gate-main", "park-ble"), strict=True):
             u.wait_log("connected (MQTT")
+            u.wait_log(f"reader {reader}: online")
         _say("units demo-gate-01 (RDM6300 gate) and demo-park-01 (BLE park) online; logs in "
              f"{work}")
         print(flush=True)
@@ -247,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         for name, (role, pw) in users.items():
             _say(f"  log in as {name} / {pw}   ({role})")
         print(flush=True)
-        time.sleep(2.0)  # the gate driver opens its port (pyserial flushes input on open)
+        time.sleep(0.5)  # pyserial flushes input on open: nothing sent just before is read
         _say(f"scenario '{sc.name}': {sc.description}; the disaster at {ROLL_CALL_AT:g} s")
         t0 = time.monotonic()
         player = threading.Thread(target=play, args=(sc, list(running.values()), stop),
