@@ -1,9 +1,9 @@
 """What the operator page shows, read from the backend's tables.
 
-Two parts: ``build_state`` is pure (rows from the database, the sites file and the time in,
-the page's state out: alerts first, roll-calls per site, unit health), and ``read_rows``
-is the few queries that feed it. The page polls ``read_rows`` and pushes the state to the
-browsers only when it changed.
+``build_state`` is pure: rows from the database (the ``events`` and ``units`` tables of
+backend/migrations), the sites file and the time in, the page's state out: alerts first,
+roll-calls per site, unit health. The few queries that feed it are in
+backend/web/source.py; the page pushes the state to the browsers only when it changed.
 """
 
 from __future__ import annotations
