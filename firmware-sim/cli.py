@@ -158,10 +158,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ready.wait(5)
     _say(f"backend subscriber on kidsafe/v1/#; starting gatewayd with {cfg_path}")
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg_path)],
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    reader_online = threading.Event()
+
+    def echo() -> None:  # the gateway's log as before, watched for its reader coming online
+        assert gw.stdout is not None
+        for line in gw.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if "reader gate-main: online" in line:
+                reader_online.set()
+
+    threading.Thread(target=echo, daemon=True).start()
     rc = 0
     try:
-        time.sleep(2.0)  # let the driver open the port (pyserial flushes input on open)
+        # Play once the driver has the port open (a slow start on a busy machine took
+        # longer than any fixed wait), and a little after: pyserial flushes input on open.
+        reader_online.wait(30)
+        time.sleep(0.5)
         _say(f"scenario '{sc.name}': {len(sc.steps)} steps over {sc.duration:.0f} s "
              f"({expected} presentations of enrolled cards)")
         _say("noise fed in on the way: " + "; ".join(noise))
