@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import asyncpg
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
@@ -239,7 +240,7 @@ class Backend:
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
         while (batch := await inq.get()) is not None:
             t0 = time.monotonic()
-            written = await self.store.write(batch.items)
+            written = await self._write(batch)
             took = time.monotonic() - t0
             self.stats.add(written)
             self.stats.write_s += took
@@ -254,6 +255,22 @@ class Backend:
                 for mid, qos in batch.acks:
                     paho.ack(mid, qos)
             self._send_receipts(client, batch.items)
+
+    async def _write(self, batch: Batch) -> Written:
+        """Store the batch, retrying while the database is unreachable. Nothing is
+        acknowledged meanwhile, so the broker holds back what it has not yet sent us (its
+        in-flight limit for this session), and keeps the rest queued."""
+        delay = 0.2
+        while True:
+            try:
+                return await self.store.write(batch.items)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+                    asyncpg.ConnectionDoesNotExistError) as e:
+                log.warning("database unavailable (%s: %s); batch of %d kept, retrying in "
+                            "%.1f s", type(e).__name__, e, len(batch.items), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _send_receipts(self, client: aiomqtt.Client, items: Sequence[Item]) -> None:
         if self.key is None:
@@ -314,7 +331,9 @@ async def open_backend(cfg: Config) -> Backend:
     kwargs: dict[str, Any] = {}
     if db.password_file:
         kwargs["password"] = Path(db.password_file).read_text().strip()
-    store = await Store.open(dsn, max_size=db.pool_size, **kwargs)
+    # min_size 0: the pool opens connections when asked, so during a database outage it
+    # does not try (and log) to restore a floor in the background; _write retries.
+    store = await Store.open(dsn, min_size=0, max_size=db.pool_size, **kwargs)
     async with store.pool.acquire() as conn:
         have, want = await migrate.current(conn), migrate.available()[-1].version
     if have != want:

@@ -112,3 +112,48 @@ def test_ingest_dedupe_quarantine_gaps_receipts(broker: LocalBroker, backend_dsn
     assert f"{unit}\t5-7\t3\tbuffer_drop" in out.stdout
     assert f"{unit}\t20-20\t1\tUNEXPLAINED" in out.stdout
     assert "stored" in backend.log_text()
+
+
+def test_a_database_outage_loses_nothing(broker: LocalBroker, tmp_path: Path) -> None:
+    """PostgreSQL stopped while events arrive: the backend keeps the batch, acknowledges
+    nothing, retries, and stores everything once the database is back."""
+    import asyncio
+
+    from backend import migrate
+    from pg import PgServer
+
+    pg = PgServer().start()
+    try:
+        dsn = pg.new_database()
+        asyncio.run(migrate.apply(dsn))
+        priv, pub = keypair(tmp_path)
+        cfg = write_config(tmp_path / "backend.toml", broker_port=broker.port, dsn=dsn,
+                           key_file=priv)
+        backend = BackendProcess(cfg, tmp_path / "backend.log").start()
+        receipts = ReceiptCollector(broker.port, pub)
+        p = publisher(broker.port)
+        unit = "unit-db"
+        try:
+            bodies = [event(unit, s) for s in range(1, 201)]
+            for b in bodies[:100]:
+                p.publish(f"{PREFIX}/{unit}/event/gate", encode(b), qos=1)
+            wait_until(lambda: count(dsn, "SELECT count(*) FROM events") == 100, 20,
+                       "the first 100 stored")
+            pg.stop()
+            for b in bodies[100:]:
+                p.publish(f"{PREFIX}/{unit}/event/gate", encode(b), qos=1).wait_for_publish(5)
+            wait_until(lambda: "database unavailable" in backend.log_text(), 20,
+                       "the backend to notice")
+            pg.start()
+            wait_until(lambda: count(dsn, "SELECT count(*) FROM events") == 200, 30,
+                       "everything stored after the outage")
+            wait_until(lambda: receipts.covered(unit) == set(range(1, 201)), 15,
+                       "every seq receipted")
+        finally:
+            p.disconnect()
+            p.loop_stop()
+            receipts.stop()
+            assert backend.stop() == 0, backend.log_text()[-2000:]
+        assert "Traceback" not in backend.log_text()
+    finally:
+        pg.close()
