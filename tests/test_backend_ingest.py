@@ -157,3 +157,37 @@ def test_a_database_outage_loses_nothing(broker: LocalBroker, tmp_path: Path) ->
         assert "Traceback" not in backend.log_text()
     finally:
         pg.close()
+
+
+def test_what_the_database_refuses_is_quarantined_not_a_poison_message(
+        broker: LocalBroker, backend_dsn: str, tmp_path: Path) -> None:
+    """Valid JSON the schema allows but PostgreSQL cannot store (a NUL character in a text
+    or a jsonb string) is quarantined with the database's reason; the rest of its batch is
+    stored, and the backend keeps running."""
+    priv, pub = keypair(tmp_path)
+    cfg = write_config(tmp_path / "backend.toml", broker_port=broker.port, dsn=backend_dsn,
+                       key_file=priv, batch_latency_ms=200.0)  # one batch for all three
+    backend = BackendProcess(cfg, tmp_path / "backend.log").start()
+    receipts = ReceiptCollector(broker.port, pub)
+    p = publisher(broker.port)
+    unit = "unit-nul"
+    try:
+        good = event(unit, 1)
+        nul_child = {**event(unit, 2), "child": "c-\u0000"}
+        nul_data = event(unit, 3)
+        nul_data["data"]["gate"] = "gate-\u0000"
+        for b in (good, nul_child, nul_data):
+            p.publish(f"{PREFIX}/{unit}/event/gate", encode(b), qos=1)
+        wait_until(lambda: count(backend_dsn, "SELECT count(*) FROM quarantine") == 2, 20,
+                   "both quarantined")
+        wait_until(lambda: receipts.covered(unit) == {1, 2, 3}, 10, "all three receipted")
+    finally:
+        p.disconnect()
+        p.loop_stop()
+        receipts.stop()
+        assert backend.stop() == 0, backend.log_text()[-2000:]
+    assert [r[0] for r in query(backend_dsn, "SELECT seq FROM events")] == [1]
+    q = query(backend_dsn, "SELECT seq, reasons FROM quarantine ORDER BY seq")
+    assert [r["seq"] for r in q] == [2, 3]
+    assert all(r["reasons"][0].startswith("database refused it") for r in q)
+    assert "writing it message by message" in backend.log_text()
