@@ -191,3 +191,35 @@ def test_what_the_database_refuses_is_quarantined_not_a_poison_message(
     assert [r["seq"] for r in q] == [2, 3]
     assert all(r["reasons"][0].startswith("database refused it") for r in q)
     assert "writing it message by message" in backend.log_text()
+
+
+def test_two_workers_share_a_subscription_over_mqtt5(broker: LocalBroker, backend_dsn: str,
+                                                     tmp_path: Path) -> None:
+    """Two backends in one shared group (MQTT 5, $share/...): the broker splits the events
+    between them, each is stored once and receipted."""
+    priv, pub = keypair(tmp_path)
+    workers = []
+    for i in (1, 2):
+        cfg = write_config(tmp_path / f"backend{i}.toml", broker_port=broker.port,
+                           dsn=backend_dsn, key_file=priv, client_id=f"worker-{i}",
+                           broker={"protocol": "5", "shared_group": "kidsafe"})
+        workers.append(BackendProcess(cfg, tmp_path / f"backend{i}.log").start())
+    receipts = ReceiptCollector(broker.port, pub)
+    p = publisher(broker.port)
+    unit = "unit-shared"
+    try:
+        for s in range(1, 201):
+            p.publish(f"{PREFIX}/{unit}/event/gate", encode(event(unit, s)), qos=1)
+        wait_until(lambda: count(backend_dsn, "SELECT count(*) FROM events") == 200, 30,
+                   "all stored")
+        wait_until(lambda: receipts.covered(unit) == set(range(1, 201)), 15, "all receipted")
+    finally:
+        p.disconnect()
+        p.loop_stop()
+        receipts.stop()
+        for w in workers:
+            assert w.stop() == 0, w.log_text()[-2000:]
+    for w in workers:
+        assert "$share/kidsafe/kidsafe/v1/+/event/+" in w.log_text()
+        final = w.log_text().rsplit("stopped: ", 1)[1]
+        assert not final.startswith("0 messages"), final  # both took a share
