@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import asyncpg
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
@@ -40,7 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from backend import migrate, schemas
 from backend.config import Config
 from backend.gaps import summarise
-from backend.ingest import Item, parse, receipt_payload, receipts
+from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
 from backend.store import Store, Written
 from gateway import signing
 from gateway.contract import iso_utc
@@ -51,6 +52,15 @@ MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in ano
 # Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
 # right after its N-th commit, before the PUBACKs and receipts of that batch.
 KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
+
+
+# The database is away: keep the batch and retry.
+UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+               asyncpg.ConnectionDoesNotExistError)
+# The database refuses the data (asyncpg's own encoding errors included).
+REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError,
+           OverflowError, TypeError)
 
 
 @dataclass
@@ -87,6 +97,7 @@ class Stats:
 @dataclass(frozen=True, slots=True)
 class Batch:
     items: list[Item]
+    raw: list[tuple[str, bytes]]  # each item's topic and payload (to quarantine it whole)
     acks: list[tuple[int, int]]  # (mid, qos) to acknowledge after the commit
     connection: int  # the connection they came on: a mid means nothing on another one
     received: float  # monotonic time of the first message
@@ -231,15 +242,16 @@ class Backend:
                     break  # the batch goes; this wait carries over to the next one
                 got.append(pending.result())
                 pending = None
-            items = [parse(prefix, contract, m.topic.value, _bytes(m.payload)) for m in got]
+            raw = [(m.topic.value, _bytes(m.payload)) for m in got]
+            items = [parse(prefix, contract, t, p) for t, p in raw]
             acks = [(m.mid, m.qos) for m in got if m.qos > 0]
             self.stats.messages += len(got)
-            await out.put(Batch(items, acks, self.connection, t0))
+            await out.put(Batch(items, raw, acks, self.connection, t0))
 
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
         while (batch := await inq.get()) is not None:
             t0 = time.monotonic()
-            written = await self.store.write(batch.items)
+            written = await self._write(batch)
             took = time.monotonic() - t0
             self.stats.add(written)
             self.stats.write_s += took
@@ -254,6 +266,45 @@ class Backend:
                 for mid, qos in batch.acks:
                     paho.ack(mid, qos)
             self._send_receipts(client, batch.items)
+
+    async def _write(self, batch: Batch) -> Written:
+        """Store the batch, retrying while the database is unreachable. Nothing is
+        acknowledged meanwhile, so the broker holds back what it has not yet sent us (its
+        in-flight limit for this session), and keeps the rest queued."""
+        delay = 0.2
+        while True:
+            try:
+                try:
+                    return await self.store.write(batch.items)
+                except REFUSED as e:
+                    log.warning("the database refused a batch of %d (%s: %s); writing it "
+                                "message by message", len(batch.items), type(e).__name__, e)
+                    return await self._write_each(batch)
+            except UNAVAILABLE as e:
+                log.warning("database unavailable (%s: %s); batch of %d kept, retrying in "
+                            "%.1f s", type(e).__name__, e, len(batch.items), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write_each(self, batch: Batch) -> Written:
+        """A message the database refuses (a NUL character in a string, a number beyond
+        its range: valid JSON the schema allows) is quarantined with the database's reason,
+        so it cannot stop the batch it came in, nor every later start (a poison message)."""
+        total = Written(0, 0, 0, 0)
+        for item, (topic, payload) in zip(batch.items, batch.raw, strict=True):
+            try:
+                w = await self.store.write([item])
+            except REFUSED as e:
+                unit = split_topic(self.cfg.prefix, topic)
+                seq = getattr(item, "seq", None)
+                reason = f"database refused it: {type(e).__name__}: {e}".replace("\0", "")
+                w = await self.store.write([Invalid(topic, payload, unit[0] if unit else None,
+                                                    seq if isinstance(seq, int) else None,
+                                                    (reason,))])
+            total = Written(total.events + w.events, total.duplicates + w.duplicates,
+                            total.quarantined + w.quarantined,
+                            total.unit_messages + w.unit_messages)
+        return total
 
     def _send_receipts(self, client: aiomqtt.Client, items: Sequence[Item]) -> None:
         if self.key is None:
@@ -314,7 +365,9 @@ async def open_backend(cfg: Config) -> Backend:
     kwargs: dict[str, Any] = {}
     if db.password_file:
         kwargs["password"] = Path(db.password_file).read_text().strip()
-    store = await Store.open(dsn, max_size=db.pool_size, **kwargs)
+    # min_size 0: the pool opens connections when asked, so during a database outage it
+    # does not try (and log) to restore a floor in the background; _write retries.
+    store = await Store.open(dsn, min_size=0, max_size=db.pool_size, **kwargs)
     async with store.pool.acquire() as conn:
         have, want = await migrate.current(conn), migrate.available()[-1].version
     if have != want:

@@ -8,7 +8,8 @@ PostgreSQL 15 (its default, durable settings: fsync on), kidsafe-backend as its 
 - ``pg_batched_insert_per_s``: PostgreSQL's own rate for the same rows in the same run:
   the backend's store (the same INSERT ... SELECT FROM unnest ... ON CONFLICT DO NOTHING
   statements, batches of the same size, one transaction each) fed the parsed rows
-  directly, with no broker, no JSON and no validation; ``backend_ingest_ratio`` = the
+  directly, with no broker, no JSON and no validation (measured before and after the
+  backend's run, the higher rate kept); ``backend_ingest_ratio`` = the
   first / the second (target >= 0.5: the broker, parsing, validation and receipts may
   cost at most as much as the database itself);
 - ``e2e_receipt_latency_p50_ms`` / ``_p99_ms``: a unit publishing a steady 200 events/s
@@ -155,6 +156,13 @@ def ingest(pg: PgServer, broker: LocalBroker, work: Path, key: Path, n: int,
     log = work / "backend-ingest.log"
     procs.end(_backend(cfg, log), signal.SIGTERM)  # its persistent session now exists
     msgs = [(f"{PREFIX}/unit-b/event/gate", _event("unit-b", s)) for s in range(1, n + 1)]
+    contract = schemas.load()
+    rows = [parse(PREFIX, contract, t, p) for t, p in msgs]
+    assert all(isinstance(r, EventRow) for r in rows)
+    # PostgreSQL's own rate, before and after the backend's run; the higher one counts (the
+    # conservative ratio on a machine whose load changes).
+    say("PostgreSQL's own batched inserts of the same rows")
+    direct = asyncio.run(_insert_direct(_migrated(pg), rows))  # type: ignore[arg-type]
     say(f"backlog: {n} events queued for the offline backend")
     _publish_all(broker.port, msgs)
     say("backend started on the backlog")
@@ -171,11 +179,8 @@ def ingest(pg: PgServer, broker: LocalBroker, work: Path, key: Path, n: int,
                             "(SELECT min(received) FROM events)")
     span = _sql(dsn, "SELECT extract(epoch FROM max(received) - min(received)) FROM events")
     rate = (n - first_batch) / float(span)
-    say("PostgreSQL's own batched inserts of the same rows")
-    contract = schemas.load()
-    rows = [parse(PREFIX, contract, t, p) for t, p in msgs]
-    assert all(isinstance(r, EventRow) for r in rows)
-    direct = asyncio.run(_insert_direct(_migrated(pg), rows))  # type: ignore[arg-type]
+    say("PostgreSQL's own batched inserts of the same rows, again")
+    direct = max(direct, asyncio.run(_insert_direct(_migrated(pg), rows)))  # type: ignore[arg-type]
     return {"backend_events_per_s": round(rate, 1),
             "pg_batched_insert_per_s": round(direct, 1),
             "backend_ingest_ratio": round(rate / direct, 3)}

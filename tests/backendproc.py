@@ -37,11 +37,12 @@ def keypair(d: Path) -> tuple[Path, Path]:
 
 
 def write_config(path: Path, *, broker_port: int, dsn: str, key_file: Path | None,
-                 client_id: str = "backend-test", **ingest: Any) -> Path:
+                 client_id: str = "backend-test", broker: dict[str, Any] | None = None,
+                 **ingest: Any) -> Path:
     doc: dict[str, Any] = {
         "prefix": PREFIX,
         "broker": {"host": "127.0.0.1", "port": broker_port, "client_id": client_id,
-                   "reconnect_max_s": 0.5},
+                   "reconnect_max_s": 0.5, **(broker or {})},
         "database": {"dsn": dsn},
         "receipts": {"key_file": str(key_file) if key_file else ""},
         "ingest": {"batch_latency_ms": 5.0, **ingest},
