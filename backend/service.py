@@ -222,31 +222,35 @@ class Backend:
         queue = client._queue
         prefix, contract = self.cfg.prefix, self.contract
         pending: asyncio.Future[aiomqtt.Message] | None = None
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(it))
-            first = await pending
-            pending = None
-            t0 = time.monotonic()
-            got = [first]
-            while len(got) < ing.batch_size:
-                if not queue.empty():
-                    got.append(queue.get_nowait())
-                    continue
-                left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
-                if left <= 0:
-                    break
-                pending = asyncio.ensure_future(anext(it))
-                done, _ = await asyncio.wait({pending}, timeout=left)
-                if pending not in done:
-                    break  # the batch goes; this wait carries over to the next one
-                got.append(pending.result())
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(it))
+                first = await pending
                 pending = None
-            raw = [(m.topic.value, _bytes(m.payload)) for m in got]
-            items = [parse(prefix, contract, t, p) for t, p in raw]
-            acks = [(m.mid, m.qos) for m in got if m.qos > 0]
-            self.stats.messages += len(got)
-            await out.put(Batch(items, raw, acks, self.connection, t0))
+                t0 = time.monotonic()
+                got = [first]
+                while len(got) < ing.batch_size:
+                    if not queue.empty():
+                        got.append(queue.get_nowait())
+                        continue
+                    left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
+                    if left <= 0:
+                        break
+                    pending = asyncio.ensure_future(anext(it))
+                    done, _ = await asyncio.wait({pending}, timeout=left)
+                    if pending not in done:
+                        break  # the batch goes; this wait carries over to the next one
+                    got.append(pending.result())
+                    pending = None
+                raw = [(m.topic.value, _bytes(m.payload)) for m in got]
+                items = [parse(prefix, contract, t, p) for t, p in raw]
+                acks = [(m.mid, m.qos) for m in got if m.qos > 0]
+                self.stats.messages += len(got)
+                await out.put(Batch(items, raw, acks, self.connection, t0))
+        finally:
+            if pending is not None:  # a wait that outlived its batch: its connection is gone
+                pending.cancel()
 
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
         while (batch := await inq.get()) is not None:
