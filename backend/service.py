@@ -334,9 +334,11 @@ class Backend:
             self.stats.receipts += 1
 
     async def report(self) -> None:
-        """Log the counters every 10 s and each unit's unexplained gaps every gap_report_s."""
+        """Log the counters every 10 s and each unit's unexplained gaps every gap_report_s;
+        prune the status/birth/health history hourly."""
         every = self.cfg.ingest.gap_report_s
         last_gaps = time.monotonic()
+        prune_at = time.monotonic()  # at start, then hourly
         last_line = ""
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -345,6 +347,15 @@ class Backend:
             if line != last_line:
                 log.info("%s", line)
                 last_line = line
+            if time.monotonic() >= prune_at:
+                prune_at = time.monotonic() + 3600
+                try:
+                    pruned = await self.store.prune(self.cfg.ingest.history_days)
+                    if pruned:
+                        log.info("pruned %d status/birth/health rows older than %g days",
+                                 pruned, self.cfg.ingest.history_days)
+                except Exception as e:  # a report must not stop ingest
+                    log.warning("pruning history failed: %s", e)
             if every > 0 and time.monotonic() - last_gaps >= every:
                 last_gaps = time.monotonic()
                 try:

@@ -242,3 +242,20 @@ def test_store_notifies_listeners_at_commit(backend_dsn: str) -> None:
     assert events == [{"events": 2, "units": ["u1"], "emergency": [sos["id"]],
                        "more_emergency": False}]
     assert any(ch == "kidsafe_units" and b == {"units": ["u1"]} for ch, b in heard)
+
+
+def test_prune_keeps_recent_history(backend_dsn: str) -> None:
+    from backend.store import Store
+
+    query(backend_dsn, "INSERT INTO unit_messages (unit, kind, received, body) VALUES "
+          "('u1', 'health', now() - interval '20 days', '{}'), ('u1', 'health', now(), '{}')")
+
+    async def go() -> int:
+        store = await Store.open(backend_dsn)
+        try:
+            return await store.prune(14)
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == 1
+    assert query(backend_dsn, "SELECT count(*) FROM unit_messages")[0][0] == 1
