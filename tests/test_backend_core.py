@@ -8,6 +8,10 @@ import copy
 import itertools
 import json
 import random
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +263,22 @@ def test_prune_keeps_recent_history(backend_dsn: str) -> None:
 
     assert asyncio.run(go()) == 1
     assert query(backend_dsn, "SELECT count(*) FROM unit_messages")[0][0] == 1
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze missing: ./dev.sh setup installs systemd")
+def test_backend_systemd_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
+    unit = Path(__file__).resolve().parents[1] / "systemd" / "kidsafe-backend.service"
+    shipped = "/opt/kidsafe-gateway/.venv/bin/kidsafe-backend"
+    exe = Path(sys.executable).parent / "kidsafe-backend"
+    assert exe.exists() and shipped in unit.read_text()
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace(shipped, str(exe)))
+    r = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Unknown key" not in r.stderr and "Failed to parse" not in r.stderr, r.stderr
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                        str(unit)], capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout + r.stderr)
+    assert m and float(m.group(1)) <= 2.5, r.stdout + r.stderr
