@@ -11,12 +11,12 @@ from typing import Any
 import jsonschema
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_commands_core import FakeUnit
 
 from gateway.commands import core
 from gateway.commands.core import BadArgs, Command, Reply
 from gateway.commands.registry import HANDLERS
 from gateway.signing import TYP_COMMAND, Keyring, sign
-from test_commands_core import FakeUnit
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
