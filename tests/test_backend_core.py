@@ -97,7 +97,8 @@ def test_compiled_validators_agree_with_jsonschema() -> None:
     rng = random.Random(4)
     samples = [event("u1", 5), drop_event("u1", 6, [[1, 3]]),
                event("u1", 7, "clock_step", {"step_s": -3.5}, lane="telemetry"),
-               event("u1", 8, "sos", {"zone": None, "position": None, "cameras": []},
+               event("u1", 8, "sos", {"zone": None, "position": None, "cameras": [], "rssi": -60.0,
+                                 "battery_mv": 2900},
                      lane="emergency")]
     checked = 0
     for body in samples:
@@ -118,7 +119,7 @@ def test_unknown_keywords_fall_back_to_jsonschema(tmp_path: Path) -> None:
     doc["unevaluatedProperties"] = False  # 2020-12 only: fastjsonschema would ignore it
     (tmp_path / "status.schema.json").write_text(json.dumps(doc))
     c = schemas.load(tmp_path)
-    ok = {"unit": "u1", "state": "online", "time": None, "reason": "connected"}
+    ok = {"unit": "u1", "state": "offline", "time": None, "reason": "connection-lost"}
     assert c.check("status", ok) == []
     assert c.check("status", {**ok, "more": 1})  # refused, not silently accepted
 
@@ -214,7 +215,8 @@ def test_store_notifies_listeners_at_commit(backend_dsn: str) -> None:
     """The page's live feed: a notification per committed batch, emergencies by id."""
     from backend.store import Store
 
-    sos = event("u1", 2, "sos", {"zone": None, "position": None, "cameras": []},
+    sos = event("u1", 2, "sos", {"zone": None, "position": None, "cameras": [], "rssi": -60.0,
+                                 "battery_mv": 2900},
                 lane="emergency")
     items = [parse(P, C, "kidsafe/v1/u1/event/gate", encode(event("u1", 1))),
              parse(P, C, "kidsafe/v1/u1/event/sos", encode(sos))]
