@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 
+import contract
 from firmware_sim import procs
 from gateway import signing
 from gateway.contract import iso_utc
@@ -142,6 +143,8 @@ class ReceiptCollector:
             body = json.loads(v.payload)
             unit = msg.topic.split("/")[-2]
             assert body["unit"] == unit, (body, msg.topic)
+            bad = contract.body_violations("receipt", body, msg.topic)  # the contract's schema
+            assert not bad, bad
             with self.lock:
                 self.count += 1
                 for a, b in body["ranges"]:
