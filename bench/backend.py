@@ -97,15 +97,15 @@ def _config(work: Path, port: int, dsn: str, key: Path, latency_ms: float) -> Pa
     return path
 
 
-def _backend(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    before = log.read_text().count("subscribed to ") if log.exists() else 0
+def _backend(config: Path, log: Path, ready: str = "subscribed to ") -> subprocess.Popen[bytes]:
+    before = log.read_text().count(ready) if log.exists() else 0
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", "backend", "run", "--config", str(config)],
                             stdout=out, stderr=out, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     out.close()
     deadline = time.monotonic() + 30
-    while log.read_text().count("subscribed to ") <= before:
+    while log.read_text().count(ready) <= before:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"kidsafe-backend did not start: {log.read_text()[-2000:]}")
         time.sleep(0.05)
@@ -172,7 +172,8 @@ def ingest(pg: PgServer, broker: LocalBroker, work: Path, key: Path, n: int,
     say(f"backlog: {n} events queued for the offline backend")
     _publish_all(broker.port, msgs)
     say("backend started on the backlog")
-    proc = _backend(cfg, log)
+    # Connected is enough: its session's queued messages come before the SUBACK.
+    proc = _backend(cfg, log, ready="connected to ")
     try:
         deadline = time.monotonic() + max(120, n / 500)
         while _sql(dsn, "SELECT count(*) FROM events") < n:

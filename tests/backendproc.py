@@ -77,7 +77,7 @@ class BackendProcess:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def wait_subscribed(self, timeout: float = 20.0) -> None:
+    def wait_subscribed(self, timeout: float = 45.0) -> None:
         """Until this start's process logged its subscription (the n-th such line)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
