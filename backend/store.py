@@ -315,6 +315,13 @@ class Store:
                             list(r["reasons"]), r["first_seen"], r["last_seen"],
                             r["times_seen"]) for r in rows]
 
+    async def prune(self, keep_days: float) -> int:
+        """Delete status/birth/health history older than ``keep_days``; rows deleted."""
+        done = await self.pool.execute(
+            "DELETE FROM unit_messages WHERE received < now() - make_interval(secs => $1)",
+            keep_days * 86400.0)
+        return int(done.split()[-1])
+
     async def listen(self, callback: Callable[[str, dict[str, Any]], None]) -> Listener:
         """Call ``callback(channel, payload)`` for every committed change (see above)."""
         conn = await self.pool.acquire()

@@ -23,6 +23,7 @@ from backendproc import (
     write_config,
 )
 from firmware_sim.broker import LocalBroker
+from gateway.contract import SCHEMA_VERSION
 from harness import wait_until
 
 
@@ -65,7 +66,7 @@ def test_ingest_dedupe_quarantine_gaps_receipts(broker: LocalBroker, backend_dsn
             {"unit": unit, "state": "online", "time": "2026-12-01T10:00:00.000Z",
              "reason": "connected"}).encode(), qos=1, retain=True).wait_for_publish(5)
         p.publish(f"{base}/birth", json.dumps(
-            {"unit": unit, "site": "test-site", "software": "9.9", "schema": 1,
+            {"unit": unit, "site": "test-site", "software": "9.9", "schema": SCHEMA_VERSION,
              "config_version": "c-1", "last_seq": 41, "high_water_seq": 1000, "mqtt": "5",
              "time": "2026-12-01T10:00:00.000Z"}).encode(), qos=1).wait_for_publish(5)
 
