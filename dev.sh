@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's two commands (and the set-up step both share):
-#   ./dev.sh demo    set up (the broker only), then run the gateway on simulated hardware
+#   ./dev.sh demo    set up, then run the whole chain on simulated units, with the operator page
 #   ./dev.sh test    set up, then run ruff, mypy, import-linter, the quick bench and the test suite
 #   ./dev.sh setup   only the test set-up: system packages (when missing), .venv, Python packages
 # Works on a fresh Debian 12 / Raspberry Pi OS bookworm as root or with sudo.
@@ -14,8 +14,13 @@ cd "$(dirname "$0")"
 # not be the init system (containers, CI).
 SYSTEM_PACKAGES=(mosquitto mosquitto-clients dbus-daemon gpsd openssl procps systemd
                  gcc python3-dev libdbus-1-dev libglib2.0-dev pkg-config)
-# `./dev.sh demo` needs only the broker (and Python packages with wheels): no compiler.
-DEMO_PACKAGES=(mosquitto)
+# The operator page: Leaflet served from Debian's copy (no CDN); the browser test drives
+# Debian's headless Chromium (never a browser download), which needs a font to draw text.
+PAGE_PACKAGES=(libjs-leaflet chromium chromium-driver fonts-dejavu-core)
+SYSTEM_PACKAGES+=("${PAGE_PACKAGES[@]}")
+# PostgreSQL 15: the reference backend's database (tests start their own throw-away server,
+# tests/pg.py). Installed by setup_postgres, not in this list: see there.
+PG_PACKAGES=(postgresql-15)
 # The AsyncAPI JSON Schema that tests/test_asyncapi.py validates docs/asyncapi.yaml
 # against: AsyncAPI's own npm package, fetched with npm (Debian's nodejs and npm where the
 # machine has no npm) into the git-ignored .cache/npm, never copied into the project.
@@ -44,6 +49,22 @@ setup_system() {  # the packages named as arguments, those not installed yet
   fi
 }
 
+setup_postgres() {
+  # postgresql-15's postinst creates and starts a system cluster 15/main on port 5432; the
+  # tests and the demo never use it. Debian's documented switch against it,
+  # create_main_cluster = false, lives in postgresql-common's createcluster.conf: install
+  # postgresql-common first, set the switch, then the server.
+  local conf=/etc/postgresql-common/createcluster.conf
+  dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null | grep -q "install ok installed" && return
+  setup_system postgresql-common
+  if [ -f "$conf" ] && ! grep -q '^create_main_cluster *= *false' "$conf"; then
+    as_root sed -i 's/^#\? *create_main_cluster *=.*/create_main_cluster = false/' "$conf"
+    grep -q '^create_main_cluster = false' "$conf" || \
+      echo 'create_main_cluster = false' | as_root tee -a "$conf" >/dev/null
+  fi
+  setup_system "${PG_PACKAGES[@]}"
+}
+
 fresh() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
 
 setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the package alone)
@@ -53,7 +74,7 @@ setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the pac
     "$py" -m venv .venv
   fi
   local stamp=.venv/.kidsafe-installed-$1 target=.
-  [ "$1" = test ] && target='.[test,ble-test]'
+  [ "$1" = test ] && target='.[test,ble-test,backend]'
   # A test set-up has everything the demo needs.
   if fresh "$stamp" || { [ "$1" = demo ] && fresh .venv/.kidsafe-installed-test; }; then
     return
@@ -82,15 +103,16 @@ setup_asyncapi() {  # best effort: without it the AsyncAPI validation test skips
     || say "could not install $ASYNCAPI_SPECS: the AsyncAPI validation test will skip"
 }
 
-setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_python test; setup_asyncapi; }
-setup_demo() { setup_system "${DEMO_PACKAGES[@]}"; setup_python demo; }
+setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_postgres; setup_python test; setup_asyncapi; }
 
 case "${1:-}" in
   setup) setup ;;
   demo)
-    setup_demo
-    say "demo: local mosquitto + simulated RDM6300 gate reader + gatewayd + backend subscriber"
-    exec .venv/bin/kidsafe-sim demo "${@:2}" ;;
+    # The chain needs what the tests need: the mock BlueZ for the park's BLE scanner,
+    # PostgreSQL, the backend's packages.
+    setup
+    say "demo: simulated units -> mosquitto -> gatewayd -> kidsafe-backend -> PostgreSQL -> operator page"
+    exec .venv/bin/kidsafe-sim demo --chain "${@:2}" ;;
   test)
     setup
     say "ruff"; .venv/bin/ruff check .

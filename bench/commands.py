@@ -32,7 +32,7 @@ from firmware_sim import procs
 from firmware_sim.broker import LocalBroker
 from gateway import cmdtool, signing
 from gateway.outbox import Outbox
-from gateway.publisher import nodelay
+from gateway.tcpopts import nodelay
 
 TARGETS: dict[str, tuple[str, float]] = {"cmd_locate_reply_p99_ms": ("<", 100)}
 UNIT = "bench-unit"

@@ -92,6 +92,16 @@ def cmd_rdm6300(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Broker + simulated reader + gatewayd + a backend subscriber, all local."""
+    if args.chain:
+        from firmware_sim import city
+
+        try:
+            return city.run(args)
+        except KeyboardInterrupt:  # during the start: everything started is ended already
+            return 130
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            print(f"kidsafe-sim demo: {e}", file=sys.stderr)
+            return 2
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -148,10 +158,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ready.wait(5)
     _say(f"backend subscriber on kidsafe/v1/#; starting gatewayd with {cfg_path}")
     gw = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(cfg_path)],
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    reader_online = threading.Event()
+
+    def echo() -> None:  # the gateway's log as before, watched for its reader coming online
+        assert gw.stdout is not None
+        for line in gw.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if "reader gate-main: online" in line:
+                reader_online.set()
+
+    threading.Thread(target=echo, daemon=True).start()
     rc = 0
     try:
-        time.sleep(2.0)  # let the driver open the port (pyserial flushes input on open)
+        # Play once the driver has the port open (a slow start on a busy machine took
+        # longer than any fixed wait), and a little after: pyserial flushes input on open.
+        reader_online.wait(30)
+        time.sleep(0.5)
         _say(f"scenario '{sc.name}': {len(sc.steps)} steps over {sc.duration:.0f} s "
              f"({expected} presentations of enrolled cards)")
         _say("noise fed in on the way: " + "; ".join(noise))
@@ -357,6 +382,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     d = sub.add_parser("demo", help="local broker + simulated reader + gatewayd + subscriber")
     d.add_argument("--workdir", help="where to keep the demo's files (default: a temp dir)")
     d.add_argument("--stay", action="store_true", help="keep running after the scenario")
+    d.add_argument("--chain", action="store_true",
+                   help="the whole chain: two units, kidsafe-backend, PostgreSQL and the "
+                        "operator page (./dev.sh demo)")
+    d.add_argument("--port", type=int, default=0,
+                   help="--chain: the operator page's port (default: a free one)")
+    d.add_argument("--for", dest="run_for", type=float, metavar="S",
+                   help="--chain: end S seconds after the scenario started (default: Ctrl-C)")
     d.set_defaults(func=cmd_demo)
     rn = sub.add_parser("run", help="every simulated device a scenario needs, then play it "
                                     "(see config/scenarios/)")

@@ -27,8 +27,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.commands.core import Code, format_time, reply_base
-from gateway.publisher import nodelay
 from gateway.signing import TYP_COMMAND, sign
+from gateway.tcpopts import nodelay
 
 # Exit codes of `gatewayd cmd` by reply code (docs/operations.md); no reply: NO_REPLY.
 EXIT_CODES: dict[int, int] = {Code.OK: 0, Code.BAD_REQUEST: 40, Code.FORBIDDEN: 43,

@@ -49,6 +49,7 @@ from gateway.contract import iso_utc
 from gateway.delivery import Action, Delete, DeleteRanges, Delivery, Limits, Publish, Refused
 from gateway.outbox import BufferWriteError, Outbox
 from gateway.receipts import ReceiptRefused, admit
+from gateway.tcpopts import nodelay
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -75,15 +76,6 @@ class OutgoingReply:
     topic: str
     body: bytes
     correlation: bytes | None = None
-
-
-def nodelay(client: mqtt.Client) -> None:
-    """No Nagle delay for small packets (a command's reply, an SOS after a PUBACK): paho
-    leaves Nagle on, and behind a packet the peer has not ACKed yet (Linux delays ACKs up
-    to 40 ms) a small one waits. paho writes packet by packet either way."""
-    sock: Any = client.socket()
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ConnectFailed(OSError):

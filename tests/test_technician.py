@@ -113,7 +113,7 @@ def test_gate_event_log_lines_carry_the_direction(tmp_path: Path,
 
 @pytest.mark.timeout(90)
 def test_the_demo_shows_its_noise_rejected_and_counted(tmp_path: Path) -> None:
-    """`./dev.sh demo`'s command: the garbage, the bad checksum and the visitor's card it
+    """`kidsafe-sim demo` (gate only): the garbage, the bad checksum and the visitor's card it
     feeds in are named, then shown counted in the gateway's health message."""
     import subprocess
     import sys
