@@ -67,7 +67,8 @@ def test_ingest_dedupe_quarantine_gaps_receipts(broker: LocalBroker, backend_dsn
              "reason": "connected"}).encode(), qos=1, retain=True).wait_for_publish(5)
         p.publish(f"{base}/birth", json.dumps(
             {"unit": unit, "site": "test-site", "software": "9.9", "schema": SCHEMA_VERSION,
-             "config_version": "c-1", "last_seq": 41, "high_water_seq": 1000, "mqtt": "5",
+             "config_version": "c-1", "config_previous": None, "config_label": "",
+             "last_seq": 41, "high_water_seq": 1000, "mqtt": "5",
              "time": "2026-12-01T10:00:00.000Z"}).encode(), qos=1).wait_for_publish(5)
 
         wait_until(lambda: count(backend_dsn, "SELECT count(*) FROM events") >= len(bodies)
