@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,6 +375,11 @@ class Outbox:
         self._reserve_in_force = self.reserve_bytes
         self._models = (OutboxRow, DropRow, KvRow)
         self._lock = threading.Lock()
+        # One writer at a time inside the process, queued on a lock: SQLite's own busy
+        # handler polls with growing sleeps, so a thread waiting for the write lock (a
+        # receipt's delete) could miss every short gap between the pipeline's commits for
+        # seconds. Reads (WAL) never wait for it.
+        self._write_gate = threading.RLock()
         self._lanes: Counter[int] = Counter()
         self._fast_ack_conns: set[int] = set()
         self._hwm_path = f"{path}.seq"
@@ -406,6 +411,12 @@ class Outbox:
                 self._clear_parked()
 
     # -- opening, salvage, identity ------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write transaction (BEGIN IMMEDIATE), queued behind this process's others."""
+        with self._write_gate, self.db.atomic("IMMEDIATE"):
+            yield
 
     def _connect(self) -> SqliteDatabase:
         db = SqliteDatabase(self.path, pragmas=PRAGMAS, check_same_thread=False)
@@ -493,7 +504,7 @@ class Outbox:
 
     def _copy_in(self, rows: list[tuple[Any, ...]], kv: list[tuple[str, bytes]],
                  drops: list[tuple[Any, ...]], high: int) -> None:
-        with self.db.atomic("IMMEDIATE"):
+        with self._writing():
             cur = _cursor(self.db)
             cur.executemany(f"INSERT OR IGNORE INTO outbox ({_ROW_COLS}) VALUES (?,?,?,?,?,?,?)",
                             rows)
@@ -525,7 +536,7 @@ class Outbox:
         low = saved[0] if clean_start and saved else max(1, self._unacked_from)
         runs = [] if complete else _complement(saved, low, known_high or high)
         lost_max = sum(b - a + 1 for a, b in runs)
-        with self.db.atomic("IMMEDIATE"):
+        with self._writing():
             self._set_sequence(high)
         incident = {"at": contract.iso_utc(time.time()), "reason": reason, "detail": detail,
                     "moved_to": aside, "salvaged": len(saved), "lost_max": lost_max,
@@ -714,7 +725,7 @@ class Outbox:
             if lost is not None:
                 self._unsaved.append(lost)
             extra, self._unsaved = self._unsaved, []
-            with self.db.atomic("IMMEDIATE"):
+            with self._writing():
                 # An unchanged state (an idle unit) is not written again: SD-card wear.
                 if state is not None and self._kv_saved.get(state[0]) != hash(state[1]):
                     _put_kv(state[0], state[1])
@@ -863,7 +874,7 @@ class Outbox:
             conn.execute("PRAGMA synchronous=NORMAL")
             self._fast_ack_conns.add(id(conn))
         try:
-            with self.db.atomic("IMMEDIATE"):
+            with self._writing():
                 self._delete(seqs)
         except (PeeweeException, sqlite3.Error) as e:
             self._recount()
@@ -903,7 +914,7 @@ class Outbox:
         gone: Counter[int] = Counter()
         seqs: list[int] = []
         try:
-            with self.db.atomic("IMMEDIATE"):
+            with self._writing():
                 for lo, hi in ranges:
                     cur = _sql(self.db, "DELETE FROM outbox WHERE seq BETWEEN ? AND ? "
                                         "RETURNING seq, lane", (lo, hi))
@@ -978,7 +989,8 @@ class Outbox:
     # -- small persistent state --------------------------------------------------------------
 
     def save_state(self, key: str, value: bytes) -> None:
-        _put_kv(key, value)
+        with self._write_gate:
+            _put_kv(key, value)
 
     def load_state(self, key: str) -> bytes | None:
         row = KvRow.get_or_none(KvRow.key == key)
@@ -1022,7 +1034,7 @@ class Outbox:
         deleted: list[int] = []
         redacted = 0
         try:
-            with self.db.atomic("IMMEDIATE"):
+            with self._writing():
                 seqs = sorted(set(candidates) | set(self.child_rows(wanted, scanned_upto)))
                 for i in range(0, len(seqs), 500):
                     chunk = seqs[i:i + 500]
@@ -1052,7 +1064,7 @@ class Outbox:
         if upto <= 0:
             return 0
         try:
-            with self.db.atomic("IMMEDIATE"):
+            with self._writing():
                 notices: list[Event] = []
                 for lane in (Lane.TELEMETRY, Lane.ROUTINE):
                     seqs = [int(r[0]) for r in _sql(self.db,
@@ -1101,9 +1113,11 @@ class Outbox:
                      "NOT NULL, expires REAL NOT NULL, reply TEXT NOT NULL)")
 
     def _commands_sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        writes = not query.startswith("SELECT")
         try:
-            _sql(self.db, self._COMMANDS_DDL)
-            return list(_sql(self.db, query, params).fetchall())
+            with self._write_gate if writes else contextlib.nullcontext():
+                _sql(self.db, self._COMMANDS_DDL)
+                return list(_sql(self.db, query, params).fetchall())
         except PeeweeException as e:
             raise BufferWriteError(f"{e}") from e
 
