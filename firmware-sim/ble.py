@@ -86,6 +86,10 @@ class PrivateSystemBus:
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="kidsafe-bus-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket = self.dir / "system_bus_socket"
+        self._short_dir: Path | None = None
+        if len(str(self.socket)) > 100:  # a unix socket's path has room for 107 bytes
+            self._short_dir = Path(tempfile.mkdtemp(prefix="ks-bus-"))
+            self.socket = self._short_dir / "bus"
         self.address = f"unix:path={self.socket}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -115,6 +119,8 @@ class PrivateSystemBus:
     def stop(self) -> None:
         procs.end(self.proc, timeout=5)
         self.proc = None
+        if self._short_dir is not None:
+            shutil.rmtree(self._short_dir, ignore_errors=True)
 
 
 class BluezMock:
