@@ -118,9 +118,12 @@ def _publish_all(port: int, msgs: list[tuple[str, bytes]]) -> None:
     c.max_inflight_messages_set(1000)
     c.connect("127.0.0.1", port)
     c.loop_start()
-    infos = [c.publish(t, p, qos=1) for t, p in msgs]
-    for info in infos:
-        info.wait_for_publish(60)
+    # In chunks: paho's message ids wrap at 65,535, and a 100,000-message queue would
+    # reuse an id still queued (ERR_QUEUE_SIZE).
+    for i in range(0, len(msgs), 20_000):
+        infos = [c.publish(t, p, qos=1) for t, p in msgs[i:i + 20_000]]
+        for info in infos:
+            info.wait_for_publish(60)
     c.disconnect()
     c.loop_stop()
 
