@@ -14,6 +14,9 @@ cd "$(dirname "$0")"
 # not be the init system (containers, CI).
 SYSTEM_PACKAGES=(mosquitto mosquitto-clients dbus-daemon gpsd openssl procps systemd
                  gcc python3-dev libdbus-1-dev libglib2.0-dev pkg-config)
+# rabbitmq-server (Erlang, its MQTT plugin): the three-node cluster of the fleet test and bench
+# (fleet/cluster.py starts its own nodes; the system service is never started).
+RABBITMQ_PACKAGES=(rabbitmq-server)
 # `./dev.sh demo` needs only the broker (and Python packages with wheels): no compiler.
 DEMO_PACKAGES=(mosquitto)
 
@@ -38,6 +41,17 @@ setup_system() {  # the packages named as arguments, those not installed yet
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends \
       "${missing[@]}" >/dev/null
   fi
+}
+
+setup_rabbitmq() {  # the packages' postinst would start a system node: deny it for the install
+  local p=/usr/sbin/policy-rc.d saved=""
+  dpkg-query -W -f='${Status}' rabbitmq-server 2>/dev/null | grep -q "install ok installed" && return
+  if [ -e "$p" ]; then saved=$(mktemp); as_root cp -p "$p" "$saved"; fi
+  as_root sh -c "printf '#!/bin/sh\\nexit 101\\n' >$p && chmod +x $p"
+  local rc=0
+  setup_system "${RABBITMQ_PACKAGES[@]}" || rc=$?
+  if [ -n "$saved" ]; then as_root cp -p "$saved" "$p"; rm -f "$saved"; else as_root rm -f "$p"; fi
+  return $rc
 }
 
 fresh() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
@@ -66,7 +80,7 @@ setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the pac
   touch "$stamp"
 }
 
-setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_python test; }
+setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_rabbitmq; setup_python test; }
 setup_demo() { setup_system "${DEMO_PACKAGES[@]}"; setup_python demo; }
 
 case "${1:-}" in
