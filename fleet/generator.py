@@ -102,6 +102,10 @@ class Fleet:
         self.committed_ids: dict[str, set[int]] = {u.id: set() for u in self.units}
         self._stop = threading.Event()
         self._traffic: threading.Thread | None = None
+        # After ``mark(t)``: per unit, when its first event committed at or after t was
+        # deleted (receipted): "every unit delivers again".
+        self._mark: float | None = None
+        self.back: dict[str, float] = {}
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -172,6 +176,11 @@ class Fleet:
         for u in units:
             self.commit(u, [traffic.sos(self.rng, u.index, time.time())], sos=True)
 
+    def mark(self, t: float) -> None:
+        with self.stats.lock:
+            self._mark = t
+            self.back = {}
+
     def _acked(self, u: SimUnit, seqs: list[int]) -> None:
         now = time.time()
         st = self.stats
@@ -182,6 +191,8 @@ class Fleet:
                 if got is not None:
                     ms = (now - got[0]) * 1000
                     (st.sos_ms if got[1] else st.latencies_ms).append(ms)
+                    if self._mark is not None and got[0] >= self._mark:
+                        self.back.setdefault(u.id, now)
 
     def unacked_sos(self) -> int:
         with self.stats.lock:
@@ -196,6 +207,10 @@ class Fleet:
         self._traffic = threading.Thread(target=self._run_traffic, args=(seconds, sos_every_s),
                                          name="traffic", daemon=True)
         self._traffic.start()
+
+    def stop_traffic(self) -> None:
+        self._stop.set()
+        self.join_traffic()
 
     def join_traffic(self) -> None:
         if self._traffic is not None:

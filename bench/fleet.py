@@ -1,0 +1,322 @@
+"""Fleet bench (issue 14): hundreds of simulated units against a three-node RabbitMQ 3.10
+cluster, the reference backend storing into PostgreSQL, receipts back to the units.
+
+    python bench/fleet.py                    # the full run: 600 units, then the sweep
+    python bench/fleet.py --units 100 --quick
+    python bench/fleet.py --sweep 600,1200,2400 --only sweep
+
+Phases (each figure is a ``fleet_*`` key; docs/fleet.md has the method and the results):
+- steady: N units with gate/park traffic; events/s stored in PostgreSQL, decision ->
+  receipt latency at the unit (p50/p99), each node's beam RSS, loss (every committed
+  event stored exactly once), CPU of the generator, the brokers, the backend, PostgreSQL.
+- kill: the same traffic plus an SOS every 0.2 s; node 1 (a third of the units, not the
+  backend's) SIGKILLed, restarted 10 s later; events lost, duplicates stored, resends on
+  the wire, SOS p99 while the node is down, seconds until every unit delivers again.
+- storm: every unit stopped, 1,000 events put in each buffer, then all started at once;
+  seconds to drain into PostgreSQL, SOS latency while they drain.
+- sweep: the steady phase for growing N (short windows); the first N where what is
+  stored falls behind what is offered, and which process used the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from fleet.cluster import Cluster, cpu_seconds  # noqa: E402
+from fleet.generator import Fleet, cpu_s, pct, proc_rss_mb  # noqa: E402
+from fleet.stack import BackendProc, keypair, query, stored_count, stored_seqs  # noqa: E402
+from fleet.traffic import Mix  # noqa: E402
+
+TARGETS: dict[str, tuple[str, float]] = {
+    "fleet_lost_events": ("<=", 0),
+    "fleet_kill_lost_events": ("<=", 0),
+    "fleet_kill_dup_stored": ("<=", 0),
+    "fleet_kill_sos_p99_ms": ("<", 1000),
+    "fleet_kill_recovery_s": ("<", 30),
+}
+
+RATE = 0.5  # decided events per second per unit (a gate's morning, a park's afternoon)
+
+
+def say(msg: str) -> None:
+    print(f"  ... {msg}", file=sys.stderr, flush=True)
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of ``root`` and its children (PostgreSQL's backends)."""
+    total = cpu_seconds(root)
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == root:
+                total += cpu_seconds(int(d.name))
+    return total
+
+
+class Run:
+    """The cluster, PostgreSQL, the backend and a fleet, for one bench run."""
+
+    def __init__(self, work: Path, pg: Any, receipts: bool = True) -> None:
+        self.work = work
+        self.pg = pg
+        self.cluster = Cluster(work / "rabbit").start()
+        self.receipts = receipts
+        self.priv, self.pub = keypair(work / "keys")
+        self.backend: BackendProc | None = None
+        self.fleet: Fleet | None = None
+        self.db = 0
+
+    def new_db(self) -> str:
+        self.db += 1
+        name = f"fleet{self.db}"
+        query(self.pg.dsn, f"CREATE DATABASE {name}")
+        return str(self.pg.dsn_for(name))
+
+    def start_backend(self, dsn: str) -> BackendProc:
+        b = BackendProc(self.work / f"backend{self.db}", self.cluster.mqtt_port(3), dsn,
+                        self.priv if self.receipts else None, client_id=f"backend{self.db}")
+        b.migrate()
+        self.backend = b.start()
+        return b
+
+    def unit_extra(self) -> dict[str, Any]:
+        if not self.receipts:
+            return {}
+        return {"delivery": {"mode": "receipt"}, "commands": {"public_keys": [str(self.pub)]}}
+
+    def new_fleet(self, n: int, rate: float = RATE) -> Fleet:
+        # Buffers on tmpfs: a real unit has its own SD card; 600 units' fsyncs on one
+        # shared disk would measure the disk, not the fleet.
+        shm = Path(tempfile.mkdtemp(prefix="kidsafe-fleet-", dir="/dev/shm"))
+        self.fleet = Fleet(n, self.cluster.mqtt_ports, shm, mix=Mix(rate=rate),
+                           extra=self.unit_extra())
+        return self.fleet
+
+    def end_fleet(self) -> None:
+        if self.fleet is not None:
+            self.fleet.close(remove=True)
+            self.fleet = None
+        if self.backend is not None:
+            self.backend.stop()
+            self.backend = None
+
+    def close(self) -> None:
+        self.end_fleet()
+        self.cluster.stop()
+
+    def cpu(self) -> dict[str, float]:
+        return {"generator": cpu_s(), "brokers": sum(self.cluster.cpu_seconds().values()),
+                "backend": self.backend.cpu_s() if self.backend else 0.0,
+                "postgres": tree_cpu(self.pg.proc.pid)}
+
+
+def check_stored(fleet: Fleet, dsn: str) -> tuple[int, int]:
+    """(committed events missing from PostgreSQL, (unit, seq) pairs stored more than once)."""
+    stored = stored_seqs(dsn)
+    lost = dup = 0
+    for unit, committed in fleet.committed_ids.items():
+        have = stored.get(unit, [])
+        dup += len(have) - len(set(have))
+        lost += len(committed - set(have))
+    return lost, dup
+
+
+def wait_stored(fleet: Fleet, dsn: str, timeout: float) -> bool:
+    want = fleet.stats.committed
+    return fleet.wait(lambda: fleet.depth() == 0 and stored_count(dsn) >= want, timeout, 0.5)
+
+
+def steady(run: Run, n: int, seconds: float, warmup: float = 10.0) -> dict[str, float]:
+    dsn = run.new_db()
+    run.start_backend(dsn)
+    f = run.new_fleet(n)
+    out: dict[str, float] = {"fleet_units": n, "fleet_offered_events_per_s": n * RATE,
+                             "fleet_generator_rss_per_unit_mb":
+                             round((f.rss_units_mb - f.rss_before_mb) / n, 3)}
+    t0 = time.monotonic()
+    f.start()
+    f.wait(lambda: f.online() == n, 120)
+    out["fleet_connect_all_s"] = round(time.monotonic() - t0, 1)
+    f.start_traffic(warmup + seconds)
+    time.sleep(warmup)
+    f.reset_latencies()
+    c0, s0, w0 = run.cpu(), stored_count(dsn), time.monotonic()
+    time.sleep(seconds)
+    c1, s1, w1 = run.cpu(), stored_count(dsn), time.monotonic()
+    f.join_traffic()
+    dt = w1 - w0
+    summ = f.summary()
+    out["fleet_events_per_s"] = round((s1 - s0) / dt, 1)
+    out["fleet_latency_p50_ms"] = summ["latency_p50_ms"]
+    out["fleet_latency_p99_ms"] = summ["latency_p99_ms"]
+    for i, mb in run.cluster.rss_mb().items():
+        out[f"fleet_node{i}_rss_mb"] = round(mb, 1)
+    for k in c0:
+        out[f"fleet_cpu_{k}_percent"] = round(100 * (c1[k] - c0[k]) / dt, 1)
+    out["fleet_generator_rss_mb"] = round(proc_rss_mb(), 1)
+    out["fleet_generator_cpu_ms_per_event"] = round(
+        1000 * (c1["generator"] - c0["generator"]) / max(1, s1 - s0), 3)
+    ok = wait_stored(f, dsn, 120)
+    lost, dup = check_stored(f, dsn)
+    out["fleet_lost_events"] = lost if ok or lost else -1
+    out["fleet_dup_stored"] = dup
+    run.end_fleet()
+    return out
+
+
+def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
+    dsn = run.new_db()
+    run.start_backend(dsn)
+    f = run.new_fleet(n)
+    f.start()
+    f.wait(lambda: f.online() == n, 120)
+    f.start_traffic(60, sos_every_s=0.2)
+    time.sleep(10)
+    f.reset_latencies()
+    t_kill = time.time()
+    f.mark(t_kill)  # per unit: when its first event committed after the kill was receipted
+    run.cluster.kill(1)
+    say(f"node 1 killed; {f.online()} of {n} units online")
+    time.sleep(down_s)
+    sos_down = list(f.stats.sos_ms)
+    restart_s = run.cluster.restart(1)
+    say(f"node 1 back after {restart_s:.1f} s")
+    f.join_traffic()
+    ok = wait_stored(f, dsn, 180)
+    lost, dup = check_stored(f, dsn)
+    sent = sum(u.publisher.sent for u in f.units)
+    out = {
+        "fleet_kill_lost_events": lost if ok or lost else -1,
+        "fleet_kill_dup_stored": dup,
+        "fleet_kill_resent_on_wire": sent - f.stats.committed,
+        "fleet_kill_sos_p50_ms": round(pct(sos_down, 0.5), 1),
+        "fleet_kill_sos_p99_ms": round(pct(sos_down, 0.99), 1),
+        "fleet_kill_sos_count": len(sos_down),
+        "fleet_kill_sos_undelivered": f.unacked_sos(),
+        "fleet_kill_recovery_s": round(max(f.back.values()) - t_kill, 1)
+        if len(f.back) == n else -1.0,
+        "fleet_kill_node_restart_s": round(restart_s, 1),
+    }
+    run.end_fleet()
+    return out
+
+
+def storm(run: Run, n: int, backlog: int = 1000) -> dict[str, float]:
+    dsn = run.new_db()
+    run.start_backend(dsn)
+    f = run.new_fleet(n)
+    t0 = time.monotonic()
+    f.backlog(backlog)
+    say(f"{n * backlog} events in {n} buffers in {time.monotonic() - t0:.0f} s; all start")
+    t0 = time.monotonic()
+    c0 = run.cpu()
+    f.start()
+    f.start_traffic(3600, sos_every_s=0.5)  # the live traffic goes on (and its SOS)
+    ok = f.wait(lambda: f.stats.committed - stored_count(dsn) < n * RATE * 2 and
+                f.depth() < n * RATE * 2, 1800, 1.0)
+    drain = time.monotonic() - t0
+    c1 = run.cpu()
+    f.stop_traffic()
+    summ = f.summary()
+    ok = ok and wait_stored(f, dsn, 120)
+    lost, dup = check_stored(f, dsn)
+    out = {"fleet_storm_events": n * backlog,
+           "fleet_storm_drain_s": round(drain, 1) if ok else -1.0,
+           "fleet_storm_events_per_s": round(n * backlog / drain, 1),
+           "fleet_storm_sos_p50_ms": summ["sos_p50_ms"], "fleet_storm_sos_p99_ms":
+           summ["sos_p99_ms"], "fleet_storm_sos_count": summ["sos_count"],
+           "fleet_storm_lost_events": lost, "fleet_storm_dup_stored": dup}
+    for k in c0:
+        out[f"fleet_storm_cpu_{k}_percent"] = round(100 * (c1[k] - c0[k]) / drain, 1)
+    run.end_fleet()
+    return out
+
+
+def sweep(run: Run, sizes: list[int], seconds: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n in sizes:
+        say(f"sweep: {n} units, {n * RATE:.0f} events/s offered")
+        r = steady(run, n, seconds, warmup=10)
+        out[f"fleet_sweep_{n}_events_per_s"] = r["fleet_events_per_s"]
+        out[f"fleet_sweep_{n}_latency_p99_ms"] = r["fleet_latency_p99_ms"]
+        for k in ("generator", "brokers", "backend", "postgres"):
+            out[f"fleet_sweep_{n}_cpu_{k}_percent"] = r[f"fleet_cpu_{k}_percent"]
+        print(json.dumps({k: v for k, v in r.items()}), file=sys.stderr, flush=True)
+        if r["fleet_events_per_s"] < 0.9 * n * RATE or r["fleet_latency_p99_ms"] > 5000:
+            out["fleet_saturated_at_units"] = n
+            break
+    return out
+
+
+def run_all(quick: bool, units: int = 600, phases: tuple[str, ...] = ("steady", "kill", "storm"),
+            sizes: list[int] | None = None, progress: Callable[[str], None] = say
+            ) -> dict[str, float]:
+    from pg import PgServer  # tests/pg.py: a throw-away server, our child
+
+    logging.basicConfig(level=logging.CRITICAL)
+    work = Path(tempfile.mkdtemp(prefix="kidsafe-fleet-"))
+    out: dict[str, float] = {}
+    pg = PgServer().start()
+    try:
+        progress("three-node RabbitMQ cluster")
+        run = Run(work, pg)
+        try:
+            if "steady" in phases:
+                progress(f"steady: {units} units for {20 if quick else 60} s")
+                out.update(steady(run, units, 20 if quick else 60))
+            if "kill" in phases:
+                progress(f"node kill: {units} units")
+                out.update(node_kill(run, units))
+            if "storm" in phases:
+                progress(f"reconnect storm: {units} units x 1000 events")
+                out.update(storm(run, units, 100 if quick else 1000))
+            if "sweep" in phases:
+                out.update(sweep(run, sizes or [600, 1200, 2400], 30))
+        finally:
+            run.close()
+    finally:
+        pg.stop()
+        shutil.rmtree(pg.dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--units", type=int, default=600)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", action="append", choices=["steady", "kill", "storm", "sweep"])
+    p.add_argument("--sweep", default="600,1200,2400")
+    p.add_argument("--json", metavar="PATH")
+    a = p.parse_args(argv)
+    phases = tuple(a.only or ["steady", "kill", "storm", "sweep"])
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    out = run_all(a.quick, a.units, phases, [int(x) for x in a.sweep.split(",")])
+    for k, v in out.items():
+        t = TARGETS.get(k)
+        print(f"{k:45s} {v:>12}" + (f"   target {t[0]} {t[1]}" if t else ""))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
