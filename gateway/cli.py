@@ -80,6 +80,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"topics under {b.topic_prefix}/{cfg.unit.id}/")
     print(f"  buffer    {cfg.buffer.path} (cap {cfg.buffer.max_mb:g} MB / "
           f"{cfg.buffer.max_events} events)")
+    d = cfg.delivery
+    print("  delivery  " + ("deleted on the broker's PUBACK" if d.mode == "broker" else
+                            f"deleted on the backend's signed receipt (resent after "
+                            f"{d.receipt_timeout_s:g} s without one; at most {d.max_awaiting} "
+                            "awaiting)"))
     for r in cfg.readers:
         where = f" on {r.options.where()}" if r.options.where() else ""
         print(f"  reader    {r.id}: {r.kind}, role {r.role}{where}")
@@ -307,6 +312,110 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_args(args: argparse.Namespace) -> dict[str, object] | str:
+    """``--args JSON`` or ``--arg k=v`` (v as JSON if it parses: 30, true, ["a"]; else a
+    string); an error message instead."""
+    import json
+
+    out: dict[str, object] = {}
+    if args.args_json is not None:
+        try:
+            parsed = json.loads(args.args_json)
+        except ValueError as e:
+            return f"--args is not JSON: {e}"
+        if not isinstance(parsed, dict):
+            return "--args must be a JSON object"
+        out.update(parsed)
+    for item in args.arg:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            return f"--arg {item!r}: expected KEY=VALUE"
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_cmd(args: argparse.Namespace) -> int:
+    """Sign a command, send it, wait for the reply, print it; exit code from its code."""
+    import json
+
+    from gateway import cmdtool, signing
+
+    cmd_args = _command_args(args)
+    if isinstance(cmd_args, str):
+        print(f"gatewayd cmd: {cmd_args}", file=sys.stderr)
+        return 2
+    try:
+        key = signing.load_private_key(args.key)
+    except signing.KeyFileError as e:
+        print(f"gatewayd cmd: {e}", file=sys.stderr)
+        return 2
+    broker = cmdtool.Broker()
+    unit = args.unit
+    if args.config:
+        cfg = _load(args.config, warnings=False)
+        if cfg is None:
+            return 2
+        b = cfg.broker
+        broker = cmdtool.Broker(b.host, b.port, b.username, b.password,
+                                b.tls.ca_file if b.tls else None,
+                                b.tls.cert_file if b.tls else None,
+                                b.tls.key_file if b.tls else None, b.protocol, b.topic_prefix)
+        unit = unit or cfg.unit.id
+    if not unit:
+        print("gatewayd cmd: --unit is required (or --config)", file=sys.stderr)
+        return 2
+    password = None
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        except OSError as e:
+            print(f"gatewayd cmd: {e}", file=sys.stderr)
+            return 2
+    overrides = {"host": args.host, "port": args.port, "username": args.username,
+                 "password": password, "ca_file": args.ca_file, "protocol": args.mqtt,
+                 "prefix": args.prefix}
+    import dataclasses
+
+    broker = dataclasses.replace(broker, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        with cmdtool.Session(broker, connect_timeout_s=args.timeout) as session:
+            reply = session.command(args.name, cmd_args, unit, key, timeout_s=args.timeout,
+                                    lifetime_s=args.lifetime)
+    except cmdtool.NoReply as e:
+        print(f"gatewayd cmd: {e}", file=sys.stderr)
+        return cmdtool.NO_REPLY
+    if args.json:
+        print(json.dumps(reply, sort_keys=True))
+    else:
+        print(f"{reply.get('code')} {reply.get('reason')} ({reply.get('cmd')} on "
+              f"{reply.get('unit')}, id {reply.get('id')})")
+        if reply.get("data"):
+            print(json.dumps(reply["data"], indent=2, sort_keys=True))
+    code = reply.get("code")
+    return cmdtool.exit_code(code) if isinstance(code, int) else 1
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from gateway import signing
+
+    try:
+        kid = signing.generate_keypair(args.private, args.public)
+    except FileExistsError:
+        print(f"gatewayd keygen: {args.private} exists; a private key is never overwritten",
+              file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"gatewayd keygen: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.private} (private, 0600: keep it on the signing side) and "
+          f"{args.public} (public: [commands] public_keys on the units); key id {kid}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatewayd", description=__doc__)
     p.add_argument("--version", action="version", version=f"gatewayd {__version__}")
@@ -324,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "use")
     r.add_argument("--roll-call", metavar="ALERT_ID",
                    help="a disaster alert is active: publish roll-calls until stopped "
-                        "(without it, a roll-call saved from before ends)")
+                        "(without it, a roll-call this switch started before ends; one "
+                        "started by the alert/start command runs on)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check-config", help="validate a config file and print a summary "
@@ -383,6 +493,40 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--write", action="store_true",
                     help="write the thresholds into the config (validated, atomic)")
     cb.set_defaults(func=cmd_calibrate)
+
+    cm = sub.add_parser("cmd", help="sign a command, send it to a unit, print its reply "
+                        "(exit 0: 200; 40/43/44/49/50: the reply's code; 3: no reply)")
+    cm.add_argument("name", metavar="NAME",
+                    help="ping, rebirth, locate, alert/start, alert/stop, ... (docs/mqtt.md)")
+    cm.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="an argument (VALUE as JSON if it parses, else a string); repeatable")
+    cm.add_argument("--args", dest="args_json", metavar="JSON", help="all arguments as a "
+                    "JSON object")
+    cm.add_argument("--key", required=True, metavar="FILE",
+                    help="the Ed25519 private key (PEM) whose public key the unit holds")
+    cm.add_argument("--unit", metavar="UNIT", help="the unit's id (default: the config's)")
+    cm.add_argument("--config", "-c", metavar="FILE",
+                    help="take the broker settings (and unit id) from this unit config")
+    cm.add_argument("--host", help="broker host (default 127.0.0.1 or the config's)")
+    cm.add_argument("--port", type=int, help="broker port (default 1883 or the config's)")
+    cm.add_argument("--username")
+    cm.add_argument("--password-file", metavar="FILE")
+    cm.add_argument("--ca-file", metavar="FILE", help="TLS: the broker's CA")
+    cm.add_argument("--prefix", help="topic prefix (default kidsafe/v1 or the config's)")
+    cm.add_argument("--mqtt", choices=["auto", "5", "3.1.1"],
+                    help="MQTT version (default auto: 5, else 3.1.1 with reply_to)")
+    cm.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                    help="seconds to wait for the reply (default 10)")
+    cm.add_argument("--lifetime", type=float, default=300.0, metavar="S",
+                    help="the command expires this long after now (default 300)")
+    cm.add_argument("--json", action="store_true", help="print the reply as one JSON line")
+    cm.set_defaults(func=cmd_cmd)
+
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signing commands (PEM)")
+    kg.add_argument("private", metavar="PRIVATE", help="private key file (written 0600, "
+                    "never overwritten)")
+    kg.add_argument("public", metavar="PUBLIC", help="public key file")
+    kg.set_defaults(func=cmd_keygen)
     return p
 
 

@@ -46,9 +46,11 @@ from gateway.engine.runtime import EngineConfig
 from gateway.engine.settings import READER_KEYS, EngineSettings, parse_settings
 from gateway.model import ReaderConfig, TagConfig, canonical_tag_id
 from gateway.options import ReaderOptions, option_names, parse_options
+from gateway.signing import KeyFileError, Keyring, load_keyring
 
 # Re-exported: callers and tests name them through this module.
-__all__ = ["BrokerConfig", "BufferConfig", "Config", "ConfigError", "ConfigInvalid", "GateConfig",
+__all__ = ["BrokerConfig", "BufferConfig", "Config", "ConfigError", "ConfigInvalid",
+           "DeliveryConfig", "GateConfig",
            "ReaderConfig", "TagConfig", "TlsConfig", "UnitConfig", "canonical_tag_id",
            "engine_config", "load", "parse", "reader_config"]
 
@@ -96,8 +98,31 @@ class BufferConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """[delivery]: when an event may leave the buffer (docs/mqtt.md, "Receipts")."""
+
+    mode: str = "broker"  # "broker": deleted on the broker's PUBACK; "receipt": on the backend's
+    receipt_timeout_s: float = 60.0  # an event awaiting its receipt this long is sent again
+    max_awaiting: int = 10_000  # new routine/telemetry only while fewer await a receipt
+
+
+DELIVERY_MODES = ("broker", "receipt")
+
+
+@dataclass(frozen=True, slots=True)
 class GateConfig:
     repeat_window_s: float = 3.0  # reads of one card closer than this are one presentation
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    """Signed commands (gateway/commands): the backend's public keys and the limits."""
+
+    public_keys: tuple[str, ...] = ()  # PEM files; two during a key change
+    keyring: Keyring = field(default_factory=Keyring, compare=False, repr=False)
+    max_bytes: int = 256 * 1024
+    clock_skew_s: float = 60.0
+    max_lifetime_s: float = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +138,8 @@ class Config:
     warnings: tuple[ConfigError, ...] = ()  # works, but probably not as meant
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # for later sections
     engine: EngineSettings = field(default_factory=EngineSettings)
+    commands: CommandsConfig = CommandsConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
 
     def tag_map(self) -> dict[str, TagConfig]:
         return {t.id: t for t in self.tags}
@@ -150,7 +177,8 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     def rel(s: str) -> str:
         return str((base / s).resolve()) if s and not s.startswith("/") else s
 
-    known = {"unit", "broker", "buffer", "readers", "tags", "gate", "health"}
+    known = {"unit", "broker", "buffer", "readers", "tags", "gate", "health", "commands",
+             "delivery"}
     # Sections that later capabilities read (zones, geofences, cameras, ...) are kept in `raw`.
     known |= {"zones", "geofences", "cameras", "engine", "roll_call", "battery"}
     c.unknown(raw, known, "")
@@ -239,7 +267,12 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     health_interval = c.get(h, "interval_s", "health", float, 60.0,
                             check=bounds(gt=0, le=86_400))
 
+    delivery = _delivery(raw, c)
     readers = _readers(raw, c)
+    commands = _commands(raw, c, rel)
+    if delivery.mode == "receipt" and not commands.public_keys:
+        c.error("delivery.mode", "\"receipt\" needs the backend's public keys in [commands] "
+                                 "public_keys: receipts are signed with them")
 
     tags: list[TagConfig] = []
     tl = raw.get("tags", [])
@@ -274,7 +307,50 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         raise ConfigInvalid(c.errors, c.warnings)
     return Config(file=file, unit=unit, broker=broker, buffer=buffer, readers=tuple(readers),
                   tags=tuple(tags), gate=gate, health_interval_s=health_interval,
-                  warnings=tuple(c.warnings), raw=raw, engine=engine)
+                  warnings=tuple(c.warnings), raw=raw, engine=engine, commands=commands,
+                  delivery=delivery)
+
+
+def _commands(raw: dict[str, Any], c: Checker, rel: Any) -> CommandsConfig:
+    """``[commands]``: the backend's public keys are loaded here, so a bad one stops the
+    start (not the first command)."""
+    t = c.table(raw, "commands", "commands", required=False)
+    c.unknown(t, {"public_keys", "max_bytes", "clock_skew_s", "max_lifetime_s"}, "commands")
+    paths = c.get(t, "public_keys", "commands", list, [])
+    if not all(isinstance(x, str) and x.strip() for x in paths):
+        c.error("commands.public_keys", "expected an array of file paths")
+        paths = []
+    paths = [rel(x) for x in paths]
+    keyring = Keyring()
+    try:
+        keyring = load_keyring(paths)
+    except KeyFileError as e:
+        c.error("commands.public_keys", str(e))
+    if len(paths) > 4:
+        c.error("commands.public_keys", "at most 4 keys (two are enough for a key change)")
+    return CommandsConfig(
+        public_keys=tuple(paths), keyring=keyring,
+        max_bytes=c.get(t, "max_bytes", "commands", int, 256 * 1024,
+                        check=bounds(ge=1024, le=256 * 1024)),
+        clock_skew_s=c.get(t, "clock_skew_s", "commands", float, 60.0,
+                           check=bounds(ge=0, le=3600)),
+        max_lifetime_s=c.get(t, "max_lifetime_s", "commands", float, 86_400.0,
+                             check=seconds(7 * 86_400)),
+    )
+
+
+def _delivery(raw: dict[str, Any], c: Checker) -> DeliveryConfig:
+    """[delivery] (issue 13). A timeout shorter than a backend's store-and-receipt round
+    trip would resend everything twice; a day is the longest an awaiting event may sit."""
+    d = c.table(raw, "delivery", "delivery", required=False)
+    c.unknown(d, {"mode", "receipt_timeout_s", "max_awaiting"}, "delivery")
+    return DeliveryConfig(
+        mode=c.get(d, "mode", "delivery", str, "broker", check=one_of(DELIVERY_MODES)),
+        receipt_timeout_s=c.get(d, "receipt_timeout_s", "delivery", float, 60.0,
+                                check=bounds(ge=1, le=86_400)),
+        max_awaiting=c.get(d, "max_awaiting", "delivery", int, 10_000,
+                           check=bounds(ge=1, le=1_000_000)),
+    )
 
 
 # -- the strict checks (issue 11) -----------------------------------------------------------

@@ -17,14 +17,17 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from drivers import registry
 from gateway import __version__, backoff, control, logs, sdnotify, sysinfo
 from gateway.clock import Clock, ShiftedClock, SystemClock
+from gateway.commander import Commander
+from gateway.commands.unit import Location
 from gateway.config import Config, engine_config
 from gateway.contract import iso_utc
-from gateway.engine import Engine, EngineState, resume
+from gateway.engine import Engine, EngineState, locate, resume
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline, restore_state
 from gateway.publisher import Publisher
@@ -65,7 +68,8 @@ class Gateway:
         self.clock: Clock = continued(clock or SystemClock(), state)
         self.started = self.clock.monotonic()
         self.publisher = Publisher(cfg, self.outbox, self._worker_clock("mqtt"),
-                                   health=self.health, on_acked=self._acked)
+                                   health=self.health, on_acked=self._acked,
+                                   on_command=lambda msg: self.commander.submit(msg))
         self.last_ack: float | None = None  # wall time of the broker's last acknowledgement
         self.problems: dict[str, str] = {}  # hung or dead workers, as the watchdog sees them
         self.recorder = (Recorder(record, now=self.clock.now(), mono=self.clock.monotonic())
@@ -74,6 +78,8 @@ class Gateway:
                                  on_committed=self.publisher.notify, record=self.recorder,
                                  state=state)
         self.pipeline.roll_call(roll_call)
+        self.commander = Commander(cfg, self.outbox, DaemonUnit(self), self.publisher.reply,
+                                   self._worker_clock("commands"))
         self.drivers = [registry.driver(r.kind)(r, self.pipeline,
                                                 self._worker_clock(f"reader-{r.id}"))
                         for r in cfg.readers]
@@ -108,12 +114,17 @@ class Gateway:
                 # free disk, reserve, WAL, high-water mark, what happened to the file
                 **self.outbox.disk(),
                 "acks_not_recorded": self.publisher.core.undeleted,
+                # Receipt mode: PUBACKed on this connection, no receipt yet (null: broker mode).
+                "awaiting_receipt": self.publisher.core.awaiting_receipt
+                if self.publisher.receipt_mode else None,
             },
             "readers": st["readers"],
             "counters": st["counters"],
             "mqtt": {"sent": self.publisher.sent, "acked": self.publisher.acked,
                      "refused": self.publisher.refused, "connects": self.publisher.connects,
-                     "commands": self.publisher.commands},
+                     "commands": self.publisher.commands,
+                     "receipts": self.publisher.receipts,
+                     "receipts_refused": self.publisher.receipts_refused},
         }
 
     def status(self) -> dict[str, Any]:
@@ -134,6 +145,7 @@ class Gateway:
         disk = sysinfo.disk(self.cfg.buffer.path)
         doc["disk"] = disk.as_dict() if disk else None
         doc["workers"] = {n: self.problems.get(n, "ok") for n in self.beats.names()}
+        doc["commands"] = self.commander.stats()
         return doc
 
     def status_line(self) -> str:
@@ -164,6 +176,7 @@ class Gateway:
                         "(card numbers) in clear; delete it after use", self.recorder.path)
         spawn("mqtt", self.publisher.run)
         spawn("pipeline", self.pipeline.run)
+        spawn("commands", self.commander.run)
         for d in self.drivers:
             spawn(f"reader-{d.cfg.id}", d.run)
 
@@ -188,6 +201,7 @@ class Gateway:
         # pipeline's queue) so they see stop now; each still ends as a clean stop does.
         self.publisher.notify()
         self.pipeline.wake()
+        self.commander.wake()
         deadline = time.monotonic() + timeout  # real time: this waits on threads, not the clock
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -199,6 +213,71 @@ class Gateway:
                          "(see the errors above)", self.pipeline.lost)
         else:
             log.info("gatewayd stopped")
+
+
+class DaemonUnit:
+    """The running unit as command handlers see it (gateway/commands/unit.py). Engine
+    state is read and changed on the pipeline thread only (Pipeline.control)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    @property
+    def unit_id(self) -> str:
+        return self.gw.cfg.unit.id
+
+    def info(self) -> dict[str, Any]:
+        gw = self.gw
+        return {"software": __version__, "config_version": gw.cfg.unit.config_version,
+                "uptime_s": round(gw.clock.monotonic() - gw.started, 1),
+                "buffer_depth": gw.outbox.depth(),
+                "mqtt": gw.publisher.connected_protocol or None}
+
+    def rebirth(self) -> None:
+        self.gw.publisher.rebirth()
+
+    def locate(self, children: Sequence[str]) -> list[Location]:
+        pipeline = self.gw.pipeline
+        runtime = pipeline.engine.runtime
+
+        def where() -> list[Location]:
+            state = pipeline.engine_state
+            out = []
+            for child in children:  # child references only: a tag id is never looked up
+                if child not in runtime.child_tags:
+                    out.append(Location(child, enrolled=False, found=False))
+                    continue
+                d = locate(state, runtime, child)
+                if not d["found"]:
+                    out.append(Location(child, enrolled=True, found=False))
+                    continue
+                position = d["position"]
+                if position is not None and position.get("fix_time") is not None:
+                    position = {**position, "fix_time": position["fix_time"] + state.wall_offset}
+                out.append(Location(child, True, True, d["reader"], d["zone"],
+                                    tuple(d["zones"]), d["last_zone"], d["time"], d["rssi"],
+                                    position))
+            return out
+
+        return pipeline.control(where)
+
+    def start_alert(self, alert_id: str, interval_s: float | None) -> dict[str, Any]:
+        pipeline = self.gw.pipeline
+        pipeline.control(lambda: pipeline.set_roll_call(alert_id, interval_s, "command"),
+                         changes=True)
+        return {"alert_id": alert_id,
+                "interval_s": interval_s or self.gw.cfg.engine.roll_call_interval_s}
+
+    def stop_alert(self, alert_id: str | None) -> bool:
+        pipeline = self.gw.pipeline
+
+        def stop() -> bool:
+            running = pipeline.engine_state.roll_call
+            if running is None or alert_id not in (None, running.alert_id):
+                return False
+            return pipeline.set_roll_call(None)
+
+        return pipeline.control(stop, changes=True)
 
 
 def private_files(path: str, suffixes: tuple[str, ...] = ("", "-wal", "-shm")) -> None:

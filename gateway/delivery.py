@@ -50,10 +50,41 @@ The rules:
   back short is exhausted until ``committed()`` (live parts, emergency) or for
   the rest of the connection (backlog). Every ``idle_s`` all parts are asked
   again anyway, so a commit whose wake-up was lost still goes out.
+
+Receipt mode (``Limits.receipts``, ``[delivery] mode = "receipt"``, issue 13): a
+PUBACK says only that the broker took an event; the backend's signed receipt
+says it is in its database. Then:
+
+- A PUBACKed event is *awaiting receipt*: it stays in the buffer and is not
+  offered again on this connection until ``receipt_timeout_s`` after the poll
+  that saw its PUBACK (so never within the timeout of its last send). A
+  ``receipt(ranges, upto)`` (verified by the shell) covering its seq makes the
+  core emit :class:`DeleteRanges`; nothing else deletes in this mode.
+- A receipt deletes only seqs this core has sent (ranges are clipped to the
+  highest seq it published): a receipt can never delete an event that did not
+  leave the unit. ``upto`` is the range ``[1, upto]``.
+- After a disconnect every un-receipted event is offered again (the awaiting
+  marks live in memory, per connection: a restart is a reconnect, see
+  gateway/outbox.py). An awaiting event whose timeout passed is *due*: due
+  emergency events go before any other emergency event, due routine and
+  telemetry events take the backlog's turn (one chunk of at most ``batch``), so
+  the live bound and the emergency bound above still hold: awaiting events hold
+  no in-flight slot.
+- Flow control: new routine and telemetry events are offered only while fewer
+  than ``max_awaiting`` events are awaiting a receipt or in flight (a backend
+  that is offline must not make the unit push its whole buffer into the broker's
+  queue, nor this core hold a mark per buffered event). Emergency events ignore
+  that bound.
+- A receipt's delete that fails is kept (its seqs still count as done, never
+  offered again) and retried every ``delete_retry_s``, as for PUBACK deletes.
+- The buffer cap (gateway/outbox.py) may drop an awaiting event like any other:
+  a due event whose row is gone is forgotten.
 """
 
 from __future__ import annotations
 
+import heapq
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -74,6 +105,13 @@ class Fetch(Protocol):
                  upto: int | None = None) -> list[Stored]: ...
 
 
+class Refetch(Protocol):
+    """The outbox's second read port (receipt mode): the stored rows among ``seqs``; seqs
+    no longer stored (deleted, dropped by the cap) are simply absent."""
+
+    def __call__(self, seqs: Sequence[int]) -> list[Stored]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     window: int = 256  # routine + telemetry events in flight
@@ -87,6 +125,10 @@ class Limits:
     # Acknowledged seqs kept while their deletes fail (a read-only card under a large
     # backlog): beyond this the lowest are forgotten, and go once more after a reconnect.
     max_undeleted: int = 200_000
+    # Receipt mode (issue 13): deleted on the backend's receipt, not on the PUBACK.
+    receipts: bool = False
+    receipt_timeout_s: float = 60.0  # an awaiting event goes again this long after its PUBACK
+    max_awaiting: int = 10_000  # new routine/telemetry only while fewer await or fly
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +152,81 @@ class Refused:
     seq: int
 
 
-Action = Publish | Delete | Refused
+@dataclass(frozen=True, slots=True)
+class DeleteRanges:
+    """Receipt mode: a receipt covers these inclusive seq ranges; delete what is stored of
+    them, then report ``ranges_deleted`` (or ``delete_failed_ranges``)."""
+
+    ranges: list[tuple[int, int]]
+
+
+Action = Publish | Delete | Refused | DeleteRanges
+
+
+class Ranges:
+    """Disjoint inclusive seq ranges, kept sorted and merged (receipted, not yet deleted)."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect_right(self._starts, seq) - 1
+        return i >= 0 and seq <= self._ends[i]
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self._starts, self._ends, strict=True))
+
+    def add(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Cover [lo, hi]; return the parts of it that were not covered before."""
+        i = bisect_left(self._ends, lo - 1)  # touching ranges merge too
+        j = bisect_right(self._starts, hi + 1)
+        new: list[tuple[int, int]] = []
+        nxt = lo
+        for k in range(i, j):
+            if self._starts[k] > nxt:
+                new.append((nxt, min(self._starts[k] - 1, hi)))
+            nxt = max(nxt, self._ends[k] + 1)
+        if nxt <= hi:
+            new.append((nxt, hi))
+        if i < j:
+            lo, hi = min(lo, self._starts[i]), max(hi, self._ends[j - 1])
+        self._starts[i:j] = [lo]
+        self._ends[i:j] = [hi]
+        return new
+
+    def remove(self, lo: int, hi: int) -> None:
+        i = bisect_left(self._ends, lo)
+        j = bisect_right(self._starts, hi)
+        if i >= j:
+            return
+        starts, ends = [], []
+        if self._starts[i] < lo:
+            starts.append(self._starts[i])
+            ends.append(lo - 1)
+        if self._ends[j - 1] > hi:
+            starts.append(hi + 1)
+            ends.append(self._ends[j - 1])
+        self._starts[i:j] = starts
+        self._ends[i:j] = ends
 
 
 class Delivery:
     """The delivery state machine of one publisher, across its connections."""
 
-    def __init__(self, fetch: Fetch, limits: Limits | None = None) -> None:
+    def __init__(self, fetch: Fetch, limits: Limits | None = None,
+                 refetch: Refetch | None = None) -> None:
         self.fetch = fetch
         self.limits = limits or Limits()
+        if self.limits.receipts and refetch is None:
+            raise ValueError("receipt mode needs the outbox's refetch port")
+        self.refetch = refetch
+        self._receipts = self.limits.receipts
         self._online = False
         self._live_mark = 0
         self._cursors: dict[tuple[int, str], int] = {}  # highest seq offered, per lane/part
@@ -135,6 +243,22 @@ class Delivery:
         # Acknowledged, but the delete failed: kept across connections, never offered again.
         self._undeleted: set[int] = set()
         self._retry_at = 0.0
+        self._now = 0.0  # the last poll's time (deadlines of PUBACKs seen before the next)
+        # Receipt mode. Kept across connections: what receipts covered and is not yet
+        # deleted (never offered again), the deletes to emit or retry, the highest seq sent.
+        self._receipted = Ranges()
+        self._to_delete: list[tuple[int, int]] = []
+        self._retry_ranges: list[tuple[int, int]] = []
+        self._ranges_retry_at = 0.0
+        self._max_sent = 0
+        # Per connection: PUBACKed seqs -> (deadline, emergency?), their deadlines in a
+        # heap, and the due ones (deadline passed) waiting to go again, per lane group.
+        self._awaiting: dict[int, tuple[float, bool]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._due: set[int] = set()
+        self._due_emergency: list[int] = []  # heaps of seqs (stale entries skipped)
+        self._due_other: list[int] = []
+        self._covered_in_flight: set[int] = set()  # receipted while in flight: await nothing
 
     # -- events in ---------------------------------------------------------------------------
 
@@ -144,6 +268,7 @@ class Delivery:
         self._online = True
         self._live_mark = live_mark
         self._last_flush = now
+        self._now = now
         self._recheck_at = now + self.limits.idle_s
         self._busy = True
 
@@ -156,21 +281,50 @@ class Delivery:
         """The shell handed ``publish.rows`` to the client; ``handles`` name them, in order."""
         for row, handle in zip(publish.rows, handles, strict=True):
             self._handles[handle] = -row.seq if row.lane == _EMERGENCY else row.seq
+        if self._receipts and publish.rows:
+            self._max_sent = max(self._max_sent, max(r.seq for r in publish.rows))
 
     def acked(self, handle: int, ok: bool) -> None:
         """The broker answered a publish; handles this core never issued are ignored."""
         seq = self._handles.pop(handle, None)
         if seq is None:
             return  # birth, status, health: not events
-        if seq < 0:
+        emergency = seq < 0
+        if emergency:
             self._emergency_inflight -= 1
             seq = -seq
         else:
             self._other_inflight -= 1
-        if ok:
-            self._pending.append(seq)
-        else:
+        if not ok:
             self._refused.append(seq)
+        elif not self._receipts:
+            self._pending.append(seq)
+        elif seq in self._covered_in_flight:
+            self._covered_in_flight.discard(seq)
+        elif seq not in self._receipted:
+            # Awaiting its receipt; not offered again on this connection before the deadline.
+            deadline = self._now + self.limits.receipt_timeout_s
+            self._awaiting[seq] = (deadline, emergency)
+            heapq.heappush(self._deadlines, (deadline, seq))
+
+    def receipt(self, ranges: Sequence[tuple[int, int]], upto: int | None = None) -> None:
+        """A verified receipt: every seq in ``ranges`` (inclusive), and every seq <= ``upto``,
+        is in the backend's database. Only seqs this core has sent are taken (clipped)."""
+        spans = list(ranges)
+        if upto is not None:
+            spans.append((1, upto))
+        for lo, hi in spans:
+            lo, hi = max(lo, 1), min(hi, self._max_sent)
+            if lo > hi:
+                continue
+            for a, b in self._receipted.add(lo, hi):
+                self._to_delete.append((a, b))
+                self._forget(a, b)
+        # PUBACKs still to come for receipted seqs mark nothing (the rows may be gone by then).
+        if self._handles and self._receipted:
+            covered = self._receipted
+            self._covered_in_flight.update(s for s in map(abs, self._handles.values())
+                                           if s in covered)
 
     def delete_failed(self, seqs: Sequence[int], now: float) -> None:
         """The shell could not carry out a Delete: remember the seqs and retry later."""
@@ -185,12 +339,27 @@ class Delivery:
         if self._undeleted:
             self._undeleted.difference_update(seqs)
 
+    def delete_failed_ranges(self, ranges: Sequence[tuple[int, int]], now: float) -> None:
+        """The shell could not carry out a DeleteRanges: still done (never offered again),
+        retried every ``delete_retry_s``."""
+        self._retry_ranges.extend(ranges)
+        self._ranges_retry_at = now + self.limits.delete_retry_s
+
+    def ranges_deleted(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """The shell carried out a DeleteRanges: those rows are gone from the buffer."""
+        for lo, hi in ranges:
+            self._receipted.remove(lo, hi)
+
     def disconnected(self) -> list[Action]:
         """The connection is gone (or stopped cleanly): what the broker has is deleted now,
-        so it is not sent again; everything else is offered again on the next connection."""
+        so it is not sent again; everything else is offered again on the next connection.
+        (Receipt mode: what receipts covered is deleted; the rest goes again.)"""
         out = self._drain_notes()
         if self._pending:
             out.append(Delete(self._pending))
+        if self._to_delete:
+            out.append(DeleteRanges(self._to_delete))
+            self._to_delete = []
         self._reset()
         return out
 
@@ -201,6 +370,7 @@ class Delivery:
         if not self._online:
             return []
         lim = self.limits
+        self._now = now
         out = self._drain_notes() if self._refused else []
         pending = self._pending
         if pending and (len(pending) >= lim.batch
@@ -212,12 +382,16 @@ class Delivery:
         if self._undeleted and now >= self._retry_at:
             out.append(Delete(sorted(self._undeleted)))
             self._retry_at = now + lim.delete_retry_s
+        if self._receipts:
+            self._receipt_deletes(now, out)
+            self._expire(now)
         if now >= self._recheck_at:
             self._exhausted.clear()
             self._recheck_at = now + lim.idle_s
         sent = False
         free = lim.window + lim.reserve - self._emergency_inflight - self._other_inflight
-        rows = self._take(_EMERGENCY, ALL, free)
+        rows = self._resend(self._due_emergency, free) if self._due else []
+        rows += self._take(_EMERGENCY, ALL, free - len(rows))
         if rows:
             out.append(Publish(rows))
             self._emergency_inflight += len(rows)
@@ -226,16 +400,31 @@ class Delivery:
             # Routine and telemetry: never beyond `window`, nor into slots an emergency
             # event is waiting for (free is 0 then).
             room = min(lim.window - self._other_inflight, free)
+            # New events (not resends) also stay under max_awaiting in receipt mode.
+            fresh = room if not self._receipts else min(
+                room, lim.max_awaiting - self.awaiting_receipt - self.in_flight)
             if room >= lim.batch // 2 or self._other_inflight == 0:
                 parts = (LIVE, BACKLOG) if self._turn % 2 == 0 else (BACKLOG, LIVE)
                 self._turn += 1
                 for part in parts:
-                    for lane in _OTHER_LANES:
-                        got = self._take(lane, part, min(room, lim.batch))
+                    if part == BACKLOG and self._due_other and self._due:
+                        # Due resends take the backlog's turn: one chunk, as a backlog's.
+                        got = self._resend(self._due_other, min(room, lim.batch))
                         if got:
                             out.append(Publish(got))
                             self._other_inflight += len(got)
                             room -= len(got)
+                            sent = True
+                            if room <= 0:
+                                break
+                            continue
+                    for lane in _OTHER_LANES:
+                        got = self._take(lane, part, min(room, fresh, lim.batch))
+                        if got:
+                            out.append(Publish(got))
+                            self._other_inflight += len(got)
+                            room -= len(got)
+                            fresh -= len(got)
                             sent = True
                             break
                     if room <= 0:
@@ -245,9 +434,12 @@ class Delivery:
 
     def timeout(self) -> float:
         """How long the shell may wait for the network before polling again."""
-        if self._busy:
-            return 0.0  # sent something: more may fit at once
-        return self.limits.ack_flush_s if self._pending else self.limits.idle_s
+        if self._busy or self._to_delete:
+            return 0.0  # sent something: more may fit at once; or a receipt to carry out
+        wait = self.limits.ack_flush_s if self._pending else self.limits.idle_s
+        if self._deadlines:
+            wait = min(wait, max(0.0, self._deadlines[0][0] - self._now))
+        return wait
 
     # -- state for the shell and tests -------------------------------------------------------
 
@@ -272,6 +464,17 @@ class Delivery:
         """Acknowledged events whose delete failed, waiting for a retry."""
         return len(self._undeleted)
 
+    @property
+    def awaiting_receipt(self) -> int:
+        """Receipt mode: events the broker acknowledged on this connection that no receipt
+        covers yet (those due to go again included; those in flight again not)."""
+        return len(self._awaiting) + len(self._due)
+
+    @property
+    def receipted_undeleted(self) -> list[tuple[int, int]]:
+        """Receipted seq ranges not yet deleted from the buffer (a delete pending or failed)."""
+        return self._receipted.pairs()
+
     # -- inside ------------------------------------------------------------------------------
 
     def _take(self, lane: int, part: str, limit: int) -> list[Stored]:
@@ -292,12 +495,61 @@ class Delivery:
                 self._exhausted.add(key)
             if rows:
                 self._cursors[key] = rows[-1].seq
-            if not self._undeleted:
+            if not self._undeleted and not self._receipted:
                 return out + rows if out else rows
-            # Acknowledged already (their delete failed): skip them, read on.
-            out.extend(r for r in rows if r.seq not in self._undeleted)
+            # Done already (acknowledged or receipted, the delete pending or failed): skip
+            # them, read on.
+            undeleted, receipted = self._undeleted, self._receipted
+            out.extend(r for r in rows if r.seq not in undeleted and r.seq not in receipted)
             if len(out) >= limit or len(rows) < want:
                 return out
+
+    def _resend(self, due: list[int], limit: int) -> list[Stored]:
+        """Up to ``limit`` due events of one heap, lowest seq first, read again."""
+        out: list[Stored] = []
+        assert self.refetch is not None
+        while due and len(out) < limit:
+            seqs: list[int] = []
+            while due and len(seqs) < limit - len(out):
+                seq = heapq.heappop(due)
+                if seq in self._due:  # else receipted meanwhile, or a stale entry
+                    self._due.discard(seq)
+                    seqs.append(seq)
+            if seqs:
+                out.extend(self.refetch(seqs))  # rows dropped by the cap are gone: forgotten
+        return out
+
+    def _expire(self, now: float) -> None:
+        """Awaiting events whose deadline passed become due (they go again)."""
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, seq = heapq.heappop(heap)
+            entry = self._awaiting.get(seq)
+            if entry is None or entry[0] != deadline:
+                continue  # receipted, or awaiting again with a later deadline
+            del self._awaiting[seq]
+            self._due.add(seq)
+            heapq.heappush(self._due_emergency if entry[1] else self._due_other, seq)
+
+    def _forget(self, lo: int, hi: int) -> None:
+        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay)."""
+        if hi - lo + 1 <= len(self._awaiting) + len(self._due):
+            for seq in range(lo, hi + 1):
+                self._awaiting.pop(seq, None)
+                self._due.discard(seq)
+        else:
+            for seq in [s for s in self._awaiting if lo <= s <= hi]:
+                del self._awaiting[seq]
+            self._due.difference_update([s for s in self._due if lo <= s <= hi])
+
+    def _receipt_deletes(self, now: float, out: list[Action]) -> None:
+        if self._to_delete:
+            out.append(DeleteRanges(self._to_delete))
+            self._to_delete = []
+        if self._retry_ranges and now >= self._ranges_retry_at:
+            out.append(DeleteRanges(self._retry_ranges))
+            self._retry_ranges = []
+            self._ranges_retry_at = now + self.limits.delete_retry_s
 
     def _drain_notes(self) -> list[Action]:
         out: list[Action] = [Refused(seq) for seq in self._refused]
@@ -315,3 +567,9 @@ class Delivery:
         self._refused = []
         self._turn = 0
         self._busy = False
+        self._awaiting = {}
+        self._deadlines = []
+        self._due = set()
+        self._due_emergency = []
+        self._due_other = []
+        self._covered_in_flight = set()

@@ -836,6 +836,56 @@ class Outbox:
             self._recount()
             raise BufferWriteError(f"{e}") from e
 
+    # -- receipts (issue 13; helper "receipts" owns this region) -----------------------------
+    #
+    # Only deletes persist. The awaiting-receipt marks stay in the delivery core's memory,
+    # per connection: a restart is a new connection, after which every un-receipted event
+    # is offered again anyway (the rule after a reconnect), so a persisted mark would buy
+    # nothing and cost an SD-card write per PUBACK. What a receipt covered is deleted at
+    # once and durably enough (NORMAL sync, as PUBACK deletes: a lost delete is a resend
+    # that the backend de-duplicates and receipts again).
+
+    def fetch_seqs(self, seqs: Sequence[int]) -> list[Stored]:
+        """The stored rows among ``seqs`` (the delivery core's resends after a receipt
+        timeout); seqs no longer stored are left out."""
+        out: list[Stored] = []
+        seqs = list(seqs)
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i:i + 500]
+            cur = _sql(self.db,
+                "SELECT seq, uid, lane, topic, payload FROM outbox WHERE seq IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY seq", chunk)
+            out.extend(Stored(r[0], r[1], r[2], r[3], bytes(r[4])) for r in cur)
+        return out
+
+    def delete_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[int]:
+        """A receipt covers these inclusive seq ranges: delete what of them is stored, in one
+        transaction; returns the seqs deleted."""
+        if not ranges:
+            return []
+        conn = _connection(self.db)
+        if id(conn) not in self._fast_ack_conns:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._fast_ack_conns.add(id(conn))
+        gone: Counter[int] = Counter()
+        seqs: list[int] = []
+        try:
+            with self.db.atomic("IMMEDIATE"):
+                for lo, hi in ranges:
+                    cur = _sql(self.db, "DELETE FROM outbox WHERE seq BETWEEN ? AND ? "
+                                        "RETURNING seq, lane", (lo, hi))
+                    for seq, lane in cur.fetchall():
+                        seqs.append(int(seq))
+                        gone[int(lane)] += 1
+        except (PeeweeException, sqlite3.Error) as e:
+            self._recount()
+            raise BufferWriteError(f"{e}") from e
+        with self._lock:
+            self._lanes.subtract(gone)
+        return sorted(seqs)
+
+    # -- end of the receipts region ----------------------------------------------------------
+
     def _delete(self, seqs: list[int]) -> None:
         gone: Counter[int] = Counter()
         for i in range(0, len(seqs), 500):
@@ -916,3 +966,33 @@ class Outbox:
 
     def close(self) -> None:
         self.db.close()
+
+    # -- commands: admitted request ids and their replies (issue 12) --------------------------
+    # gateway/commands: a repeated id gets its stored reply, the same id with another
+    # payload is refused; rows go once the command has expired (it is refused anyway then).
+    # Raw SQL on its own table, created on first use: a salvaged buffer starts without it.
+
+    _COMMANDS_DDL = ("CREATE TABLE IF NOT EXISTS commands (id TEXT PRIMARY KEY, digest TEXT "
+                     "NOT NULL, expires REAL NOT NULL, reply TEXT NOT NULL)")
+
+    def _commands_sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            _sql(self.db, self._COMMANDS_DDL)
+            return list(_sql(self.db, query, params).fetchall())
+        except PeeweeException as e:
+            raise BufferWriteError(f"{e}") from e
+
+    def command_seen(self, request_id: str) -> tuple[str, str] | None:
+        """(digest, stored reply) of an admitted request id, or None."""
+        rows = self._commands_sql("SELECT digest, reply FROM commands WHERE id = ?",
+                                  (request_id,))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def command_done(self, request_id: str, digest: str, expires: float, reply: str) -> None:
+        self._commands_sql("INSERT OR REPLACE INTO commands (id, digest, expires, reply) "
+                           "VALUES (?, ?, ?, ?)", (request_id, digest, expires, reply))
+
+    def command_purge(self, now: float) -> int:
+        """Forget the ids of commands expired before ``now``; how many."""
+        return len(self._commands_sql("DELETE FROM commands WHERE expires < ? RETURNING id",
+                                      (now,)))

@@ -27,7 +27,8 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
 
 from gateway.clock import Clock
 from gateway.config import Config
@@ -43,6 +44,8 @@ from gateway.outbox import BufferWriteError, Outbox
 from gateway.recording import Recorder
 
 log = logging.getLogger("gateway.pipeline")
+
+T = TypeVar("T")
 
 BATCH = 512
 TICK_S = 0.5
@@ -83,6 +86,10 @@ class Pipeline:
         self._windows_saved = -math.inf
         # None is not a reading: wake() puts it to end a wait for readings at once.
         self._q: queue.Queue[Reading | None] = queue.Queue(QUEUE_MAX)
+        # Work for the pipeline thread from others (commands): run between batches, so the
+        # engine state is only ever touched on this thread.
+        self._control: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any], bool]] = (
+            queue.SimpleQueue())
         self._pending: list[Event] = []  # decided, not yet committed (the buffer failed)
         self._deferred: list[Event] = []  # routine events waiting to share a state save
         self._failing = False  # the last commit failed
@@ -96,11 +103,24 @@ class Pipeline:
         }
 
     def roll_call(self, alert_id: str | None) -> None:
-        """Start (alert id) or end (None) a disaster roll-call. Call before run()."""
+        """The ``--roll-call`` switch at start, before run(): start (alert id), or end (None)
+        a roll-call the switch started before. One started by command (``alert/start``)
+        runs on over restarts until ``alert/stop``."""
+        running = self.engine_state.roll_call
+        if alert_id:
+            self.set_roll_call(alert_id)
+        elif running is not None and running.by == "switch":
+            self.set_roll_call(None)
+
+    def set_roll_call(self, alert_id: str | None, interval_s: float | None = None,
+                      by: str = "switch") -> bool:
+        """Start (alert id) or end (None: whichever runs) the roll-call; on the pipeline
+        thread (or before run()). False: an end with none running."""
         now, mono = self.clock.now(), self.clock.monotonic()
         running = self.engine_state.roll_call
         if alert_id:
-            self.engine_state = start_roll_call(self.engine_state, alert_id, mono)
+            self.engine_state = start_roll_call(self.engine_state, alert_id, mono, interval_s,
+                                                by)
             log.warning("roll-call for alert %s active", alert_id)
         elif running is not None:
             self.engine_state = end_roll_call(self.engine_state)
@@ -108,6 +128,39 @@ class Pipeline:
         if self.record is not None and (alert_id or running):
             self.record.control("roll_call_start" if alert_id else "roll_call_end", now,
                                 alert_id or (running.alert_id if running else None), mono)
+        return bool(alert_id) or running is not None
+
+    def control(self, fn: Callable[[], T], changes: bool = False, timeout: float = 5.0) -> T:
+        """Run ``fn`` on the pipeline thread between two batches and return its result
+        (commands from the command worker). ``changes``: it changes the engine state, which
+        is saved before this returns. Raises TimeoutError (then ``fn`` never runs)."""
+        done: Future[T] = Future()
+        self._control.put((fn, done, changes))
+        self.wake()
+        try:
+            return done.result(timeout)
+        except TimeoutError:
+            done.cancel()  # not run later behind the caller's back (unless already running)
+            raise
+
+    def _run_controls(self) -> None:
+        while True:
+            try:
+                fn, done, changes = self._control.get_nowait()
+            except queue.Empty:
+                return
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+                if changes:  # saved now (with any events waiting): "done" survives a power cut
+                    events, self._deferred = self._deferred, []
+                    self._state_saved = -math.inf
+                    self.commit(events)
+            except BaseException as e:  # the caller's to report (500), not this thread's end
+                done.set_exception(e)
+            else:
+                done.set_result(result)
 
     # -- Sink: called from driver threads ----------------------------------------------------
 
@@ -152,6 +205,7 @@ class Pipeline:
                 pass
             batch = [r for r in got if r is not None]
             events = self.process(batch)
+            self._run_controls()
             mono = self.clock.monotonic()
             if mono >= next_tick:
                 next_tick = mono + TICK_S
@@ -159,6 +213,7 @@ class Pipeline:
                 self.engine_state, more = self.engine.tick(self.engine_state, *self.last_tick)
                 events.extend(more)
             self.commit_soon(events)
+        self._run_controls()
         # Drain what the drivers already handed over before we stop.
         rest: list[Reading] = []
         while True:

@@ -33,6 +33,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -44,12 +45,35 @@ from gateway import backoff, contract, logs
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.contract import iso_utc
-from gateway.delivery import Action, Delete, Delivery, Limits, Publish, Refused
+from gateway.delivery import Action, Delete, DeleteRanges, Delivery, Limits, Publish, Refused
 from gateway.outbox import BufferWriteError, Outbox
+from gateway.receipts import ReceiptRefused, admit
 
 log = logging.getLogger("gateway.mqtt")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
+REPLY_SLOTS = 8  # in-flight slots beyond the events' window: a reply never waits behind them
+REPLIES_MAX = 1024  # replies waiting to go out; a flood beyond it is dropped (counted)
+RECEIPTS_MAX = 1024  # receipts read, not yet checked (one loop turn's worth at most)
+REFUSAL_LOG_S = 60.0  # refused receipts: one log line per this long, with the count
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message on ``cmd/#``: the topic below the unit's base, the payload, and the MQTT 5
+    response topic and correlation data (None under 3.1.1, or when not sent)."""
+
+    suffix: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingReply:
+    topic: str
+    body: bytes
+    correlation: bytes | None = None
 
 
 class ConnectFailed(OSError):
@@ -67,7 +91,7 @@ class Publisher:
         outbox: Outbox,
         clock: Clock,
         health: Callable[[], dict[str, Any]] | None = None,
-        on_command: Callable[[str, bytes], None] | None = None,
+        on_command: Callable[[Incoming], None] | None = None,
         on_acked: Callable[[list[int]], None] | None = None,
         window: int = 256,
         emergency_reserve: int = 32,
@@ -87,12 +111,29 @@ class Publisher:
         self.batch = batch
         self.reconnect_max_s = reconnect_max_s or cfg.broker.reconnect_max_s
         self.connack_timeout_s = connack_timeout_s
+        d = cfg.delivery
+        self.receipt_mode = d.mode == "receipt"
         self.core = Delivery(outbox.fetch, Limits(window=window, reserve=emergency_reserve,
-                                                  batch=batch))
+                                                  batch=batch, receipts=self.receipt_mode,
+                                                  receipt_timeout_s=d.receipt_timeout_s,
+                                                  max_awaiting=d.max_awaiting),
+                             outbox.fetch_seqs)
+        # Receipt mode (issue 13): signed receipts on <base>/receipt, checked in this thread.
+        self.receipt_topic = self.topics.of("receipt")
+        self._receipts: collections.deque[bytes] = collections.deque(maxlen=RECEIPTS_MAX)
+        self.receipts = 0  # admitted
+        self.receipts_refused = 0
+        self._refusal_log_at = 0.0
+        self._refusals_unlogged = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._acks: collections.deque[tuple[int, bool]] = collections.deque()
+        # Replies from the command worker; deque appends and pops are thread-safe.
+        self._replies: collections.deque[OutgoingReply] = collections.deque()
+        self.replies_sent = 0
+        self._rebirth = threading.Event()
+        self.replies_dropped = 0
         self._connected = threading.Event()
         self._lost = threading.Event()
         self._connack: tuple[bool, str] | None = None
@@ -113,6 +154,20 @@ class Publisher:
         """New events are in the outbox (called from the pipeline thread)."""
         with contextlib.suppress(BlockingIOError):  # already awake: a byte is waiting
             os.write(self._wake_w, b"!")
+
+    def rebirth(self) -> None:
+        """Publish status and birth again (the ``rebirth`` command), from this thread."""
+        self._rebirth.set()
+        self.notify()
+
+    def reply(self, reply: OutgoingReply) -> None:
+        """Publish a command's reply (QoS 1) from the publisher's thread, ahead of events
+        (called from the command worker)."""
+        if len(self._replies) >= REPLIES_MAX:
+            self.replies_dropped += 1
+            return
+        self._replies.append(reply)
+        self.notify()
 
     @property
     def online(self) -> bool:
@@ -177,7 +232,7 @@ class Publisher:
         will = json.dumps(contract.status_payload(self.cfg.unit.id, False, None,
                                                   "connection-lost")).encode()
         client.will_set(self.topics.status, will, qos=1, retain=True)
-        client.max_inflight_messages_set(self.window + self.reserve)
+        client.max_inflight_messages_set(self.window + self.reserve + REPLY_SLOTS)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -267,19 +322,55 @@ class Publisher:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Runs in paho's thread. Commands never raise into paho: a hostile payload is the
         # handler's to reject, and a bug in it must not take the connection down.
+        if self.receipt_mode and msg.topic == self.receipt_topic:
+            self._receipts.append(bytes(msg.payload))  # checked in _serve's loop
+            return
         self.commands += 1
         suffix = msg.topic[len(self.topics.base) + 1:] if msg.topic.startswith(
             self.topics.base + "/") else msg.topic
+        props = msg.properties
+        response = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        if not isinstance(correlation, bytes | bytearray):
+            correlation = None
         try:
-            self.on_command(suffix, bytes(msg.payload))
+            self.on_command(Incoming(suffix, bytes(msg.payload),
+                                     response if isinstance(response, str) else None,
+                                     None if correlation is None else bytes(correlation)))
         except Exception:
             log.exception("command on %s failed", msg.topic)
 
-    def _unsupported_command(self, suffix: str, payload: bytes) -> None:
+    def _unsupported_command(self, msg: Incoming) -> None:
         # The topic is the broker's (anyone with publish rights): clipped; the CLI's log
         # filter rate-limits these lines with a "suppressed N" count (gateway/logs.py).
         log.warning("command %s received (%d bytes): no handler for it in this version",
-                    logs.clip(suffix, 80), len(payload))
+                    logs.clip(msg.suffix, 80), len(msg.payload))
+
+    def _send_replies(self, client: mqtt.Client) -> None:
+        replies = self._replies
+        while replies:
+            r = replies.popleft()
+            props = None
+            if r.correlation is not None and self.connected_protocol == "5":
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.CorrelationData = r.correlation
+            try:
+                client.publish(r.topic, r.body, qos=1, properties=props)
+            except ValueError:  # a topic paho refuses (the command path checks them first)
+                self.replies_dropped += 1
+                continue
+            self.replies_sent += 1
+
+    def _publish_birth(self, client: mqtt.Client) -> int:
+        """Status (retained, online) and birth; the last seq the birth names."""
+        self._publish_status(client, online=True)
+        live_mark = self.outbox.last_seq()
+        birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
+                                       self.cfg.unit.config_version, live_mark,
+                                       iso_utc(self.clock.now()), self.connected_protocol,
+                                       self.outbox.high_water)
+        client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
+        return live_mark
 
     def _publish_status(self, client: mqtt.Client, online: bool) -> mqtt.MQTTMessageInfo:
         body = contract.status_payload(self.cfg.unit.id, online, iso_utc(self.clock.now()),
@@ -331,13 +422,9 @@ class Publisher:
         core = self.core
         self._connected.set()
         client.subscribe(self.topics.commands, qos=1)
-        self._publish_status(client, online=True)
-        live_mark = self.outbox.last_seq()
-        birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
-                                       self.cfg.unit.config_version, live_mark,
-                                       iso_utc(self.clock.now()), self.connected_protocol,
-                                       self.outbox.high_water)
-        client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
+        if self.receipt_mode:
+            client.subscribe(self.receipt_topic, qos=1)
+        live_mark = self._publish_birth(client)
         log.info("broker %s:%d connected (MQTT %s); %d events to send",
                  self.cfg.broker.host, self.cfg.broker.port, self.connected_protocol,
                  self.outbox.depth())
@@ -350,10 +437,17 @@ class Publisher:
         while not stop.is_set() and not self._lost.is_set():
             if not self._io(client, core.timeout()):
                 break
+            if self._rebirth.is_set():
+                self._rebirth.clear()
+                self._publish_birth(client)
+            if self._replies:  # replies first: a locate does not wait behind a backlog
+                self._send_replies(client)
             # Acknowledgements (and refusals) first: they free the window.
             while acks:
                 mid, ok = acks.popleft()
                 core.acked(mid, ok)
+            while self._receipts:
+                self._receipt(self._receipts.popleft())
             now = self.clock.monotonic()
             for action in core.poll(now):
                 self._execute(client, action)
@@ -397,3 +491,49 @@ class Publisher:
             case Refused(seq):
                 self.refused += 1
                 log.error("broker refused event seq %d; it stays buffered", seq)
+            case DeleteRanges(ranges):
+                self._delete_receipted(ranges)
+
+    # -- receipts (issue 13; helper "receipts" owns this region) -------------------------------
+
+    def _receipt(self, token: bytes) -> None:
+        """A message on <base>/receipt: admitted ones go to the core; the rest are counted,
+        with one log line a minute (a flood of forgeries cannot fill the journal)."""
+        try:
+            r = admit(token, self.cfg.commands.keyring, self.cfg.unit.id)
+        except ReceiptRefused as e:
+            self.receipts_refused += 1
+            self._refusals_unlogged += 1
+            now = self.clock.monotonic()
+            if now >= self._refusal_log_at:
+                log.warning("receipt refused: %s (%d bytes); nothing deleted; %d refused in "
+                            "all, %d since the last line", logs.clip(e.reason, 120), len(token),
+                            self.receipts_refused, self._refusals_unlogged)
+                self._refusals_unlogged = 0
+                self._refusal_log_at = now + REFUSAL_LOG_S
+            return
+        self.receipts += 1
+        self.core.receipt(r.ranges, r.upto)
+
+    def _delete_receipted(self, ranges: list[tuple[int, int]]) -> None:
+        try:
+            seqs = self.outbox.delete_ranges(ranges)
+        except BufferWriteError as e:
+            # As for PUBACK deletes: the core keeps them as done (not resent) and retries.
+            self.core.delete_failed_ranges(ranges, self.clock.monotonic())
+            if not self._delete_failing:
+                log.error("cannot delete receipted events from the buffer (%s); not resent, "
+                          "retried every %.0f s", e, self.core.limits.delete_retry_s)
+                self._delete_failing = True
+            return
+        self.core.ranges_deleted(ranges)
+        if self._delete_failing and not self.core.receipted_undeleted:
+            log.warning("buffer writable again: receipted events deleted")
+            self._delete_failing = False
+        if not seqs:
+            return
+        self.acked += len(seqs)  # delivered: in the backend's database
+        if self._backlog is not None:
+            self._backlog.update(self.acked, self.outbox.depth())
+        if self.on_acked is not None:
+            self.on_acked(seqs)

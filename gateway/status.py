@@ -40,7 +40,7 @@ def render(doc: dict[str, Any], cfg: Config) -> list[str]:
         detail = f" ({r['detail']})" if r.get("detail") else ""
         lines.append(f"reader    {rid}: {kinds.get(rid, '?')}, {r['state']}{detail}"
                      + (f"; rejects: {rejects}" if rejects else ""))
-    buf = doc.get("buffer", {})
+    buf, mq = doc.get("buffer", {}), doc.get("mqtt", {})
     lanes = ", ".join(f"{k} {v}" for k, v in buf.get("depth_by_lane", {}).items())
     dropped = buf.get("dropped", {}).get("total", 0)
     lines.append(f"buffer    {buf.get('depth', 0)} events waiting ({lanes}); oldest unsent "
@@ -51,6 +51,11 @@ def render(doc: dict[str, Any], cfg: Config) -> list[str]:
         lines.append(f"buffer    {inc['reason'].upper()} at {inc['at']}: {inc['salvaged']} events "
                      f"saved, up to {inc['lost_max']} seqs lost"
                      + (f"; kept as {inc['moved_to']}" if inc.get("moved_to") else ""))
+    if buf.get("awaiting_receipt") is not None:
+        # Receipt mode: still in the buffer (counted in "waiting") until the backend says so.
+        lines.append(f"buffer    {buf['awaiting_receipt']} awaiting the backend's receipt "
+                     f"(sent, the broker has them; receipts {mq.get('receipts', 0)}, refused "
+                     f"{mq.get('receipts_refused', 0)})")
     if buf.get("acks_not_recorded"):
         lines.append(f"buffer    {buf['acks_not_recorded']} acknowledged events not yet deleted "
                      "(the card is full or read-only; retried)")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.contract import Stored
-from gateway.delivery import Delete, Delivery, Limits, Publish, Refused
+from gateway.delivery import Delete, DeleteRanges, Delivery, Limits, Publish, Ranges, Refused
 from gateway.model import Lane
 
 E, R, T = int(Lane.EMERGENCY), int(Lane.ROUTINE), int(Lane.TELEMETRY)
@@ -45,6 +46,9 @@ class Store:
                if r.lane == lane and s > after and (upto is None or s <= upto)]
         return got[:limit]
 
+    def refetch(self, seqs: Sequence[int]) -> list[Stored]:
+        return [self.rows[s] for s in sorted(seqs) if s in self.rows]
+
 
 @dataclass
 class Shell:
@@ -68,7 +72,8 @@ class Shell:
         self.core.connected(self.live_mark, self.now)
         self.offered = []
 
-    def run(self, actions: list[Delete | Publish | Refused]) -> list[Stored]:
+    def run(self, actions: Sequence[Delete | DeleteRanges | Publish | Refused]
+            ) -> list[Stored]:
         published: list[Stored] = []
         for a in actions:
             if isinstance(a, Publish):
@@ -95,9 +100,11 @@ class Shell:
                     del self.store.rows[s]
                 self.deleted.extend(a.seqs)
                 self.core.deleted(a.seqs)
-            else:
+            elif isinstance(a, Refused):
                 assert a.seq in self.store.rows  # a refused event stays buffered
                 self.refused.append(a.seq)
+            else:
+                raise AssertionError(f"broker mode emitted {a}")
         return published
 
     def poll(self, dt: float = 0.0) -> list[Stored]:
@@ -419,3 +426,346 @@ def test_failed_deletes_kept_in_memory_are_bounded() -> None:
     core = Delivery(store.fetch, Limits(max_undeleted=100))
     core.delete_failed(list(range(1, 151)), 0.0)
     assert core.undeleted == 90  # the newest 90 kept; the rest may go once more
+
+
+# -- receipt mode (issue 13): deleted on the backend's receipt, not on the PUBACK -----------
+
+RCPT = Limits(window=8, reserve=2, batch=4, ack_flush_s=0.02, idle_s=0.5, receipts=True,
+              receipt_timeout_s=5.0, max_awaiting=20)
+
+
+@dataclass
+class ReceiptShell:
+    """The publisher's part in receipt mode, and a backend that stores what the broker
+    took: every action is checked against the receipt rules as it is carried out."""
+
+    store: Store
+    core: Delivery
+    now: float = 0.0
+    next_handle: int = 1
+    inflight: dict[int, Stored] = field(default_factory=dict)
+    broker_took: set[int] = field(default_factory=set)  # PUBACKed at least once: receiptable
+    covered: set[int] = field(default_factory=set)  # what receipts said (within what was sent)
+    max_sent: int = 0
+    deleted: list[int] = field(default_factory=list)
+    disk_ok: bool = True
+    # This connection: when each seq was last offered, the PUBACKed ones' deadlines.
+    offered_at: dict[int, float] = field(default_factory=dict)
+    awaiting: dict[int, float] = field(default_factory=dict)
+    last_poll: float = 0.0
+    live_mark: int = 0
+    resent: int = 0
+
+    def connect(self) -> None:
+        self.live_mark = self.store.last
+        self.core.connected(self.live_mark, self.now)
+        self.last_poll = self.now
+        self.offered_at = {}
+        self.awaiting = {}
+
+    def due(self) -> set[int]:
+        return {s for s, d in self.awaiting.items() if d <= self.now}
+
+    def run(self, actions: Sequence[object]) -> list[Stored]:
+        published: list[Stored] = []
+        in_flight = {r.seq for r in self.inflight.values()}
+        due = self.due()
+        for a in actions:
+            if isinstance(a, Publish):
+                handles = []
+                for row in a.rows:
+                    s = row.seq
+                    assert s in self.store.rows and s not in self.covered, f"{s} done already"
+                    assert s not in in_flight, f"seq {s} offered while in flight"
+                    if s in self.offered_at:  # a resend on the same connection: only when due
+                        assert s in due, f"seq {s} resent before its receipt timeout"
+                        assert self.now - self.offered_at[s] >= self.core.limits.receipt_timeout_s
+                        self.resent += 1
+                    self.awaiting.pop(s, None)
+                    self.offered_at[s] = self.now
+                    in_flight.add(s)
+                    self.inflight[self.next_handle] = row
+                    handles.append(self.next_handle)
+                    self.next_handle += 1
+                    self.max_sent = max(self.max_sent, s)
+                self.core.published(a, handles)
+                published.extend(a.rows)
+            elif isinstance(a, DeleteRanges):
+                gone = [s for lo, hi in a.ranges for s in range(lo, hi + 1) if s in self.store.rows]
+                for s in gone:
+                    assert s in self.covered, f"seq {s} deleted without a receipt covering it"
+                if not self.disk_ok:
+                    self.core.delete_failed_ranges(a.ranges, self.now)
+                    continue
+                for s in gone:
+                    del self.store.rows[s]
+                self.deleted.extend(gone)
+                self.core.ranges_deleted(a.ranges)
+            elif isinstance(a, Refused):
+                assert a.seq in self.store.rows  # a refused event stays buffered
+            else:
+                raise AssertionError(f"receipt mode emitted {a}")  # no Delete on a PUBACK
+        return published
+
+    def poll(self, dt: float = 0.0) -> list[Stored]:
+        self.now += dt
+        out = self.run(self.core.poll(self.now))
+        self.last_poll = self.now
+        return out
+
+    def ack(self, handle: int, ok: bool = True) -> None:
+        row = self.inflight.pop(handle)
+        if ok:
+            self.broker_took.add(row.seq)
+            if row.seq not in self.covered:
+                self.awaiting[row.seq] = self.last_poll + self.core.limits.receipt_timeout_s
+        self.core.acked(handle, ok)
+
+    def ack_all(self) -> None:
+        for h in list(self.inflight):
+            self.ack(h)
+
+    def receipt(self, ranges: list[tuple[int, int]], upto: int | None = None) -> None:
+        spans = ranges + ([(1, upto)] if upto is not None else [])
+        for lo, hi in spans:  # the rule: only what this unit has sent is taken
+            got = set(range(max(lo, 1), min(hi, self.max_sent) + 1))
+            self.covered |= got
+            for s in got:
+                self.awaiting.pop(s, None)
+        self.core.receipt(ranges, upto)
+
+    def disconnect(self) -> None:
+        self.run(self.core.disconnected())
+        self.inflight.clear()
+
+    def commit(self, lane: int, n: int = 1) -> list[int]:
+        seqs = self.store.add(lane, n)
+        self.core.committed()
+        return seqs
+
+
+def rshell(limits: Limits = RCPT) -> ReceiptShell:
+    store = Store()
+    return ReceiptShell(store, Delivery(store.fetch, limits, store.refetch))
+
+
+def runs(seqs: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s in sorted(seqs):
+        if out and out[-1][1] == s - 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def test_a_puback_keeps_the_event_until_a_receipt_covers_it() -> None:
+    sh = rshell()
+    sh.connect()
+    a, b, c = sh.commit(R, 3)
+    assert seqs(sh.poll()) == [a, b, c]
+    sh.ack_all()
+    sh.poll(1.0)
+    assert len(sh.store.rows) == 3 and sh.core.awaiting_receipt == 3  # the broker only
+    assert sh.poll(1.0) == []  # not offered again on this connection
+    sh.receipt([(a, b)])
+    sh.poll()
+    assert sh.deleted == [a, b] and sh.core.awaiting_receipt == 1
+    sh.receipt([], upto=c)
+    sh.poll()
+    assert sh.deleted == [a, b, c] and sh.core.awaiting_receipt == 0
+
+
+def test_an_awaiting_event_goes_again_after_the_timeout_and_after_a_reconnect() -> None:
+    sh = rshell()
+    sh.connect()
+    a, b = sh.commit(R, 2)
+    sh.poll()
+    sh.ack_all()
+    assert sh.poll(RCPT.receipt_timeout_s - 0.1) == []
+    assert sh.core.timeout() <= 0.1 + 1e-9  # the shell wakes for the deadline
+    assert seqs(sh.poll(0.1)) == [a, b] and sh.resent == 2  # due: offered again
+    sh.ack_all()
+    sh.receipt([(a, a)])
+    sh.poll()
+    sh.disconnect()
+    sh.connect()
+    assert seqs(sh.poll()) == [b]  # the new connection offers everything not receipted
+
+
+def test_a_receipt_deletes_only_what_the_unit_has_sent() -> None:
+    sh = rshell()
+    sh.connect()
+    sent = sh.commit(R, 2)
+    sh.poll()
+    later = sh.commit(R, 2)  # committed, not yet sent
+    sh.receipt([(1, 1000)], upto=10**9)  # too generous: clipped to the highest sent seq
+    assert seqs(sh.poll()) == later  # sent now, after the receipt
+    assert sh.deleted == sent and set(later) <= set(sh.store.rows)
+    sh.ack_all()  # PUBACKs of events receipted while in flight: nothing awaits them
+    assert sh.core.awaiting_receipt == 2
+
+
+def test_receipted_events_are_never_offered_again_while_their_delete_fails() -> None:
+    sh = rshell()
+    sh.connect()
+    sh.commit(R, 4)
+    sh.poll()
+    sh.ack_all()
+    sh.disk_ok = False
+    sh.receipt([(1, 4)])
+    sh.poll()
+    assert len(sh.store.rows) == 4 and sh.core.receipted_undeleted == [(1, 4)]
+    sh.disconnect()
+    sh.connect()
+    assert sh.poll(0.1) == []  # receipted: not offered on the new connection either
+    sh.disk_ok = True
+    sh.poll(RCPT.delete_retry_s)
+    assert not sh.store.rows and sh.core.receipted_undeleted == []
+
+
+def test_max_awaiting_holds_routine_back_but_never_an_emergency_event() -> None:
+    lim = Limits(window=8, reserve=2, batch=4, receipts=True, receipt_timeout_s=60.0,
+                 max_awaiting=6)
+    sh = rshell(lim)
+    sh.connect()
+    sh.commit(R, 10)
+    while sh.poll():
+        sh.ack_all()
+    assert sh.core.awaiting_receipt == 6  # the backend is silent: six await, four wait
+    sos = sh.commit(E)
+    assert seqs(sh.poll()) == sos  # emergency ignores the bound
+    sh.ack_all()
+    sh.receipt([(1, 3)])
+    got = sh.poll()
+    assert seqs(got) == [7, 8]  # room for two: the awaiting SOS counts (it holds a mark)
+
+
+def test_ranges_merge_and_report_what_is_new() -> None:
+    r = Ranges()
+    assert r.add(5, 9) == [(5, 9)]
+    assert r.add(1, 3) == [(1, 3)]
+    assert r.add(2, 12) == [(4, 4), (10, 12)] and r.pairs() == [(1, 12)]
+    r.remove(4, 6)
+    assert r.pairs() == [(1, 3), (7, 12)] and 5 not in r and 7 in r and 13 not in r
+    r.remove(0, 100)
+    assert not r
+
+
+r_op = st.one_of(
+    st.tuples(st.just("commit"), st.sampled_from([E, R, T]), st.integers(1, 8)),
+    st.tuples(st.just("poll"), st.sampled_from([0.0, 0.03, 0.4, 1.5])),
+    st.tuples(st.just("ack"), st.integers(0, 20), st.lists(st.booleans(), max_size=20)),
+    st.tuples(st.just("receipt"), st.integers(0, 30), st.booleans()),
+    st.tuples(st.just("bogus"), st.integers(1, 200), st.integers(0, 50)),
+    st.tuples(st.just("disconnect")),
+    st.tuples(st.just("connect")),
+    st.tuples(st.just("disk"), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(r_op, min_size=4, max_size=80), st.booleans())
+def test_receipt_properties(ops: list[tuple[object, ...]], start_with_backlog: bool) -> None:
+    """Over any history of commits, polls (the timer), PUBACKs, refusals, receipts (true
+    ones, and too generous ones), disconnects and failing deletes, in receipt mode:
+
+    - nothing is deleted before a receipt covers it, and a receipt deletes nothing the
+      unit has not sent (ReceiptShell.run), and no PUBACK deletes anything;
+    - an event is never offered again on the connection that sent it before the receipt
+      timeout passed since its PUBACK (so never within the timeout of its last send), and
+      never while it is in flight;
+    - the emergency bound still holds with events awaiting receipt: an emergency event
+      (new, or due again) is offered at the first poll when a slot is free, nothing else
+      while one waits; the in-flight windows hold;
+    - new routine and telemetry events stay within max_awaiting;
+    - after a disconnect, the next connection offers every event no receipt covered; with
+      receipts for all, every event is deleted exactly once.
+    """
+    lim = replace(RCPT, receipt_timeout_s=1.0)  # short: the histories are short
+    sh = rshell(lim)
+    if start_with_backlog:
+        sh.store.add(R, 9)
+        sh.store.add(T, 5)
+    sh.connect()  # online from the start: the histories are short
+    online = True
+
+    def checked_poll(dt: float) -> None:
+        sh.now += dt
+        free = lim.window + lim.reserve - len(sh.inflight)
+        due = sh.due()
+        waiting_sos = [s for s, r in sorted(sh.store.rows.items())
+                       if r.lane == E and s not in sh.covered
+                       and (s not in sh.offered_at or s in due)]
+        sh.now -= dt
+        rows = sh.poll(dt)
+        got = set(seqs(rows))
+        assert set(waiting_sos[:max(free, 0)]) <= got  # emergency at the first poll
+        if any(s not in got for s in waiting_sos):
+            assert all(r.lane == E for r in rows)  # nothing overtakes a waiting SOS
+        lanes = [r.lane for r in sh.inflight.values()]
+        assert len(lanes) <= lim.window + lim.reserve
+        assert sum(lane != E for lane in lanes) <= lim.window
+        other_held = (sum(1 for s in sh.awaiting if sh.store.rows[s].lane != E)
+                      + sum(lane != E for lane in lanes))
+        assert other_held <= lim.max_awaiting
+
+    for o in ops:
+        match o:
+            case ("commit", lane, n):
+                assert isinstance(lane, int) and isinstance(n, int)
+                sh.commit(lane, n)
+            case ("poll", dt):
+                assert isinstance(dt, float)
+                if online:
+                    checked_poll(dt)
+                else:
+                    sh.now += dt
+                    assert sh.core.poll(sh.now) == []
+            case ("ack", k, oks):
+                assert isinstance(k, int) and isinstance(oks, list)
+                for i, h in enumerate(list(sh.inflight)[:k]):
+                    sh.ack(h, oks[i] if i < len(oks) else True)
+            case ("receipt", k, as_upto):
+                # The backend stored what the broker took (some of it): it says so, as
+                # ranges, or with a watermark below which it has everything still buffered.
+                assert isinstance(k, int)
+                stored = sorted(sh.broker_took - sh.covered)[:k]
+                top = 0
+                while as_upto and stored and top < stored[-1] and (
+                        top + 1 in sh.broker_took or top + 1 not in sh.store.rows):
+                    top += 1
+                sh.receipt(runs(stored), upto=top or None)
+            case ("bogus", lo, n):
+                assert isinstance(lo, int) and isinstance(n, int)
+                sh.receipt([(lo, lo + n)])  # beyond what was sent: clipped, never unsent
+            case ("disconnect",):
+                if online:
+                    sh.disconnect()
+                    online = False
+                    assert sh.core.in_flight == 0 and sh.core.awaiting_receipt == 0
+            case ("connect",):
+                if not online:
+                    sh.connect()
+                    online = True
+            case ("disk", ok):
+                assert isinstance(ok, bool)
+                sh.disk_ok = ok
+    # Reconnect: every event no receipt covered is offered again; receipt all of it.
+    sh.disk_ok = True
+    if online:
+        sh.disconnect()
+    owed = set(sh.store.rows) - sh.covered
+    sh.connect()
+    offered: set[int] = set()
+    for _ in range(1000):
+        checked_poll(0.03)
+        offered |= set(sh.offered_at)
+        sh.ack_all()
+        # The backend stores what this connection sent (so a receipt covers only offered ones).
+        sh.receipt(runs(sorted((sh.broker_took & set(sh.offered_at)) - sh.covered)))
+        if not sh.inflight and not sh.store.rows:
+            break
+    assert owed <= offered
+    assert not sh.store.rows
+    assert sorted(sh.deleted) == list(range(1, sh.store.last + 1))  # each exactly once

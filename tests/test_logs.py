@@ -220,7 +220,7 @@ def test_command_flood_is_bounded_in_the_daemon_log(tmp_path: Path,
         sub.stop()
     text = gw.log_text()
     lines = text.splitlines()
-    command_lines = [line for line in lines if "gateway.mqtt: command " in line]
+    command_lines = [line for line in lines if "gateway.commands: command " in line]
     # A burst of 20, then 2 a second while the flood lasts (it takes a few seconds).
     assert 20 <= len(command_lines) <= 60, len(command_lines)
     assert max(len(line) for line in lines) < 1200

@@ -12,6 +12,7 @@ strictly and answer with a :class:`Reply`; :func:`dispatch` turns their
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -45,6 +46,7 @@ MAX_LIFETIME_S = 24 * 3600.0  # bounds how long an id is remembered
 ENVELOPE = frozenset({"id", "unit", "cmd", "issued", "expires", "args", "reply_to"})
 REQUIRED = ENVELOPE - {"reply_to"}
 MAX_TOPIC_CHARS = 512
+MAX_NAME_CHARS = 64  # a longer command name (no such command) is cut in the reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,8 @@ class Reply:
     code: int
     reason: str
     data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    reply_to: str | None = field(default=None, compare=False)  # the signed fallback topic
+    repeat: bool = field(default=False, compare=False)  # admit(): the stored reply of a repeat
 
     @property
     def ok(self) -> bool:
@@ -152,12 +156,13 @@ class Args:
 
 
 def ok(cmd: Command, data: Mapping[str, Any] | None = None, reason: str = "done") -> Reply:
-    return Reply(cmd.id, cmd.unit, cmd.name, Code.OK, reason, _frozen(data or {}))
+    return Reply(cmd.id, cmd.unit, cmd.name, Code.OK, reason, _frozen(data or {}), cmd.reply_to)
 
 
 def refuse(cmd: Command, code: int, reason: str,
            data: Mapping[str, Any] | None = None) -> Reply:
-    return Reply(cmd.id, cmd.unit, cmd.name, int(code), reason, _frozen(data or {}))
+    return Reply(cmd.id, cmd.unit, cmd.name, int(code), reason, _frozen(data or {}),
+                 cmd.reply_to)
 
 
 Handler = Callable[[Unit, Command], Reply]
@@ -297,8 +302,11 @@ def admit(name: str, token: bytes, *, unit: str, keys: Keyring, known: Collectio
     ``seen(id)`` looks the request id up in the persisted table (a read, no change).
     A :class:`Reply` returned is sent as it is and nothing is run nor stored.
     """
+    shown = name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS] + "…"
+    reply_to: str | None = None  # once the payload is verified: its fallback topic
+
     def no(code: Code, reason: str, rid: str | None = None) -> Reply:
-        return Reply(rid, unit, name, int(code), reason)
+        return Reply(rid, unit, shown, int(code), reason, reply_to=reply_to)
 
     if len(token) > limits.max_bytes:
         return no(Code.BAD_REQUEST, f"too large: over {limits.max_bytes} bytes")
@@ -330,9 +338,9 @@ def admit(name: str, token: bytes, *, unit: str, keys: Keyring, known: Collectio
             return no(Code.BAD_REQUEST, f"{key}: not a string", rid)
     if not isinstance(env["args"], dict):
         return no(Code.BAD_REQUEST, "args: not an object", rid)
-    reply_to = env.get("reply_to")
-    if reply_to is not None and not isinstance(reply_to, str):
+    if env.get("reply_to") is not None and not isinstance(env["reply_to"], str):
         return no(Code.BAD_REQUEST, "reply_to: not a string", rid)
+    reply_to = env.get("reply_to")
     issued, expires = parse_time(env["issued"]), parse_time(env["expires"])
     if issued is None:
         return no(Code.BAD_REQUEST, "issued: not an RFC 3339 UTC time", rid)
@@ -357,7 +365,7 @@ def admit(name: str, token: bytes, *, unit: str, keys: Keyring, known: Collectio
     if before is not None:
         if before.digest != digest:
             return no(Code.CONFLICT, "request id re-used with other content", rid)
-        return before.reply
+        return dataclasses.replace(before.reply, reply_to=reply_to, repeat=True)
     return Command(id=rid, unit=unit, name=name, issued=issued, expires=expires,
                    args=_frozen(env["args"]), reply_to=reply_to, digest=digest,
                    kid=verified.kid)

@@ -82,11 +82,20 @@ def locate(state: EngineState, cfg: EngineConfig | Runtime, who: str) -> dict[st
     }
 
 
-def start_roll_call(state: EngineState, alert_id: str, now: float) -> EngineState:
+def start_roll_call(state: EngineState, alert_id: str, now: float,
+                    interval_s: float | None = None, by: str = "switch") -> EngineState:
     """A disaster alert is on: ``tick`` publishes roll-calls from ``now`` (engine time:
-    the monotonic clock of the readings) on."""
-    if state.roll_call is None or state.roll_call.alert_id != alert_id:
-        state.roll_call = RollCall(alert_id, now, now)
+    the monotonic clock of the readings) on, every ``interval_s`` (None: the config's).
+    ``by``: "switch" (``--roll-call``) or "command" (``alert/start``, kept over restarts)."""
+    call = state.roll_call
+    if call is None or call.alert_id != alert_id:
+        state.roll_call = RollCall(alert_id, now, now, interval_s, by)
+    else:
+        if by == "command":  # a command takes over a switch's roll-call: kept over restarts
+            call.by = by
+        if interval_s is not None and interval_s != call.interval_s:
+            call.interval_s = interval_s
+            call.next_due = min(call.next_due, now + interval_s)
     return state
 
 
@@ -101,7 +110,8 @@ def roll_call(state: EngineState, runtime: Runtime, now: float, events: list[Eve
     call = state.roll_call
     if call is None or now < call.next_due:
         return
-    call.next_due = max(call.next_due + runtime.settings.roll_call_interval_s, now)
+    call.next_due = max(call.next_due + (call.interval_s or runtime.settings.roll_call_interval_s),
+                        now)
     present_in: dict[str, list[str]] = {}  # child -> zones it is in
     last_seen: dict[str, float] = {}  # child -> newest sighting in those zones
     for zid, tags in sorted(state.zones.items()):

@@ -173,6 +173,8 @@ class RollCall:
     alert_id: str
     started: float
     next_due: float
+    interval_s: float | None = None  # None: [roll_call] interval_s of the config
+    by: str = "switch"  # "switch" (--roll-call: ends at a start without it) or "command"
 
 
 @dataclass(slots=True)
@@ -247,7 +249,8 @@ def state_to_dict(state: EngineState) -> dict[str, Any]:
                 "rejected": dict(gps.rejected)},
         "roll_call": None if state.roll_call is None else {
             "alert_id": state.roll_call.alert_id, "started": state.roll_call.started,
-            "next_due": state.roll_call.next_due},
+            "next_due": state.roll_call.next_due, "interval_s": state.roll_call.interval_s,
+            "by": state.roll_call.by},
     }
 
 
@@ -291,7 +294,8 @@ def state_from_dict(data: dict[str, Any]) -> EngineState:
     roll_call = data.get("roll_call")
     if roll_call:
         state.roll_call = RollCall(roll_call["alert_id"], roll_call["started"],
-                                   roll_call["next_due"])
+                                   roll_call["next_due"], roll_call.get("interval_s"),
+                                   roll_call.get("by", "switch"))
     return state
 
 
