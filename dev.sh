@@ -17,6 +17,9 @@ SYSTEM_PACKAGES=(mosquitto mosquitto-clients dbus-daemon gpsd openssl procps sys
 # rabbitmq-server (Erlang, its MQTT plugin): the three-node cluster of the fleet test and bench
 # (fleet/cluster.py starts its own nodes; the system service is never started).
 RABBITMQ_PACKAGES=(rabbitmq-server)
+# PostgreSQL 15: the reference backend's database (tests start their own throw-away server,
+# tests/pg.py). Installed by setup_postgres, not in this list: see there.
+PG_PACKAGES=(postgresql-15)
 # `./dev.sh demo` needs only the broker (and Python packages with wheels): no compiler.
 DEMO_PACKAGES=(mosquitto)
 
@@ -54,6 +57,22 @@ setup_rabbitmq() {  # the packages' postinst would start a system node: deny it 
   return $rc
 }
 
+setup_postgres() {
+  # postgresql-15's postinst creates and starts a system cluster 15/main on port 5432; the
+  # tests and the demo never use it. Debian's documented switch against it,
+  # create_main_cluster = false, lives in postgresql-common's createcluster.conf: install
+  # postgresql-common first, set the switch, then the server.
+  local conf=/etc/postgresql-common/createcluster.conf
+  dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null | grep -q "install ok installed" && return
+  setup_system postgresql-common
+  if [ -f "$conf" ] && ! grep -q '^create_main_cluster *= *false' "$conf"; then
+    as_root sed -i 's/^#\? *create_main_cluster *=.*/create_main_cluster = false/' "$conf"
+    grep -q '^create_main_cluster = false' "$conf" || \
+      echo 'create_main_cluster = false' | as_root tee -a "$conf" >/dev/null
+  fi
+  setup_system "${PG_PACKAGES[@]}"
+}
+
 fresh() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ]; }
 
 setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the package alone)
@@ -63,7 +82,7 @@ setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the pac
     "$py" -m venv .venv
   fi
   local stamp=.venv/.kidsafe-installed-$1 target=.
-  [ "$1" = test ] && target='.[test,ble-test]'
+  [ "$1" = test ] && target='.[test,ble-test,backend]'
   # A test set-up has everything the demo needs.
   if fresh "$stamp" || { [ "$1" = demo ] && fresh .venv/.kidsafe-installed-test; }; then
     return
@@ -80,7 +99,7 @@ setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the pac
   touch "$stamp"
 }
 
-setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_rabbitmq; setup_python test; }
+setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_postgres; setup_rabbitmq; setup_python test; }
 setup_demo() { setup_system "${DEMO_PACKAGES[@]}"; setup_python demo; }
 
 case "${1:-}" in

@@ -12,7 +12,11 @@ engine_readings_per_s >= 100,000; ble_flood_rss_growth_mb <= 5 (issue 11: 1,000,
 adverts with random ids through the BLE driver); site_load_cpu_percent <= 5 (the whole
 daemon's CPU, % of one core, at a full simulated site: bench/site_load.py; full run
 only); write_bytes_per_event <= 4096 (issue 11: SD-card wear, bytes a
-real gatewayd writes to disk per delivered event over a 10,000-event run, bench/wear.py).
+real gatewayd writes to disk per delivered event over a 10,000-event run, bench/wear.py);
+backend_ingest_ratio >= 0.5 (issue 13: kidsafe-backend's ingest of a 100,000-event backlog
+into PostgreSQL against PostgreSQL's own batched inserts of the same rows in the same run)
+and e2e_receipt_latency_p99_ms < 250 (decided at the unit -> signed receipt back, 200
+events/s; bench/backend.py).
 Figures are printed, not asserted: a shared machine makes timed assertions flaky.
 Issue 10's accuracy figures (group "accuracy", bench/accuracy.py) are printed beside its
 targets too; the tests (tests/test_engine_field.py) assert them.
@@ -44,6 +48,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     **ble_flood.TARGETS,
     **site_load.TARGETS,
     **wear.TARGETS,
+    # issue 13: the reference backend (bench/backend.py)
+    "backend_ingest_ratio": (">=", 0.5),
+    "e2e_receipt_latency_p99_ms": ("<", 250),
 }
 
 
@@ -52,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (CI)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as one JSON object")
     p.add_argument("--only", choices=["codecs", "engine", "ble", "delivery", "wear", "accuracy",
-                                      "site"],
+                                      "site", "backend"],
                    action="append",
                    help="run only these groups (repeatable)")
     args = p.parse_args(argv)
-    groups = args.only or ["codecs", "engine", "ble", "delivery", "wear", "accuracy", "site"]
+    groups = args.only or ["codecs", "engine", "ble", "delivery", "wear", "accuracy", "site",
+                           "backend"]
     seconds = 0.5 if args.quick else 1.5
     figures: dict[str, float] = {}
     t0 = time.monotonic()
@@ -83,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     if "accuracy" in groups:
         print("  ... accuracy (field scenarios)", file=sys.stderr, flush=True)
         figures.update(accuracy.run(args.quick))
+    if "backend" in groups:
+        from bench import backend  # needs the backend extra (aiomqtt, asyncpg) and PostgreSQL
+
+        figures.update(backend.run(args.quick))
     notes: list[str] = []
     if "site" in groups and args.quick:
         # Its set-up alone (300 mock BlueZ devices, five readers, a daemon) takes ~20 s.

@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from firmware_sim.broker import BrokerMissing, LocalBroker
 from firmware_sim.vserial import VirtualSerial
 
+# tests/pg.py: the throw-away PostgreSQL fixtures (pg_server, pg_dsn, backend_dsn).
+pytest_plugins = ["pg"]
+
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """Workers for `-n auto` (pyproject's addopts): two per CPU, at most 8. The tests mostly

@@ -1,0 +1,1 @@
+"""kidsafe-backend: the reference backend (MQTT -> PostgreSQL, signed receipts); docs/backend.md."""

@@ -1,0 +1,118 @@
+"""kidsafe-backend's TOML config (config/backend.example.toml is the annotated sample).
+
+Strict like the gateway's: an unknown key or a wrong type is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    ca_file: str = ""  # verify the broker against this CA (empty: no TLS)
+    cert_file: str = ""  # client certificate and key (the backend's identity at the broker)
+    key_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    # Fixed: the broker keeps this session (its subscriptions and the QoS 1 messages queued
+    # while the backend is away) under this id. Each worker of a shared group needs its own.
+    client_id: str = "kidsafe-backend-1"
+    username: str = ""
+    password_file: str = ""
+    # "3.1.1" or "5". 3.1.1 by default: paho decodes an MQTT 5 PUBLISH's properties at
+    # ~100 us per message, which cost a third of the ingest rate (docs/backend.md). MQTT 5
+    # is needed for shared subscriptions; RabbitMQ 3.10 speaks 3.1.1 only.
+    protocol: str = "3.1.1"
+    # "$share/<group>/..." subscriptions (MQTT 5): several workers split the messages.
+    # Empty: plain subscriptions (one consumer), the only choice with 3.1.1.
+    shared_group: str = ""
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
+    reconnect_max_s: float = 10.0
+    tls: Tls = field(default_factory=Tls)
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    dsn: str = "postgresql://kidsafe@127.0.0.1:5432/kidsafe"
+    password_file: str = ""  # read into the connection's password (not kept in the DSN)
+    pool_size: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Receipts:
+    # The backend's Ed25519 private key (PEM; `gatewayd keygen` or gateway.signing); units
+    # list its public key in [commands] public_keys. Empty: no receipts are sent (units in
+    # [delivery] mode = "broker" need none).
+    key_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    batch_size: int = 500  # messages per transaction at most
+    batch_latency_ms: float = 20.0  # a batch is written at most this long after its first
+    schemas_dir: str = ""  # the contract's JSON Schemas (empty: docs/schemas beside the package)
+    gap_report_s: float = 60.0  # log each unit's unexplained gaps this often (0: never)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    prefix: str = "kidsafe/v1"
+    broker: Broker = field(default_factory=Broker)
+    database: Database = field(default_factory=Database)
+    receipts: Receipts = field(default_factory=Receipts)
+    ingest: Ingest = field(default_factory=Ingest)
+
+
+def _build(cls: type[Any], doc: Any, where: str) -> Any:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where or 'config'}: expected a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(doc) - set(known)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; "
+                          f"known: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in doc.items():
+        key = f"{where}.{name}" if where else name
+        default = getattr(cls(), name)
+        if hasattr(type(default), "__dataclass_fields__"):
+            kwargs[name] = _build(type(default), value, key)
+        elif isinstance(value, bool) or not (
+                isinstance(value, type(default))
+                or (isinstance(default, float) and isinstance(value, int))):
+            raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
+        else:
+            kwargs[name] = type(default)(value)
+    return cls(**kwargs)
+
+
+def parse(doc: dict[str, Any]) -> Config:
+    cfg: Config = _build(Config, doc, "")
+    if cfg.broker.protocol not in ("5", "3.1.1"):
+        raise ConfigError(f'broker.protocol: "5" or "3.1.1", got {cfg.broker.protocol!r}')
+    if cfg.broker.shared_group and cfg.broker.protocol != "5":
+        raise ConfigError("broker.shared_group needs broker.protocol = \"5\"")
+    if cfg.ingest.batch_size < 1 or cfg.ingest.batch_latency_ms < 0:
+        raise ConfigError("ingest.batch_size >= 1 and ingest.batch_latency_ms >= 0")
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+    return parse(doc)

@@ -1,0 +1,1 @@
+"""Numbered SQL migrations (backend/migrate.py applies them)."""

@@ -1,0 +1,339 @@
+"""The running backend: MQTT in (aiomqtt), PostgreSQL (asyncpg), signed receipts out.
+
+Two stages on one asyncio loop, a batch apart:
+
+1. **collect**: take the messages the broker delivered (at least one, then whatever is
+   queued, waiting at most ``batch_latency_ms`` for a batch to fill, up to
+   ``batch_size``), and parse and validate each (backend/ingest.py, pure);
+2. **write**: store the batch in one transaction (backend/store.py); *after the commit*
+   acknowledge the messages to the broker (PUBACK) and publish one signed receipt per unit.
+
+While batch N is being written, batch N+1 is collected and validated. The PUBACK is sent
+only after the commit (paho's manual acknowledgements): a backend killed between receiving
+and committing leaves the messages unacknowledged in its persistent session, and the broker
+delivers them again on the next connection. A backend killed between committing and
+receipting loses only receipts: the unit (``[delivery] mode = "receipt"``) sends the
+events again, they are dropped as duplicates by id, and receipted then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from backend import migrate, schemas
+from backend.config import Config
+from backend.gaps import summarise
+from backend.ingest import Item, parse, receipt_payload, receipts
+from backend.store import Store, Written
+from gateway import signing
+from gateway.contract import iso_utc
+
+log = logging.getLogger("kidsafe.backend")
+
+MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
+# Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
+# right after its N-th commit, before the PUBACKs and receipts of that batch.
+KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
+
+
+@dataclass
+class Stats:
+    messages: int = 0
+    events: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    unit_messages: int = 0
+    batches: int = 0
+    receipts: int = 0
+    receipt_failures: int = 0
+    connections: int = 0
+    write_s: float = 0.0  # time in store.write (the transaction), total and longest
+    write_max_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, w: Written) -> None:
+        self.batches += 1
+        self.events += w.events
+        self.duplicates += w.duplicates
+        self.quarantined += w.quarantined
+        self.unit_messages += w.unit_messages
+
+    def line(self) -> str:
+        return (f"{self.messages} messages: {self.events} events stored, {self.duplicates} "
+                f"duplicates, {self.quarantined} quarantined, {self.unit_messages} "
+                f"status/birth/health; {self.batches} transactions, {self.receipts} receipts "
+                f"({self.receipt_failures} failed); transaction avg "
+                f"{1000 * self.write_s / max(1, self.batches):.1f} ms, max "
+                f"{1000 * self.write_max_s:.1f} ms")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    items: list[Item]
+    acks: list[tuple[int, int]]  # (mid, qos) to acknowledge after the commit
+    connection: int  # the connection they came on: a mid means nothing on another one
+    received: float  # monotonic time of the first message
+
+
+def topics(cfg: Config) -> list[str]:
+    p = cfg.prefix.rstrip("/")
+    plain = [f"{p}/+/event/+", f"{p}/+/status", f"{p}/+/birth", f"{p}/+/health"]
+    group = cfg.broker.shared_group
+    return [f"$share/{group}/{t}" for t in plain] if group else plain
+
+
+def _tls(cfg: Config) -> aiomqtt.TLSParameters | None:
+    t = cfg.broker.tls
+    if not t.ca_file:
+        return None
+    return aiomqtt.TLSParameters(ca_certs=t.ca_file, certfile=t.cert_file or None,
+                                 keyfile=t.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+
+
+class Backend:
+    """One backend worker: its broker session, its pool, its signing key."""
+
+    def __init__(self, cfg: Config, store: Store, contract: schemas.Contract,
+                 key: Ed25519PrivateKey | None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.contract = contract
+        self.key = key
+        self.stats = Stats()
+        self.connection = 0
+        self.client: aiomqtt.Client | None = None
+        self._pending: set[asyncio.Task[Any]] = set()
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()  # set once subscribed (tests, the bench)
+        kill = os.environ.get(KILL_AFTER_COMMITS, "")
+        self._kill_after = int(kill) if kill.isdigit() else None
+
+    def _client(self) -> aiomqtt.Client:
+        b = self.cfg.broker
+        v5 = b.protocol == "5"
+        props = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = b.session_expiry_s
+            # Unacknowledged deliveries the broker may have out to us: a batch needs room.
+            props.ReceiveMaximum = min(65535, max(1000, 4 * self.cfg.ingest.batch_size))
+        password = (Path(b.password_file).read_text().strip() if b.password_file else None)
+        client = aiomqtt.Client(
+            b.host, b.port, identifier=b.client_id, username=b.username or None,
+            password=password,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            # A persistent session either way: 3.1.1 clean_session = false, MQTT 5
+            # clean_start = false (paho refuses clean_start with 3.1.1).
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
+            keepalive=b.keepalive_s, tls_params=_tls(self.cfg), timeout=10)
+        # aiomqtt has no manual-acknowledgement switch; its paho client has (public paho
+        # API): PUBACK only once the batch is committed.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def run(self) -> None:
+        """Consume until ``stopping`` is set; reconnect with back-off on broker failures."""
+        delay = 0.1
+        while not self.stopping.is_set():
+            try:
+                async with self._client() as client:
+                    self.client = client
+                    self.connection += 1
+                    self.stats.connections += 1
+                    delay = 0.1
+                    await self._consume(client)
+            except aiomqtt.MqttError as e:
+                self.ready.clear()
+                log.warning("broker %s:%d: %s; reconnecting in %.1f s", self.cfg.broker.host,
+                            self.cfg.broker.port, e, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, self.cfg.broker.reconnect_max_s)
+            finally:
+                self.client = None
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=5)
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        subs = [(t, SubscribeOptions(qos=1)) if self.cfg.broker.protocol == "5" else (t, 1)
+                for t in topics(self.cfg)]
+        await client.subscribe(subs)  # type: ignore[arg-type]
+        log.info("subscribed to %s as %s (connection %d)", ", ".join(topics(self.cfg)),
+                 self.cfg.broker.client_id, self.connection)
+        self.ready.set()
+        batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        writer = asyncio.create_task(self._writer(client, batches))
+        collector = asyncio.create_task(self._collect(client, batches))
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait({writer, collector, stop},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if stop in done:  # finish the batch in hand, then leave
+                collector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collector
+                await batches.put(None)
+                await writer
+            for t in done:
+                if t is not stop:
+                    t.result()  # raise MqttError (reconnect) or a bug
+        finally:
+            for t in (writer, collector, stop):
+                t.cancel()
+            for t in (writer, collector, stop):
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await t
+
+    async def _collect(self, client: aiomqtt.Client, out: asyncio.Queue[Batch | None]) -> None:
+        ing = self.cfg.ingest
+        it = aiter(client.messages)
+        # aiomqtt's queue, drained directly while it holds messages: its iterator costs a
+        # task and an asyncio.wait per message. A wait for the next message is one task,
+        # kept across batches: cancelling it could drop a message it had already taken.
+        queue = client._queue
+        prefix, contract = self.cfg.prefix, self.contract
+        pending: asyncio.Future[aiomqtt.Message] | None = None
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(it))
+            first = await pending
+            pending = None
+            t0 = time.monotonic()
+            got = [first]
+            while len(got) < ing.batch_size:
+                if not queue.empty():
+                    got.append(queue.get_nowait())
+                    continue
+                left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
+                if left <= 0:
+                    break
+                pending = asyncio.ensure_future(anext(it))
+                done, _ = await asyncio.wait({pending}, timeout=left)
+                if pending not in done:
+                    break  # the batch goes; this wait carries over to the next one
+                got.append(pending.result())
+                pending = None
+            items = [parse(prefix, contract, m.topic.value, _bytes(m.payload)) for m in got]
+            acks = [(m.mid, m.qos) for m in got if m.qos > 0]
+            self.stats.messages += len(got)
+            await out.put(Batch(items, acks, self.connection, t0))
+
+    async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
+        while (batch := await inq.get()) is not None:
+            t0 = time.monotonic()
+            written = await self.store.write(batch.items)
+            took = time.monotonic() - t0
+            self.stats.add(written)
+            self.stats.write_s += took
+            self.stats.write_max_s = max(self.stats.write_max_s, took)
+            if self._kill_after is not None and self.stats.batches >= self._kill_after:
+                log.warning("fault injection: SIGKILL after commit %d (%d events new), "
+                            "before its PUBACKs and receipts", self.stats.batches,
+                            written.events)
+                os.kill(os.getpid(), signal.SIGKILL)
+            if batch.connection == self.connection:
+                paho = client._client
+                for mid, qos in batch.acks:
+                    paho.ack(mid, qos)
+            self._send_receipts(client, batch.items)
+
+    def _send_receipts(self, client: aiomqtt.Client, items: Sequence[Item]) -> None:
+        if self.key is None:
+            return
+        now = iso_utc(time.time())
+        for unit, ranges in receipts(items).items():
+            for i in range(0, len(ranges), MAX_RANGES_PER_RECEIPT):
+                token = signing.sign(
+                    receipt_payload(unit, ranges[i:i + MAX_RANGES_PER_RECEIPT], now), self.key,
+                    signing.TYP_RECEIPT)
+                task = asyncio.create_task(
+                    client.publish(f"{self.cfg.prefix}/{unit}/receipt", token, qos=1))
+                self._pending.add(task)
+                task.add_done_callback(self._receipt_done)
+
+    def _receipt_done(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            # The unit sends those events again (reconnect or receipt_timeout_s), and they
+            # are receipted then.
+            self.stats.receipt_failures += 1
+        else:
+            self.stats.receipts += 1
+
+    async def report(self) -> None:
+        """Log the counters every 10 s and each unit's unexplained gaps every gap_report_s."""
+        every = self.cfg.ingest.gap_report_s
+        last_gaps = time.monotonic()
+        last_line = ""
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 10)
+            line = self.stats.line()
+            if line != last_line:
+                log.info("%s", line)
+                last_line = line
+            if every > 0 and time.monotonic() - last_gaps >= every:
+                last_gaps = time.monotonic()
+                try:
+                    for s in summarise(await self.store.gaps()):
+                        if s.unexplained_seqs:
+                            log.warning("unit %s: %d seqs missing without a drop or salvage "
+                                        "notice (still on their way, or lost): %s", s.unit,
+                                        s.unexplained_seqs, s.unexplained)
+                except Exception as e:  # a report must not stop ingest
+                    log.warning("gap report failed: %s", e)
+
+
+def _bytes(payload: Any) -> bytes:
+    return payload if isinstance(payload, bytes) else bytes(payload or b"")
+
+
+async def open_backend(cfg: Config) -> Backend:
+    contract = schemas.load(Path(cfg.ingest.schemas_dir) if cfg.ingest.schemas_dir else None)
+    key = signing.load_private_key(cfg.receipts.key_file) if cfg.receipts.key_file else None
+    db = cfg.database
+    dsn = db.dsn
+    kwargs: dict[str, Any] = {}
+    if db.password_file:
+        kwargs["password"] = Path(db.password_file).read_text().strip()
+    store = await Store.open(dsn, max_size=db.pool_size, **kwargs)
+    async with store.pool.acquire() as conn:
+        have, want = await migrate.current(conn), migrate.available()[-1].version
+    if have != want:
+        await store.close()
+        raise RuntimeError(f"database schema is at version {have}, this backend needs {want}: "
+                           "run `kidsafe-backend migrate --config FILE`")
+    return Backend(cfg, store, contract, key)
+
+
+async def serve(cfg: Config, stopping: asyncio.Event | None = None) -> Stats:
+    backend = await open_backend(cfg)
+    if stopping is not None:
+        backend.stopping = stopping
+    reporter = asyncio.create_task(backend.report())
+    try:
+        await backend.run()
+    finally:
+        backend.stopping.set()
+        await reporter
+        await backend.store.close()
+        log.info("stopped: %s", backend.stats.line())
+    return backend.stats

@@ -1,0 +1,268 @@
+"""The reference backend's figures (issue 13), each against a real mosquitto and a real
+PostgreSQL 15 (its default, durable settings: fsync on), kidsafe-backend as its own process:
+
+- ``backend_events_per_s``: a backlog of events (100,000; --quick 10,000) waits in the
+  backend's persistent session while it is offline; it is started, and the rate is the
+  events stored divided by the time from its first commit to its last (``events.received``
+  is each transaction's start: no polling in the measurement);
+- ``pg_batched_insert_per_s``: PostgreSQL's own rate for the same rows in the same run:
+  the backend's store (the same INSERT ... SELECT FROM unnest ... ON CONFLICT DO NOTHING
+  statements, batches of the same size, one transaction each) fed the parsed rows
+  directly, with no broker, no JSON and no validation; ``backend_ingest_ratio`` = the
+  first / the second (target >= 0.5: the broker, parsing, validation and receipts may
+  cost at most as much as the database itself);
+- ``e2e_receipt_latency_p50_ms`` / ``_p99_ms``: a unit publishing a steady 200 events/s
+  (QoS 1) and subscribed to its receipts; per event, from the moment the unit decides it
+  (just before its publish) to the moment a verified receipt covering its seq arrives
+  back at the unit (target p99 < 250 ms). The unit is a paho client here, so the figure
+  is the broker + backend + database round trip; gatewayd's own commit before its publish
+  is measured by the delivery bench (sos_ack_latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+# Run as a script, this file's folder comes first on sys.path and its name would hide the
+# backend package: the repository root goes first (as in bench/run.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import paho.mqtt.client as mqtt
+import tomli_w
+from paho.mqtt.enums import CallbackAPIVersion
+
+from backend import migrate, schemas
+from backend.ingest import EventRow, parse
+from backend.store import Store
+from firmware_sim import procs
+from firmware_sim.broker import LocalBroker
+from gateway import signing
+from gateway.contract import iso_utc
+
+# The throw-away PostgreSQL server the tests use (tests/pg.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from pg import PgServer
+
+TARGETS: dict[str, tuple[str, float]] = {
+    "backend_ingest_ratio": (">=", 0.5),
+    "e2e_receipt_latency_p99_ms": ("<", 250),
+}
+PREFIX = "kidsafe/v1"
+BATCH = 500
+# The backend's MQTT version (its default, 3.1.1; KIDSAFE_BENCH_MQTT=5 to compare).
+PROTOCOL = os.environ.get("KIDSAFE_BENCH_MQTT", "3.1.1")
+
+
+def _event(unit: str, seq: int) -> bytes:
+    now = iso_utc(time.time())
+    return json.dumps({
+        "id": str(uuid.uuid4()), "seq": seq, "unit": unit, "site": "bench-site", "kind": "gate",
+        "lane": "routine", "time": now, "recorded": now, "reader": "gate-a",
+        "child": f"c-{seq % 500}",
+        "data": {"direction": "arrival", "gate": "gate-a", "day": now[:10],
+                 "first_arrival_today": False, "first_passage_today": False, "reads": 3}},
+        separators=(",", ":")).encode()
+
+
+def _config(work: Path, port: int, dsn: str, key: Path, latency_ms: float) -> Path:
+    path = work / f"backend-{latency_ms:g}.toml"
+    path.write_text(tomli_w.dumps({
+        "prefix": PREFIX,
+        "broker": {"host": "127.0.0.1", "port": port, "client_id": "bench-backend",
+                   "protocol": PROTOCOL, "reconnect_max_s": 0.5},
+        "database": {"dsn": dsn},
+        "receipts": {"key_file": str(key)},
+        "ingest": {"batch_size": BATCH, "batch_latency_ms": latency_ms},
+    }))
+    return path
+
+
+def _backend(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    before = log.read_text().count("subscribed to ") if log.exists() else 0
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "run", "--config", str(config)],
+                            stdout=out, stderr=out, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out.close()
+    deadline = time.monotonic() + 30
+    while log.read_text().count("subscribed to ") <= before:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"kidsafe-backend did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def _publish_all(port: int, msgs: list[tuple[str, bytes]]) -> None:
+    """QoS 1, a window of 1000 in flight, until the last PUBACK."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-unit", protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(1000)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = [c.publish(t, p, qos=1) for t, p in msgs]
+    for info in infos:
+        info.wait_for_publish(60)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _sql(dsn: str, statement: str) -> Any:
+    import asyncpg
+
+    async def go() -> Any:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(statement)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def _migrated(pg: PgServer) -> str:
+    dsn = pg.new_database()
+    asyncio.run(migrate.apply(dsn))
+    return dsn
+
+
+async def _insert_direct(dsn: str, rows: list[EventRow]) -> float:
+    store = await Store.open(dsn)
+    try:
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), BATCH):
+            await store.write(rows[i:i + BATCH])
+        return len(rows) / (time.perf_counter() - t0)
+    finally:
+        await store.close()
+
+
+def ingest(pg: PgServer, broker: LocalBroker, work: Path, key: Path, n: int,
+           say: Any) -> dict[str, float]:
+    dsn = _migrated(pg)
+    cfg = _config(work, broker.port, dsn, key, 20.0)
+    log = work / "backend-ingest.log"
+    procs.end(_backend(cfg, log), signal.SIGTERM)  # its persistent session now exists
+    msgs = [(f"{PREFIX}/unit-b/event/gate", _event("unit-b", s)) for s in range(1, n + 1)]
+    say(f"backlog: {n} events queued for the offline backend")
+    _publish_all(broker.port, msgs)
+    say("backend started on the backlog")
+    proc = _backend(cfg, log)
+    try:
+        deadline = time.monotonic() + max(120, n / 500)
+        while _sql(dsn, "SELECT count(*) FROM events") < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"backlog not stored in time: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+    finally:
+        procs.end(proc, signal.SIGTERM)
+    first_batch = _sql(dsn, "SELECT count(*) FROM events WHERE received = "
+                            "(SELECT min(received) FROM events)")
+    span = _sql(dsn, "SELECT extract(epoch FROM max(received) - min(received)) FROM events")
+    rate = (n - first_batch) / float(span)
+    say("PostgreSQL's own batched inserts of the same rows")
+    contract = schemas.load()
+    rows = [parse(PREFIX, contract, t, p) for t, p in msgs]
+    assert all(isinstance(r, EventRow) for r in rows)
+    direct = asyncio.run(_insert_direct(_migrated(pg), rows))  # type: ignore[arg-type]
+    return {"backend_events_per_s": round(rate, 1),
+            "pg_batched_insert_per_s": round(direct, 1),
+            "backend_ingest_ratio": round(rate / direct, 3)}
+
+
+def latency(pg: PgServer, broker: LocalBroker, work: Path, key: Path, pub: Path,
+            seconds: float, rate: float = 200.0) -> dict[str, float]:
+    dsn = _migrated(pg)
+    cfg = _config(work, broker.port, dsn, key, 5.0)
+    proc = _backend(cfg, work / "backend-latency.log")
+    keys = signing.load_keyring([pub])
+    unit = "unit-l"
+    decided: dict[int, float] = {}
+    lat: dict[int, float] = {}
+    lock = threading.Lock()
+    ready = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.perf_counter()
+        body = json.loads(signing.verify(bytes(msg.payload), keys, signing.TYP_RECEIPT).payload)
+        with lock:
+            for a, b in body["ranges"]:
+                for s in range(a, b + 1):
+                    if s in decided and s not in lat:
+                        lat[s] = now - decided[s]
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unit, protocol=mqtt.MQTTv5)
+    c.on_connect = lambda cl, *_: cl.subscribe(f"{PREFIX}/{unit}/receipt", qos=1)
+    c.on_subscribe = lambda *_: ready.set()
+    c.on_message = on_message
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        assert ready.wait(10)
+        n = int(seconds * rate)
+        t0 = time.perf_counter()
+        for seq in range(1, n + 1):
+            wait = t0 + (seq - 1) / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            payload = _event(unit, seq)
+            with lock:
+                decided[seq] = time.perf_counter()
+            c.publish(f"{PREFIX}/{unit}/event/gate", payload, qos=1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with lock:
+                if len(lat) >= n:
+                    break
+            time.sleep(0.05)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        procs.end(proc, signal.SIGTERM)
+    ms = sorted(v * 1000 for v in lat.values())
+    if len(ms) < n:
+        raise RuntimeError(f"only {len(ms)} of {n} events were receipted")
+    return {"e2e_receipt_latency_p50_ms": round(statistics.median(ms), 1),
+            "e2e_receipt_latency_p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1)}
+
+
+def run(quick: bool, progress: bool = True) -> dict[str, float]:
+    def say(msg: str) -> None:
+        if progress:
+            print(f"  ... backend: {msg}", file=sys.stderr, flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="kidsafe-bench-backend-"))
+    pg = PgServer(flags=()).start()  # PostgreSQL's defaults: fsync on
+    broker = LocalBroker(str(work / "broker"), persistence=False).start()
+    try:
+        key, pub = work / "backend.key", work / "backend.pub"
+        signing.generate_keypair(key, pub)
+        out = ingest(pg, broker, work, key, 10_000 if quick else 100_000, say)
+        say(f"steady 200 events/s for {3 if quick else 15} s, receipts back at the unit")
+        out.update(latency(pg, broker, work, key, pub, 3.0 if quick else 15.0))
+        return out
+    finally:
+        broker.stop()
+        pg.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    for k, v in run(ap.parse_args().quick).items():
+        print(f"{k:32} {v:>12}")
