@@ -37,7 +37,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from fleet.cluster import Cluster, cpu_seconds  # noqa: E402
-from fleet.generator import Fleet, cpu_s, pct, proc_rss_mb  # noqa: E402
+from fleet.generator import pct  # noqa: E402
+from fleet.pool import FleetPool  # noqa: E402
 from fleet.stack import BackendProc, keypair, query, stored_count, stored_seqs  # noqa: E402
 from fleet.traffic import Mix  # noqa: E402
 
@@ -80,7 +81,7 @@ class Run:
         self.receipts = receipts
         self.priv, self.pub = keypair(work / "keys")
         self.backend: BackendProc | None = None
-        self.fleet: Fleet | None = None
+        self.fleet: FleetPool | None = None
         self.db = 0
 
     def new_db(self) -> str:
@@ -101,18 +102,20 @@ class Run:
             return {}
         return {"delivery": {"mode": "receipt"}, "commands": {"public_keys": [str(self.pub)]}}
 
-    def new_fleet(self, n: int, rate: float = RATE) -> Fleet:
+    def new_fleet(self, n: int, rate: float = RATE) -> FleetPool:
         # Buffers on tmpfs: a real unit has its own SD card; 600 units' fsyncs on one
         # shared disk would measure the disk, not the fleet.
         shm = Path(tempfile.mkdtemp(prefix="kidsafe-fleet-", dir="/dev/shm"))
-        self.fleet = Fleet(n, self.cluster.mqtt_ports, shm, mix=Mix(rate=rate),
-                           extra=self.unit_extra())
+        self.fleet = FleetPool(n, self.cluster.mqtt_ports, shm, mix=Mix(rate=rate),
+                               extra=self.unit_extra())
+        self.shm = shm
         return self.fleet
 
     def end_fleet(self) -> None:
         if self.fleet is not None:
-            self.fleet.close(remove=True)
+            self.fleet.close()
             self.fleet = None
+            shutil.rmtree(self.shm, ignore_errors=True)
         if self.backend is not None:
             self.backend.stop()
             self.backend = None
@@ -122,24 +125,38 @@ class Run:
         self.cluster.stop()
 
     def cpu(self) -> dict[str, float]:
-        return {"generator": cpu_s(), "brokers": sum(self.cluster.cpu_seconds().values()),
+        return {"generator": self.fleet.cpu_s() if self.fleet else 0.0,
+                "brokers": sum(self.cluster.cpu_seconds().values()),
                 "backend": self.backend.cpu_s() if self.backend else 0.0,
                 "postgres": tree_cpu(self.pg.proc.pid)}
 
 
-def check_stored(fleet: Fleet, dsn: str) -> tuple[int, int]:
+def settle(run: Run, timeout: float = 120.0) -> float:
+    """Seconds until the brokers are quiet after the units connected: each unit's durable
+    session is a quorum queue, and creating hundreds of them keeps the nodes busy (and
+    PUBACKs waiting) for tens of seconds after the CONNACKs."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        c0 = sum(run.cluster.cpu_seconds().values())
+        time.sleep(3)
+        if (sum(run.cluster.cpu_seconds().values()) - c0) / 3 < 0.1 * run.cluster.size:
+            break
+    return time.monotonic() - t0
+
+
+def check_stored(fleet: FleetPool, dsn: str) -> tuple[int, int]:
     """(committed events missing from PostgreSQL, (unit, seq) pairs stored more than once)."""
     stored = stored_seqs(dsn)
     lost = dup = 0
-    for unit, committed in fleet.committed_ids.items():
+    for unit, committed in fleet.committed_ids().items():
         have = stored.get(unit, [])
         dup += len(have) - len(set(have))
         lost += len(committed - set(have))
     return lost, dup
 
 
-def wait_stored(fleet: Fleet, dsn: str, timeout: float) -> bool:
-    want = fleet.stats.committed
+def wait_stored(fleet: FleetPool, dsn: str, timeout: float) -> bool:
+    want = fleet.committed
     return fleet.wait(lambda: fleet.depth() == 0 and stored_count(dsn) >= want, timeout, 0.5)
 
 
@@ -154,6 +171,7 @@ def steady(run: Run, n: int, seconds: float, warmup: float = 10.0) -> dict[str, 
     f.start()
     f.wait(lambda: f.online() == n, 120)
     out["fleet_connect_all_s"] = round(time.monotonic() - t0, 1)
+    out["fleet_settle_s"] = round(settle(run), 1)
     f.start_traffic(warmup + seconds)
     time.sleep(warmup)
     f.reset_latencies()
@@ -170,7 +188,8 @@ def steady(run: Run, n: int, seconds: float, warmup: float = 10.0) -> dict[str, 
         out[f"fleet_node{i}_rss_mb"] = round(mb, 1)
     for k in c0:
         out[f"fleet_cpu_{k}_percent"] = round(100 * (c1[k] - c0[k]) / dt, 1)
-    out["fleet_generator_rss_mb"] = round(proc_rss_mb(), 1)
+    out["fleet_generator_rss_mb"] = round(f.rss_mb(), 1)
+    out["fleet_generator_processes"] = len(f.procs)
     out["fleet_generator_cpu_ms_per_event"] = round(
         1000 * (c1["generator"] - c0["generator"]) / max(1, s1 - s0), 3)
     ok = wait_stored(f, dsn, 120)
@@ -187,6 +206,7 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     f = run.new_fleet(n)
     f.start()
     f.wait(lambda: f.online() == n, 120)
+    settle(run)
     f.start_traffic(60, sos_every_s=0.2)
     time.sleep(10)
     f.reset_latencies()
@@ -195,23 +215,23 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     run.cluster.kill(1)
     say(f"node 1 killed; {f.online()} of {n} units online")
     time.sleep(down_s)
-    sos_down = list(f.stats.sos_ms)
+    sos_down = list(f.stats()["sos"])
     restart_s = run.cluster.restart(1)
     say(f"node 1 back after {restart_s:.1f} s")
     f.join_traffic()
     ok = wait_stored(f, dsn, 180)
     lost, dup = check_stored(f, dsn)
-    sent = sum(u.publisher.sent for u in f.units)
+    st = f.stats()
     out = {
         "fleet_kill_lost_events": lost if ok or lost else -1,
         "fleet_kill_dup_stored": dup,
-        "fleet_kill_resent_on_wire": sent - f.stats.committed,
+        "fleet_kill_resent_on_wire": st["sent"] - st["committed"],
         "fleet_kill_sos_p50_ms": round(pct(sos_down, 0.5), 1),
         "fleet_kill_sos_p99_ms": round(pct(sos_down, 0.99), 1),
         "fleet_kill_sos_count": len(sos_down),
-        "fleet_kill_sos_undelivered": f.unacked_sos(),
-        "fleet_kill_recovery_s": round(max(f.back.values()) - t_kill, 1)
-        if len(f.back) == n else -1.0,
+        "fleet_kill_sos_undelivered": st["unacked_sos"],
+        "fleet_kill_recovery_s": round(max(st["back"].values()) - t_kill, 1)
+        if len(st["back"]) == n else -1.0,
         "fleet_kill_node_restart_s": round(restart_s, 1),
     }
     run.end_fleet()
@@ -222,6 +242,12 @@ def storm(run: Run, n: int, backlog: int = 1000) -> dict[str, float]:
     dsn = run.new_db()
     run.start_backend(dsn)
     f = run.new_fleet(n)
+    # The units' sessions exist (as after an outage of the network or the broker): connect
+    # once, let the brokers settle, then every unit goes away and collects a backlog.
+    f.start()
+    f.wait(lambda: f.online() == n, 120)
+    settle(run)
+    f.stop()
     t0 = time.monotonic()
     f.backlog(backlog)
     say(f"{n * backlog} events in {n} buffers in {time.monotonic() - t0:.0f} s; all start")
@@ -229,7 +255,7 @@ def storm(run: Run, n: int, backlog: int = 1000) -> dict[str, float]:
     c0 = run.cpu()
     f.start()
     f.start_traffic(3600, sos_every_s=0.5)  # the live traffic goes on (and its SOS)
-    ok = f.wait(lambda: f.stats.committed - stored_count(dsn) < n * RATE * 2 and
+    ok = f.wait(lambda: f.committed - stored_count(dsn) < n * RATE * 2 and
                 f.depth() < n * RATE * 2, 1800, 1.0)
     drain = time.monotonic() - t0
     c1 = run.cpu()
