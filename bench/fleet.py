@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from fleet.cluster import Cluster, cpu_seconds  # noqa: E402
 from fleet.generator import pct  # noqa: E402
 from fleet.pool import FleetPool  # noqa: E402
-from fleet.stack import BackendProc, keypair, query, stored_count, stored_seqs  # noqa: E402
+from fleet.stack import BackendProc, keypair, stored_count, stored_seqs  # noqa: E402
 from fleet.traffic import Mix  # noqa: E402
 
 TARGETS: dict[str, tuple[str, float]] = {
@@ -86,9 +86,7 @@ class Run:
 
     def new_db(self) -> str:
         self.db += 1
-        name = f"fleet{self.db}"
-        query(self.pg.dsn, f"CREATE DATABASE {name}")
-        return str(self.pg.dsn_for(name))
+        return str(self.pg.new_database())
 
     def start_backend(self, dsn: str) -> BackendProc:
         b = BackendProc(self.work / f"backend{self.db}", self.cluster.mqtt_port(3), dsn,
@@ -318,8 +316,7 @@ def run_all(quick: bool, units: int = 600, phases: tuple[str, ...] = ("steady", 
         finally:
             run.close()
     finally:
-        pg.stop()
-        shutil.rmtree(pg.dir, ignore_errors=True)
+        pg.close()
         shutil.rmtree(work, ignore_errors=True)
     return out
 
