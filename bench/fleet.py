@@ -289,6 +289,11 @@ def sweep(run: Run, sizes: list[int], seconds: float) -> dict[str, float]:
     return out
 
 
+def _shown(figures: dict[str, float]) -> dict[str, float]:
+    print(json.dumps(figures), file=sys.stderr, flush=True)
+    return figures
+
+
 def run_all(quick: bool, units: int = 600, phases: tuple[str, ...] = ("steady", "kill", "storm"),
             sizes: list[int] | None = None, progress: Callable[[str], None] = say
             ) -> dict[str, float]:
@@ -304,13 +309,13 @@ def run_all(quick: bool, units: int = 600, phases: tuple[str, ...] = ("steady", 
         try:
             if "steady" in phases:
                 progress(f"steady: {units} units for {20 if quick else 60} s")
-                out.update(steady(run, units, 20 if quick else 60))
+                out.update(_shown(steady(run, units, 20 if quick else 60)))
             if "kill" in phases:
                 progress(f"node kill: {units} units")
-                out.update(node_kill(run, units))
+                out.update(_shown(node_kill(run, units)))
             if "storm" in phases:
                 progress(f"reconnect storm: {units} units x 1000 events")
-                out.update(storm(run, units, 100 if quick else 1000))
+                out.update(_shown(storm(run, units, 100 if quick else 1000)))
             if "sweep" in phases:
                 out.update(sweep(run, sizes or [600, 1200, 2400], 30))
         finally:

@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -188,27 +189,30 @@ class Cluster:
         if not cookie.exists():
             cookie.write_text(secrets.token_hex(16).upper())
             cookie.chmod(0o400)
-        first = self.node(1).name
         for i in range(1, self.size + 1):
-            n, d = self.node(i), self._dir(i)
-            (d / "log").mkdir(parents=True, exist_ok=True)
-            conf = [
-                f"listeners.tcp.default = 127.0.0.1:{n.amqp}",
-                f"mqtt.listeners.tcp.default = 127.0.0.1:{n.mqtt}",
-                "mqtt.durable_queue_type = quorum",
-                "mqtt.allow_anonymous = true",
-                f"mqtt.prefetch = {self.settings.mqtt_prefetch}",
-                "loopback_users = none",
-                f"vm_memory_high_watermark.relative = {self.settings.memory_watermark}",
-                "log.console = false",
-                "log.file.level = info",
-            ]
-            if i > 1:  # joins node 1 at its first boot (peer discovery runs on a blank node only)
-                conf += ["cluster_formation.peer_discovery_backend = classic_config",
-                         f"cluster_formation.classic_config.nodes.1 = {first}"]
-            (d / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
-            (d / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
-            (d / "advanced.config").write_text("[].\n")
+            self._write_node(i)
+
+    def _write_node(self, i: int) -> None:
+        first = self.node(1).name
+        n, d = self.node(i), self._dir(i)
+        (d / "log").mkdir(parents=True, exist_ok=True)
+        conf = [
+            f"listeners.tcp.default = 127.0.0.1:{n.amqp}",
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{n.mqtt}",
+            "mqtt.durable_queue_type = quorum",
+            "mqtt.allow_anonymous = true",
+            f"mqtt.prefetch = {self.settings.mqtt_prefetch}",
+            "loopback_users = none",
+            f"vm_memory_high_watermark.relative = {self.settings.memory_watermark}",
+            "log.console = false",
+            "log.file.level = info",
+        ]
+        if i > 1:  # joins node 1 at its first boot (peer discovery runs on a blank node only)
+            conf += ["cluster_formation.peer_discovery_backend = classic_config",
+                     f"cluster_formation.classic_config.nodes.1 = {first}"]
+        (d / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
+        (d / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        (d / "advanced.config").write_text("[].\n")
 
     def _save(self) -> None:
         pids = {str(i): self.beam_pid(i) or 0 for i in range(1, self.size + 1)}
@@ -238,12 +242,21 @@ class Cluster:
         p = self.procs.get(i)
         return p is not None and p.poll() is None and listening(self.mqtt_port(i))
 
-    def _wait_ready(self, nodes: Sequence[int], timeout: float) -> None:
+    def _wait_ready(self, nodes: Sequence[int], timeout: float, fresh: bool = False) -> None:
         deadline = time.monotonic() + timeout
         waiting = set(nodes)
+        retries = 3
         while waiting:
             for i in sorted(waiting):
                 p = self.procs[i]
+                if p.poll() is not None and fresh and retries > 0 and (
+                        "already_used" in self.log_tail(i) or "eaddrinuse" in self.log_tail(i)):
+                    # A free port picked at the start was taken before the node bound it
+                    # (other tests on the machine): a blank node may move to other ports.
+                    retries -= 1
+                    self._repick(i)
+                    self._spawn(i)
+                    continue
                 if p.poll() is not None:
                     raise ClusterError(f"node {i} exited at start (rc {p.returncode}): "
                                        f"{self.log_tail(i)}")
@@ -255,6 +268,16 @@ class Cluster:
             if waiting:
                 time.sleep(0.1)
         self._save()
+
+    def _repick(self, i: int) -> None:
+        nodes = list(self.layout.nodes)
+        nodes[i - 1] = NodePorts(nodes[i - 1].name, free_port(), free_port(), free_port())
+        self.layout = Layout(self.layout.root, self.layout.epmd, tuple(nodes))
+        d = self._dir(i)
+        for f in [d / "stdout.log", *(d / "log").glob("*.log")]:
+            f.unlink(missing_ok=True)
+        shutil.rmtree(d / "mnesia", ignore_errors=True)
+        self._write_node(i)
 
     def log_tail(self, i: int, n: int = 1500) -> str:
         d = self._dir(i)
@@ -280,11 +303,11 @@ class Cluster:
             time.sleep(0.05)
         try:
             self._spawn(1)
-            self._wait_ready([1], timeout)
+            self._wait_ready([1], timeout, fresh=True)
             rest = list(range(2, self.size + 1))
             for i in rest:
                 self._spawn(i)
-            self._wait_ready(rest, timeout)
+            self._wait_ready(rest, timeout, fresh=True)
             self.wait_members(timeout=30)
         except BaseException:
             self.stop()
