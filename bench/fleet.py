@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -50,6 +51,9 @@ TARGETS: dict[str, tuple[str, float]] = {
     "fleet_kill_recovery_s": ("<", 30),
 }
 
+# The backend's MQTT in-flight window for these runs (None: as shipped, paho's 20; see
+# fleet/stack.py and docs/fleet.md).
+INFLIGHT: int | None = 1000
 RATE = 0.5  # decided events per second per unit (a gate's morning, a park's afternoon)
 
 
@@ -74,7 +78,9 @@ def tree_cpu(root: int) -> float:
 class Run:
     """The cluster, PostgreSQL, the backend and a fleet, for one bench run."""
 
-    def __init__(self, work: Path, pg: Any, receipts: bool = True) -> None:
+    def __init__(self, work: Path, pg: Any, receipts: bool = True,
+                 inflight: int | None = INFLIGHT) -> None:
+        self.inflight = inflight
         self.work = work
         self.pg = pg
         self.cluster = Cluster(work / "rabbit").start()
@@ -90,7 +96,8 @@ class Run:
 
     def start_backend(self, dsn: str) -> BackendProc:
         b = BackendProc(self.work / f"backend{self.db}", self.cluster.mqtt_port(3), dsn,
-                        self.priv if self.receipts else None, client_id=f"backend{self.db}")
+                        self.priv if self.receipts else None, client_id=f"backend{self.db}",
+                        inflight=self.inflight)
         b.migrate()
         self.backend = b.start()
         return b
@@ -305,7 +312,7 @@ def run_all(quick: bool, units: int = 600, phases: tuple[str, ...] = ("steady", 
     pg = PgServer().start()
     try:
         progress("three-node RabbitMQ cluster")
-        run = Run(work, pg)
+        run = Run(work, pg, inflight=INFLIGHT)
         try:
             if "steady" in phases:
                 progress(f"steady: {units} units for {20 if quick else 60} s")
@@ -334,9 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=["steady", "kill", "storm", "sweep"])
     p.add_argument("--sweep", default="600,1200,2400")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
+                   "(0: as shipped, paho's 20)")
     a = p.parse_args(argv)
     phases = tuple(a.only or ["steady", "kill", "storm", "sweep"])
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if a.window is not None:
+        global INFLIGHT
+        INFLIGHT = a.window or None
     out = run_all(a.quick, a.units, phases, [int(x) for x in a.sweep.split(",")])
     for k, v in out.items():
         t = TARGETS.get(k)

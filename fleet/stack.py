@@ -35,12 +35,32 @@ def keypair(d: Path) -> tuple[Path, Path]:
     return priv, pub
 
 
+# The backend as shipped leaves its MQTT client at paho's in-flight window of 20 QoS 1
+# publishes. Its receipts go to the units' sessions, quorum queues in RabbitMQ, each
+# PUBACKed only after a Raft commit on a majority of nodes: with hundreds of units, 20 in
+# flight is the first limit (receipts time out, units resend after receipt_timeout_s;
+# docs/fleet.md). ``inflight`` runs the same backend with aiomqtt's own
+# ``max_inflight_messages`` set (what a config key of the backend would do).
+_WINDOW = """
+import sys, aiomqtt
+_init = aiomqtt.Client.__init__
+def _with_window(self, *a, **k):
+    k.setdefault("max_inflight_messages", {n})
+    _init(self, *a, **k)
+aiomqtt.Client.__init__ = _with_window
+from backend.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 class BackendProc:
     """``python -m backend run --config FILE`` with its output in a log file."""
 
     def __init__(self, work: Path, port: int, dsn: str, key_file: Path | None,
-                 client_id: str = "fleet-backend", **ingest: Any) -> None:
+                 client_id: str = "fleet-backend", inflight: int | None = None,
+                 **ingest: Any) -> None:
         self.work = Path(work)
+        self.inflight = inflight
         self.work.mkdir(parents=True, exist_ok=True)
         self.config = self.work / "backend.toml"
         self.log = self.work / "backend.log"
@@ -62,8 +82,11 @@ class BackendProc:
 
     def start(self, timeout: float = 30.0) -> BackendProc:
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        argv = [sys.executable, "-m", "backend", "run", "--config", str(self.config)]
+        if self.inflight is not None:
+            argv[1:3] = ["-c", _WINDOW.format(n=self.inflight)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backend", "run", "--config", str(self.config)],
+            argv,
             stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         out.close()
