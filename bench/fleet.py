@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from fleet.cluster import Cluster, cpu_seconds  # noqa: E402
 from fleet.generator import pct  # noqa: E402
 from fleet.pool import FleetPool  # noqa: E402
-from fleet.stack import BackendProc, keypair, stored_count, stored_seqs  # noqa: E402
+from fleet.stack import BackendProc, keypair, query, stored_count, stored_seqs  # noqa: E402
 from fleet.traffic import Mix  # noqa: E402
 
 TARGETS: dict[str, tuple[str, float]] = {
@@ -153,6 +153,14 @@ def settle(run: Run, timeout: float = 120.0) -> float:
     return time.monotonic() - t0
 
 
+def sos_stored_ms(dsn: str, after: float, before: float) -> list[float]:
+    """Decision (the unit's commit, ``recorded``) -> row in PostgreSQL (``received``) of the
+    SOS events decided in [after, before): what an operator's screen waits for."""
+    rows = query(dsn, "SELECT extract(epoch FROM recorded), extract(epoch FROM received) "
+                      "FROM events WHERE kind = 'sos'")
+    return sorted((float(b) - float(a)) * 1000 for a, b in rows if after <= float(a) < before)
+
+
 def check_stored(fleet: FleetPool, dsn: str) -> tuple[int, int]:
     """(committed events missing from PostgreSQL, (unit, seq) pairs stored more than once)."""
     stored = stored_seqs(dsn)
@@ -225,13 +233,18 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     say(f"node 1 killed; {f.online()} of {n} units online")
     time.sleep(down_s)
     sos_down = list(f.stats()["sos"])
+    t_restart = time.time()
     restart_s = run.cluster.restart(1)
     say(f"node 1 back after {restart_s:.1f} s")
     f.join_traffic()
     ok = wait_stored(f, dsn, 180)
     lost, dup = check_stored(f, dsn)
     st = f.stats()
+    stored_ms = sos_stored_ms(dsn, t_kill, t_restart)
     out = {
+        "fleet_kill_sos_stored_p50_ms": round(pct(stored_ms, 0.5), 1),
+        "fleet_kill_sos_stored_p99_ms": round(pct(stored_ms, 0.99), 1),
+        "fleet_kill_sos_max_ms": round(max(sos_down, default=float("nan")), 1),
         "fleet_kill_lost_events": lost if ok or lost else -1,
         "fleet_kill_dup_stored": dup,
         "fleet_kill_resent_on_wire": st["sent"] - st["committed"],
@@ -261,18 +274,23 @@ def storm(run: Run, n: int, backlog: int = 1000) -> dict[str, float]:
     f.backlog(backlog)
     say(f"{n * backlog} events in {n} buffers in {time.monotonic() - t0:.0f} s; all start")
     t0 = time.monotonic()
+    w0 = time.time()
     c0 = run.cpu()
     f.start()
     f.start_traffic(3600, sos_every_s=0.5)  # the live traffic goes on (and its SOS)
     ok = f.wait(lambda: f.committed - stored_count(dsn) < n * RATE * 2 and
                 f.depth() < n * RATE * 2, 1800, 1.0)
     drain = time.monotonic() - t0
+    w1 = time.time()
     c1 = run.cpu()
     f.stop_traffic()
     summ = f.summary()
     ok = ok and wait_stored(f, dsn, 120)
     lost, dup = check_stored(f, dsn)
+    stored_ms = sos_stored_ms(dsn, w0, w1)
     out = {"fleet_storm_events": n * backlog,
+           "fleet_storm_sos_stored_p50_ms": round(pct(stored_ms, 0.5), 1),
+           "fleet_storm_sos_stored_p99_ms": round(pct(stored_ms, 0.99), 1),
            "fleet_storm_drain_s": round(drain, 1) if ok else -1.0,
            "fleet_storm_events_per_s": round(n * backlog / drain, 1),
            "fleet_storm_sos_p50_ms": summ["sos_p50_ms"], "fleet_storm_sos_p99_ms":
