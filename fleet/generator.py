@@ -75,6 +75,7 @@ class Stats:
     acked: int = 0
     latencies_ms: list[float] = field(default_factory=list)  # decision -> delete at the unit
     sos_ms: list[float] = field(default_factory=list)
+    sos_at: list[float] = field(default_factory=list)  # each SOS's commit time (wall)
     sos_committed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -191,6 +192,8 @@ class Fleet:
                 if got is not None:
                     ms = (now - got[0]) * 1000
                     (st.sos_ms if got[1] else st.latencies_ms).append(ms)
+                    if got[1]:
+                        st.sos_at.append(got[0])
                     if self._mark is not None and got[0] >= self._mark:
                         self.back.setdefault(u.id, now)
 
@@ -264,3 +267,4 @@ class Fleet:
         with self.stats.lock:
             self.stats.latencies_ms.clear()
             self.stats.sos_ms.clear()
+            self.stats.sos_at.clear()

@@ -71,6 +71,7 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
                 t = os.times()
                 return {"committed": st.committed, "acked": st.acked,
                         "lat": list(st.latencies_ms), "sos": list(st.sos_ms),
+                        "sos_at": list(st.sos_at),
                         "back": dict(f.back), "sent": sum(u.publisher.sent for u in f.units),
                         "unacked_sos": sum(1 for _, s in f._pending.values() if s),
                         "cpu": t.user + t.system, "rss": proc_rss_mb()}
@@ -163,13 +164,15 @@ class FleetPool:
 
     def stats(self) -> dict[str, Any]:
         parts = self._all("stats")
-        out: dict[str, Any] = {"committed": 0, "acked": 0, "lat": [], "sos": [], "back": {},
+        out: dict[str, Any] = {"committed": 0, "acked": 0, "lat": [], "sos": [], "sos_at": [],
+                               "back": {},
                                "sent": 0, "unacked_sos": 0, "cpu": 0.0, "rss": 0.0}
         for p in parts:
             for k in ("committed", "acked", "sent", "unacked_sos", "cpu", "rss"):
                 out[k] += p[k]
             out["lat"] += p["lat"]
             out["sos"] += p["sos"]
+            out["sos_at"] += p["sos_at"]
             out["back"].update(p["back"])
         return out
 
