@@ -361,14 +361,24 @@ class Cluster:
     def stop_node(self, i: int, timeout: float = 30.0) -> None:
         """Stop node ``i`` gracefully (SIGTERM to its wrapper), then by force."""
         p = self.procs.get(i)
-        if p is None or p.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill(i)
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(i)
+        # The wrapper gone and its Erlang VM not (a wrapper killed by someone else): end it.
+        pid = self.beam_pid(i)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while self.beam_pid(i) is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.beam_pid(i) is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def restart(self, *nodes: int, timeout: float = 120.0) -> float:
         """Start the given (downed) nodes together on their data; seconds until all serve."""
