@@ -236,7 +236,13 @@ class Cluster:
             pid = int((self._dir(i) / "beam.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if proc_state(pid) not in ("", "Z") else None
+        if proc_state(pid) in ("", "Z"):
+            return None
+        try:  # a pid file outlives its process: the pid may be someone else's by now
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"beam" in cmd and str(self.home).encode() in cmd else None
 
     def running(self, i: int) -> bool:
         p = self.procs.get(i)
