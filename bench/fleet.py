@@ -262,6 +262,12 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
         "fleet_kill_sos_undelivered": st["unacked_sos"],
         "fleet_kill_recovery_s": round(max(st["back"].values()) - t_kill, 1)
         if len(st["back"]) == n else -1.0,
+        # How many units had an event decided after the kill receipted, and when the
+        # slowest of those (and the 99th percentile) did.
+        "fleet_kill_units_back": len(st["back"]),
+        "fleet_kill_back_p99_s": round(pct(sorted(t - t_kill for t in st["back"].values()),
+                                           0.99), 1),
+        "fleet_kill_back_max_s": round(max(st["back"].values(), default=t_kill) - t_kill, 1),
         "fleet_kill_node_restart_s": round(restart_s, 1),
     }
     run.end_fleet()
