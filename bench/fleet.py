@@ -59,6 +59,8 @@ INFLIGHT: int | None = 1000
 # at 3x this in the rush (a 500-pupil school's gate: ~1,000 passages in two half-hours),
 # parks are steadier. 600 units offer 120 events/s.
 RATE = 0.2
+UNIT_WINDOW = 256  # routine/telemetry events in flight per unit (the gateway's default)
+UNIT_KEEPALIVE_S = 15
 
 
 def say(msg: str) -> None:
@@ -112,14 +114,17 @@ class Run:
         # A receipt lost with the backend's connection (seen when a node dies) is made good
         # by the unit's resend after receipt_timeout_s: 20 s rather than 60 in a cluster.
         return {"delivery": {"mode": "receipt", "receipt_timeout_s": 20},
+                "broker": {"keepalive_s": UNIT_KEEPALIVE_S},
                 "commands": {"public_keys": [str(self.pub)]}}
 
     def new_fleet(self, n: int, rate: float = RATE) -> FleetPool:
+        # UNIT_WINDOW: each unit's in-flight window (the gateway's default 256; the
+        # storm's finding in docs/fleet.md).
         # Buffers on tmpfs: a real unit has its own SD card; 600 units' fsyncs on one
         # shared disk would measure the disk, not the fleet.
         shm = Path(tempfile.mkdtemp(prefix="kidsafe-fleet-", dir="/dev/shm"))
         self.fleet = FleetPool(n, self.cluster.mqtt_ports, shm, mix=Mix(rate=rate),
-                               extra=self.unit_extra())
+                               extra=self.unit_extra(), window=UNIT_WINDOW)
         self.shm = shm
         return self.fleet
 
@@ -310,6 +315,7 @@ def storm(run: Run, n: int, backlog: int = 1000, limit_s: float = 1500) -> dict[
     c1 = run.cpu()
     f.stop_traffic()
     summ = f.summary()
+    st = f.stats()
     ok = ok and wait_stored(f, dsn, 120)
     lost, dup = check_stored(f, dsn)
     if not ok:
@@ -323,7 +329,12 @@ def storm(run: Run, n: int, backlog: int = 1000, limit_s: float = 1500) -> dict[
            "fleet_storm_stored_fraction": round(min(1.0, stored / f.committed), 3),
            "fleet_storm_sos_p50_ms": summ["sos_p50_ms"], "fleet_storm_sos_p99_ms":
            summ["sos_p99_ms"], "fleet_storm_sos_count": summ["sos_count"],
-           "fleet_storm_lost_events": lost, "fleet_storm_dup_stored": dup}
+           "fleet_storm_lost_events": lost, "fleet_storm_dup_stored": dup,
+           # reconnections beyond the one each unit makes, and resends on the wire
+           "fleet_storm_reconnects": st["connects"] - 2 * n,
+           "fleet_storm_resent_on_wire": st["sent"] - st["committed"],
+           "fleet_storm_unit_window": UNIT_WINDOW,
+           "fleet_storm_unit_keepalive_s": UNIT_KEEPALIVE_S}
     for k in c0:
         out[f"fleet_storm_cpu_{k}_percent"] = round(100 * (c1[k] - c0[k]) / drain, 1)
     run.end_fleet()
@@ -352,8 +363,8 @@ def _shown(figures: dict[str, float]) -> dict[str, float]:
 
 
 def run_all(quick: bool, units: int = 600, phases: tuple[str, ...] = ("steady", "kill", "storm"),
-            sizes: list[int] | None = None, progress: Callable[[str], None] = say
-            ) -> dict[str, float]:
+            sizes: list[int] | None = None, progress: Callable[[str], None] = say,
+            backlog: int = 1000) -> dict[str, float]:
     from pg import PgServer  # tests/pg.py: a throw-away server, our child
 
     logging.basicConfig(level=logging.CRITICAL)
@@ -373,8 +384,9 @@ def run_all(quick: bool, units: int = 600, phases: tuple[str, ...] = ("steady", 
             if "sweep" in phases:
                 out.update(_shown(sweep(run, sizes or [600, 1200, 2400], 30)))
             if "storm" in phases:
-                progress(f"reconnect storm: {units} units x 1000 events")
-                out.update(_shown(storm(run, units, 100 if quick else 1000)))
+                backlog = 100 if quick else backlog
+                progress(f"reconnect storm: {units} units x {backlog} events")
+                out.update(_shown(storm(run, units, backlog)))
         finally:
             run.close()
     finally:
@@ -391,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=["steady", "kill", "storm", "sweep"])
     p.add_argument("--sweep", default="600,1200,2400")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--unit-window", type=int, default=256,
+                   help="each unit's in-flight window (the gateway's default 256)")
+    p.add_argument("--unit-keepalive", type=int, default=15, help="units' MQTT keepalive, s")
+    p.add_argument("--backlog", type=int, default=1000, help="storm: events per unit")
     p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
                    "(0: as shipped, paho's 20)")
     a = p.parse_args(argv)
@@ -398,10 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    global INFLIGHT, UNIT_WINDOW, UNIT_KEEPALIVE_S
     if a.window is not None:
-        global INFLIGHT
         INFLIGHT = a.window or None
-    out = run_all(a.quick, a.units, phases, [int(x) for x in a.sweep.split(",")])
+    UNIT_WINDOW, UNIT_KEEPALIVE_S = a.unit_window, a.unit_keepalive
+    storm_backlog = a.backlog
+    out = run_all(a.quick, a.units, phases, [int(x) for x in a.sweep.split(",")],
+                  backlog=storm_backlog)
     for k, v in out.items():
         t = TARGETS.get(k)
         print(f"{k:45s} {v:>12}" + (f"   target {t[0]} {t[1]}" if t else ""))

@@ -24,11 +24,12 @@ UNITS_PER_PROCESS = 100
 
 
 def _worker(conn: Connection, n: int, ports: list[int], work: str, mix: Mix, seed: int,
-            extra: dict[str, Any] | None, first: int) -> None:
+            extra: dict[str, Any] | None, first: int, window: int) -> None:
     import logging
 
     logging.basicConfig(level=logging.CRITICAL)
-    f = Fleet(n, ports, Path(work), mix=mix, seed=seed, extra=extra, first=first)
+    f = Fleet(n, ports, Path(work), mix=mix, seed=seed, extra=extra, first=first,
+              window=window)
     conn.send(("ready", f.rss_before_mb, f.rss_units_mb))
     while True:
         cmd, *args = conn.recv()
@@ -73,6 +74,7 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
                         "lat": list(st.latencies_ms), "sos": list(st.sos_ms),
                         "sos_at": list(st.sos_at),
                         "back": dict(f.back), "sent": sum(u.publisher.sent for u in f.units),
+                        "connects": sum(u.publisher.connects for u in f.units),
                         "unacked_sos": sum(1 for _, s in f._pending.values() if s),
                         "cpu": t.user + t.system, "rss": proc_rss_mb()}
         case "count":
@@ -90,7 +92,7 @@ class FleetPool:
 
     def __init__(self, n: int, ports: Sequence[int], work: Path, mix: Mix | None = None,
                  seed: int = 1, extra: dict[str, Any] | None = None,
-                 per_process: int = UNITS_PER_PROCESS) -> None:
+                 per_process: int = UNITS_PER_PROCESS, window: int = 256) -> None:
         self.n = n
         ctx = mp.get_context("spawn")  # no fork of a process with threads
         self.conns: list[Connection] = []
@@ -100,7 +102,8 @@ class FleetPool:
             m = min(per_process, n - first)
             a, b = ctx.Pipe()
             p = ctx.Process(target=_worker, args=(b, m, list(ports), str(Path(work) / f"w{k}"),
-                                                  self.mix, seed + k, extra, first), daemon=True)
+                                                  self.mix, seed + k, extra, first, window),
+                            daemon=True)
             p.start()
             self.conns.append(a)
             self.procs.append(p)
@@ -166,9 +169,10 @@ class FleetPool:
         parts = self._all("stats")
         out: dict[str, Any] = {"committed": 0, "acked": 0, "lat": [], "sos": [], "sos_at": [],
                                "back": {},
-                               "sent": 0, "unacked_sos": 0, "cpu": 0.0, "rss": 0.0}
+                               "sent": 0, "connects": 0, "unacked_sos": 0, "cpu": 0.0,
+                               "rss": 0.0}
         for p in parts:
-            for k in ("committed", "acked", "sent", "unacked_sos", "cpu", "rss"):
+            for k in ("committed", "acked", "sent", "connects", "unacked_sos", "cpu", "rss"):
                 out[k] += p[k]
             out["lat"] += p["lat"]
             out["sos"] += p["sos"]

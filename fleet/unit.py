@@ -72,7 +72,7 @@ class SimUnit:
 
     def __init__(self, index: int, unit_id: str, site: str, ports: Sequence[int], buffer: str,
                  on_acked: Callable[[SimUnit, list[int]], None] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, window: int = 256) -> None:
         self.index = index
         self.id = unit_id
         self.site = site
@@ -82,7 +82,8 @@ class SimUnit:
                              max_events=self.cfg.buffer.max_events)
         self.started = time.monotonic()
         self.publisher = ClusterPublisher(self.cfg, self.outbox, ports, home,
-                                          health=self.health, on_acked=self._acked)
+                                          health=self.health, on_acked=self._acked,
+                                          window=window)
         self._on_acked = on_acked
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
