@@ -207,6 +207,7 @@ def steady(run: Run, n: int, seconds: float, warmup: float = 10.0) -> dict[str, 
     dt = w1 - w0
     summ = f.summary()
     out["fleet_events_per_s"] = round((s1 - s0) / dt, 1)
+    out["fleet_generator_lag_max_s"] = round(f.stats()["lag_max_s"], 2)
     out["fleet_latency_p50_ms"] = summ["latency_p50_ms"]
     out["fleet_latency_p99_ms"] = summ["latency_p99_ms"]
     for i, mb in run.cluster.rss_mb().items():
@@ -270,6 +271,7 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
         # How many units had an event decided after the kill receipted, and when the
         # slowest of those (and the 99th percentile) did.
         "fleet_kill_units_back": len(st["back"]),
+        "fleet_kill_generator_lag_max_s": round(st["lag_max_s"], 1),
         "fleet_kill_back_p99_s": round(pct(sorted(t - t_kill for t in st["back"].values()),
                                            0.99), 1),
         "fleet_kill_back_max_s": round(max(st["back"].values(), default=t_kill) - t_kill, 1),

@@ -107,6 +107,9 @@ class Fleet:
         # deleted (receipted): "every unit delivers again".
         self._mark: float | None = None
         self.back: dict[str, float] = {}
+        # How late the traffic thread committed a decision, at worst: the generator's own
+        # saturation shows here first (its decisions fall behind their schedule).
+        self.lag_max_s = 0.0
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -241,6 +244,7 @@ class Fleet:
             if t > now:
                 self._stop.wait(min(t, next_sos, seconds) - now)
                 continue
+            self.lag_max_s = max(self.lag_max_s, now - t)
             heapq.heapreplace(heap, (t + traffic.next_gap(rng, mix, kinds[k], t), k))
             u = self.units[k]
             if rng.random() < sos_rate / max(mix.rate, 1e-6):

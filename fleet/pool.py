@@ -75,6 +75,7 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
                         "sos_at": list(st.sos_at),
                         "back": dict(f.back), "sent": sum(u.publisher.sent for u in f.units),
                         "connects": sum(u.publisher.connects for u in f.units),
+                        "lag_max_s": f.lag_max_s,
                         "unacked_sos": sum(1 for _, s in f._pending.values() if s),
                         "cpu": t.user + t.system, "rss": proc_rss_mb()}
         case "count":
@@ -170,7 +171,7 @@ class FleetPool:
         out: dict[str, Any] = {"committed": 0, "acked": 0, "lat": [], "sos": [], "sos_at": [],
                                "back": {},
                                "sent": 0, "connects": 0, "unacked_sos": 0, "cpu": 0.0,
-                               "rss": 0.0}
+                               "rss": 0.0, "lag_max_s": 0.0}
         for p in parts:
             for k in ("committed", "acked", "sent", "connects", "unacked_sos", "cpu", "rss"):
                 out[k] += p[k]
@@ -178,6 +179,7 @@ class FleetPool:
             out["sos"] += p["sos"]
             out["sos_at"] += p["sos_at"]
             out["back"].update(p["back"])
+            out["lag_max_s"] = max(out["lag_max_s"], p["lag_max_s"])
         return out
 
     @property
