@@ -61,6 +61,7 @@ INFLIGHT: int | None = 1000
 RATE = 0.2
 UNIT_WINDOW = 256  # routine/telemetry events in flight per unit (the gateway's default)
 UNIT_KEEPALIVE_S = 15
+STORM_LIMIT_S = 1500.0
 
 
 def say(msg: str) -> None:
@@ -302,11 +303,14 @@ def storm(run: Run, n: int, backlog: int = 1000, limit_s: float = 1500) -> dict[
     f.start_traffic(3600, sos_every_s=0.5)  # the live traffic goes on (and its SOS)
     s0 = stored_count(dsn)
     last = [time.monotonic()]
+    first_minute = [-1]
 
     def drained() -> bool:
         stored = stored_count(dsn)
         if time.monotonic() - last[0] > 60:
             last[0] = time.monotonic()
+            if first_minute[0] < 0:
+                first_minute[0] = stored - s0
             say(f"storm: {stored - s0} stored in {time.monotonic() - t0:.0f} s")
         return f.committed - stored < n * RATE * 2 and f.depth() < n * RATE * 2
 
@@ -336,7 +340,8 @@ def storm(run: Run, n: int, backlog: int = 1000, limit_s: float = 1500) -> dict[
            "fleet_storm_reconnects": st["connects"] - 2 * n,
            "fleet_storm_resent_on_wire": st["sent"] - st["committed"],
            "fleet_storm_unit_window": UNIT_WINDOW,
-           "fleet_storm_unit_keepalive_s": UNIT_KEEPALIVE_S}
+           "fleet_storm_unit_keepalive_s": UNIT_KEEPALIVE_S,
+           "fleet_storm_stored_first_60s": first_minute[0]}
     for k in c0:
         out[f"fleet_storm_cpu_{k}_percent"] = round(100 * (c1[k] - c0[k]) / drain, 1)
     run.end_fleet()
@@ -388,7 +393,7 @@ def run_all(quick: bool, units: int = 600, phases: tuple[str, ...] = ("steady", 
             if "storm" in phases:
                 backlog = 100 if quick else backlog
                 progress(f"reconnect storm: {units} units x {backlog} events")
-                out.update(_shown(storm(run, units, backlog)))
+                out.update(_shown(storm(run, units, backlog, STORM_LIMIT_S)))
         finally:
             run.close()
     finally:
@@ -409,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="each unit's in-flight window (the gateway's default 256)")
     p.add_argument("--unit-keepalive", type=int, default=15, help="units' MQTT keepalive, s")
     p.add_argument("--backlog", type=int, default=1000, help="storm: events per unit")
+    p.add_argument("--storm-limit", type=float, default=1500,
+                   help="storm: seconds before the drain is cut short")
     p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
                    "(0: as shipped, paho's 20)")
     a = p.parse_args(argv)
@@ -416,11 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global INFLIGHT, UNIT_WINDOW, UNIT_KEEPALIVE_S
+    global INFLIGHT, UNIT_WINDOW, UNIT_KEEPALIVE_S, STORM_LIMIT_S
     if a.window is not None:
         INFLIGHT = a.window or None
     UNIT_WINDOW, UNIT_KEEPALIVE_S = a.unit_window, a.unit_keepalive
     storm_backlog = a.backlog
+    STORM_LIMIT_S = a.storm_limit
     out = run_all(a.quick, a.units, phases, [int(x) for x in a.sweep.split(",")],
                   backlog=storm_backlog)
     for k, v in out.items():
