@@ -62,6 +62,7 @@ RATE = 0.2
 UNIT_WINDOW = 256  # routine/telemetry events in flight per unit (the gateway's default)
 UNIT_KEEPALIVE_S = 15
 STORM_LIMIT_S = 1500.0
+RECEIPT_TIMEOUT_S = 20.0  # units' [delivery] receipt_timeout_s (the gateway's default: 60)
 
 
 def say(msg: str) -> None:
@@ -114,7 +115,7 @@ class Run:
             return {}
         # A receipt lost with the backend's connection (seen when a node dies) is made good
         # by the unit's resend after receipt_timeout_s: 20 s rather than 60 in a cluster.
-        return {"delivery": {"mode": "receipt", "receipt_timeout_s": 20},
+        return {"delivery": {"mode": "receipt", "receipt_timeout_s": RECEIPT_TIMEOUT_S},
                 "broker": {"keepalive_s": UNIT_KEEPALIVE_S},
                 "commands": {"public_keys": [str(self.pub)]}}
 
@@ -340,6 +341,7 @@ def storm(run: Run, n: int, backlog: int = 1000, limit_s: float = 1500) -> dict[
            "fleet_storm_reconnects": st["connects"] - 2 * n,
            "fleet_storm_resent_on_wire": st["sent"] - st["committed"],
            "fleet_storm_unit_window": UNIT_WINDOW,
+           "fleet_storm_receipt_timeout_s": RECEIPT_TIMEOUT_S,
            "fleet_storm_unit_keepalive_s": UNIT_KEEPALIVE_S,
            "fleet_storm_stored_first_60s": first_minute[0]}
     for k in c0:
@@ -414,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="each unit's in-flight window (the gateway's default 256)")
     p.add_argument("--unit-keepalive", type=int, default=15, help="units' MQTT keepalive, s")
     p.add_argument("--backlog", type=int, default=1000, help="storm: events per unit")
+    p.add_argument("--receipt-timeout", type=float, default=20.0,
+                   help="units' receipt_timeout_s (resend what awaits a receipt this long)")
     p.add_argument("--storm-limit", type=float, default=1500,
                    help="storm: seconds before the drain is cut short")
     p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
@@ -423,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global INFLIGHT, UNIT_WINDOW, UNIT_KEEPALIVE_S, STORM_LIMIT_S
+    global INFLIGHT, UNIT_WINDOW, UNIT_KEEPALIVE_S, STORM_LIMIT_S, RECEIPT_TIMEOUT_S
+    RECEIPT_TIMEOUT_S = a.receipt_timeout
     if a.window is not None:
         INFLIGHT = a.window or None
     UNIT_WINDOW, UNIT_KEEPALIVE_S = a.unit_window, a.unit_keepalive
