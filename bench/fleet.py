@@ -59,8 +59,13 @@ INFLIGHT: int | None = 1000
 # at 3x this in the rush (a 500-pupil school's gate: ~1,000 passages in two half-hours),
 # parks are steadier. 600 units offer 120 events/s.
 RATE = 0.2
+# Units' settings (docs/fleet.md, the storm): the steady and kill phases use the
+# gateway's window and a keepalive of 15 s; the storm uses what drained 600 units' backlog
+# here (a smaller window, a longer keepalive, and a receipt timeout longer than the drain:
+# shorter ones made every unit resend everything awaiting its receipt, again and again).
 UNIT_WINDOW = 256  # routine/telemetry events in flight per unit (the gateway's default)
 UNIT_KEEPALIVE_S = 15
+STORM_UNIT = {"window": 32, "keepalive": 60, "receipt_timeout": 600.0}
 STORM_LIMIT_S = 1500.0
 RECEIPT_TIMEOUT_S = 20.0  # units' [delivery] receipt_timeout_s (the gateway's default: 60)
 
@@ -110,25 +115,34 @@ class Run:
         self.backend = b.start()
         return b
 
-    def unit_extra(self) -> dict[str, Any]:
+    def unit_extra(self, keepalive: int, receipt_timeout: float) -> dict[str, Any]:
         if not self.receipts:
             return {}
         # A receipt lost with the backend's connection (seen when a node dies) is made good
         # by the unit's resend after receipt_timeout_s: 20 s rather than 60 in a cluster.
-        return {"delivery": {"mode": "receipt", "receipt_timeout_s": RECEIPT_TIMEOUT_S},
-                "broker": {"keepalive_s": UNIT_KEEPALIVE_S},
+        return {"delivery": {"mode": "receipt", "receipt_timeout_s": receipt_timeout},
+                "broker": {"keepalive_s": keepalive},
                 "commands": {"public_keys": [str(self.pub)]}}
 
-    def new_fleet(self, n: int, rate: float = RATE) -> FleetPool:
+    def new_fleet(self, n: int, rate: float = RATE, storm: bool = False) -> FleetPool:
         # UNIT_WINDOW: each unit's in-flight window (the gateway's default 256; the
         # storm's finding in docs/fleet.md).
         # Buffers on tmpfs: a real unit has its own SD card; 600 units' fsyncs on one
         # shared disk would measure the disk, not the fleet.
         shm = Path(tempfile.mkdtemp(prefix="kidsafe-fleet-", dir="/dev/shm"))
         self.fleet = FleetPool(n, self.cluster.mqtt_ports, shm, mix=Mix(rate=rate),
-                               extra=self.unit_extra(), window=UNIT_WINDOW)
+                               extra=self.unit_extra(*self.unit_settings(storm)[1:]),
+                               window=self.unit_settings(storm)[0])
         self.shm = shm
         return self.fleet
+
+    @staticmethod
+    def unit_settings(storm: bool) -> tuple[int, int, float]:
+        """(window, keepalive_s, receipt_timeout_s) of the units."""
+        if storm:
+            return (int(STORM_UNIT["window"]), int(STORM_UNIT["keepalive"]),
+                    float(STORM_UNIT["receipt_timeout"]))
+        return UNIT_WINDOW, UNIT_KEEPALIVE_S, RECEIPT_TIMEOUT_S
 
     def end_fleet(self) -> None:
         if self.fleet is not None:
@@ -287,7 +301,7 @@ def storm(run: Run, n: int, backlog: int = 1000, limit_s: float = 1500) -> dict[
     """Past ``limit_s`` the drain is cut short: the share stored and the rate so far."""
     dsn = run.new_db()
     run.start_backend(dsn)
-    f = run.new_fleet(n)
+    f = run.new_fleet(n, storm=True)
     # The units' sessions exist (as after an outage of the network or the broker): connect
     # once, let the brokers settle, then every unit goes away and collects a backlog.
     f.start()
@@ -340,9 +354,9 @@ def storm(run: Run, n: int, backlog: int = 1000, limit_s: float = 1500) -> dict[
            # reconnections beyond the one each unit makes, and resends on the wire
            "fleet_storm_reconnects": st["connects"] - 2 * n,
            "fleet_storm_resent_on_wire": st["sent"] - st["committed"],
-           "fleet_storm_unit_window": UNIT_WINDOW,
-           "fleet_storm_receipt_timeout_s": RECEIPT_TIMEOUT_S,
-           "fleet_storm_unit_keepalive_s": UNIT_KEEPALIVE_S,
+           "fleet_storm_unit_window": STORM_UNIT["window"],
+           "fleet_storm_receipt_timeout_s": STORM_UNIT["receipt_timeout"],
+           "fleet_storm_unit_keepalive_s": STORM_UNIT["keepalive"],
            "fleet_storm_stored_first_60s": first_minute[0]}
     for k in c0:
         out[f"fleet_storm_cpu_{k}_percent"] = round(100 * (c1[k] - c0[k]) / drain, 1)
@@ -412,12 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=["steady", "kill", "storm", "sweep"])
     p.add_argument("--sweep", default="600,1200,2400")
     p.add_argument("--json", metavar="PATH")
-    p.add_argument("--unit-window", type=int, default=256,
-                   help="each unit's in-flight window (the gateway's default 256)")
-    p.add_argument("--unit-keepalive", type=int, default=15, help="units' MQTT keepalive, s")
+    p.add_argument("--unit-window", type=int, default=32,
+                   help="storm: each unit's in-flight window (the gateway's default: 256)")
+    p.add_argument("--unit-keepalive", type=int, default=60,
+                   help="storm: units' MQTT keepalive, s")
     p.add_argument("--backlog", type=int, default=1000, help="storm: events per unit")
-    p.add_argument("--receipt-timeout", type=float, default=20.0,
-                   help="units' receipt_timeout_s (resend what awaits a receipt this long)")
+    p.add_argument("--receipt-timeout", type=float, default=600.0,
+                   help="storm: units' receipt_timeout_s (resend what awaits a receipt this "
+                        "long; the gateway's default: 60)")
     p.add_argument("--storm-limit", type=float, default=1500,
                    help="storm: seconds before the drain is cut short")
     p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
@@ -427,11 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global INFLIGHT, UNIT_WINDOW, UNIT_KEEPALIVE_S, STORM_LIMIT_S, RECEIPT_TIMEOUT_S
-    RECEIPT_TIMEOUT_S = a.receipt_timeout
+    global INFLIGHT, STORM_LIMIT_S
+    STORM_UNIT.update(window=a.unit_window, keepalive=a.unit_keepalive,
+                      receipt_timeout=a.receipt_timeout)
     if a.window is not None:
         INFLIGHT = a.window or None
-    UNIT_WINDOW, UNIT_KEEPALIVE_S = a.unit_window, a.unit_keepalive
     storm_backlog = a.backlog
     STORM_LIMIT_S = a.storm_limit
     out = run_all(a.quick, a.units, phases, [int(x) for x in a.sweep.split(",")],
