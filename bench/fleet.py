@@ -14,7 +14,8 @@ Phases (each figure is a ``fleet_*`` key; docs/fleet.md has the method and the r
   backend's) SIGKILLed, restarted 10 s later; events lost, duplicates stored, resends on
   the wire, SOS p99 while the node is down, seconds until every unit delivers again.
 - storm: every unit stopped, 1,000 events put in each buffer, then all started at once;
-  seconds to drain into PostgreSQL, SOS latency while they drain.
+  seconds to drain into PostgreSQL, SOS latency while they drain (units' window 32,
+  keepalive 60 s, receipt timeout 600 s: STORM_UNIT).
 - sweep: the steady phase for growing N (short windows); the first N where what is
   stored falls behind what is offered, and which process used the CPU.
 """

@@ -17,7 +17,7 @@ backend_ingest_ratio >= 0.5 (issue 13: kidsafe-backend's ingest of a 100,000-eve
 into PostgreSQL against PostgreSQL's own batched inserts of the same rows in the same run)
 and e2e_receipt_latency_p99_ms < 250 (decided at the unit -> signed receipt back, 200
 events/s; bench/backend.py).
-Issue 14's fleet_* figures (full run only, bench/fleet.py, ~20 min): 600 units on a
+Issue 14's fleet_* figures (full run only, bench/fleet.py, ~40 min): 600 units on a
 three-node RabbitMQ cluster with the backend and PostgreSQL; targets loss 0, duplicates
 stored 0, SOS p99 while a node is down < 1 s, recovery < 30 s (docs/fleet.md).
 Figures are printed, not asserted: a shared machine makes timed assertions flaky.
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "fleet" in groups and args.quick:
         notes.append("fleet_*: not run with --quick (600 units on a three-node RabbitMQ "
-                     "cluster, ~20 min; python bench/fleet.py --units 100 --quick for a look)")
+                     "cluster, ~40 min; python bench/fleet.py --units 100 --quick for a look)")
     elif "fleet" in groups:
         print("  ... fleet: 600 units, three RabbitMQ nodes, backend, PostgreSQL", file=sys.stderr,
               flush=True)
