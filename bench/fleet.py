@@ -257,8 +257,9 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     time.sleep(10)
     f.reset_latencies()
     t_kill = time.time()
-    f.mark(t_kill)  # per unit: when its first event committed after the kill was receipted
+    f.mark(t_kill)  # per unit: when its first event decided after the kill was receipted
     run.cluster.kill(1)
+    f.probe()  # a decision at every unit at once: when does each deliver again?
     say(f"node 1 killed; {f.online()} of {n} units online")
     time.sleep(down_s)
     t_restart = time.time()

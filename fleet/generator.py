@@ -176,6 +176,13 @@ class Fleet:
                     self.committed_ids[u.id].update(s.seq for s in stored)
                     self.stats.committed += len(stored)
 
+    def probe(self) -> None:
+        """One routine decision at every unit now: after ``mark``, ``back`` then says when
+        each unit delivered again, whatever its own traffic's next decision."""
+        for u in self.units:
+            self.commit(u, [traffic.event(self.rng, self.mix, traffic.site_kind(u.index),
+                                          u.index, time.time())])
+
     def sos(self, units: Sequence[SimUnit]) -> None:
         for u in units:
             self.commit(u, [traffic.sos(self.rng, u.index, time.time())], sos=True)

@@ -62,6 +62,8 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
             f.backlog(*args)
         case "mark":
             f.mark(*args)
+        case "probe":
+            f.probe()
         case "reset":
             f.reset_latencies()
         case "stop":
@@ -159,6 +161,9 @@ class FleetPool:
 
     def mark(self, t: float) -> None:
         self._all("mark", t)
+
+    def probe(self) -> None:
+        self._all("probe")
 
     def reset_latencies(self) -> None:
         self._all("reset")
