@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     elif "fleet" in groups:
         print("  ... fleet: 600 units, three RabbitMQ nodes, backend, PostgreSQL", file=sys.stderr,
               flush=True)
-        figures.update(fleet_bench.run_all(False, sizes=[1200, 2400]))
+        figures.update(fleet_bench.run_all(False, phases=("steady", "kill", "sweep", "storm"),
+                                           sizes=[1200, 2400]))
 
     print(f"\nkidsafe-gateway bench ({'quick' if args.quick else 'full'}) on "
           f"{platform.machine()}, Python {platform.python_version()}, "
