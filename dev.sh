@@ -22,6 +22,10 @@ RABBITMQ_PACKAGES=(rabbitmq-server)
 PG_PACKAGES=(postgresql-15)
 # `./dev.sh demo` needs only the broker (and Python packages with wheels): no compiler.
 DEMO_PACKAGES=(mosquitto)
+# The AsyncAPI JSON Schema that tests/test_asyncapi.py validates docs/asyncapi.yaml
+# against: AsyncAPI's own npm package, fetched with npm (Debian's nodejs and npm where the
+# machine has no npm) into the git-ignored .cache/npm, never copied into the project.
+ASYNCAPI_SPECS=@asyncapi/specs@6.11.1
 
 say() { printf '\033[1m[dev.sh]\033[0m %s\n' "$*" >&2; }
 
@@ -99,7 +103,20 @@ setup_python() {  # $1: "test" (the test and BLE-test extras) or "demo" (the pac
   touch "$stamp"
 }
 
-setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_postgres; setup_rabbitmq; setup_python test; }
+setup_asyncapi() {  # best effort: without it the AsyncAPI validation test skips, saying why
+  local pkg=.cache/npm/node_modules/@asyncapi/specs
+  if [ -f "$pkg/package.json" ] && grep -q "\"version\": \"${ASYNCAPI_SPECS##*@}\"" "$pkg/package.json"; then
+    return
+  fi
+  command -v npm >/dev/null || setup_system nodejs npm
+  say "installing $ASYNCAPI_SPECS into .cache/npm (AsyncAPI's JSON Schema, for the tests)"
+  npm install --prefix .cache/npm --no-save --no-package-lock --no-audit --no-fund \
+    --loglevel=error "$ASYNCAPI_SPECS" >/dev/null \
+    || say "could not install $ASYNCAPI_SPECS: the AsyncAPI validation test will skip"
+}
+
+setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_postgres; setup_rabbitmq; setup_python test;
+          setup_asyncapi; }
 setup_demo() { setup_system "${DEMO_PACKAGES[@]}"; setup_python demo; }
 
 case "${1:-}" in

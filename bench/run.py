@@ -16,7 +16,9 @@ real gatewayd writes to disk per delivered event over a 10,000-event run, bench/
 backend_ingest_ratio >= 0.5 (issue 13: kidsafe-backend's ingest of a 100,000-event backlog
 into PostgreSQL against PostgreSQL's own batched inserts of the same rows in the same run)
 and e2e_receipt_latency_p99_ms < 250 (decided at the unit -> signed receipt back, 200
-events/s; bench/backend.py).
+events/s; bench/backend.py); cmd_locate_reply_p99_ms < 100 (issue 12: a signed locate
+published -> its reply received while a real gatewayd drains a 100,000-event backlog,
+bench/commands.py).
 Issue 14's fleet_* figures (full run only, bench/fleet.py, ~40 min): 600 units on a
 three-node RabbitMQ cluster with the backend and PostgreSQL; targets loss 0, duplicates
 stored 0, SOS p99 while a node is down < 1 s, recovery < 30 s (docs/fleet.md).
@@ -38,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import accuracy, ble_flood, codecs, delivery, site_load, wear
+from bench import accuracy, ble_flood, codecs, commands, delivery, site_load, wear
 from bench import fleet as fleet_bench
 
 TARGETS: dict[str, tuple[str, float]] = {
@@ -56,6 +58,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     # issue 13: the reference backend (bench/backend.py)
     "backend_ingest_ratio": (">=", 0.5),
     "e2e_receipt_latency_p99_ms": ("<", 250),
+    **commands.TARGETS,
 }
 
 
@@ -64,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (CI)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as one JSON object")
     p.add_argument("--only", choices=["codecs", "engine", "ble", "delivery", "wear", "accuracy",
-                                      "site", "backend", "fleet"],
+                                      "site", "backend", "commands", "fleet"],
                    action="append",
                    help="run only these groups (repeatable)")
     args = p.parse_args(argv)
     groups = args.only or ["codecs", "engine", "ble", "delivery", "wear", "accuracy", "site",
-                           "backend", "fleet"]
+                           "backend", "commands", "fleet"]
     seconds = 0.5 if args.quick else 1.5
     figures: dict[str, float] = {}
     t0 = time.monotonic()
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
              lambda: ble_flood.bench_ble_flood(100_000 if args.quick else 1_000_000))
     if "delivery" in groups:
         figures.update(delivery.run(args.quick))
+    if "commands" in groups:
+        figures.update(commands.run(args.quick))
     if "wear" in groups:
         step("write_bytes_per_event", lambda: wear.bench_wear(2_000 if args.quick else 10_000))
     if "accuracy" in groups:

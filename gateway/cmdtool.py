@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.commands.core import Code, format_time, reply_base
+from gateway.publisher import nodelay
 from gateway.signing import TYP_COMMAND, sign
 
 # Exit codes of `gatewayd cmd` by reply code (docs/operations.md); no reply: NO_REPLY.
@@ -126,6 +127,7 @@ class Session:
                 break
             client.loop_start()
             if connected.wait(timeout) and result and not result[0].is_failure:
+                nodelay(client)
                 self.v5 = v5
                 return client
             client.loop_stop()

@@ -16,6 +16,7 @@ references are pseudonymous, but args are the backend's business).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -82,11 +83,23 @@ class Commander:
             except queue.Empty:
                 msg = None
             if msg is not None:
-                self._send(msg, self.handle(msg))
+                self.handle(msg, functools.partial(self._send, msg))
             self._purge()
 
-    def handle(self, msg: Incoming) -> Reply:
-        """One message from the broker to its reply (everything but the sending)."""
+    def handle(self, msg: Incoming,
+               send: Callable[[Reply], None] | None = None) -> Reply:
+        """One message from the broker to its reply, given to ``send`` (if any) as soon as
+        it is known: before it is recorded (a write that may wait for the publisher's
+        deletes), so a reply never waits on the disk. Only this thread admits commands, so
+        a repeat cannot slip in between; after a crash in between, a repeat runs again."""
+        return self._handle(msg, send)
+
+    def _handle(self, msg: Incoming, send: Callable[[Reply], None] | None) -> Reply:
+        def out(reply: Reply) -> Reply:
+            if send is not None:
+                send(reply)
+            return reply
+
         self.counts["received"] += 1
         name = _name(msg.suffix)
         try:
@@ -96,8 +109,8 @@ class Commander:
         except (BufferReadError, BufferWriteError) as e:  # the request-id table is unreadable
             log.error("command %s: request ids unreadable (%s); refused", logs.clip(name, 64), e)
             self.counts["failed"] += 1
-            return Reply(None, self.unit_id, name[:core.MAX_NAME_CHARS], Code.FAILED,
-                         "failed: request ids unreadable")
+            return out(Reply(None, self.unit_id, name[:core.MAX_NAME_CHARS], Code.FAILED,
+                             "failed: request ids unreadable"))
         if isinstance(result, Reply):
             if result.repeat:
                 self.counts["repeated"] += 1
@@ -106,17 +119,18 @@ class Commander:
             else:
                 self.counts["refused"] += 1
                 self._log_refused(msg, result.code, result.reason)
-            return result
-        return self._run(result)
+            return out(result)
+        return self._run(result, out)
 
-    def _run(self, cmd: Command) -> Reply:
+    def _run(self, cmd: Command, out: Callable[[Reply], Reply]) -> Reply:
         try:
             reply = core.dispatch(self.unit, cmd, self.handlers)
         except Exception as e:  # a handler's bug or the unit's failure: 500, nothing stored
             self.counts["failed"] += 1
             # The type only: an exception's text may hold arguments.
             log.error("command %s id=%s failed: %s", cmd.name, cmd.id, type(e).__name__)
-            return core.refuse(cmd, Code.FAILED, f"failed: {type(e).__name__}")
+            return out(core.refuse(cmd, Code.FAILED, f"failed: {type(e).__name__}"))
+        out(reply)
         try:
             self.outbox.command_done(cmd.id, cmd.digest, cmd.expires, core.reply_record(reply))
         except BufferWriteError as e:

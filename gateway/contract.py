@@ -17,7 +17,9 @@ from typing import Any
 from gateway import __version__
 from gateway.model import Event, Lane
 
-SCHEMA_VERSION = 1
+# The contract version (birth "schema"), raised on any change a backend must follow: the
+# changes are listed in docs/mqtt.md.
+SCHEMA_VERSION = 2
 
 _ISO_SECOND: dict[int, str] = {}
 
@@ -64,6 +66,7 @@ class Topics:
         self.birth = f"{self.base}/birth"
         self.health = f"{self.base}/health"
         self.commands = f"{self.base}/cmd/#"
+        self.receipt = f"{self.base}/receipt"  # backend -> unit: events durably stored
 
     def of(self, suffix: str) -> str:
         return f"{self.base}/{suffix}"

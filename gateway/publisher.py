@@ -4,9 +4,10 @@ What is sent when and what is deleted when is decided by the sans-I/O core
 (gateway/delivery.py: emergency first with reserved slots, live/backlog
 alternation, the in-flight window, ack batching, resend after a reconnect).
 This module does the I/O around it: sockets, TLS, MQTT version fallback,
-status/birth/health messages, commands, and the loop that feeds the core what
-happened (acks by paho mid, wake-ups) and carries out its actions (publish
-rows, delete acknowledged seqs from the outbox).
+status/birth/health messages, commands (handed to the command worker,
+gateway/commander.py; their replies published here, ahead of any event backlog),
+and the loop that feeds the core what happened (acks by paho mid, wake-ups) and
+carries out its actions (publish rows, delete acknowledged seqs from the outbox).
 
 One thread does all of it: it drives paho through its external-loop API
 (``socket()``, ``loop_read/loop_write/loop_misc``) with ``select`` on the
@@ -74,6 +75,15 @@ class OutgoingReply:
     topic: str
     body: bytes
     correlation: bytes | None = None
+
+
+def nodelay(client: mqtt.Client) -> None:
+    """No Nagle delay for small packets (a command's reply, an SOS after a PUBACK): paho
+    leaves Nagle on, and behind a packet the peer has not ACKed yet (Linux delays ACKs up
+    to 40 ms) a small one waits. paho writes packet by packet either way."""
+    sock: Any = client.socket()
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ConnectFailed(OSError):
@@ -279,6 +289,7 @@ class Publisher:
         ok, why = self._connack
         if not ok:
             raise ConnectFailed(self._explain(f"broker refused the connection: {why}"))
+        nodelay(client)
         self.connects += 1
         self.connected_protocol = "5" if v5 else "3.1.1"
         return client
@@ -451,6 +462,12 @@ class Publisher:
             now = self.clock.monotonic()
             for action in core.poll(now):
                 self._execute(client, action)
+                # Between batches (a window's worth takes tens of ms on a busy box): read a
+                # command that came in, send a reply that is ready. Acks wait for the loop.
+                if not self._io(client, 0.0):
+                    break
+                if self._replies:
+                    self._send_replies(client)
             if self.health and now >= next_health:
                 next_health = now + self.cfg.health_interval_s
                 client.publish(self.topics.health, json.dumps(self.health()).encode(), qos=0)

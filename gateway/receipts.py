@@ -83,10 +83,8 @@ def admit(token: bytes, keys: Keyring, unit: str) -> Receipt:
             raise ReceiptRefused("a range is not [from_seq, to_seq] with 1 <= from <= to")
         ranges.append((r[0], r[1]))
     upto = body.get("upto")
-    if upto is not None and not _seq(upto):
-        raise ReceiptRefused("upto is not a positive seq")
-    if not ranges and upto is None:
-        raise ReceiptRefused("covers nothing (no ranges, no upto)")
+    if upto is not None and not (_seq(upto) or upto == 0):  # 0: nothing stored yet
+        raise ReceiptRefused("upto is not a seq (an integer >= 0)")
     return Receipt(unit=unit, ranges=tuple(ranges), upto=upto, time=stamp, kid=verified.kid)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import referencing
+from referencing.jsonschema import DRAFT202012
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
@@ -28,10 +30,40 @@ def schema(name: str) -> dict[str, Any]:
     return doc
 
 
+# Formats the schemas use that must really be checked: jsonschema skips a format whose
+# checker's optional package is missing (date-time needs rfc3339-validator), silently.
+ENFORCED_FORMATS = ("date-time", "uuid")
+
+
+def format_checker(cls: Any) -> jsonschema.FormatChecker:
+    checker: jsonschema.FormatChecker = cls.FORMAT_CHECKER
+    missing = [f for f in ENFORCED_FORMATS if f not in checker.checkers]
+    if missing:
+        raise RuntimeError(f"jsonschema cannot check format {missing} here: install the "
+                           "test extras (./dev.sh setup; rfc3339-validator for date-time)")
+    return checker
+
+
+BASE_URI = "https://kidsafe.example/schemas/"
+
+
+@cache
+def registry() -> referencing.Registry[Any]:
+    """Every schema file, under its ``$id`` and its path below BASE_URI, so a schema may
+    refer to another by relative path (e.g. a command to commands/<name>.schema.json)."""
+    resources = []
+    for path in sorted(SCHEMAS.rglob("*.schema.json")):
+        doc = json.loads(path.read_text())
+        res = referencing.Resource.from_contents(doc, default_specification=DRAFT202012)
+        uris = {BASE_URI + path.relative_to(SCHEMAS).as_posix(), doc.get("$id")}
+        resources += [(uri, res) for uri in uris if isinstance(uri, str)]
+    return referencing.Registry().with_resources(resources)
+
+
 def _build(doc: dict[str, Any]) -> jsonschema.protocols.Validator:
     cls = jsonschema.validators.validator_for(doc)
     cls.check_schema(doc)
-    return cls(doc, format_checker=cls.FORMAT_CHECKER)
+    return cls(doc, format_checker=format_checker(cls), registry=registry())
 
 
 @cache
@@ -94,6 +126,9 @@ def schema_for(topic: str) -> str | None:
         return "event"
     if parts[-1] in ("status", "birth", "health"):
         return parts[-1]
+    # command replies (plain JSON, under <prefix>/<unit>/reply/), once their schema exists
+    if len(parts) >= 4 and "reply" in parts[2:-1] and (SCHEMAS / "reply.schema.json").exists():
+        return "reply"
     return None
 
 
@@ -115,3 +150,10 @@ def violations(topic: str, payload: bytes) -> list[str]:
     except ValueError as e:
         return [f"{topic}: not JSON: {e}"]
     return body_violations(name, body, topic)
+
+
+def gate_data(direction: str | None = None, gate: str = "gate-main") -> dict[str, Any]:
+    """A gate event's data as the engine gives it, for tests that make events by hand."""
+    return {"gate": gate, "direction": direction, "day": "2026-12-01",
+            "first_arrival_today": direction == "arrival", "first_passage_today": True,
+            "reads": 1}

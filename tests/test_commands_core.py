@@ -145,6 +145,10 @@ def test_every_refusal() -> None:
                                                          "missing field: expires")
     assert refused("ping", token(extra={"id": "not-a-uuid"})[1]) == (Code.BAD_REQUEST,
                                                                      "id: not a UUID")
+    odd = admit("ping", token(extra={"id": "a/#", "x": 1})[1])  # names no topic
+    assert isinstance(odd, Reply) and odd.id is None and odd.code == Code.BAD_REQUEST
+    upper = admit("ping", token(extra={"id": str(uuid.uuid4()).upper()})[1])
+    assert isinstance(upper, Reply) and upper.reason == "id: not a UUID"
     assert refused("ping", token(extra={"args": []})[1]) == (Code.BAD_REQUEST,
                                                              "args: not an object")
     assert refused("ping", token(extra={"issued": 17})[1])[0] == Code.BAD_REQUEST
@@ -338,3 +342,37 @@ def test_fuzz_raw_bytes(commander: tuple[Commander, FakeUnit, list[OutgoingReply
     c, unit, _ = commander
     reply = c.handle(_msg(name, tok))
     assert reply.code in (400, 403) and unit.calls == 0
+
+
+# -- [commands] in the config --------------------------------------------------------------
+
+def test_commands_config(tmp_path: Path) -> None:
+    from gateway import config as configmod
+    from gateway import signing
+
+    signing.generate_keypair(tmp_path / "a.key", tmp_path / "a.pub")
+    signing.generate_keypair(tmp_path / "b.key", tmp_path / "b.pub")
+    (tmp_path / "junk.pub").write_text("not a key")
+
+    def load(section: str) -> configmod.Config:
+        f = tmp_path / "c.toml"
+        f.write_text(GOOD_CONFIG + "\n" + section)
+        return configmod.load(f)
+
+    cfg = load('[commands]\npublic_keys = ["a.pub", "b.pub"]\nclock_skew_s = 5\n')
+    assert len(cfg.commands.keyring) == 2 and cfg.commands.clock_skew_s == 5
+    assert load("").commands.keyring.keys == {}
+    for section, key, words in [
+        ('[commands]\npublic_keys = ["junk.pub"]', "commands.public_keys", "not a PEM"),
+        ('[commands]\npublic_keys = ["missing.pub"]', "commands.public_keys", "missing.pub"),
+        ('[commands]\npublic_keys = "a.pub"', "commands.public_keys", "array"),
+        ("[commands]\nmax_bytes = 10000000", "commands.max_bytes", "262144"),
+        ("[commands]\nclock_skew_s = inf", "commands.clock_skew_s", "finite"),
+        ("[commands]\nmax_lifetime_s = 0", "commands.max_lifetime_s", "greater than 0"),
+        ("[commands]\nkeys = []", "commands", "keys"),
+    ]:
+        with pytest.raises(configmod.ConfigInvalid) as ei:
+            load(section)
+        found = {e.key: e.message for e in ei.value.errors}
+        hit = [m for k, m in found.items() if k.startswith(key)]
+        assert hit and any(words in m for m in hit), (section, found)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_schemas_are_valid_json_schema(name: str) -> None:
 
 def test_event_payloads_validate_and_garbage_does_not(tmp_path: Path) -> None:
     ob = Outbox(str(tmp_path / "b.db"), "u-1", "site", max_events=3)
-    stored = ob.add([Event("gate", 1.7e9, Lane.ROUTINE, "r1", "c-1", {"direction": None})
+    stored = ob.add([Event("gate", 1.7e9, Lane.ROUTINE, "r1", "c-1", contract.gate_data())
                      for _ in range(5)])
     for s in stored:
         assert contract.violations(f"kidsafe/v1/u-1/{s.topic}", s.payload) == []
@@ -33,7 +34,11 @@ def test_event_payloads_validate_and_garbage_does_not(tmp_path: Path) -> None:
         assert contract.violations(f"kidsafe/v1/u-1/{n.topic}", n.payload) == []
     body = json.loads(stored[0].payload)
     for broken in ({**body, "seq": 0}, {**body, "time": "yesterday"},
-                   {**body, "data": {"direction": "sideways"}},
+                   {**body, "data": {**body["data"], "direction": "sideways"}},
+                   {**body, "data": {"direction": None}},  # the gate's fields are required
+                   {**body, "data": {**body["data"], "extra": 1}},
+                   {**body, "kind": "no_such_kind"},
+                   {**body, "time": "2026-13-01T00:00:00.000Z"},  # only format catches it
                    {k: v for k, v in body.items() if k != "id"}):
         assert contract.violations("kidsafe/v1/u-1/event/gate", json.dumps(broken).encode())
     assert contract.violations("kidsafe/v1/u-1/event/gate", b"\xff not json")
@@ -101,3 +106,86 @@ def test_every_engine_event_kind_validates_as_sent(tmp_path: Path) -> None:
     ob = Outbox(str(tmp_path / "b.db"), "u-1", "site")
     for s in ob.add(events):
         assert contract.violations(f"kidsafe/v1/u-1/{s.topic}", s.payload) == [], s.payload
+
+
+def test_times_inside_data_are_rfc3339_like_the_envelope() -> None:
+    """Contract v2: engine times in data become wall times as RFC 3339 text; a GPS
+    position's fix_time (the receiver's own UTC time) is only formatted."""
+    from gateway.engine import _walled_data
+
+    data: dict[str, Any] = {"started": 100.0, "decided": 100.5, "last_seen": 99.0, "zone": "z",
+            "present": [{"child": "c-1", "last_seen": 98.25}],
+            "missing": [{"child": "c-2", "last_seen": None, "last_reader": None}],
+            "position": {"lat": 1.0, "lon": 2.0, "source": "gps", "fix_time": 1.7e9 + 3.5}}
+    out = _walled_data(data, 1.7e9)
+    assert out["started"] == iso_utc(1.7e9 + 100) == "2023-11-14T22:15:00.000Z"
+    assert out["decided"] == iso_utc(1.7e9 + 100.5)
+    assert out["last_seen"] == iso_utc(1.7e9 + 99)
+    assert out["present"][0]["last_seen"] == iso_utc(1.7e9 + 98.25)
+    assert out["missing"][0]["last_seen"] is None
+    assert out["position"]["fix_time"] == iso_utc(1.7e9 + 3.5)
+    assert data["position"]["fix_time"] == 1.7e9 + 3.5  # the engine's own dict untouched
+    assert gwcontract.SCHEMA_VERSION == 2
+    assert contract.schema("birth")["properties"]["schema"]["const"] == gwcontract.SCHEMA_VERSION
+
+
+def _event(kind: str, lane: str, data: dict[str, Any]) -> bytes:
+    return json.dumps({"id": "0b6f3a52-8f0e-4f7e-9a51-2f6c1f0d9a11", "seq": 1, "unit": "u-1",
+                       "site": "s", "kind": kind, "lane": lane,
+                       "time": iso_utc(1.7e9), "recorded": iso_utc(1.7e9), "reader": "r",
+                       "child": "c-1", "data": data}).encode()
+
+
+def test_positions_carry_their_fix_time_as_text() -> None:
+    gps = {"lat": 37.5, "lon": 127.0, "source": "gps", "fix_time": iso_utc(1.7e9 - 1)}
+    sos = {"zone": "yard", "cameras": [], "rssi": -60.0, "battery_mv": 2900}
+    ok = [gps, {"lat": 37.5, "lon": 127.0, "source": "fixed"}, None]
+    bad = [{**gps, "fix_time": 1.7e9 - 1}, {k: v for k, v in gps.items() if k != "fix_time"},
+           {"lat": 37.5, "lon": 127.0, "source": "fixed", "fix_time": iso_utc(1.7e9)},
+           {**gps, "alt": 30.0}, {**gps, "lat": 91.0}]
+    for pos in ok:
+        assert contract.violations("t/event/sos", _event("sos", "emergency",
+                                                         {**sos, "position": pos})) == []
+    for pos in bad:
+        assert contract.violations("t/event/sos", _event("sos", "emergency",
+                                                         {**sos, "position": pos})), pos
+
+
+def test_status_reason_fits_its_state() -> None:
+    good = gwcontract.status_payload("u-1", True, iso_utc(1.7e9), "connected")
+    for body in ({**good, "state": "offline"}, {**good, "time": None},
+                 {**good, "reason": "connection-lost"}, {**good, "time": "2023-11-14"}):
+        assert contract.violations("t/status", json.dumps(body).encode()), body
+
+
+def test_health_counts_events_per_kind_of_the_event_schema() -> None:
+    """The health schema names a counter per event kind: the same kinds as events."""
+    kinds = contract.schema("event")["properties"]["kind"]["enum"]
+    (pattern,) = contract.schema("health")["properties"]["counters"]["patternProperties"]
+    assert pattern == f"^events_({'|'.join(kinds)})$"
+    health = {"unit": "u-1", "time": iso_utc(1.7e9), "uptime_s": 1.0, "software": "x",
+              "buffer": {"depth": 0, "depth_by_lane": {"emergency": 0, "routine": 0,
+                                                       "telemetry": 0},
+                         "oldest_unsent_age_s": 0.0, "last_seq": 0,
+                         "dropped": {"total": 0, "by_lane": {"emergency": 0, "routine": 0,
+                                                             "telemetry": 0},
+                                     "recent_ranges": []},
+                         "free_disk_mb": None, "reserve_mb": 1.0, "wal_mb": 0.0,
+                         "high_water_seq": 0, "incidents": [], "acks_not_recorded": 0},
+              "readers": {}, "counters": {"events_gate": 3, "readings": 9},
+              "mqtt": {"sent": 0, "acked": 0, "refused": 0, "connects": 0, "commands": 0}}
+    assert contract.violations("t/health", json.dumps(health).encode()) == []
+    for counters in ({"events_sighting": 1}, {"made_up": 1}, {"readings": -1}):
+        body = {**health, "counters": counters}
+        assert contract.violations("t/health", json.dumps(body).encode()), counters
+
+
+def test_topics_map_to_their_schemas() -> None:
+    assert contract.schema_for("kidsafe/v1/u-1/event/gate") == "event"
+    for name in ("status", "birth", "health"):
+        assert contract.schema_for(f"kidsafe/v1/u-1/{name}") == name
+    # signed payloads (JWS, not JSON) are never checked as JSON
+    assert contract.schema_for("kidsafe/v1/u-1/cmd/ping") is None
+    assert contract.schema_for("kidsafe/v1/u-1/receipt") is None
+    has_reply = (contract.SCHEMAS / "reply.schema.json").exists()
+    assert contract.schema_for("kidsafe/v1/u-1/reply/r-1") == ("reply" if has_reply else None)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import contract
 from firmware_sim.broker import LocalBroker
 from gateway import config as configmod
 from gateway.daemon import Gateway
@@ -42,12 +43,14 @@ def running(tmp_path: Path, broker: LocalBroker) -> Iterator[tuple[Gateway, Subs
 
 
 def ev(lane: Lane, i: int) -> Event:
-    kind = {Lane.EMERGENCY: "sos", Lane.ROUTINE: "gate", Lane.TELEMETRY: "sighting"}[lane]
-    data: dict[str, object] = {"n": i}
+    # Data as the engine would give it: the subscriber checks every message against the schemas.
+    kind = {Lane.EMERGENCY: "sos", Lane.ROUTINE: "gate", Lane.TELEMETRY: "clock_step"}[lane]
+    data: dict[str, object] = {"step_s": float(i)}
     if kind == "gate":
-        data = {"direction": None}
+        data = contract.gate_data()
     elif kind == "sos":
-        data = {"zone": "yard", "position": None, "cameras": []}
+        data = {"zone": "yard", "position": None, "cameras": [], "rssi": -60.0,
+                "battery_mv": None}
     return Event(kind=kind, time=1.7e9 + i, lane=lane, reader="r", child=f"c-{i % 7}", data=data)
 
 

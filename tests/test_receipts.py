@@ -59,8 +59,8 @@ def test_a_signed_receipt_is_admitted() -> None:
     (token({"unit": "gw-1", "ranges": [[1, 2.0]], "time": T}), "range"),
     (token({"unit": "gw-1", "ranges": [[1, 2, 3]], "time": T}), "range"),
     (token({"unit": "gw-1", "ranges": {"1": 2}, "time": T}), "ranges"),
-    (token({"unit": "gw-1", "ranges": [], "time": T}), "covers nothing"),
     (token({"unit": "gw-1", "ranges": [], "upto": -1, "time": T}), "upto"),
+    (token({"unit": "gw-1", "ranges": [], "upto": "7", "time": T}), "upto"),
     (token({"unit": "gw-1", "ranges": [[1, 2]], "time": "yesterday"}), "time"),
     (token({"unit": "gw-1", "ranges": [[1, 2]], "time": "2026-12-01T08:30:00"}), "time"),
     (token({"unit": "gw-1", "ranges": [[1, 2]]}), "time"),
@@ -158,17 +158,24 @@ def _toml(text: str) -> dict[str, Any]:
 
 
 def test_the_receipt_schema_and_the_parser_agree() -> None:
-    """docs/schemas/receipt.schema.json (what the backend builds) against admit()."""
+    """docs/schemas/receipt.schema.json (what the backend builds) against admit(): what the
+    schema takes the unit admits; what the unit refuses the schema refuses too."""
     v = contract.validator("receipt")
-    doc = contract.schema("receipt")
-    for example in doc["examples"]:
-        assert not list(v.iter_errors(example))
-        r = admit(token(example), RING, example["unit"])
-        assert r.upto == example.get("upto")
+    goods: list[dict[str, Any]] = [
+                 {"unit": "gw-1", "ranges": [[1041, 1104], [1107, 1107]], "time": T},
+                 {"unit": "gw-1", "ranges": [], "upto": 1200, "time": T},
+                 {"unit": "gw-1", "ranges": [], "upto": 0, "time": T},
+                 {"unit": "gw-1", "ranges": [], "time": T}]
+    for good in goods:
+        assert not list(v.iter_errors(good)), good
+        r = admit(token(good), RING, "gw-1")
+        assert r.upto == good.get("upto") and len(r.ranges) == len(good["ranges"])
     for bad in ({"unit": "gw-1", "ranges": [[0, 1]], "time": T},
                 {"unit": "gw-1", "ranges": [[1, 2]], "time": T, "seqs": [1]},
                 {"unit": "gw-1", "ranges": [[1, 2]]},
-                {"unit": "gw-1", "ranges": [[1]], "time": T}):
+                {"unit": "gw-1", "ranges": [[1]], "time": T},
+                {"unit": "gw-1", "ranges": [[1, 2]], "upto": -1, "time": T},
+                {"unit": "gw-1", "ranges": [[1, 2]], "time": "yesterday"}):
         assert list(v.iter_errors(bad)), bad
         with pytest.raises(ReceiptRefused):
             admit(token(bad), RING, "gw-1")

@@ -11,11 +11,11 @@ BASE: dict[str, Any] = {
     "id": "0b6f3a52-8f0e-4f7e-9a51-2f6c1f0d9a11", "seq": 7, "unit": "unit-t1", "site": "s",
     "kind": "gate", "lane": "routine", "time": "2026-12-01T10:00:00.000Z",
     "recorded": "2026-12-01T10:00:00.100Z", "reader": "r", "child": "c-1",
-    "data": {"direction": None},
+    "data": contract.gate_data(),
 }
 KINDS = [b["if"]["properties"]["kind"]["const"] for b in contract.schema("event")["allOf"]]
 DATA: list[Any] = [
-    {}, {"direction": None}, {"direction": "sideways"}, "not an object",
+    {}, {"direction": None}, contract.gate_data(), {"direction": "sideways"}, "not an object",
     {"zone": "yard", "position": None, "cameras": []},
     {"zone": "yard", "position": {"lat": 52.5, "lon": 13.4}, "cameras": ["cam-1"]},
     {"lane": "routine", "count": 3, "ranges": [[1, 3]]}, {"battery_v": 2.4},

@@ -74,7 +74,7 @@ def test_status_and_doctor_on_a_running_daemon(tmp_path: Path, broker: LocalBrok
         assert doc["counters"]["events"] == 1
         assert doc["disk"]["free_mb"] > 0
         assert set(doc["clock"]) >= {"synchronized", "source", "gps_untrusted"}
-        assert set(doc["workers"]) == {"mqtt", "pipeline", "reader-gate-main"}
+        assert set(doc["workers"]) == {"mqtt", "pipeline", "commands", "reader-gate-main"}
         assert all(w == "ok" for w in doc["workers"].values())
 
         r = gatewayd("status", "--config", str(cfg))

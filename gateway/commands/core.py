@@ -12,6 +12,7 @@ strictly and answer with a :class:`Reply`; :func:`dispatch` turns their
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -25,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.commands.unit import Unit
+from gateway.contract import iso_utc
 from gateway.signing import TYP_COMMAND, Keyring, SignatureError, verify
 
 
@@ -46,6 +48,7 @@ MAX_LIFETIME_S = 24 * 3600.0  # bounds how long an id is remembered
 ENVELOPE = frozenset({"id", "unit", "cmd", "issued", "expires", "args", "reply_to"})
 REQUIRED = ENVELOPE - {"reply_to"}
 MAX_TOPIC_CHARS = 512
+MAX_REASON_CHARS = 300
 MAX_NAME_CHARS = 64  # a longer command name (no such command) is cut in the reply
 
 
@@ -188,7 +191,6 @@ def parse_time(text: object) -> float | None:
 
 def format_time(t: float) -> str:
     """RFC 3339 UTC with milliseconds, the contract's one time format."""
-    from gateway.contract import iso_utc  # vocabulary; imported late to keep this light
     return iso_utc(t)
 
 
@@ -257,7 +259,8 @@ def reply_topic(prefix: str, unit: str, request_id: str | None,
 
 def reply_dict(reply: Reply, now: float) -> dict[str, Any]:
     return {"id": reply.id, "unit": reply.unit, "cmd": reply.name, "code": reply.code,
-            "reason": reply.reason, "time": format_time(now), "data": dict(reply.data)}
+            "reason": reply.reason[:MAX_REASON_CHARS], "time": format_time(now),
+            "data": dict(reply.data)}
 
 
 def reply_body(reply: Reply, now: float) -> bytes:
@@ -279,6 +282,16 @@ def reply_from_record(text: str) -> Reply:
 
 # --- admission --------------------------------------------------------------------------
 
+def _uuid(value: object) -> str | None:
+    """``value`` if it is a UUID in its canonical lower-case text, else None."""
+    if not isinstance(value, str) or len(value) != 36:
+        return None
+    try:
+        return value if str(uuid.UUID(value)) == value else None
+    except ValueError:
+        return None
+
+
 def _peek_id(token: bytes) -> str | None:
     """The request id of an unverified token, only to route its error reply (a UUID or None)."""
     try:
@@ -286,10 +299,8 @@ def _peek_id(token: bytes) -> str | None:
         if len(parts) != 3 or len(parts[1]) > 4 * MAX_BYTES:
             return None
         body = parts[1] + b"=" * (-len(parts[1]) % 4)
-        import base64
         payload = json.loads(base64.urlsafe_b64decode(body))
-        rid = payload.get("id") if isinstance(payload, dict) else None
-        return str(uuid.UUID(rid)) if isinstance(rid, str) and len(rid) == 36 else None
+        return _uuid(payload.get("id")) if isinstance(payload, dict) else None
     except (ValueError, TypeError, RecursionError, AttributeError):
         return None
 
@@ -320,18 +331,14 @@ def admit(name: str, token: bytes, *, unit: str, keys: Keyring, known: Collectio
         return no(Code.BAD_REQUEST, f"malformed JSON: {str(e)[:80]}")
     if not isinstance(env, dict):
         return no(Code.BAD_REQUEST, "malformed: payload is not a JSON object")
-    rid = env.get("id")
-    rid = rid if isinstance(rid, str) and len(rid) <= 64 else None
+    rid = _uuid(env.get("id"))  # None until it is one: it names a topic
     unknown = sorted(set(env) - ENVELOPE)
     if unknown:
         return no(Code.BAD_REQUEST, f"unknown field: {unknown[0][:40]}", rid)
     missing = sorted(REQUIRED - set(env))
     if missing:
         return no(Code.BAD_REQUEST, f"missing field: {missing[0]}", rid)
-    try:
-        if rid is None or str(uuid.UUID(rid)) != rid.lower():
-            raise ValueError
-    except ValueError:
+    if rid is None:
         return no(Code.BAD_REQUEST, "id: not a UUID")
     for key in ("unit", "cmd"):
         if not isinstance(env[key], str):

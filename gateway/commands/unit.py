@@ -3,7 +3,9 @@
 Handlers see the unit only through this Protocol, so they are tested against a
 small fake and the daemon's threads stay its own business: a method that reads or
 changes engine state is queued to the pipeline thread and waits (bounded) for it.
-Each command family adds the methods it needs here, in its own block.
+Each command family adds the methods it needs here, in its own block. Methods run on the
+command worker thread and must return within seconds (it is watched like every worker):
+long work (a config trial) is started here and finished elsewhere.
 """
 
 from __future__ import annotations

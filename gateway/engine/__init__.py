@@ -60,11 +60,11 @@ from gateway.model import BleSighting, Event, GpsFix, Lane, Reading, TagRead
 # A change of wall minus monotonic time larger than this is a step of the wall clock
 # (NTP slews by at most 0.5 ms/s; the two clocks are read microseconds apart).
 CLOCK_STEP_S = 2.0
-# Event data fields that hold engine times (converted to wall time with the events,
-# epoch seconds), also inside lists of objects (roll_call's present/missing); and those
-# the contract wants as RFC 3339 text (the internals give them as engine times too).
-WALL_KEYS = frozenset({"last_seen", "started"})
-WALL_ISO_KEYS = frozenset({"decided"})
+# Event data fields that hold engine times, also inside lists of objects (roll_call's
+# present/missing): converted to wall time with the events, as RFC 3339 UTC text like the
+# envelope's (the contract has one time format). A position's fix_time is the receiver's
+# own (true UTC, not engine) time: only formatted.
+WALL_KEYS = frozenset({"last_seen", "started", "decided"})
 
 __all__ = [
     "Engine",
@@ -273,9 +273,10 @@ def _walled_data(data: dict[str, Any], offset: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         if key in WALL_KEYS and isinstance(value, float | int) and not isinstance(value, bool):
-            value = round(value + offset, 3)
-        elif key in WALL_ISO_KEYS and isinstance(value, float | int):
             value = iso_utc(value + offset)
+        elif key == "position" and isinstance(value, dict) and isinstance(
+                value.get("fix_time"), float | int):
+            value = {**value, "fix_time": iso_utc(value["fix_time"])}
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             value = [_walled_data(item, offset) for item in value]
         out[key] = value
