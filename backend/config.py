@@ -65,6 +65,9 @@ class Ingest:
     batch_latency_ms: float = 20.0  # a batch is written at most this long after its first
     schemas_dir: str = ""  # the contract's JSON Schemas (empty: docs/schemas beside the package)
     gap_report_s: float = 60.0  # log each unit's unexplained gaps this often (0: never)
+    # status/birth/health history kept this long (health comes every interval from every
+    # unit: ~2,900 rows a unit a day at 30 s); pruned hourly. Events are never pruned here.
+    history_days: float = 14.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,11 @@ def _draft7(node: Any) -> tuple[Any, set[str]]:
                 unknown |= u
             res[k] = sub
         else:
+            if k == "$ref" and not (isinstance(v, str) and v.startswith("#")):
+                # fastjsonschema would fetch it over the network: the unit-published
+                # schemas refer only inside themselves, and must go on doing so.
+                raise RuntimeError(f"schema refers to another document ({v!r}): only local "
+                                   "#/... references are supported by the backend")
             res[k], u = _draft7(v)
             unknown |= u
             if k not in _DRAFT7 and k != "prefixItems":

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import asyncpg
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
@@ -40,17 +41,28 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from backend import migrate, schemas
 from backend.config import Config
 from backend.gaps import summarise
-from backend.ingest import Item, parse, receipt_payload, receipts
+from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
 from backend.store import Store, Written
 from gateway import signing
 from gateway.contract import iso_utc
 
 log = logging.getLogger("kidsafe.backend")
 
+SUBSCRIBE_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 30.0  # CONNECT to CONNACK (a busy broker on a loaded machine)
 MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
 # Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
 # right after its N-th commit, before the PUBACKs and receipts of that batch.
 KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
+
+
+# The database is away: keep the batch and retry.
+UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+               asyncpg.ConnectionDoesNotExistError)
+# The database refuses the data (asyncpg's own encoding errors included).
+REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError,
+           OverflowError, TypeError)
 
 
 @dataclass
@@ -87,6 +99,7 @@ class Stats:
 @dataclass(frozen=True, slots=True)
 class Batch:
     items: list[Item]
+    raw: list[tuple[str, bytes]]  # each item's topic and payload (to quarantine it whole)
     acks: list[tuple[int, int]]  # (mid, qos) to acknowledge after the commit
     connection: int  # the connection they came on: a mid means nothing on another one
     received: float  # monotonic time of the first message
@@ -143,7 +156,7 @@ class Backend:
             # clean_start = false (paho refuses clean_start with 3.1.1).
             clean_session=None if v5 else False,
             clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
-            keepalive=b.keepalive_s, tls_params=_tls(self.cfg), timeout=10)
+            keepalive=b.keepalive_s, tls_params=_tls(self.cfg), timeout=CONNECT_TIMEOUT_S)
         # aiomqtt has no manual-acknowledgement switch; its paho client has (public paho
         # API): PUBACK only once the batch is committed.
         client._client.manual_ack_set(True)
@@ -159,6 +172,9 @@ class Backend:
                     self.connection += 1
                     self.stats.connections += 1
                     delay = 0.1
+                    log.info("connected to %s:%d as %s (MQTT %s)", self.cfg.broker.host,
+                             self.cfg.broker.port, self.cfg.broker.client_id,
+                             self.cfg.broker.protocol)
                     await self._consume(client)
             except aiomqtt.MqttError as e:
                 self.ready.clear()
@@ -173,19 +189,23 @@ class Backend:
             await asyncio.wait(self._pending, timeout=5)
 
     async def _consume(self, client: aiomqtt.Client) -> None:
-        subs = [(t, SubscribeOptions(qos=1)) if self.cfg.broker.protocol == "5" else (t, 1)
-                for t in topics(self.cfg)]
-        await client.subscribe(subs)  # type: ignore[arg-type]
-        log.info("subscribed to %s as %s (connection %d)", ", ".join(topics(self.cfg)),
-                 self.cfg.broker.client_id, self.connection)
-        self.ready.set()
+        # Consuming starts before the SUBACK: a resumed session's queued messages arrive
+        # first, and a large backlog must not make the subscription look failed.
         batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
         writer = asyncio.create_task(self._writer(client, batches))
         collector = asyncio.create_task(self._collect(client, batches))
+        subscriber = asyncio.create_task(self._subscribe(client))
         stop = asyncio.create_task(self.stopping.wait())
+        tasks = {writer, collector, subscriber, stop}
         try:
-            done, _ = await asyncio.wait({writer, collector, stop},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                if subscriber in done:
+                    subscriber.result()  # raise if the broker refused it
+                    tasks.discard(subscriber)
+                    done.discard(subscriber)
+                if done:
+                    break
             if stop in done:  # finish the batch in hand, then leave
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -196,11 +216,21 @@ class Backend:
                 if t is not stop:
                     t.result()  # raise MqttError (reconnect) or a bug
         finally:
-            for t in (writer, collector, stop):
+            for t in (writer, collector, subscriber, stop):
                 t.cancel()
-            for t in (writer, collector, stop):
+            for t in (writer, collector, subscriber, stop):
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await t
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        subs = [(t, SubscribeOptions(qos=1)) if self.cfg.broker.protocol == "5" else (t, 1)
+                for t in topics(self.cfg)]
+        # The SUBACK comes after whatever the broker queued for this session: no short
+        # timeout (a dead connection is found by the keepalive).
+        await client.subscribe(subs, timeout=SUBSCRIBE_TIMEOUT_S)  # type: ignore[arg-type]
+        log.info("subscribed to %s as %s (connection %d)", ", ".join(topics(self.cfg)),
+                 self.cfg.broker.client_id, self.connection)
+        self.ready.set()
 
     async def _collect(self, client: aiomqtt.Client, out: asyncio.Queue[Batch | None]) -> None:
         ing = self.cfg.ingest
@@ -211,35 +241,40 @@ class Backend:
         queue = client._queue
         prefix, contract = self.cfg.prefix, self.contract
         pending: asyncio.Future[aiomqtt.Message] | None = None
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(it))
-            first = await pending
-            pending = None
-            t0 = time.monotonic()
-            got = [first]
-            while len(got) < ing.batch_size:
-                if not queue.empty():
-                    got.append(queue.get_nowait())
-                    continue
-                left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
-                if left <= 0:
-                    break
-                pending = asyncio.ensure_future(anext(it))
-                done, _ = await asyncio.wait({pending}, timeout=left)
-                if pending not in done:
-                    break  # the batch goes; this wait carries over to the next one
-                got.append(pending.result())
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(it))
+                first = await pending
                 pending = None
-            items = [parse(prefix, contract, m.topic.value, _bytes(m.payload)) for m in got]
-            acks = [(m.mid, m.qos) for m in got if m.qos > 0]
-            self.stats.messages += len(got)
-            await out.put(Batch(items, acks, self.connection, t0))
+                t0 = time.monotonic()
+                got = [first]
+                while len(got) < ing.batch_size:
+                    if not queue.empty():
+                        got.append(queue.get_nowait())
+                        continue
+                    left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
+                    if left <= 0:
+                        break
+                    pending = asyncio.ensure_future(anext(it))
+                    done, _ = await asyncio.wait({pending}, timeout=left)
+                    if pending not in done:
+                        break  # the batch goes; this wait carries over to the next one
+                    got.append(pending.result())
+                    pending = None
+                raw = [(m.topic.value, _bytes(m.payload)) for m in got]
+                items = [parse(prefix, contract, t, p) for t, p in raw]
+                acks = [(m.mid, m.qos) for m in got if m.qos > 0]
+                self.stats.messages += len(got)
+                await out.put(Batch(items, raw, acks, self.connection, t0))
+        finally:
+            if pending is not None:  # a wait that outlived its batch: its connection is gone
+                pending.cancel()
 
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
         while (batch := await inq.get()) is not None:
             t0 = time.monotonic()
-            written = await self.store.write(batch.items)
+            written = await self._write(batch)
             took = time.monotonic() - t0
             self.stats.add(written)
             self.stats.write_s += took
@@ -254,6 +289,45 @@ class Backend:
                 for mid, qos in batch.acks:
                     paho.ack(mid, qos)
             self._send_receipts(client, batch.items)
+
+    async def _write(self, batch: Batch) -> Written:
+        """Store the batch, retrying while the database is unreachable. Nothing is
+        acknowledged meanwhile, so the broker holds back what it has not yet sent us (its
+        in-flight limit for this session), and keeps the rest queued."""
+        delay = 0.2
+        while True:
+            try:
+                try:
+                    return await self.store.write(batch.items)
+                except REFUSED as e:
+                    log.warning("the database refused a batch of %d (%s: %s); writing it "
+                                "message by message", len(batch.items), type(e).__name__, e)
+                    return await self._write_each(batch)
+            except UNAVAILABLE as e:
+                log.warning("database unavailable (%s: %s); batch of %d kept, retrying in "
+                            "%.1f s", type(e).__name__, e, len(batch.items), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _write_each(self, batch: Batch) -> Written:
+        """A message the database refuses (a NUL character in a string, a number beyond
+        its range: valid JSON the schema allows) is quarantined with the database's reason,
+        so it cannot stop the batch it came in, nor every later start (a poison message)."""
+        total = Written(0, 0, 0, 0)
+        for item, (topic, payload) in zip(batch.items, batch.raw, strict=True):
+            try:
+                w = await self.store.write([item])
+            except REFUSED as e:
+                unit = split_topic(self.cfg.prefix, topic)
+                seq = getattr(item, "seq", None)
+                reason = f"database refused it: {type(e).__name__}: {e}".replace("\0", "")
+                w = await self.store.write([Invalid(topic, payload, unit[0] if unit else None,
+                                                    seq if isinstance(seq, int) else None,
+                                                    (reason,))])
+            total = Written(total.events + w.events, total.duplicates + w.duplicates,
+                            total.quarantined + w.quarantined,
+                            total.unit_messages + w.unit_messages)
+        return total
 
     def _send_receipts(self, client: aiomqtt.Client, items: Sequence[Item]) -> None:
         if self.key is None:
@@ -279,9 +353,11 @@ class Backend:
             self.stats.receipts += 1
 
     async def report(self) -> None:
-        """Log the counters every 10 s and each unit's unexplained gaps every gap_report_s."""
+        """Log the counters every 10 s and each unit's unexplained gaps every gap_report_s;
+        prune the status/birth/health history hourly."""
         every = self.cfg.ingest.gap_report_s
         last_gaps = time.monotonic()
+        prune_at = time.monotonic()  # at start, then hourly
         last_line = ""
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -290,6 +366,15 @@ class Backend:
             if line != last_line:
                 log.info("%s", line)
                 last_line = line
+            if time.monotonic() >= prune_at:
+                prune_at = time.monotonic() + 3600
+                try:
+                    pruned = await self.store.prune(self.cfg.ingest.history_days)
+                    if pruned:
+                        log.info("pruned %d status/birth/health rows older than %g days",
+                                 pruned, self.cfg.ingest.history_days)
+                except Exception as e:  # a report must not stop ingest
+                    log.warning("pruning history failed: %s", e)
             if every > 0 and time.monotonic() - last_gaps >= every:
                 last_gaps = time.monotonic()
                 try:
@@ -314,7 +399,9 @@ async def open_backend(cfg: Config) -> Backend:
     kwargs: dict[str, Any] = {}
     if db.password_file:
         kwargs["password"] = Path(db.password_file).read_text().strip()
-    store = await Store.open(dsn, max_size=db.pool_size, **kwargs)
+    # min_size 0: the pool opens connections when asked, so during a database outage it
+    # does not try (and log) to restore a floor in the background; _write retries.
+    store = await Store.open(dsn, min_size=0, max_size=db.pool_size, **kwargs)
     async with store.pool.acquire() as conn:
         have, want = await migrate.current(conn), migrate.available()[-1].version
     if have != want:

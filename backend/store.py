@@ -14,14 +14,18 @@ frozen dataclasses or dicts of JSON-ready values, newest first where it says so)
 - ``event(id)``: one event;
 - ``gaps(unit)``: gaps in each unit's seqs, explained by drop/salvage notices or not;
 - ``quarantine(limit)``: messages that broke the contract, newest first;
-- ``counts()``: totals (events, units, quarantined, unexplained gap seqs).
+- ``counts()``: totals (events, units, quarantined, unexplained gap seqs);
+- ``listen(callback)``: live updates (PostgreSQL NOTIFY, sent at commit by triggers of
+  migration 0002): ``callback(channel, payload)`` for ``kidsafe_events`` (``{"events": n,
+  "units": [...], "emergency": [ids], "more_emergency": bool}``) and ``kidsafe_units``
+  (``{"units": [...]}``); ``await listener.close()`` stops it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -184,6 +188,22 @@ def _event(r: asyncpg.Record) -> StoredEvent:
                        r["lon"], r["received"])
 
 
+CHANNELS = ("kidsafe_events", "kidsafe_units")
+
+
+class Listener:
+    """A pooled connection held for LISTEN; ``close()`` gives it back."""
+
+    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection,
+                 handler: Callable[..., None]) -> None:
+        self.pool, self.conn, self.handler = pool, conn, handler
+
+    async def close(self) -> None:
+        for ch in CHANNELS:
+            await self.conn.remove_listener(ch, self.handler)
+        await self.pool.release(self.conn)
+
+
 class Store:
     """A pool of connections to the backend's database."""
 
@@ -294,6 +314,24 @@ class Store:
         return [Quarantined(r["id"], r["topic"], bytes(r["payload"]), r["unit"], r["seq"],
                             list(r["reasons"]), r["first_seen"], r["last_seen"],
                             r["times_seen"]) for r in rows]
+
+    async def prune(self, keep_days: float) -> int:
+        """Delete status/birth/health history older than ``keep_days``; rows deleted."""
+        done = await self.pool.execute(
+            "DELETE FROM unit_messages WHERE received < now() - make_interval(secs => $1)",
+            keep_days * 86400.0)
+        return int(done.split()[-1])
+
+    async def listen(self, callback: Callable[[str, dict[str, Any]], None]) -> Listener:
+        """Call ``callback(channel, payload)`` for every committed change (see above)."""
+        conn = await self.pool.acquire()
+
+        def handler(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+            callback(channel, json.loads(payload))
+
+        for ch in CHANNELS:
+            await conn.add_listener(ch, handler)
+        return Listener(self.pool, conn, handler)
 
     async def counts(self) -> dict[str, int]:
         r = await self.pool.fetchrow(

@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (CI)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as one JSON object")
     p.add_argument("--only", choices=["codecs", "engine", "ble", "delivery", "wear", "accuracy",
-                                      "site", "backend", "commands", "fleet"],
+                                      "site", "commands", "backend", "fleet"],
                    action="append",
                    help="run only these groups (repeatable)")
     args = p.parse_args(argv)
     groups = args.only or ["codecs", "engine", "ble", "delivery", "wear", "accuracy", "site",
-                           "backend", "commands", "fleet"]
+                           "commands", "backend", "fleet"]
     seconds = 0.5 if args.quick else 1.5
     figures: dict[str, float] = {}
     t0 = time.monotonic()

@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 
+import contract
 from firmware_sim import procs
 from gateway import signing
 from gateway.contract import iso_utc
@@ -37,11 +38,12 @@ def keypair(d: Path) -> tuple[Path, Path]:
 
 
 def write_config(path: Path, *, broker_port: int, dsn: str, key_file: Path | None,
-                 client_id: str = "backend-test", **ingest: Any) -> Path:
+                 client_id: str = "backend-test", broker: dict[str, Any] | None = None,
+                 **ingest: Any) -> Path:
     doc: dict[str, Any] = {
         "prefix": PREFIX,
         "broker": {"host": "127.0.0.1", "port": broker_port, "client_id": client_id,
-                   "reconnect_max_s": 0.5},
+                   "reconnect_max_s": 0.5, **(broker or {})},
         "database": {"dsn": dsn},
         "receipts": {"key_file": str(key_file) if key_file else ""},
         "ingest": {"batch_latency_ms": 5.0, **ingest},
@@ -59,8 +61,12 @@ class BackendProcess:
         self.env: dict[str, str] = {}  # extra environment for the next start
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._before = 0
 
     def start(self, wait: bool = True) -> BackendProcess:
+        """Start it; with ``wait``, until it logged its subscription. (It consumes before
+        its SUBACK: a process told to kill itself may do so before that line.)"""
+        self._before = self.log_text().count("subscribed to ")
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backend", "run", "--config", str(self.config)],
@@ -75,11 +81,11 @@ class BackendProcess:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def wait_subscribed(self, timeout: float = 20.0) -> None:
-        """Until this start's process logged its subscription (the n-th such line)."""
+    def wait_subscribed(self, timeout: float = 45.0) -> None:
+        """Until this start's process logged its subscription."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.log_text().count("subscribed to ") >= self.starts:
+            if self.log_text().count("subscribed to ") > self._before:
                 return
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"kidsafe-backend exited: {self.log_text()[-3000:]}")
@@ -141,6 +147,8 @@ class ReceiptCollector:
             body = json.loads(v.payload)
             unit = msg.topic.split("/")[-2]
             assert body["unit"] == unit, (body, msg.topic)
+            bad = contract.body_violations("receipt", body, msg.topic)  # the contract's schema
+            assert not bad, bad
             with self.lock:
                 self.count += 1
                 for a, b in body["ranges"]:

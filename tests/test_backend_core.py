@@ -8,6 +8,10 @@ import copy
 import itertools
 import json
 import random
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +97,8 @@ def test_compiled_validators_agree_with_jsonschema() -> None:
     rng = random.Random(4)
     samples = [event("u1", 5), drop_event("u1", 6, [[1, 3]]),
                event("u1", 7, "clock_step", {"step_s": -3.5}, lane="telemetry"),
-               event("u1", 8, "sos", {"zone": None, "position": None, "cameras": []},
+               event("u1", 8, "sos", {"zone": None, "position": None, "cameras": [], "rssi": -60.0,
+                                 "battery_mv": 2900},
                      lane="emergency")]
     checked = 0
     for body in samples:
@@ -114,7 +119,7 @@ def test_unknown_keywords_fall_back_to_jsonschema(tmp_path: Path) -> None:
     doc["unevaluatedProperties"] = False  # 2020-12 only: fastjsonschema would ignore it
     (tmp_path / "status.schema.json").write_text(json.dumps(doc))
     c = schemas.load(tmp_path)
-    ok = {"unit": "u1", "state": "online", "time": None, "reason": "connected"}
+    ok = {"unit": "u1", "state": "offline", "time": None, "reason": "connection-lost"}
     assert c.check("status", ok) == []
     assert c.check("status", {**ok, "more": 1})  # refused, not silently accepted
 
@@ -204,3 +209,78 @@ def test_a_failing_migration_leaves_nothing(pg_dsn: str,
         asyncio.run(migrate.apply(pg_dsn))
     assert query(pg_dsn, "SELECT to_regclass('events') IS NULL, "
                  "to_regclass('half') IS NULL")[0] == (True, True)
+
+
+def test_store_notifies_listeners_at_commit(backend_dsn: str) -> None:
+    """The page's live feed: a notification per committed batch, emergencies by id."""
+    from backend.store import Store
+
+    sos = event("u1", 2, "sos", {"zone": None, "position": None, "cameras": [], "rssi": -60.0,
+                                 "battery_mv": 2900},
+                lane="emergency")
+    items = [parse(P, C, "kidsafe/v1/u1/event/gate", encode(event("u1", 1))),
+             parse(P, C, "kidsafe/v1/u1/event/sos", encode(sos))]
+
+    async def go() -> list[tuple[str, dict[str, Any]]]:
+        store = await Store.open(backend_dsn)
+        heard: list[tuple[str, dict[str, Any]]] = []
+        listener = await store.listen(lambda ch, body: heard.append((ch, body)))
+        try:
+            written = await store.write(items)
+            assert (written.events, written.duplicates) == (2, 0)
+            again = await store.write(items)  # duplicates: nothing new, no event notice
+            assert (again.events, again.duplicates) == (0, 2)
+            for _ in range(50):
+                if len(heard) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            units = await store.units()
+            assert [(u.unit, u.stored_max_seq) for u in units] == [("u1", 2)]
+            assert [e.kind for e in await store.emergencies()] == ["sos"]
+            return heard
+        finally:
+            await listener.close()
+            await store.close()
+
+    heard = asyncio.run(go())
+    events = [b for ch, b in heard if ch == "kidsafe_events"]
+    assert events == [{"events": 2, "units": ["u1"], "emergency": [sos["id"]],
+                       "more_emergency": False}]
+    assert any(ch == "kidsafe_units" and b == {"units": ["u1"]} for ch, b in heard)
+
+
+def test_prune_keeps_recent_history(backend_dsn: str) -> None:
+    from backend.store import Store
+
+    query(backend_dsn, "INSERT INTO unit_messages (unit, kind, received, body) VALUES "
+          "('u1', 'health', now() - interval '20 days', '{}'), ('u1', 'health', now(), '{}')")
+
+    async def go() -> int:
+        store = await Store.open(backend_dsn)
+        try:
+            return await store.prune(14)
+        finally:
+            await store.close()
+
+    assert asyncio.run(go()) == 1
+    assert query(backend_dsn, "SELECT count(*) FROM unit_messages")[0][0] == 1
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze missing: ./dev.sh setup installs systemd")
+def test_backend_systemd_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
+    unit = Path(__file__).resolve().parents[1] / "systemd" / "kidsafe-backend.service"
+    shipped = "/opt/kidsafe-gateway/.venv/bin/kidsafe-backend"
+    exe = Path(sys.executable).parent / "kidsafe-backend"
+    assert exe.exists() and shipped in unit.read_text()
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace(shipped, str(exe)))
+    r = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Unknown key" not in r.stderr and "Failed to parse" not in r.stderr, r.stderr
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                        str(unit)], capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout + r.stderr)
+    assert m and float(m.group(1)) <= 2.5, r.stdout + r.stderr

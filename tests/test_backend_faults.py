@@ -140,9 +140,9 @@ def test_backend_sigkilled_between_commit_and_receipt_10_times(
         kills = 0
         for _ in range(10):
             backend.env = {"KIDSAFE_BACKEND_KILL_AFTER_COMMITS": str(rng.randint(1, 4))}
-            backend.start()
+            backend.start(wait=False)
             assert backend.proc is not None
-            backend.proc.wait(30)  # it kills itself after its k-th commit
+            backend.proc.wait(60)  # it kills itself after its k-th commit
             assert backend.proc.returncode == -signal.SIGKILL, backend.log_text()[-2000:]
             kills += 1
         assert backend.log_text().count("fault injection: SIGKILL after commit") == kills == 10
