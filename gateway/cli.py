@@ -52,16 +52,37 @@ def _print_warnings(path: str, warnings: Sequence[configmod.ConfigError]) -> Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway import trial, trialfiles
+
+    _setup_logging(args.log_level)
+    # A config trial found beside the config (gateway/trial.py) goes on, or rolls back
+    # (its deadline passed while the unit was down: a power cut, kill -9), before loading.
+    found = trialfiles.at_start(args.config, time.time())
     cfg = _load(args.config)
+    if cfg is None and isinstance(found, trial.Wait):
+        # The config on trial does not load (a file it names went away): never exit 2 on a
+        # config nobody confirmed (systemd would not restart it); back to the previous one.
+        errors = _errors(args.config)
+        found = trial.Report(trialfiles.fail_to_load(args.config, found.trial, errors))
+        cfg = _load(args.config)
     if cfg is None:
         return 2
-    _setup_logging(args.log_level)
     # systemd's watchdog kills a hung unit with SIGABRT: the journal then shows where
     # every thread was (the hung one included), not just that it was killed.
     faulthandler.enable(all_threads=True)
     from gateway import daemon
 
-    return daemon.run(cfg, record=args.record, roll_call=args.roll_call)
+    return daemon.run(cfg, record=args.record, roll_call=args.roll_call, trial=found)
+
+
+def _errors(path: str) -> list[str]:
+    try:
+        configmod.load(path)
+    except configmod.ConfigInvalid as e:
+        return [str(x) for x in e.errors]
+    return []
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -72,6 +93,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{cfg.file}: OK" + (f" with {len(cfg.warnings)} warning(s)" if cfg.warnings else ""))
     print(f"  unit      {cfg.unit.id} at {cfg.unit.site}"
           + (f" (config version {cfg.unit.config_version})" if cfg.unit.config_version else ""))
+    from pathlib import Path
+
+    from gateway.trial import version_of
+
+    # What birth reports as config_version, and the `config` command's expected_version.
+    print(f"  version   {version_of(Path(args.file).read_bytes())} (SHA-256 of the file)")
     tls = "no TLS"
     if b.tls:
         tls = "TLS + client certificate" if b.tls.cert_file else "TLS"

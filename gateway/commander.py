@@ -26,6 +26,7 @@ from typing import Any
 from gateway import logs
 from gateway.clock import Clock
 from gateway.commands import core
+from gateway.commands.config import PENDING
 from gateway.commands.core import Code, Command, Handler, Limits, Reply, Seen
 from gateway.commands.registry import HANDLERS
 from gateway.commands.unit import Unit
@@ -57,6 +58,7 @@ class Commander:
         self.counts: dict[str, int] = {"received": 0, "done": 0, "refused": 0, "repeated": 0,
                                        "busy": 0, "failed": 0}
         self._next_purge = 0.0
+        self.current: Incoming | None = None  # the message being run (its reply route)
 
     # -- from the publisher's thread ---------------------------------------------------------
 
@@ -120,7 +122,11 @@ class Commander:
                 self.counts["refused"] += 1
                 self._log_refused(msg, result.code, result.reason)
             return out(result)
-        return self._run(result, out)
+        self.current = msg
+        try:
+            return self._run(result, out)
+        finally:
+            self.current = None
 
     def _run(self, cmd: Command, out: Callable[[Reply], Reply]) -> Reply:
         try:
@@ -130,6 +136,9 @@ class Commander:
             # The type only: an exception's text may hold arguments.
             log.error("command %s id=%s failed: %s", cmd.name, cmd.id, type(e).__name__)
             return out(core.refuse(cmd, Code.FAILED, f"failed: {type(e).__name__}"))
+        if reply.code == PENDING:  # config: neither sent nor stored; the outcome is, later
+            log.info("command %s id=%s: %s", cmd.name, cmd.id, reply.reason)
+            return reply
         out(reply)
         try:
             self.outbox.command_done(cmd.id, cmd.digest, cmd.expires, core.reply_record(reply))

@@ -123,6 +123,7 @@ class CommandsConfig:
     max_bytes: int = 256 * 1024
     clock_skew_s: float = 60.0
     max_lifetime_s: float = 86_400.0
+    confirm_s: float = 120.0  # a pushed config must reach the broker this soon (gateway/trial.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,14 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         c.warn("broker.port", "8883 is MQTT over TLS, but [broker.tls] is missing: the "
                               "connection will fail or go out in clear (add [broker.tls] "
                               "or use port 1883)")
+    # The shipped broker config binds the client id to the username (one unit cannot
+    # knock another off the broker) and confines a username to its own topics.
+    if broker.username and broker.username != unit.id:
+        c.warn("broker.username", f"{broker.username!r} is not the unit id {unit.id!r}: under "
+               "the shipped broker ACL a unit may publish only under <prefix>/<username>/")
+    if broker.username and broker.client_id not in (unit.id, broker.username):
+        c.warn("broker.client_id", f"{broker.client_id!r}: a broker that uses the username "
+               "as the client id (the shipped sample: use_username_as_clientid) ignores it")
 
     bf = c.table(raw, "buffer", "buffer", required=True)
     c.unknown(bf, {"path", "max_mb", "max_events", "reserve_mb"}, "buffer")
@@ -315,7 +324,8 @@ def _commands(raw: dict[str, Any], c: Checker, rel: Any) -> CommandsConfig:
     """``[commands]``: the backend's public keys are loaded here, so a bad one stops the
     start (not the first command)."""
     t = c.table(raw, "commands", "commands", required=False)
-    c.unknown(t, {"public_keys", "max_bytes", "clock_skew_s", "max_lifetime_s"}, "commands")
+    c.unknown(t, {"public_keys", "max_bytes", "clock_skew_s", "max_lifetime_s", "confirm_s"},
+              "commands")
     paths = c.get(t, "public_keys", "commands", list, [])
     if not all(isinstance(x, str) and x.strip() for x in paths):
         c.error("commands.public_keys", "expected an array of file paths")
@@ -336,6 +346,8 @@ def _commands(raw: dict[str, Any], c: Checker, rel: Any) -> CommandsConfig:
                            check=bounds(ge=0, le=3600)),
         max_lifetime_s=c.get(t, "max_lifetime_s", "commands", float, 86_400.0,
                              check=seconds(7 * 86_400)),
+        confirm_s=c.get(t, "confirm_s", "commands", float, 120.0,
+                        check=bounds(ge=10, le=3600)),
     )
 
 

@@ -102,15 +102,20 @@ def status_payload(unit: str, online: bool, time_iso: str | None, reason: str) -
 
 
 def birth_payload(unit: str, site: str, config_version: str, last_seq: int, time_iso: str,
-                  protocol: str, high_water_seq: int | None = None) -> dict[str, Any]:
+                  protocol: str, high_water_seq: int | None = None,
+                  config_previous: str | None = None, config_label: str = "") -> dict[str, Any]:
     """``high_water_seq``: no seq at or below it is assigned again, even if the buffer file
-    is lost (kept beside the buffer, reserved ahead of use)."""
+    is lost (kept beside the buffer, reserved ahead of use). ``config_version`` is the
+    SHA-256 of the active config file, ``config_previous`` that of the one before the last
+    change the unit kept (None: none yet), ``config_label`` its ``[unit] config_version``."""
     return {
         "unit": unit,
         "site": site,
         "software": __version__,
         "schema": SCHEMA_VERSION,
         "config_version": config_version,
+        "config_previous": config_previous,
+        "config_label": config_label,
         "last_seq": last_seq,
         "high_water_seq": max(last_seq, high_water_seq or 0),
         "mqtt": protocol,

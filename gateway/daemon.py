@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -22,15 +23,20 @@ from typing import Any
 
 from drivers import registry
 from gateway import __version__, backoff, control, logs, sdnotify, sysinfo
+from gateway import trial as tr
 from gateway.clock import Clock, ShiftedClock, SystemClock
 from gateway.commander import Commander
+from gateway.commands import core as commands_core
+from gateway.commands.config import ConfigArgs
+from gateway.commands.core import Command, Reply
 from gateway.commands.unit import Location
 from gateway.config import Config, engine_config
+from gateway.configtrial import ConfigTrials
 from gateway.contract import iso_utc
 from gateway.engine import Engine, EngineState, locate, resume
 from gateway.outbox import Outbox
 from gateway.pipeline import Pipeline, restore_state
-from gateway.publisher import Publisher
+from gateway.publisher import OutgoingReply, Publisher
 from gateway.recording import Recorder
 
 log = logging.getLogger("gateway")
@@ -54,7 +60,7 @@ def continued(clock: Clock, state: EngineState) -> ShiftedClock:
 
 class Gateway:
     def __init__(self, cfg: Config, clock: Clock | None = None, record: str | None = None,
-                 roll_call: str | None = None) -> None:
+                 roll_call: str | None = None, trial: tr.Decision | None = None) -> None:
         self.cfg = cfg
         self.stop = threading.Event()
         # Each worker gets its own clock: its reads and waits are its heartbeats (sdnotify).
@@ -67,9 +73,13 @@ class Gateway:
         state = restore_state(self.outbox, self.engine)  # before any clock is handed out
         self.clock: Clock = continued(clock or SystemClock(), state)
         self.started = self.clock.monotonic()
+        # The config command's trial (commit-confirmed): what start found beside the config.
+        self.trials = ConfigTrials(cfg, trial, cfg.commands.confirm_s, self.clock.now)
         self.publisher = Publisher(cfg, self.outbox, self._worker_clock("mqtt"),
                                    health=self.health, on_acked=self._acked,
                                    on_command=lambda msg: self.commander.submit(msg))
+        self.publisher.config_versions = lambda: (self.trials.versions.active,
+                                                  self.trials.versions.previous)
         self.last_ack: float | None = None  # wall time of the broker's last acknowledgement
         self.problems: dict[str, str] = {}  # hung or dead workers, as the watchdog sees them
         self.recorder = (Recorder(record, now=self.clock.now(), mono=self.clock.monotonic())
@@ -146,6 +156,7 @@ class Gateway:
         doc["disk"] = disk.as_dict() if disk else None
         doc["workers"] = {n: self.problems.get(n, "ok") for n in self.beats.names()}
         doc["commands"] = self.commander.stats()
+        doc["config"] = self.trials.info()
         return doc
 
     def status_line(self) -> str:
@@ -155,6 +166,19 @@ class Gateway:
         broker = "broker connected" if self.publisher.online else "broker not connected"
         return (f"{online}/{len(readers)} readers online; {self.outbox.depth()} events "
                 f"buffered; {broker}")
+
+    def tick_trial(self) -> None:
+        """Confirm or roll back a config trial; send a decided one's reply (main loop)."""
+        def send(topic: str, reply: Reply, correlation: bytes | None) -> None:
+            self.publisher.reply(OutgoingReply(
+                topic, commands_core.reply_body(reply, self.clock.now()), correlation))
+
+        def store(request: str, digest: str, expires: float, reply: Reply) -> None:
+            self.outbox.command_done(request, digest, expires, commands_core.reply_record(reply))
+
+        self.trials.tick(self.publisher.online, send, store)
+        if self.trials.restart.is_set():
+            self.stop.set()
 
     def start(self) -> None:
         def spawn(name: str, target: Any) -> None:
@@ -226,9 +250,23 @@ class DaemonUnit:
     def unit_id(self) -> str:
         return self.gw.cfg.unit.id
 
+    def config_trial(self, cmd: Command, args: ConfigArgs) -> Reply:
+        gw = self.gw
+        msg = gw.commander.current  # the message being handled: its MQTT 5 reply route
+        topic = commands_core.reply_topic(
+            gw.cfg.broker.topic_prefix, gw.cfg.unit.id, cmd.id,
+            msg.response_topic if msg else None, cmd.reply_to)
+        reply = gw.trials.start(cmd, args, topic, msg.correlation if msg else None)
+        if gw.trials.restart.is_set():  # begun: the workers stop now, not at the next tick
+            gw.stop.set()
+            gw.publisher.notify()
+            gw.pipeline.wake()
+        return reply
+
     def info(self) -> dict[str, Any]:
         gw = self.gw
-        return {"software": __version__, "config_version": gw.cfg.unit.config_version,
+        return {"software": __version__, "config_version": gw.trials.versions.active,
+                "config_label": gw.cfg.unit.config_version,
                 "uptime_s": round(gw.clock.monotonic() - gw.started, 1),
                 "buffer_depth": gw.outbox.depth(),
                 "mqtt": gw.publisher.connected_protocol or None}
@@ -251,12 +289,11 @@ class DaemonUnit:
                 if not d["found"]:
                     out.append(Location(child, enrolled=True, found=False))
                     continue
-                position = d["position"]
-                if position is not None and position.get("fix_time") is not None:
-                    position = {**position, "fix_time": position["fix_time"] + state.wall_offset}
+                # time: wall clock (locate adds the offset); a GPS fix_time is the
+                # receiver's UTC already.
                 out.append(Location(child, True, True, d["reader"], d["zone"],
                                     tuple(d["zones"]), d["last_zone"], d["time"], d["rssi"],
-                                    position))
+                                    d["position"]))
             return out
 
         return pipeline.control(where)
@@ -309,9 +346,10 @@ def _watch(gw: Gateway, dog: sdnotify.Watchdog) -> None:
     gw.problems = problems
 
 
-def run(cfg: Config, record: str | None = None, roll_call: str | None = None) -> int:
+def run(cfg: Config, record: str | None = None, roll_call: str | None = None,
+        trial: tr.Decision | None = None) -> int:
     os.umask(0o077)  # everything the daemon creates (buffer, recordings, socket): owner only
-    gw = Gateway(cfg, record=record, roll_call=roll_call)
+    gw = Gateway(cfg, record=record, roll_call=roll_call, trial=trial)
     private_files(cfg.buffer.path)
     if record:  # an existing recording appended to keeps its mode otherwise
         private_files(record, ("",))
@@ -329,10 +367,35 @@ def run(cfg: Config, record: str | None = None, roll_call: str | None = None) ->
     try:
         while not gw.stop.is_set():
             _watch(gw, dog)
-            sock.serve(dog.period_s)
+            gw.tick_trial()
+            # A running trial (or a reply waiting for the broker) is looked at twice a second.
+            sock.serve(0.5 if gw.trials.active or gw.trials.pending else dog.period_s)
     finally:
         sock.close()
-    dog.stopping()
+    again = gw.trials.restart.is_set()
+    if again:  # systemd: the same service reloading, READY=1 follows from the new image
+        sdnotify.notify("RELOADING=1", "STATUS=restarting on a changed config")
+    else:
+        dog.stopping()
     gw.shutdown()
     logs.flush(final=True)
+    if again and not gw.pipeline.lost:
+        try:
+            reexec()
+        except OSError as e:  # the interpreter went away (an upgrade under way?)
+            log.critical("cannot restart in place (%s): exiting for systemd to start the "
+                         "unit again; the config trial goes on from its marker", e)
+        return 1
     return 1 if gw.pipeline.lost else 0  # a stop that lost events is never a clean exit
+
+
+def reexec() -> None:
+    """Start again in this process on the config file as it is now (a config trial began
+    or rolled back): the same command line, the same PID (systemd's main process), every
+    thread and descriptor of the old image gone (descriptors are close-on-exec)."""
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    log.warning("restarting in place: %s", " ".join(argv))
+    logs.flush(final=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(sys.executable, argv)

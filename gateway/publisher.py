@@ -143,6 +143,8 @@ class Publisher:
         self._replies: collections.deque[OutgoingReply] = collections.deque()
         self.replies_sent = 0
         self._rebirth = threading.Event()
+        # (active, previous) config versions for birth (the daemon's config trial knows them)
+        self.config_versions: Callable[[], tuple[str, str | None]] | None = None
         self.replies_dropped = 0
         self._connected = threading.Event()
         self._lost = threading.Event()
@@ -376,10 +378,13 @@ class Publisher:
         """Status (retained, online) and birth; the last seq the birth names."""
         self._publish_status(client, online=True)
         live_mark = self.outbox.last_seq()
+        version, previous = (self.config_versions() if self.config_versions
+                             else (self.cfg.unit.config_version, None))
         birth = contract.birth_payload(self.cfg.unit.id, self.cfg.unit.site,
-                                       self.cfg.unit.config_version, live_mark,
+                                       version, live_mark,
                                        iso_utc(self.clock.now()), self.connected_protocol,
-                                       self.outbox.high_water)
+                                       self.outbox.high_water, config_previous=previous,
+                                       config_label=self.cfg.unit.config_version)
         client.publish(self.topics.birth, json.dumps(birth).encode(), qos=1)
         return live_mark
 

@@ -31,6 +31,12 @@ def render(doc: dict[str, Any], cfg: Config) -> list[str]:
     kinds = {r.id: r.kind for r in cfg.readers}
     lines = [f"gatewayd {doc.get('software', '?')}: unit {doc.get('unit')} "
              f"(pid {doc.get('pid', '?')}), up {_age(doc.get('uptime_s'))}"]
+    if conf := doc.get("config"):  # versions: SHA-256 of the files (the `config` command)
+        trial = conf.get("trial")
+        lines.append(f"config    {str(conf.get('version'))[:12]} (previous "
+                     f"{str(conf.get('previous') or '-')[:12]})"
+                     + (f"; ON TRIAL, rolled back to {trial['previous'][:12]} unless the "
+                        f"broker is reached within {trial['deadline_s']:g} s" if trial else ""))
     workers = doc.get("workers", {})
     hung = {n: w for n, w in workers.items() if w != "ok"}
     lines.append("workers   " + ("all going" if not hung else

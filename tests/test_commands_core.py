@@ -75,6 +75,11 @@ class FakeUnit:
         self.calls += 1
         return True
 
+    def config_trial(self, cmd: Command, args: Any) -> Reply:
+        # The trial itself is tested on real files in test_config_cmd_core.py.
+        self.calls += 1
+        return core.refuse(cmd, Code.CONFLICT, "a config trial is in progress")
+
 
 def token(name: str = "ping", args: dict[str, Any] | None = None, *, key: Any = KEY,
           unit: str = UNIT, now: float | None = None, lifetime: float = 60.0,

@@ -28,6 +28,7 @@ from firmware_sim.vserial import VirtualSerial
 from gateway import cmdtool, signing
 from gateway.cmdtool import Broker, Session
 from gateway.signing import TYP_COMMAND, sign
+from gateway.trial import version_of
 from harness import GatewayProcess, Subscriber, wait_until, write_config
 
 TAGS = [{"id": "62E3086CED", "child": "c-1001", "groups": ["3a"]},
@@ -101,7 +102,8 @@ def test_each_command(rig: Rig) -> None:
     with rig.session() as s:
         pong = _check(s.command("ping", {}, UNIT, rig.key))
         assert (pong["code"], pong["cmd"], pong["unit"]) == (200, "ping", UNIT)
-        assert pong["data"]["config_version"] == "t-1" and pong["data"]["mqtt"] == "5"
+        assert pong["data"]["config_version"] == version_of(rig.cfg.read_bytes())  # SHA-256
+        assert pong["data"]["config_label"] == "t-1" and pong["data"]["mqtt"] == "5"
 
         births = len(rig.sub.on("/birth"))
         assert _check(s.command("rebirth", {}, UNIT, rig.key))["code"] == 200

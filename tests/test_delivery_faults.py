@@ -119,7 +119,9 @@ def test_daemon_sigkilled_20_times(tmp_path: Path, broker: LocalBroker,
         flood.join(60)
         gw.stop()
         n = last_seq(tmp_path / "buf.db")
-        assert n > 2_000  # the run decided a good share of the reads
+        # Killed instances decided reads too (how many depends on the machine's speed,
+        # so no absolute figure), and the last one its 1,000.
+        assert before > 0 and n >= before + 1_000
         gw = GatewayProcess(cfg, log).start()  # whatever is left in the buffer goes out
         wait_until(lambda: sub.seq_count() >= n, 90, f"all {n} committed events")
         assert_complete(sub, n)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.commands import alert, locate, ping, rebirth
+from gateway.commands import alert, config, locate, ping, rebirth
 from gateway.commands.core import Handler
 
 HANDLERS: dict[str, Handler] = {
@@ -11,4 +11,5 @@ HANDLERS: dict[str, Handler] = {
     "locate": locate.handle,
     "alert/start": alert.start,
     "alert/stop": alert.stop,
+    "config": config.handle,
 }

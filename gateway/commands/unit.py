@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # the handlers' own types; they import this module
+    from gateway.commands.config import ConfigArgs
+    from gateway.commands.core import Command, Reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,4 +57,10 @@ class Unit(Protocol):
 
     def stop_alert(self, alert_id: str | None) -> bool:
         """End the roll-call (of ``alert_id``, or whichever runs); False if none ran."""
+        ...
+
+    # config (gateway/commands/config.py; the daemon's side is gateway/configtrial.py)
+    def config_trial(self, cmd: Command, args: ConfigArgs) -> Reply:
+        """Validate the pushed config as check-config does and start its trial: the
+        refusal (400, 409, 500), or PENDING (202) when the outcome follows later."""
         ...
