@@ -79,7 +79,7 @@ def event(rng: random.Random, mix: Mix, kind: str, unit: int, wall: float) -> Ev
     return Event(kind="zone_exit", time=wall - 5, lane=Lane.ROUTINE, reader="ble-1",
                  child=child, data={"zone": zone, "reason": rng.choice(("weak", "absent")),
                                     "rssi": round(rng.uniform(-95, -80), 1),
-                                    "last_seen": round(wall - 6, 3),
+                                    "last_seen": iso_utc(wall - 6),
                                     "zone_quiet_s": round(rng.uniform(0, 3), 1),
                                     "decided": iso_utc(wall)})
 

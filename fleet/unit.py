@@ -121,7 +121,8 @@ class SimUnit:
             self._on_acked(self, seqs)
 
     def health(self) -> dict[str, Any]:
-        """A health message of the contract's shape (docs/schemas/health.schema.json)."""
+        """A health message of the contract's shape (docs/schemas/health.schema.json), as
+        gateway.daemon.Gateway.health builds it, without readers' and pipeline's figures."""
         now = time.time()
         oldest = self.outbox.oldest_created()
         p = self.publisher
@@ -133,12 +134,17 @@ class SimUnit:
                        "last_seq": self.outbox.last_seq(),
                        # (Outbox.drops reads through the shared peewee models: not per unit
                        # when many buffers share a process; a fleet unit never drops.)
-                       "dropped": {"total": 0, "by_lane": {}, "recent_ranges": []}},
+                       "dropped": {"total": 0, "recent_ranges": [],
+                                   "by_lane": {"emergency": 0, "routine": 0, "telemetry": 0}},
+                       **self.outbox.disk(),
+                       "acks_not_recorded": p.core.undeleted,
+                       "awaiting_receipt": p.core.awaiting_receipt if p.receipt_mode else None},
             "readers": {"ble-1": {"state": "online", "detail": "", "rejects": {},
                                   "readings": 0}},
             "counters": {},
             "mqtt": {"sent": p.sent, "acked": p.acked, "refused": p.refused,
-                     "connects": p.connects, "commands": p.commands},
+                     "connects": p.connects, "commands": p.commands, "receipts": p.receipts,
+                     "receipts_refused": p.receipts_refused},
         }
 
 
