@@ -18,6 +18,9 @@ SYSTEM_PACKAGES=(mosquitto mosquitto-clients dbus-daemon gpsd openssl procps sys
 # Debian's headless Chromium (never a browser download), which needs a font to draw text.
 PAGE_PACKAGES=(libjs-leaflet chromium chromium-driver fonts-dejavu-core)
 SYSTEM_PACKAGES+=("${PAGE_PACKAGES[@]}")
+# rabbitmq-server (Erlang, its MQTT plugin): the three-node cluster of the fleet test and bench
+# (fleet/cluster.py starts its own nodes; the system service is never started).
+RABBITMQ_PACKAGES=(rabbitmq-server)
 # PostgreSQL 15: the reference backend's database (tests start their own throw-away server,
 # tests/pg.py). Installed by setup_postgres, not in this list: see there.
 PG_PACKAGES=(postgresql-15)
@@ -47,6 +50,17 @@ setup_system() {  # the packages named as arguments, those not installed yet
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -yq --no-install-recommends \
       "${missing[@]}" >/dev/null
   fi
+}
+
+setup_rabbitmq() {  # the packages' postinst would start a system node: deny it for the install
+  local p=/usr/sbin/policy-rc.d saved=""
+  dpkg-query -W -f='${Status}' rabbitmq-server 2>/dev/null | grep -q "install ok installed" && return
+  if [ -e "$p" ]; then saved=$(mktemp); as_root cp -p "$p" "$saved"; fi
+  as_root sh -c "printf '#!/bin/sh\\nexit 101\\n' >$p && chmod +x $p"
+  local rc=0
+  setup_system "${RABBITMQ_PACKAGES[@]}" || rc=$?
+  if [ -n "$saved" ]; then as_root cp -p "$saved" "$p"; rm -f "$saved"; else as_root rm -f "$p"; fi
+  return $rc
 }
 
 setup_postgres() {
@@ -103,7 +117,8 @@ setup_asyncapi() {  # best effort: without it the AsyncAPI validation test skips
     || say "could not install $ASYNCAPI_SPECS: the AsyncAPI validation test will skip"
 }
 
-setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_postgres; setup_python test; setup_asyncapi; }
+setup() { setup_system "${SYSTEM_PACKAGES[@]}"; setup_postgres; setup_rabbitmq; setup_python test;
+          setup_asyncapi; }
 
 case "${1:-}" in
   setup) setup ;;

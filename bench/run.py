@@ -18,7 +18,12 @@ while a real gatewayd drains a 100,000-event backlog, bench/commands.py);
 backend_ingest_ratio >= 0.5 (issue 13: kidsafe-backend's ingest of a 100,000-event backlog
 into PostgreSQL against PostgreSQL's own batched inserts of the same rows in the same run)
 and e2e_receipt_latency_p99_ms < 250 (decided at the unit -> signed receipt back, 200
-events/s; bench/backend.py).
+events/s; bench/backend.py); cmd_locate_reply_p99_ms < 100 (issue 12: a signed locate
+published -> its reply received while a real gatewayd drains a 100,000-event backlog,
+bench/commands.py).
+Issue 14's fleet_* figures (full run only, bench/fleet.py, ~40 min): 600 units on a
+three-node RabbitMQ cluster with the backend and PostgreSQL; targets loss 0, duplicates
+stored 0, SOS p99 while a node is down < 1 s, recovery < 30 s (docs/fleet.md).
 Figures are printed, not asserted: a shared machine makes timed assertions flaky.
 Issue 10's accuracy figures (group "accuracy", bench/accuracy.py) are printed beside its
 targets too; the tests (tests/test_engine_field.py) assert them.
@@ -38,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import accuracy, ble_flood, codecs, commands, delivery, site_load, wear
+from bench import fleet as fleet_bench
 
 TARGETS: dict[str, tuple[str, float]] = {
     "e2e_ratio_vs_raw_paho": (">=", 0.8),
@@ -51,6 +57,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     **site_load.TARGETS,
     **wear.TARGETS,
     **commands.TARGETS,
+    **fleet_bench.TARGETS,
     # issue 13: the reference backend (bench/backend.py)
     "backend_ingest_ratio": (">=", 0.5),
     "e2e_receipt_latency_p99_ms": ("<", 250),
@@ -62,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes (CI)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as one JSON object")
     p.add_argument("--only", choices=["codecs", "engine", "ble", "delivery", "wear", "accuracy",
-                                      "site", "commands", "backend"],
+                                      "site", "commands", "backend", "fleet"],
                    action="append",
                    help="run only these groups (repeatable)")
     args = p.parse_args(argv)
     groups = args.only or ["codecs", "engine", "ble", "delivery", "wear", "accuracy", "site",
-                           "commands", "backend"]
+                           "commands", "backend", "fleet"]
     seconds = 0.5 if args.quick else 1.5
     figures: dict[str, float] = {}
     t0 = time.monotonic()
@@ -109,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         print("  ... site load (300 BLE tags at 1 Hz, 4 gates, GPS; 60 s)", file=sys.stderr,
               flush=True)
         figures.update(site_load.run(60.0))
+
+    if "fleet" in groups and args.quick:
+        notes.append("fleet_*: not run with --quick (600 units on a three-node RabbitMQ "
+                     "cluster, ~40 min; python bench/fleet.py --units 100 --quick for a look)")
+    elif "fleet" in groups:
+        print("  ... fleet: 600 units, three RabbitMQ nodes, backend, PostgreSQL", file=sys.stderr,
+              flush=True)
+        figures.update(fleet_bench.run_all(False, phases=("steady", "kill", "sweep", "storm"),
+                                           sizes=[1200, 2400]))
 
     print(f"\nkidsafe-gateway bench ({'quick' if args.quick else 'full'}) on "
           f"{platform.machine()}, Python {platform.python_version()}, "

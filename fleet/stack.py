@@ -1,0 +1,147 @@
+"""The backend side of a fleet run: ``kidsafe-backend`` as a process of its own, on one
+node of the cluster, storing into a PostgreSQL database the caller provides, and the
+queries that count what arrived there.
+
+The backend is a separate process (as in production; its CPU is its own figure) and
+connects to the last node of the cluster; units prefer the others (fleet.unit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fleet.cluster import cpu_seconds, rss_mb
+from gateway import signing
+
+PREFIX = "kidsafe/v1"
+
+
+def keypair(d: Path) -> tuple[Path, Path]:
+    """The backend's signing key (receipts) and its public key (the units' keyring)."""
+    priv, pub = d / "backend.key", d / "backend.pub"
+    if not priv.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        signing.generate_keypair(priv, pub)
+    return priv, pub
+
+
+# The backend as shipped leaves its MQTT client at paho's in-flight window of 20 QoS 1
+# publishes. Its receipts go to the units' sessions, quorum queues in RabbitMQ, each
+# PUBACKed only after a Raft commit on a majority of nodes: with hundreds of units, 20 in
+# flight is the first limit (receipts time out, units resend after receipt_timeout_s;
+# docs/fleet.md). ``inflight`` runs the same backend with aiomqtt's own
+# ``max_inflight_messages`` set (what a config key of the backend would do).
+_WINDOW = """
+import sys, aiomqtt
+_init = aiomqtt.Client.__init__
+def _with_window(self, *a, **k):
+    k.setdefault("max_inflight_messages", {n})
+    _init(self, *a, **k)
+aiomqtt.Client.__init__ = _with_window
+from backend.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class BackendProc:
+    """``python -m backend run --config FILE`` with its output in a log file."""
+
+    def __init__(self, work: Path, port: int, dsn: str, key_file: Path | None,
+                 client_id: str = "fleet-backend", inflight: int | None = None,
+                 **ingest: Any) -> None:
+        self.work = Path(work)
+        self.inflight = inflight
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.config = self.work / "backend.toml"
+        self.log = self.work / "backend.log"
+        self.dsn = dsn
+        self.config.write_text(tomli_w.dumps({
+            "prefix": PREFIX,
+            "broker": {"host": "127.0.0.1", "port": port, "client_id": client_id,
+                       "protocol": "3.1.1", "reconnect_max_s": 1.0},
+            "database": {"dsn": dsn},
+            "receipts": {"key_file": str(key_file) if key_file else ""},
+            "ingest": dict(ingest),
+        }))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def migrate(self) -> None:
+        subprocess.run([sys.executable, "-m", "backend", "migrate", "--config", str(self.config)],
+                       check=True, capture_output=True, timeout=60)
+
+    def start(self, timeout: float = 30.0) -> BackendProc:
+        out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        argv = [sys.executable, "-m", "backend", "run", "--config", str(self.config)]
+        if self.inflight is not None:
+            argv[1:3] = ["-c", _WINDOW.format(n=self.inflight)]
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        out.close()
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while self.log_text().count("subscribed to ") < self.starts:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"kidsafe-backend did not subscribe: {self.log_text()[-3000:]}")
+            time.sleep(0.05)
+        return self
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")
+        return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+    def cpu_s(self) -> float:
+        return cpu_seconds(self.proc.pid) if self.proc else 0.0
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.proc.pid) if self.proc else 0.0
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[Any]:
+    import asyncpg
+
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def stored_count(dsn: str) -> int:
+    return int(query(dsn, "SELECT count(*) FROM events")[0][0])
+
+
+def stored_seqs(dsn: str) -> dict[str, list[int]]:
+    """Every stored (unit, seq), duplicates kept (a seq stored twice shows twice)."""
+    out: dict[str, list[int]] = {}
+    for unit, seq in query(dsn, "SELECT unit, seq FROM events"):
+        out.setdefault(unit, []).append(int(seq))
+    return out

@@ -1,0 +1,151 @@
+"""One simulated unit: the gateway's own Outbox and Publisher (with its delivery core),
+with no readers and no engine: the fleet's traffic commits decided events straight into
+the unit's buffer, as the pipeline would.
+
+Each unit has its own buffer file, its own MQTT client id and connection, and its own
+publisher thread (the gateway's: one thread per unit). It knows every node of the
+cluster and connects to its home node first; when a node cannot be reached it moves on
+to the next (``ClusterPublisher``: a real deployment has a load balancer or several DNS
+records in front of the cluster; the gateway's config names one broker address).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gateway import __version__
+from gateway import config as configmod
+from gateway.clock import SystemClock
+from gateway.contract import Stored, iso_utc
+from gateway.model import Event, Lane
+from gateway.outbox import Outbox
+from gateway.publisher import ConnectFailed, Publisher
+
+log = logging.getLogger("fleet.unit")
+
+
+class ClusterPublisher(Publisher):
+    """The gateway's publisher, moving to the next node when one cannot be reached."""
+
+    def __init__(self, cfg: configmod.Config, outbox: Outbox, ports: Sequence[int], home: int,
+                 **kw: Any) -> None:
+        self.ports = list(ports)
+        self.node = home
+        super().__init__(self._at(cfg, home), outbox, SystemClock(), **kw)
+
+    def _at(self, cfg: configmod.Config, node: int) -> configmod.Config:
+        return dataclasses.replace(cfg, broker=dataclasses.replace(cfg.broker,
+                                                                   port=self.ports[node]))
+
+    def _connect(self, v5: bool) -> mqtt.Client:
+        try:
+            return super()._connect(v5)
+        except ConnectFailed:
+            self.node = (self.node + 1) % len(self.ports)
+            self.cfg = self._at(self.cfg, self.node)
+            raise
+
+
+def unit_config(unit_id: str, site: str, port: int, buffer: str, extra: dict[str, Any] | None
+                = None) -> configmod.Config:
+    raw: dict[str, Any] = {
+        "unit": {"id": unit_id, "site": site},
+        "broker": {"port": port, "client_id": unit_id, "protocol": "3.1.1",
+                   "reconnect_max_s": 5.0, "keepalive_s": 15},
+        "buffer": {"path": buffer, "reserve_mb": 0},
+        "health": {"interval_s": 60},
+    }
+    for k, v in (extra or {}).items():
+        raw.setdefault(k, {}).update(v)
+    return configmod.parse(raw)
+
+
+class SimUnit:
+    """A unit's buffer and publisher; ``commit`` is what its pipeline would do."""
+
+    def __init__(self, index: int, unit_id: str, site: str, ports: Sequence[int], buffer: str,
+                 on_acked: Callable[[SimUnit, list[int]], None] | None = None,
+                 extra: dict[str, Any] | None = None, window: int = 256) -> None:
+        self.index = index
+        self.id = unit_id
+        self.site = site
+        home = index % len(ports)
+        self.cfg = unit_config(unit_id, site, ports[home], buffer, extra)
+        self.outbox = Outbox(buffer, unit_id, site, max_mb=self.cfg.buffer.max_mb,
+                             max_events=self.cfg.buffer.max_events)
+        self.started = time.monotonic()
+        self.publisher = ClusterPublisher(self.cfg, self.outbox, ports, home,
+                                          health=self.health, on_acked=self._acked,
+                                          window=window)
+        self._on_acked = on_acked
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lock = threading.Lock()  # one committer at a time (the pipeline is one thread)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.publisher.run, args=(self._stop,),
+                                        name=f"mqtt-{self.id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.publisher.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self.outbox.close()
+
+    @property
+    def online(self) -> bool:
+        return self.publisher.online
+
+    def commit(self, events: Sequence[Event], now: float | None = None) -> list[Stored]:
+        with self.lock:
+            stored = self.outbox.add(events, now)
+        self.publisher.notify()
+        return stored
+
+    def _acked(self, seqs: list[int]) -> None:
+        if self._on_acked is not None:
+            self._on_acked(self, seqs)
+
+    def health(self) -> dict[str, Any]:
+        """A health message of the contract's shape (docs/schemas/health.schema.json), as
+        gateway.daemon.Gateway.health builds it, without readers' and pipeline's figures."""
+        now = time.time()
+        oldest = self.outbox.oldest_created()
+        p = self.publisher
+        return {
+            "unit": self.id, "time": iso_utc(now),
+            "uptime_s": round(time.monotonic() - self.started, 1), "software": __version__,
+            "buffer": {"depth": self.outbox.depth(), "depth_by_lane": self.outbox.depth_by_lane(),
+                       "oldest_unsent_age_s": round(now - oldest, 1) if oldest else 0.0,
+                       "last_seq": self.outbox.last_seq(),
+                       # (Outbox.drops reads through the shared peewee models: not per unit
+                       # when many buffers share a process; a fleet unit never drops.)
+                       "dropped": {"total": 0, "recent_ranges": [],
+                                   "by_lane": {"emergency": 0, "routine": 0, "telemetry": 0}},
+                       **self.outbox.disk(),
+                       "acks_not_recorded": p.core.undeleted,
+                       "awaiting_receipt": p.core.awaiting_receipt if p.receipt_mode else None},
+            "readers": {"ble-1": {"state": "online", "detail": "", "rejects": {},
+                                  "readings": 0}},
+            "counters": {},
+            "mqtt": {"sent": p.sent, "acked": p.acked, "refused": p.refused,
+                     "connects": p.connects, "commands": p.commands, "receipts": p.receipts,
+                     "receipts_refused": p.receipts_refused},
+        }
+
+
+EMERGENCY = int(Lane.EMERGENCY)
