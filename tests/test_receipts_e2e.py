@@ -136,6 +136,7 @@ def test_events_await_their_receipt_and_forged_receipts_delete_nothing(
     rc.start()
     gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
     try:
+        gw.wait_log("reader gate-main: online")  # reads before it are lost
         gw.wait_log("connected (MQTT")
         flood(reader, 40, 200).join(30)
         committed(db, 40)
@@ -183,6 +184,7 @@ def test_a_restart_sends_every_unreceipted_event_again(
     rc.start()
     gw = GatewayProcess(cfg, log).start()
     try:
+        gw.wait_log("reader gate-main: online")  # reads before it are lost
         gw.wait_log("connected (MQTT")
         flood(reader, 50, 200).join(30)
         committed(db, 50)
@@ -208,6 +210,7 @@ def test_an_event_the_backend_lost_goes_again_after_the_receipt_timeout(
     rc = Receipter(broker.port, key, drop_first=set(range(1, 21))).start()
     gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
     try:
+        gw.wait_log("reader gate-main: online")  # reads before it are lost
         gw.wait_log("connected (MQTT")
         t0 = time.monotonic()
         flood(reader, 20, 200).join(30)
