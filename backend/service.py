@@ -51,6 +51,9 @@ log = logging.getLogger("kidsafe.backend")
 
 SUBSCRIBE_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 30.0  # CONNECT to CONNACK (a busy broker on a loaded machine)
+# Messages read, or parsed and validated, between two turns of the event loop (~30 us
+# each): a whole batch at once held the loop for tens of ms, the writer's commit unseen.
+PARSE_CHUNK = 100
 MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
 # Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
 # right after its N-th commit, before the PUBACKs and receipts of that batch.
@@ -310,13 +313,17 @@ class Backend:
             while True:
                 got.extend(inbox.take(ing.batch_size - len(got)))
                 if len(got) < ing.batch_size:
-                    inbox.pump(paho, ing.batch_size - len(got))
+                    inbox.pump(paho, min(PARSE_CHUNK, ing.batch_size - len(got)))
                     got.extend(inbox.take(ing.batch_size - len(got)))
                 left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
                 if len(got) >= ing.batch_size or left <= 0 or not await inbox.wait(left, gone):
                     break
             raw = [(m.topic, bytes(m.payload)) for m in got]  # bytes already: no copy
-            items = [parse(prefix, contract, t, p) for t, p in raw]
+            items: list[Item] = []
+            for i in range(0, len(raw), PARSE_CHUNK):
+                if i:  # a loop turn: the writer sees its commit now, not after the batch
+                    await asyncio.sleep(0)
+                items += [parse(prefix, contract, t, p) for t, p in raw[i:i + PARSE_CHUNK]]
             acks = [(m.mid, m.qos) for m in got if m.qos > 0]
             self.stats.messages += len(got)
             await out.put(Batch(items, raw, acks, connection, t0))
