@@ -25,6 +25,7 @@ import os
 import signal
 import ssl
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ log = logging.getLogger("kidsafe.backend")
 
 SUBSCRIBE_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 30.0  # CONNECT to CONNACK (a busy broker on a loaded machine)
+# Messages read, or parsed and validated, between two turns of the event loop (~30 us
+# each): a whole batch at once held the loop for tens of ms, the writer's commit unseen.
+PARSE_CHUNK = 100
 MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
 # Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
 # right after its N-th commit, before the PUBACKs and receipts of that batch.
@@ -120,6 +124,66 @@ def _tls(cfg: Config) -> aiomqtt.TLSParameters | None:
                                  keyfile=t.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
 
 
+class Inbox:
+    """One connection's received messages, straight from paho's ``on_message``.
+
+    aiomqtt's own path wraps each message in its ``Message`` and an ``asyncio.Queue``, and
+    its iterator costs a task and an ``asyncio.wait`` per message: with a backlog draining
+    at thousands a second that was a tenth of the backend's time. paho calls
+    ``on_message`` on the event loop (aiomqtt reads the socket in a loop reader callback),
+    so a deque and an event are enough.
+    """
+
+    def __init__(self) -> None:
+        self.messages: deque[mqtt.MQTTMessage] = deque()
+        self._arrived = asyncio.Event()
+
+    def on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.messages.append(message)
+        self._arrived.set()
+
+    def pump(self, paho: mqtt.Client, most: int) -> None:
+        """Read up to ``most`` more messages the socket already holds, now.
+
+        aiomqtt's socket reader has paho read one packet per event-loop turn (paho's
+        ``loop_read`` reads one unless publishes of ours await their PUBACK), so a backlog
+        arrived at one message per turn, each turn a poll and a task switch: the batch
+        filled more slowly than it was written. This reads on while each read brings a
+        message (non-blocking: paho stops at an empty socket); any other packet ends it,
+        and aiomqtt's reader handles what is left as before. A read that fails raises
+        MqttError, as aiomqtt's iterator did: the backend reconnects.
+        """
+        q = self.messages
+        for _ in range(most):
+            n = len(q)
+            try:
+                rc = paho.loop_read()
+            except Exception as e:  # as aiomqtt's reader: a broken connection
+                raise aiomqtt.MqttError(f"reading from the broker: {e}") from e
+            if rc != mqtt.MQTT_ERR_SUCCESS or len(q) == n:
+                return
+
+    def take(self, most: int) -> list[mqtt.MQTTMessage]:
+        q = self.messages
+        return [q.popleft() for _ in range(min(most, len(q)))]
+
+    async def wait(self, timeout: float | None, gone: asyncio.Future[None]) -> bool:
+        """Until a message is in (True) or ``timeout`` seconds have passed (False); raise
+        MqttError once the connection is ``gone`` (aiomqtt's disconnection future) and
+        nothing it delivered is left."""
+        if not self.messages:
+            self._arrived.clear()
+            arrived: asyncio.Future[Any] = asyncio.ensure_future(self._arrived.wait())
+            try:
+                await asyncio.wait((arrived, gone), timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+            if not self.messages and gone.done():
+                raise aiomqtt.MqttError("disconnected while waiting for messages")
+        return bool(self.messages)
+
+
 class Backend:
     """One backend worker: its broker session, its pool, its signing key."""
 
@@ -132,6 +196,7 @@ class Backend:
         self.stats = Stats()
         self.connection = 0
         self.client: aiomqtt.Client | None = None
+        self.inbox = Inbox()
         self._pending: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed (tests, the bench)
@@ -160,6 +225,10 @@ class Backend:
         # aiomqtt has no manual-acknowledgement switch; its paho client has (public paho
         # API): PUBACK only once the batch is committed.
         client._client.manual_ack_set(True)
+        # Messages go from paho's callback straight into this connection's inbox (set
+        # before connecting, so none can take aiomqtt's path instead).
+        self.inbox = Inbox()
+        client._client.on_message = self.inbox.on_message
         return client
 
     async def run(self) -> None:
@@ -234,42 +303,30 @@ class Backend:
 
     async def _collect(self, client: aiomqtt.Client, out: asyncio.Queue[Batch | None]) -> None:
         ing = self.cfg.ingest
-        it = aiter(client.messages)
-        # aiomqtt's queue, drained directly while it holds messages: its iterator costs a
-        # task and an asyncio.wait per message. A wait for the next message is one task,
-        # kept across batches: cancelling it could drop a message it had already taken.
-        queue = client._queue
+        inbox, connection, paho = self.inbox, self.connection, client._client
         prefix, contract = self.cfg.prefix, self.contract
-        pending: asyncio.Future[aiomqtt.Message] | None = None
-        try:
+        while True:
+            gone = client._disconnected
+            await inbox.wait(None, gone)  # at least one message
+            t0 = time.monotonic()
+            got: list[mqtt.MQTTMessage] = []
             while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(it))
-                first = await pending
-                pending = None
-                t0 = time.monotonic()
-                got = [first]
-                while len(got) < ing.batch_size:
-                    if not queue.empty():
-                        got.append(queue.get_nowait())
-                        continue
-                    left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
-                    if left <= 0:
-                        break
-                    pending = asyncio.ensure_future(anext(it))
-                    done, _ = await asyncio.wait({pending}, timeout=left)
-                    if pending not in done:
-                        break  # the batch goes; this wait carries over to the next one
-                    got.append(pending.result())
-                    pending = None
-                raw = [(m.topic.value, _bytes(m.payload)) for m in got]
-                items = [parse(prefix, contract, t, p) for t, p in raw]
-                acks = [(m.mid, m.qos) for m in got if m.qos > 0]
-                self.stats.messages += len(got)
-                await out.put(Batch(items, raw, acks, self.connection, t0))
-        finally:
-            if pending is not None:  # a wait that outlived its batch: its connection is gone
-                pending.cancel()
+                got.extend(inbox.take(ing.batch_size - len(got)))
+                if len(got) < ing.batch_size:
+                    inbox.pump(paho, min(PARSE_CHUNK, ing.batch_size - len(got)))
+                    got.extend(inbox.take(ing.batch_size - len(got)))
+                left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
+                if len(got) >= ing.batch_size or left <= 0 or not await inbox.wait(left, gone):
+                    break
+            raw = [(m.topic, bytes(m.payload)) for m in got]  # bytes already: no copy
+            items: list[Item] = []
+            for i in range(0, len(raw), PARSE_CHUNK):
+                if i:  # a loop turn: the writer sees its commit now, not after the batch
+                    await asyncio.sleep(0)
+                items += [parse(prefix, contract, t, p) for t, p in raw[i:i + PARSE_CHUNK]]
+            acks = [(m.mid, m.qos) for m in got if m.qos > 0]
+            self.stats.messages += len(got)
+            await out.put(Batch(items, raw, acks, connection, t0))
 
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
         while (batch := await inq.get()) is not None:
@@ -280,9 +337,9 @@ class Backend:
             self.stats.write_s += took
             self.stats.write_max_s = max(self.stats.write_max_s, took)
             if self._kill_after is not None and self.stats.batches >= self._kill_after:
-                log.warning("fault injection: SIGKILL after commit %d (%d events new), "
-                            "before its PUBACKs and receipts", self.stats.batches,
-                            written.events)
+                log.warning("fault injection: SIGKILL after commit %d (%d events new; %d "
+                            "duplicates in this run), before its PUBACKs and receipts",
+                            self.stats.batches, written.events, self.stats.duplicates)
                 os.kill(os.getpid(), signal.SIGKILL)
             if batch.connection == self.connection:
                 paho = client._client
@@ -385,10 +442,6 @@ class Backend:
                                         s.unexplained_seqs, s.unexplained)
                 except Exception as e:  # a report must not stop ingest
                     log.warning("gap report failed: %s", e)
-
-
-def _bytes(payload: Any) -> bytes:
-    return payload if isinstance(payload, bytes) else bytes(payload or b"")
 
 
 async def open_backend(cfg: Config) -> Backend:
