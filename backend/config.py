@@ -41,6 +41,10 @@ class Broker:
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
     reconnect_max_s: float = 10.0
+    # QoS 1 publishes (receipts) in flight at once. paho's default of 20 starves receipts
+    # when each PUBACK waits for a clustered broker's replication (RabbitMQ quorum queues):
+    # at 600 units 19,394 of 19,615 receipts timed out (docs/fleet.md, finding 1).
+    max_inflight: int = 1000
     tls: Tls = field(default_factory=Tls)
 
 
@@ -110,6 +114,8 @@ def parse(doc: dict[str, Any]) -> Config:
         raise ConfigError(f'broker.protocol: "5" or "3.1.1", got {cfg.broker.protocol!r}')
     if cfg.broker.shared_group and cfg.broker.protocol != "5":
         raise ConfigError("broker.shared_group needs broker.protocol = \"5\"")
+    if not 1 <= cfg.broker.max_inflight <= 65535:
+        raise ConfigError(f"broker.max_inflight: 1..65535, got {cfg.broker.max_inflight}")
     if cfg.ingest.batch_size < 1 or cfg.ingest.batch_latency_ms < 0:
         raise ConfigError("ingest.batch_size >= 1 and ingest.batch_latency_ms >= 0")
     return cfg

@@ -221,7 +221,8 @@ class Backend:
             # clean_start = false (paho refuses clean_start with 3.1.1).
             clean_session=None if v5 else False,
             clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props,
-            keepalive=b.keepalive_s, tls_params=_tls(self.cfg), timeout=CONNECT_TIMEOUT_S)
+            keepalive=b.keepalive_s, tls_params=_tls(self.cfg), timeout=CONNECT_TIMEOUT_S,
+            max_inflight_messages=b.max_inflight)
         # aiomqtt has no manual-acknowledgement switch; its paho client has (public paho
         # API): PUBACK only once the batch is committed.
         client._client.manual_ack_set(True)

@@ -53,8 +53,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "fleet_kill_recovery_s": ("<", 30),
 }
 
-# The backend's MQTT in-flight window for these runs (None: as shipped, paho's 20; see
-# fleet/stack.py and docs/fleet.md).
+# The backend's receipts in flight for these runs ([broker] max_inflight; None: the
+# backend's default, 1,000 since finding 1 of docs/fleet.md; it was paho's 20).
 INFLIGHT: int | None = 1000
 # Decided events per second per unit, averaged over a compressed morning: gate units peak
 # at 3x this in the rush (a 500-pupil school's gate: ~1,000 passages in two half-hours),

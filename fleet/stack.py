@@ -35,24 +35,6 @@ def keypair(d: Path) -> tuple[Path, Path]:
     return priv, pub
 
 
-# The backend as shipped leaves its MQTT client at paho's in-flight window of 20 QoS 1
-# publishes. Its receipts go to the units' sessions, quorum queues in RabbitMQ, each
-# PUBACKed only after a Raft commit on a majority of nodes: with hundreds of units, 20 in
-# flight is the first limit (receipts time out, units resend after receipt_timeout_s;
-# docs/fleet.md). ``inflight`` runs the same backend with aiomqtt's own
-# ``max_inflight_messages`` set (what a config key of the backend would do).
-_WINDOW = """
-import sys, aiomqtt
-_init = aiomqtt.Client.__init__
-def _with_window(self, *a, **k):
-    k.setdefault("max_inflight_messages", {n})
-    _init(self, *a, **k)
-aiomqtt.Client.__init__ = _with_window
-from backend.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 class BackendProc:
     """``python -m backend run --config FILE`` with its output in a log file."""
 
@@ -67,8 +49,11 @@ class BackendProc:
         self.dsn = dsn
         self.config.write_text(tomli_w.dumps({
             "prefix": PREFIX,
+            # inflight: the backend's receipts in flight ([broker] max_inflight; None: its
+            # default). PUBACKs wait for a Raft commit on a majority of nodes (docs/fleet.md).
             "broker": {"host": "127.0.0.1", "port": port, "client_id": client_id,
-                       "protocol": "3.1.1", "reconnect_max_s": 1.0},
+                       "protocol": "3.1.1", "reconnect_max_s": 1.0,
+                       **({"max_inflight": inflight} if inflight is not None else {})},
             "database": {"dsn": dsn},
             "receipts": {"key_file": str(key_file) if key_file else ""},
             "ingest": dict(ingest),
@@ -83,8 +68,6 @@ class BackendProc:
     def start(self, timeout: float = 30.0) -> BackendProc:
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         argv = [sys.executable, "-m", "backend", "run", "--config", str(self.config)]
-        if self.inflight is not None:
-            argv[1:3] = ["-c", _WINDOW.format(n=self.inflight)]
         self.proc = subprocess.Popen(
             argv,
             stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True,
