@@ -128,6 +128,8 @@ class Limits:
     # Receipt mode (issue 13): deleted on the backend's receipt, not on the PUBACK.
     receipts: bool = False
     receipt_timeout_s: float = 60.0  # an awaiting event goes again this long after its PUBACK
+    # The timeout backs off (doubles) while resends bring no receipt, up to this (None: 8x).
+    receipt_timeout_max_s: float | None = None
     max_awaiting: int = 10_000  # new routine/telemetry only while fewer await or fly
 
 
@@ -161,6 +163,17 @@ class DeleteRanges:
 
 
 Action = Publish | Delete | Refused | DeleteRanges
+
+
+@dataclass(frozen=True, slots=True)
+class _Awaiting:
+    """A PUBACKed event waiting for its receipt (receipt mode, per connection)."""
+
+    deadline: float  # due (goes again) at this time
+    emergency: bool
+    acked_at: float  # the poll that saw its PUBACK: a receipt's delay is measured from it
+    wait: float  # the timeout it was given
+    resent: bool  # sent before on this connection: its receipt's delay is ambiguous
 
 
 class Ranges:
@@ -251,9 +264,15 @@ class Delivery:
         self._retry_ranges: list[tuple[int, int]] = []
         self._ranges_retry_at = 0.0
         self._max_sent = 0
-        # Per connection: PUBACKed seqs -> (deadline, emergency?), their deadlines in a
-        # heap, and the due ones (deadline passed) waiting to go again, per lane group.
-        self._awaiting: dict[int, tuple[float, bool]] = {}
+        # The current receipt timeout of routine and telemetry events (backed off; kept
+        # across connections: a slow backend stays slow when the unit reconnects).
+        self._rto = self.limits.receipt_timeout_s
+        self._rto_max = max(self.limits.receipt_timeout_s, self.limits.receipt_timeout_max_s
+                            or 8 * self.limits.receipt_timeout_s)
+        # Per connection: PUBACKed seqs -> _Awaiting, their deadlines in a heap, the due
+        # ones (deadline passed) waiting to go again, per lane group, and what went again.
+        self._awaiting: dict[int, _Awaiting] = {}
+        self._resent: set[int] = set()
         self._deadlines: list[tuple[float, int]] = []
         self._due: set[int] = set()
         self._due_emergency: list[int] = []  # heaps of seqs (stale entries skipped)
@@ -303,8 +322,11 @@ class Delivery:
             self._covered_in_flight.discard(seq)
         elif seq not in self._receipted:
             # Awaiting its receipt; not offered again on this connection before the deadline.
-            deadline = self._now + self.limits.receipt_timeout_s
-            self._awaiting[seq] = (deadline, emergency)
+            # Emergency events keep the base timeout (see the module's docstring).
+            wait = self.limits.receipt_timeout_s if emergency else self._rto
+            deadline = self._now + wait
+            self._awaiting[seq] = _Awaiting(deadline, emergency, self._now, wait,
+                                            seq in self._resent)
             heapq.heappush(self._deadlines, (deadline, seq))
 
     def receipt(self, ranges: Sequence[tuple[int, int]], upto: int | None = None) -> None:
@@ -313,13 +335,19 @@ class Delivery:
         spans = list(ranges)
         if upto is not None:
             spans.append((1, upto))
+        delay = -1.0
         for lo, hi in spans:
             lo, hi = max(lo, 1), min(hi, self._max_sent)
             if lo > hi:
                 continue
             for a, b in self._receipted.add(lo, hi):
                 self._to_delete.append((a, b))
-                self._forget(a, b)
+                delay = max(delay, self._forget(a, b))
+        if delay >= 0:
+            # A receipt for an event sent once (Karn: a resent one's delay is ambiguous):
+            # receipts come back, so the timeout returns to the base, or to twice the delay
+            # measured if that is longer (a backlog's receipts queue behind it).
+            self._rto = min(self._rto_max, max(self.limits.receipt_timeout_s, 2 * delay))
         # PUBACKs still to come for receipted seqs mark nothing (the rows may be gone by then).
         if self._handles and self._receipted:
             covered = self._receipted
@@ -471,6 +499,12 @@ class Delivery:
         return len(self._awaiting) + len(self._due)
 
     @property
+    def receipt_timeout(self) -> float:
+        """Receipt mode: the current (backed-off) receipt timeout of routine and telemetry
+        events; emergency events always wait ``receipt_timeout_s``."""
+        return self._rto
+
+    @property
     def receipted_undeleted(self) -> list[tuple[int, int]]:
         """Receipted seq ranges not yet deleted from the buffer (a delete pending or failed)."""
         return self._receipted.pairs()
@@ -514,6 +548,7 @@ class Delivery:
                 seq = heapq.heappop(due)
                 if seq in self._due:  # else receipted meanwhile, or a stale entry
                     self._due.discard(seq)
+                    self._resent.add(seq)
                     seqs.append(seq)
             if seqs:
                 out.extend(self.refetch(seqs))  # rows dropped by the cap are gone: forgotten
@@ -525,22 +560,34 @@ class Delivery:
         while heap and heap[0][0] <= now:
             deadline, seq = heapq.heappop(heap)
             entry = self._awaiting.get(seq)
-            if entry is None or entry[0] != deadline:
+            if entry is None or entry.deadline != deadline:
                 continue  # receipted, or awaiting again with a later deadline
             del self._awaiting[seq]
             self._due.add(seq)
-            heapq.heappush(self._due_emergency if entry[1] else self._due_other, seq)
+            if entry.emergency:
+                heapq.heappush(self._due_emergency, seq)
+                continue
+            heapq.heappush(self._due_other, seq)
+            if entry.wait >= self._rto:  # it waited the current timeout in vain: back off
+                self._rto = min(self._rto_max, 2 * self._rto)
 
-    def _forget(self, lo: int, hi: int) -> None:
-        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay)."""
-        if hi - lo + 1 <= len(self._awaiting) + len(self._due):
+    def _forget(self, lo: int, hi: int) -> float:
+        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay).
+        Returns the longest receipt delay among those sent once, -1 if none was."""
+        gone: list[_Awaiting] = []
+        if hi - lo + 1 <= len(self._awaiting) + len(self._due) + len(self._resent):
             for seq in range(lo, hi + 1):
-                self._awaiting.pop(seq, None)
+                e = self._awaiting.pop(seq, None)
+                if e is not None:
+                    gone.append(e)
                 self._due.discard(seq)
+                self._resent.discard(seq)
         else:
             for seq in [s for s in self._awaiting if lo <= s <= hi]:
-                del self._awaiting[seq]
+                gone.append(self._awaiting.pop(seq))
             self._due.difference_update([s for s in self._due if lo <= s <= hi])
+            self._resent.difference_update([s for s in self._resent if lo <= s <= hi])
+        return max((self._now - e.acked_at for e in gone if not e.resent), default=-1.0)
 
     def _receipt_deletes(self, now: float, out: list[Action]) -> None:
         if self._to_delete:
@@ -568,6 +615,7 @@ class Delivery:
         self._turn = 0
         self._busy = False
         self._awaiting = {}
+        self._resent = set()
         self._deadlines = []
         self._due = set()
         self._due_emergency = []

@@ -517,8 +517,10 @@ class ReceiptShell:
         row = self.inflight.pop(handle)
         if ok:
             self.broker_took.add(row.seq)
-            if row.seq not in self.covered:
-                self.awaiting[row.seq] = self.last_poll + self.core.limits.receipt_timeout_s
+            if row.seq not in self.covered:  # emergency: the base; else the backed-off one
+                wait = (self.core.limits.receipt_timeout_s if row.lane == E
+                        else self.core.receipt_timeout)
+                self.awaiting[row.seq] = self.last_poll + wait
         self.core.acked(handle, ok)
 
     def ack_all(self) -> None:
@@ -680,9 +682,14 @@ def test_receipt_properties(ops: list[tuple[object, ...]], start_with_backlog: b
       while one waits; the in-flight windows hold;
     - new routine and telemetry events stay within max_awaiting;
     - after a disconnect, the next connection offers every event no receipt covered; with
-      receipts for all, every event is deleted exactly once.
+      receipts for all, every event is deleted exactly once;
+    - the back-off: the timeout stays within [receipt_timeout_s, receipt_timeout_max_s]
+      (an event is resent only once the timeout it was given passed: ReceiptShell.run),
+      and never stops an event from going again: with no receipt at all, every event
+      awaiting one is offered again within receipt_timeout_max_s (and a window's polls).
     """
-    lim = replace(RCPT, receipt_timeout_s=1.0)  # short: the histories are short
+    # Short timeouts: the histories are short.
+    lim = replace(RCPT, receipt_timeout_s=1.0, receipt_timeout_max_s=4.0)
     sh = rshell(lim)
     if start_with_backlog:
         sh.store.add(R, 9)
@@ -751,6 +758,16 @@ def test_receipt_properties(ops: list[tuple[object, ...]], start_with_backlog: b
             case ("disk", ok):
                 assert isinstance(ok, bool)
                 sh.disk_ok = ok
+        assert lim.receipt_timeout_s <= sh.core.receipt_timeout <= 4.0
+    if online:
+        # The backend falls silent: the back-off never stops an awaiting event going again.
+        sh.ack_all()
+        t0 = sh.now
+        owed_again = {s for s in sh.awaiting if s in sh.store.rows and s not in sh.covered}
+        while sh.now - t0 < 4.0 + 2.0:
+            checked_poll(0.4)
+            sh.ack_all()
+        assert all(sh.offered_at[s] > t0 for s in owed_again)
     # Reconnect: every event no receipt covered is offered again; receipt all of it.
     sh.disk_ok = True
     if online:
