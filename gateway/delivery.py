@@ -169,10 +169,8 @@ Action = Publish | Delete | Refused | DeleteRanges
 class _Awaiting:
     """A PUBACKed event waiting for its receipt (receipt mode, per connection)."""
 
-    deadline: float  # due (goes again) at this time
+    acked_at: float  # the poll that saw its PUBACK: timeouts and receipt delays count from it
     emergency: bool
-    acked_at: float  # the poll that saw its PUBACK: a receipt's delay is measured from it
-    wait: float  # the timeout it was given
     resent: bool  # sent before on this connection: its receipt's delay is ambiguous
 
 
@@ -267,13 +265,17 @@ class Delivery:
         # The current receipt timeout of routine and telemetry events (backed off; kept
         # across connections: a slow backend stays slow when the unit reconnects).
         self._rto = self.limits.receipt_timeout_s
+        self._backed_off_at = float("-inf")  # when the timeout last doubled
         self._rto_max = max(self.limits.receipt_timeout_s, self.limits.receipt_timeout_max_s
                             or 8 * self.limits.receipt_timeout_s)
-        # Per connection: PUBACKed seqs -> _Awaiting, their deadlines in a heap, the due
-        # ones (deadline passed) waiting to go again, per lane group, and what went again.
+        # Per connection: PUBACKed seqs -> _Awaiting, (PUBACK time, seq) heaps per lane
+        # group (a deadline is that time plus the group's timeout *now*: a backed-off
+        # timeout holds back what already awaits too), the due ones (timed out) waiting to
+        # go again, per lane group, and what went again.
         self._awaiting: dict[int, _Awaiting] = {}
         self._resent: set[int] = set()
-        self._deadlines: list[tuple[float, int]] = []
+        self._acked_emergency: list[tuple[float, int]] = []
+        self._acked_other: list[tuple[float, int]] = []
         self._due: set[int] = set()
         self._due_emergency: list[int] = []  # heaps of seqs (stale entries skipped)
         self._due_other: list[int] = []
@@ -321,13 +323,10 @@ class Delivery:
         elif seq in self._covered_in_flight:
             self._covered_in_flight.discard(seq)
         elif seq not in self._receipted:
-            # Awaiting its receipt; not offered again on this connection before the deadline.
-            # Emergency events keep the base timeout (see the module's docstring).
-            wait = self.limits.receipt_timeout_s if emergency else self._rto
-            deadline = self._now + wait
-            self._awaiting[seq] = _Awaiting(deadline, emergency, self._now, wait,
-                                            seq in self._resent)
-            heapq.heappush(self._deadlines, (deadline, seq))
+            # Awaiting its receipt; not offered again on this connection before it timed out.
+            self._awaiting[seq] = _Awaiting(self._now, emergency, seq in self._resent)
+            heapq.heappush(self._acked_emergency if emergency else self._acked_other,
+                           (self._now, seq))
 
     def receipt(self, ranges: Sequence[tuple[int, int]], upto: int | None = None) -> None:
         """A verified receipt: every seq in ``ranges`` (inclusive), and every seq <= ``upto``,
@@ -465,8 +464,10 @@ class Delivery:
         if self._busy or self._to_delete:
             return 0.0  # sent something: more may fit at once; or a receipt to carry out
         wait = self.limits.ack_flush_s if self._pending else self.limits.idle_s
-        if self._deadlines:
-            wait = min(wait, max(0.0, self._deadlines[0][0] - self._now))
+        for heap, limit in ((self._acked_emergency, self.limits.receipt_timeout_s),
+                            (self._acked_other, self._rto)):
+            if heap:
+                wait = min(wait, max(0.0, heap[0][0] + limit - self._now))
         return wait
 
     # -- state for the shell and tests -------------------------------------------------------
@@ -555,21 +556,31 @@ class Delivery:
         return out
 
     def _expire(self, now: float) -> None:
-        """Awaiting events whose deadline passed become due (they go again)."""
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            deadline, seq = heapq.heappop(heap)
-            entry = self._awaiting.get(seq)
-            if entry is None or entry.deadline != deadline:
-                continue  # receipted, or awaiting again with a later deadline
-            del self._awaiting[seq]
-            self._due.add(seq)
-            if entry.emergency:
-                heapq.heappush(self._due_emergency, seq)
-                continue
-            heapq.heappush(self._due_other, seq)
-            if entry.wait >= self._rto:  # it waited the current timeout in vain: back off
-                self._rto = min(self._rto_max, 2 * self._rto)
+        """Awaiting events that waited their group's timeout since the PUBACK become due."""
+        heap, due = self._acked_emergency, self._due_emergency
+        while heap and heap[0][0] + self.limits.receipt_timeout_s <= now:
+            self._make_due(heapq.heappop(heap), due)
+        heap, due = self._acked_other, self._due_other
+        back_off = False
+        while heap and heap[0][0] + self._rto <= now:
+            acked_at, seq = heapq.heappop(heap)
+            if self._make_due((acked_at, seq), due) and acked_at >= self._backed_off_at:
+                back_off = True
+        if back_off:
+            # Sent since the last doubling, timed out, no receipt: back off, once for all
+            # that timed out together (they go again now; what waits gets the new timeout).
+            self._rto = min(self._rto_max, 2 * self._rto)
+            self._backed_off_at = now
+
+    def _make_due(self, key: tuple[float, int], due: list[int]) -> bool:
+        acked_at, seq = key
+        entry = self._awaiting.get(seq)
+        if entry is None or entry.acked_at != acked_at:
+            return False  # receipted, or awaiting again since a later PUBACK
+        del self._awaiting[seq]
+        self._due.add(seq)
+        heapq.heappush(due, seq)
+        return True
 
     def _forget(self, lo: int, hi: int) -> float:
         """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay).
@@ -616,7 +627,8 @@ class Delivery:
         self._busy = False
         self._awaiting = {}
         self._resent = set()
-        self._deadlines = []
+        self._acked_emergency = []
+        self._acked_other = []
         self._due = set()
         self._due_emergency = []
         self._due_other = []
