@@ -123,6 +123,7 @@ class Publisher:
         self.core = Delivery(outbox.fetch, Limits(window=window, reserve=emergency_reserve,
                                                   batch=batch, receipts=self.receipt_mode,
                                                   receipt_timeout_s=d.receipt_timeout_s,
+                                                  receipt_timeout_max_s=d.receipt_timeout_max_s,
                                                   max_awaiting=d.max_awaiting),
                              outbox.fetch_seqs)
         # Receipt mode (issue 13): signed receipts on <base>/receipt, checked in this thread.
