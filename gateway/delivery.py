@@ -56,8 +56,9 @@ PUBACK says only that the broker took an event; the backend's signed receipt
 says it is in its database. Then:
 
 - A PUBACKed event is *awaiting receipt*: it stays in the buffer and is not
-  offered again on this connection until ``receipt_timeout_s`` after the poll
-  that saw its PUBACK (so never within the timeout of its last send). A
+  offered again on this connection until it has *timed out*: the current
+  timeout (below) has passed since the poll that saw its PUBACK (so never
+  within ``receipt_timeout_s`` of its last send). A
   ``receipt(ranges, upto)`` (verified by the shell) covering its seq makes the
   core emit :class:`DeleteRanges`; nothing else deletes in this mode.
 - A receipt deletes only seqs this core has sent (ranges are clipped to the
@@ -70,6 +71,25 @@ says it is in its database. Then:
   telemetry events take the backlog's turn (one chunk of at most ``batch``), so
   the live bound and the emergency bound above still hold: awaiting events hold
   no in-flight slot.
+- Back-off (docs/fleet.md, finding 4: slow receipts made every unit resend its
+  whole window each timeout, the resends slowed the receipts further). The
+  timeout of routine and telemetry events starts at ``receipt_timeout_s``;
+  when events sent under it time out, it doubles (once for those timing out
+  together), up to ``receipt_timeout_max_s`` (default 8x). It counts from each
+  event's PUBACK, so a longer timeout also holds back what already awaits. A
+  receipt for an event sent once on this connection (Karn: a resent event's
+  delay is ambiguous) sets it to twice the delay measured, at least the base:
+  fast receipts bring it back to the base, a backlog's slow ones keep it above
+  their delay. And at most one chunk (``batch``, the oldest) of timed-out
+  events is released per timeout; more wait the next (backed-off) timeout.
+  Liveness: the timeout never exceeds the cap, so every awaiting event goes
+  again within ``receipt_timeout_max_s`` per chunk ahead of it.
+  Emergency events are exempt: they always time out after
+  ``receipt_timeout_s`` and never move the back-off. They are few (at most
+  ``reserve`` in flight, a handful per unit), so resending them costs the
+  backend nothing measurable, and an SOS whose event or receipt was lost
+  (a backend crash between storing and receipting) is in the database a
+  base timeout later, not 8x later. Sending an SOS at once is unchanged.
 - Flow control: new routine and telemetry events are offered only while fewer
   than ``max_awaiting`` events are awaiting a receipt or in flight (a backend
   that is offline must not make the unit push its whole buffer into the broker's
