@@ -1,11 +1,11 @@
 """The fleet over several worker processes: ``FleetPool`` has the interface of ``Fleet``.
 
-Why processes of ~100 units, not one process of 600: the gateway's publisher waits with
-``select()``, which is right for a unit (three descriptors) but cannot watch a descriptor
-numbered above 1023 (FD_SETSIZE); a simulated unit holds ~9 (two SQLite connections with
-their WAL and shm files, the wake pipe, the socket), so past ~110 units in one process
-the newest units' publishers fail at once. Processes also let the generator use both
-cores (one GIL each). Each worker is a ``Fleet`` driven over a pipe.
+Why processes of ~100 units, not one process of 600: the gateway's publisher used to wait
+with ``select()``, which cannot watch a descriptor numbered above 1023 (FD_SETSIZE); a
+simulated unit holds ~9 (two SQLite connections with their WAL and shm files, the wake
+pipe, the socket), so past ~110 units in one process the newest units' publishers failed
+at once. The publisher now polls (no such limit); processes still let the generator use
+both cores (one GIL each). Each worker is a ``Fleet`` driven over a pipe.
 """
 
 from __future__ import annotations

@@ -110,7 +110,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     d = cfg.delivery
     print("  delivery  " + ("deleted on the broker's PUBACK" if d.mode == "broker" else
                             f"deleted on the backend's signed receipt (resent after "
-                            f"{d.receipt_timeout_s:g} s without one; at most {d.max_awaiting} "
+                            f"{d.receipt_timeout_s:g} s without one, backing off to "
+                            f"{d.receipt_timeout_max_s or 8 * d.receipt_timeout_s:g} s; "
+                            f"at most {d.max_awaiting} "
                             "awaiting)"))
     for r in cfg.readers:
         where = f" on {r.options.where()}" if r.options.where() else ""

@@ -104,6 +104,8 @@ class DeliveryConfig:
     mode: str = "broker"  # "broker": deleted on the broker's PUBACK; "receipt": on the backend's
     receipt_timeout_s: float = 60.0  # an event awaiting its receipt this long is sent again
     max_awaiting: int = 10_000  # new routine/telemetry only while fewer await a receipt
+    # The timeout doubles while resends bring no receipt, up to this (None: 8 x the base).
+    receipt_timeout_max_s: float | None = None
 
 
 DELIVERY_MODES = ("broker", "receipt")
@@ -375,13 +377,23 @@ def _delivery(raw: dict[str, Any], c: Checker) -> DeliveryConfig:
     """[delivery] (issue 13). A timeout shorter than a backend's store-and-receipt round
     trip would resend everything twice; a day is the longest an awaiting event may sit."""
     d = c.table(raw, "delivery", "delivery", required=False)
-    c.unknown(d, {"mode", "receipt_timeout_s", "max_awaiting"}, "delivery")
+    c.unknown(d, {"mode", "receipt_timeout_s", "receipt_timeout_max_s", "max_awaiting"},
+              "delivery")
+    base = c.get(d, "receipt_timeout_s", "delivery", float, 60.0,
+                 check=bounds(ge=1, le=86_400))
+    top: float | None = None
+    if "receipt_timeout_max_s" in d:
+        top = c.get(d, "receipt_timeout_max_s", "delivery", float, 480.0,
+                    check=bounds(ge=1, le=8 * 86_400))
+        if top < base:
+            c.error("delivery.receipt_timeout_max_s",
+                    f"{top:g} is below receipt_timeout_s ({base:g}): the back-off only grows")
     return DeliveryConfig(
         mode=c.get(d, "mode", "delivery", str, "broker", check=one_of(DELIVERY_MODES)),
-        receipt_timeout_s=c.get(d, "receipt_timeout_s", "delivery", float, 60.0,
-                                check=bounds(ge=1, le=86_400)),
+        receipt_timeout_s=base,
         max_awaiting=c.get(d, "max_awaiting", "delivery", int, 10_000,
                            check=bounds(ge=1, le=1_000_000)),
+        receipt_timeout_max_s=top,
     )
 
 

@@ -56,8 +56,9 @@ PUBACK says only that the broker took an event; the backend's signed receipt
 says it is in its database. Then:
 
 - A PUBACKed event is *awaiting receipt*: it stays in the buffer and is not
-  offered again on this connection until ``receipt_timeout_s`` after the poll
-  that saw its PUBACK (so never within the timeout of its last send). A
+  offered again on this connection until it has *timed out*: the current
+  timeout (below) has passed since the poll that saw its PUBACK (so never
+  within ``receipt_timeout_s`` of its last send). A
   ``receipt(ranges, upto)`` (verified by the shell) covering its seq makes the
   core emit :class:`DeleteRanges`; nothing else deletes in this mode.
 - A receipt deletes only seqs this core has sent (ranges are clipped to the
@@ -70,6 +71,25 @@ says it is in its database. Then:
   telemetry events take the backlog's turn (one chunk of at most ``batch``), so
   the live bound and the emergency bound above still hold: awaiting events hold
   no in-flight slot.
+- Back-off (docs/fleet.md, finding 4: slow receipts made every unit resend its
+  whole window each timeout, the resends slowed the receipts further). The
+  timeout of routine and telemetry events starts at ``receipt_timeout_s``;
+  when events sent under it time out, it doubles (once for those timing out
+  together), up to ``receipt_timeout_max_s`` (default 8x). It counts from each
+  event's PUBACK, so a longer timeout also holds back what already awaits. A
+  receipt for an event sent once on this connection (Karn: a resent event's
+  delay is ambiguous) sets it to twice the delay measured, at least the base:
+  fast receipts bring it back to the base, a backlog's slow ones keep it above
+  their delay. And at most one chunk (``batch``, the oldest) of timed-out
+  events is released per timeout; more wait the next (backed-off) timeout.
+  Liveness: the timeout never exceeds the cap, so every awaiting event goes
+  again within ``receipt_timeout_max_s`` per chunk ahead of it.
+  Emergency events are exempt: they always time out after
+  ``receipt_timeout_s`` and never move the back-off. They are few (at most
+  ``reserve`` in flight, a handful per unit), so resending them costs the
+  backend nothing measurable, and an SOS whose event or receipt was lost
+  (a backend crash between storing and receipting) is in the database a
+  base timeout later, not 8x later. Sending an SOS at once is unchanged.
 - Flow control: new routine and telemetry events are offered only while fewer
   than ``max_awaiting`` events are awaiting a receipt or in flight (a backend
   that is offline must not make the unit push its whole buffer into the broker's
@@ -128,6 +148,8 @@ class Limits:
     # Receipt mode (issue 13): deleted on the backend's receipt, not on the PUBACK.
     receipts: bool = False
     receipt_timeout_s: float = 60.0  # an awaiting event goes again this long after its PUBACK
+    # The timeout backs off (doubles) while resends bring no receipt, up to this (None: 8x).
+    receipt_timeout_max_s: float | None = None
     max_awaiting: int = 10_000  # new routine/telemetry only while fewer await or fly
 
 
@@ -161,6 +183,15 @@ class DeleteRanges:
 
 
 Action = Publish | Delete | Refused | DeleteRanges
+
+
+@dataclass(frozen=True, slots=True)
+class _Awaiting:
+    """A PUBACKed event waiting for its receipt (receipt mode, per connection)."""
+
+    acked_at: float  # the poll that saw its PUBACK: timeouts and receipt delays count from it
+    emergency: bool
+    resent: bool  # sent before on this connection: its receipt's delay is ambiguous
 
 
 class Ranges:
@@ -251,10 +282,21 @@ class Delivery:
         self._retry_ranges: list[tuple[int, int]] = []
         self._ranges_retry_at = 0.0
         self._max_sent = 0
-        # Per connection: PUBACKed seqs -> (deadline, emergency?), their deadlines in a
-        # heap, and the due ones (deadline passed) waiting to go again, per lane group.
-        self._awaiting: dict[int, tuple[float, bool]] = {}
-        self._deadlines: list[tuple[float, int]] = []
+        # The current receipt timeout of routine and telemetry events (backed off; kept
+        # across connections: a slow backend stays slow when the unit reconnects).
+        self._rto = self.limits.receipt_timeout_s
+        self._backed_off_at = float("-inf")  # when the timeout last doubled
+        self._next_round = float("-inf")  # timed-out routine/telemetry held back until then
+        self._rto_max = max(self.limits.receipt_timeout_s, self.limits.receipt_timeout_max_s
+                            or 8 * self.limits.receipt_timeout_s)
+        # Per connection: PUBACKed seqs -> _Awaiting, (PUBACK time, seq) heaps per lane
+        # group (a deadline is that time plus the group's timeout *now*: a backed-off
+        # timeout holds back what already awaits too), the due ones (timed out) waiting to
+        # go again, per lane group, and what went again.
+        self._awaiting: dict[int, _Awaiting] = {}
+        self._resent: set[int] = set()
+        self._acked_emergency: list[tuple[float, int]] = []
+        self._acked_other: list[tuple[float, int]] = []
         self._due: set[int] = set()
         self._due_emergency: list[int] = []  # heaps of seqs (stale entries skipped)
         self._due_other: list[int] = []
@@ -302,10 +344,10 @@ class Delivery:
         elif seq in self._covered_in_flight:
             self._covered_in_flight.discard(seq)
         elif seq not in self._receipted:
-            # Awaiting its receipt; not offered again on this connection before the deadline.
-            deadline = self._now + self.limits.receipt_timeout_s
-            self._awaiting[seq] = (deadline, emergency)
-            heapq.heappush(self._deadlines, (deadline, seq))
+            # Awaiting its receipt; not offered again on this connection before it timed out.
+            self._awaiting[seq] = _Awaiting(self._now, emergency, seq in self._resent)
+            heapq.heappush(self._acked_emergency if emergency else self._acked_other,
+                           (self._now, seq))
 
     def receipt(self, ranges: Sequence[tuple[int, int]], upto: int | None = None) -> None:
         """A verified receipt: every seq in ``ranges`` (inclusive), and every seq <= ``upto``,
@@ -313,13 +355,19 @@ class Delivery:
         spans = list(ranges)
         if upto is not None:
             spans.append((1, upto))
+        delay = -1.0
         for lo, hi in spans:
             lo, hi = max(lo, 1), min(hi, self._max_sent)
             if lo > hi:
                 continue
             for a, b in self._receipted.add(lo, hi):
                 self._to_delete.append((a, b))
-                self._forget(a, b)
+                delay = max(delay, self._forget(a, b))
+        if delay >= 0:
+            # A receipt for an event sent once (Karn: a resent one's delay is ambiguous):
+            # receipts come back, so the timeout returns to the base, or to twice the delay
+            # measured if that is longer (a backlog's receipts queue behind it).
+            self._rto = min(self._rto_max, max(self.limits.receipt_timeout_s, 2 * delay))
         # PUBACKs still to come for receipted seqs mark nothing (the rows may be gone by then).
         if self._handles and self._receipted:
             covered = self._receipted
@@ -437,8 +485,12 @@ class Delivery:
         if self._busy or self._to_delete:
             return 0.0  # sent something: more may fit at once; or a receipt to carry out
         wait = self.limits.ack_flush_s if self._pending else self.limits.idle_s
-        if self._deadlines:
-            wait = min(wait, max(0.0, self._deadlines[0][0] - self._now))
+        if self._acked_emergency:
+            due = self._acked_emergency[0][0] + self.limits.receipt_timeout_s
+            wait = min(wait, max(0.0, due - self._now))
+        if self._acked_other:
+            due = max(self._acked_other[0][0] + self._rto, self._next_round)
+            wait = min(wait, max(0.0, due - self._now))
         return wait
 
     # -- state for the shell and tests -------------------------------------------------------
@@ -469,6 +521,12 @@ class Delivery:
         """Receipt mode: events the broker acknowledged on this connection that no receipt
         covers yet (those due to go again included; those in flight again not)."""
         return len(self._awaiting) + len(self._due)
+
+    @property
+    def receipt_timeout(self) -> float:
+        """Receipt mode: the current (backed-off) receipt timeout of routine and telemetry
+        events; emergency events always wait ``receipt_timeout_s``."""
+        return self._rto
 
     @property
     def receipted_undeleted(self) -> list[tuple[int, int]]:
@@ -514,33 +572,67 @@ class Delivery:
                 seq = heapq.heappop(due)
                 if seq in self._due:  # else receipted meanwhile, or a stale entry
                     self._due.discard(seq)
+                    self._resent.add(seq)
                     seqs.append(seq)
             if seqs:
                 out.extend(self.refetch(seqs))  # rows dropped by the cap are gone: forgotten
         return out
 
     def _expire(self, now: float) -> None:
-        """Awaiting events whose deadline passed become due (they go again)."""
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            deadline, seq = heapq.heappop(heap)
-            entry = self._awaiting.get(seq)
-            if entry is None or entry[0] != deadline:
-                continue  # receipted, or awaiting again with a later deadline
-            del self._awaiting[seq]
-            self._due.add(seq)
-            heapq.heappush(self._due_emergency if entry[1] else self._due_other, seq)
+        """Awaiting events that waited their group's timeout since the PUBACK become due."""
+        heap, due = self._acked_emergency, self._due_emergency
+        while heap and heap[0][0] + self.limits.receipt_timeout_s <= now:
+            self._make_due(heapq.heappop(heap), due)
+        if now < self._next_round:
+            return  # backed off, more timed out than one chunk: the rest wait their turn
+        heap, due = self._acked_other, self._due_other
+        back_off, released = False, 0
+        while heap and heap[0][0] + self._rto <= now:
+            if released >= self.limits.batch:
+                # One chunk per timeout, the oldest: a busy backend gets a chunk to answer,
+                # not the whole window again. The rest go a (backed-off) timeout later.
+                self._next_round = now + self._rto_after(back_off)
+                break
+            acked_at, seq = heapq.heappop(heap)
+            if self._make_due((acked_at, seq), due):
+                released += 1
+                back_off = back_off or acked_at >= self._backed_off_at
+        if back_off:
+            # Sent since the last doubling, timed out, no receipt: back off, once for all
+            # that timed out together; what waits gets the new timeout.
+            self._rto = self._rto_after(True)
+            self._backed_off_at = now
 
-    def _forget(self, lo: int, hi: int) -> None:
-        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay)."""
-        if hi - lo + 1 <= len(self._awaiting) + len(self._due):
+    def _rto_after(self, back_off: bool) -> float:
+        return min(self._rto_max, 2 * self._rto) if back_off else self._rto
+
+    def _make_due(self, key: tuple[float, int], due: list[int]) -> bool:
+        acked_at, seq = key
+        entry = self._awaiting.get(seq)
+        if entry is None or entry.acked_at != acked_at:
+            return False  # receipted, or awaiting again since a later PUBACK
+        del self._awaiting[seq]
+        self._due.add(seq)
+        heapq.heappush(due, seq)
+        return True
+
+    def _forget(self, lo: int, hi: int) -> float:
+        """Receipted seqs in [lo, hi] await nothing any more (stale heap entries stay).
+        Returns the longest receipt delay among those sent once, -1 if none was."""
+        gone: list[_Awaiting] = []
+        if hi - lo + 1 <= len(self._awaiting) + len(self._due) + len(self._resent):
             for seq in range(lo, hi + 1):
-                self._awaiting.pop(seq, None)
+                e = self._awaiting.pop(seq, None)
+                if e is not None:
+                    gone.append(e)
                 self._due.discard(seq)
+                self._resent.discard(seq)
         else:
             for seq in [s for s in self._awaiting if lo <= s <= hi]:
-                del self._awaiting[seq]
+                gone.append(self._awaiting.pop(seq))
             self._due.difference_update([s for s in self._due if lo <= s <= hi])
+            self._resent.difference_update([s for s in self._resent if lo <= s <= hi])
+        return max((self._now - e.acked_at for e in gone if not e.resent), default=-1.0)
 
     def _receipt_deletes(self, now: float, out: list[Action]) -> None:
         if self._to_delete:
@@ -568,7 +660,10 @@ class Delivery:
         self._turn = 0
         self._busy = False
         self._awaiting = {}
-        self._deadlines = []
+        self._resent = set()
+        self._next_round = float("-inf")
+        self._acked_emergency = []
+        self._acked_other = []
         self._due = set()
         self._due_emergency = []
         self._due_other = []

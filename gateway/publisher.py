@@ -10,8 +10,10 @@ and the loop that feeds the core what happened (acks by paho mid, wake-ups) and
 carries out its actions (publish rows, delete acknowledged seqs from the outbox).
 
 One thread does all of it: it drives paho through its external-loop API
-(``socket()``, ``loop_read/loop_write/loop_misc``) with ``select`` on the
-broker socket and a wake pipe the pipeline writes to. No paho network thread
+(``socket()``, ``loop_read/loop_write/loop_misc``) with ``poll`` (the
+selectors module) on the broker socket and a wake pipe the pipeline writes to;
+not ``select()``, which cannot watch a descriptor numbered above 1023 (a daemon
+with many open files, or many units in one process: docs/fleet.md). No paho network thread
 and no hand-offs between threads: on a small board the GIL hand-offs between
 a sender and paho's own thread cost more than the publishing itself.
 
@@ -29,7 +31,7 @@ import contextlib
 import json
 import logging
 import os
-import select
+import selectors
 import socket
 import ssl
 import threading
@@ -52,6 +54,9 @@ from gateway.receipts import ReceiptRefused, admit
 from gateway.tcpopts import nodelay
 
 log = logging.getLogger("gateway.mqtt")
+# poll(2) where the platform has it (every Linux); elsewhere the platform's best.
+_Selector: type[selectors.BaseSelector] = getattr(selectors, "PollSelector",
+                                                  selectors.DefaultSelector)
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 REPLY_SLOTS = 8  # in-flight slots beyond the events' window: a reply never waits behind them
@@ -118,6 +123,7 @@ class Publisher:
         self.core = Delivery(outbox.fetch, Limits(window=window, reserve=emergency_reserve,
                                                   batch=batch, receipts=self.receipt_mode,
                                                   receipt_timeout_s=d.receipt_timeout_s,
+                                                  receipt_timeout_max_s=d.receipt_timeout_max_s,
                                                   max_awaiting=d.max_awaiting),
                              outbox.fetch_seqs)
         # Receipt mode (issue 13): signed receipts on <base>/receipt, checked in this thread.
@@ -395,21 +401,31 @@ class Publisher:
         if sock is None:
             self._lost.set()
             return False
+        # poll(2) has no FD_SETSIZE limit; a PollSelector holds no kernel object, so one per
+        # turn costs no more than select() did (epoll would need one per connection).
+        sel = _Selector()
         try:
-            readable, writable, _ = select.select(
-                [sock, self._wake_r], [sock] if client.want_write() else [], [], timeout)
+            sock_fd = sock.fileno()  # -1 once closed: register raises ValueError
+            sel.register(sock_fd, selectors.EVENT_READ
+                         | (selectors.EVENT_WRITE if client.want_write() else 0))
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            ready = sel.select(timeout)
         except (OSError, ValueError):  # the socket was closed under us
             self._lost.set()
             return False
+        finally:
+            sel.close()
+        readable = {key.fd for key, ev in ready if ev & selectors.EVENT_READ}
+        writable = {key.fd for key, ev in ready if ev & selectors.EVENT_WRITE}
         if self._wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_r, 4096):
                     pass
             self.core.committed()  # after draining: a commit after this wakes us again
         rc = mqtt.MQTT_ERR_SUCCESS
-        if sock in readable:
+        if sock_fd in readable:
             rc = client.loop_read()
-        if rc == mqtt.MQTT_ERR_SUCCESS and sock in writable:
+        if rc == mqtt.MQTT_ERR_SUCCESS and sock_fd in writable:
             rc = client.loop_write()
         if rc == mqtt.MQTT_ERR_SUCCESS:
             rc = client.loop_misc()  # keepalive: PINGREQ, and a broker that stopped answering

@@ -449,10 +449,12 @@ class ReceiptShell:
     max_sent: int = 0
     deleted: list[int] = field(default_factory=list)
     disk_ok: bool = True
-    # This connection: when each seq was last offered, the PUBACKed ones' deadlines.
+    # This connection: when each seq was last offered, when the PUBACKed ones' were seen
+    # (the poll before); the core's timeout of routine and telemetry at the last poll.
     offered_at: dict[int, float] = field(default_factory=dict)
     awaiting: dict[int, float] = field(default_factory=dict)
     last_poll: float = 0.0
+    timeout: float = 0.0
     live_mark: int = 0
     resent: int = 0
 
@@ -464,7 +466,11 @@ class ReceiptShell:
         self.awaiting = {}
 
     def due(self) -> set[int]:
-        return {s for s, d in self.awaiting.items() if d <= self.now}
+        """Timed out: emergency events after receipt_timeout_s, the others after the core's
+        current (backed-off) timeout, counted from the PUBACK."""
+        base, now = self.core.limits.receipt_timeout_s, self.now
+        return {s for s, t in self.awaiting.items()
+                if t + (base if self.store.rows[s].lane == E else self.timeout) <= now}
 
     def run(self, actions: Sequence[object]) -> list[Stored]:
         published: list[Stored] = []
@@ -505,10 +511,13 @@ class ReceiptShell:
                 assert a.seq in self.store.rows  # a refused event stays buffered
             else:
                 raise AssertionError(f"receipt mode emitted {a}")  # no Delete on a PUBACK
+        for s in due & set(self.awaiting):  # timed out, not yet sent again: stays due
+            self.awaiting[s] = float("-inf")
         return published
 
     def poll(self, dt: float = 0.0) -> list[Stored]:
         self.now += dt
+        self.timeout = self.core.receipt_timeout  # as the core sees it before this poll
         out = self.run(self.core.poll(self.now))
         self.last_poll = self.now
         return out
@@ -518,7 +527,7 @@ class ReceiptShell:
         if ok:
             self.broker_took.add(row.seq)
             if row.seq not in self.covered:
-                self.awaiting[row.seq] = self.last_poll + self.core.limits.receipt_timeout_s
+                self.awaiting[row.seq] = self.last_poll
         self.core.acked(handle, ok)
 
     def ack_all(self) -> None:
@@ -680,9 +689,14 @@ def test_receipt_properties(ops: list[tuple[object, ...]], start_with_backlog: b
       while one waits; the in-flight windows hold;
     - new routine and telemetry events stay within max_awaiting;
     - after a disconnect, the next connection offers every event no receipt covered; with
-      receipts for all, every event is deleted exactly once.
+      receipts for all, every event is deleted exactly once;
+    - the back-off: the timeout stays within [receipt_timeout_s, receipt_timeout_max_s]
+      (an event is resent only once the timeout it was given passed: ReceiptShell.run),
+      and never stops an event from going again: with no receipt at all, every event
+      awaiting one is offered again within receipt_timeout_max_s (and a window's polls).
     """
-    lim = replace(RCPT, receipt_timeout_s=1.0)  # short: the histories are short
+    # Short timeouts: the histories are short.
+    lim = replace(RCPT, receipt_timeout_s=1.0, receipt_timeout_max_s=4.0)
     sh = rshell(lim)
     if start_with_backlog:
         sh.store.add(R, 9)
@@ -751,6 +765,18 @@ def test_receipt_properties(ops: list[tuple[object, ...]], start_with_backlog: b
             case ("disk", ok):
                 assert isinstance(ok, bool)
                 sh.disk_ok = ok
+        assert lim.receipt_timeout_s <= sh.core.receipt_timeout <= 4.0
+    if online:
+        # The backend falls silent: the back-off never stops an awaiting event going again.
+        sh.ack_all()
+        t0 = sh.now
+        owed_again = {s for s in sh.awaiting if s in sh.store.rows and s not in sh.covered}
+        # A chunk (batch) per timeout: at most receipt_timeout_max_s per chunk owed.
+        horizon = t0 + 4.0 * (len(owed_again) // lim.batch + 2)
+        while sh.now < horizon and not all(sh.offered_at[s] > t0 for s in owed_again):
+            checked_poll(0.4)
+            sh.ack_all()
+        assert all(sh.offered_at[s] > t0 for s in owed_again)
     # Reconnect: every event no receipt covered is offered again; receipt all of it.
     sh.disk_ok = True
     if online:
@@ -769,3 +795,123 @@ def test_receipt_properties(ops: list[tuple[object, ...]], start_with_backlog: b
     assert owed <= offered
     assert not sh.store.rows
     assert sorted(sh.deleted) == list(range(1, sh.store.last + 1))  # each exactly once
+
+
+def test_the_receipt_timeout_backs_off_and_returns_on_a_receipt() -> None:
+    lim = replace(RCPT, receipt_timeout_s=5.0, receipt_timeout_max_s=20.0)
+    sh = rshell(lim)
+    sh.connect()
+    a, b = sh.commit(R, 2)
+    sh.poll()
+    sh.ack_all()
+    waits = []
+    for _ in range(4):  # the backend is silent: each resend waits twice as long, up to 20 s
+        waits.append(sh.core.receipt_timeout)
+        assert sh.poll(sh.core.receipt_timeout - 0.1) == []
+        assert seqs(sh.poll(0.1)) == [a, b]
+        sh.ack_all()
+    assert waits == [5.0, 10.0, 20.0, 20.0]
+    sos = sh.commit(E)
+    assert seqs(sh.poll()) == sos  # an SOS still goes at once
+    sh.ack_all()
+    assert seqs(sh.poll(5.0)) == sos  # and a timed-out one waits only the base
+    sh.ack_all()
+    sh.receipt([(a, b)])  # both were resent: their delay says nothing (Karn)
+    assert sh.core.receipt_timeout == 20.0
+    c = sh.commit(R)
+    sh.poll()
+    sh.ack_all()
+    sh.receipt([(c[0], c[0])])  # a receipt 1 s after one send: back to the base
+    sh.poll(1.0)
+    assert sh.core.receipt_timeout == 5.0
+    d = sh.commit(R)
+    sh.poll()
+    sh.ack_all()
+    sh.poll(4.0)
+    sh.receipt([(d[0], d[0])])  # a slow receipt (4 s): twice the delay measured
+    assert sh.core.receipt_timeout == 8.0
+
+
+def test_max_equal_to_the_base_is_the_fixed_timeout() -> None:
+    sh = rshell(replace(RCPT, receipt_timeout_s=5.0, receipt_timeout_max_s=5.0))
+    sh.connect()
+    sh.commit(R, 2)
+    sh.poll()
+    for _ in range(3):
+        sh.ack_all()
+        assert len(sh.poll(5.0)) == 2 and sh.core.receipt_timeout == 5.0
+
+
+def slow_backend(lim: Limits, units: int = 20, events: int = 100, rate: float = 20.0,
+                 dt: float = 0.1) -> tuple[int, float]:
+    """``units`` units, each with a backlog of ``events``, a broker that takes everything at
+    once, and one backend queue for all of them, storing ``rate`` events/s in FIFO order,
+    each publish (a resend too) costing it the same. Returns (resends, seconds until every
+    unit's buffer is empty)."""
+    from collections import deque
+    fleet = []
+    for _ in range(units):
+        store = Store()
+        store.add(R, events)
+        core = Delivery(store.fetch, lim, store.refetch)
+        core.connected(store.last, 0.0)
+        fleet.append((store, core))
+    queue: deque[tuple[int, int]] = deque()
+    stored: set[tuple[int, int]] = set()
+    sent, handle, now, credit = 0, 0, 0.0, 0.0
+    while any(store.rows for store, _ in fleet) and now < 3600:
+        for u, (store, core) in enumerate(fleet):
+            for a in core.poll(now):
+                if isinstance(a, Publish):
+                    hs = list(range(handle + 1, handle + 1 + len(a.rows)))
+                    handle += len(a.rows)
+                    core.published(a, hs)
+                    for h, row in zip(hs, a.rows, strict=True):
+                        queue.append((u, row.seq))
+                        core.acked(h, True)
+                    sent += len(a.rows)
+                elif isinstance(a, DeleteRanges):
+                    for lo, hi in a.ranges:
+                        for s in range(lo, hi + 1):
+                            store.rows.pop(s, None)
+                    core.ranges_deleted(a.ranges)
+        credit += rate * dt
+        done: dict[int, list[int]] = {}
+        while credit >= 1 and queue:
+            credit -= 1
+            key = queue.popleft()
+            if key not in stored:
+                stored.add(key)
+                done.setdefault(key[0], []).append(key[1])
+        for u, got in done.items():
+            fleet[u][1].receipt(runs(got))
+        now += dt
+    assert not any(store.rows for store, _ in fleet)
+    return sent - units * events, now
+
+
+def test_slow_receipts_no_longer_feed_on_themselves() -> None:
+    """The storm of docs/fleet.md (finding 4) in small: 20 units back with 100 events each,
+    one backend queue storing 20 events/s (100 s for the backlog), a 20 s receipt timeout.
+    The old rule (a fixed timeout: max = base) against the back-off."""
+    base = Limits(window=32, reserve=32, batch=64, receipts=True, receipt_timeout_s=20.0)
+    fixed = slow_backend(replace(base, receipt_timeout_max_s=20.0))
+    backoff = slow_backend(base)
+    print(f"2,000 events, backend 20/s: resends {fixed[0]} -> {backoff[0]}, "
+          f"drained in {fixed[1]:.0f} s -> {backoff[1]:.0f} s")
+    assert backoff[0] * 2 <= fixed[0] and backoff[1] <= fixed[1]
+
+
+def test_one_chunk_of_timed_out_events_per_timeout() -> None:
+    lim = replace(RCPT, receipt_timeout_s=5.0, receipt_timeout_max_s=40.0)  # batch 4
+    sh = rshell(lim)
+    sh.connect()
+    sh.commit(R, 8)
+    while sh.poll():
+        sh.ack_all()
+    sh.poll()  # all eight PUBACKed by the same poll
+    assert seqs(sh.poll(5.0)) == [1, 2, 3, 4]  # the oldest chunk only, and back off
+    sh.ack_all()
+    assert sh.core.receipt_timeout == 10.0
+    assert sh.poll(9.9) == [] and 0 < sh.core.timeout() <= 0.1 + 1e-9
+    assert seqs(sh.poll(0.1)) == [5, 6, 7, 8]  # the next chunk a (backed-off) timeout later

@@ -141,3 +141,27 @@ def test_commands_queued_while_offline_arrive(tmp_path: Path, broker: LocalBroke
         gw.wait_log("command cmd/locate received", timeout=15)
     finally:
         gw.stop()
+
+
+def test_the_publisher_works_with_descriptors_above_1023(
+        running: tuple[Gateway, Subscriber], broker: LocalBroker) -> None:
+    """select() cannot watch a descriptor numbered above FD_SETSIZE (1024): a daemon with
+    many open files (or many units in one process, docs/fleet.md) must still deliver."""
+    import os
+    import resource
+    gw, sub = running
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    pads = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        # Every number below 1024 is taken: the publisher's socket will be above it.
+        assert all(os.path.exists(f"/proc/self/fd/{n}") for n in range(1024))
+        gw.start()
+        gw.pipeline.commit([ev(Lane.EMERGENCY, 1), ev(Lane.ROUTINE, 2)])
+        wait_until(lambda: len(sub.seq_ids()) >= 2, 30, "both events at the backend")
+    finally:
+        for fd in pads:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -126,6 +126,8 @@ def test_delivery_defaults_to_broker_mode() -> None:
     ('[delivery]\nmode = "receipt"\n', "delivery.mode"),  # no [commands] public_keys
     ('[delivery]\nreceipt_timeout_s = 0.2\n', "delivery.receipt_timeout_s"),
     ('[delivery]\nmax_awaiting = 0\n', "delivery.max_awaiting"),
+    ('[delivery]\nreceipt_timeout_s = 60\nreceipt_timeout_max_s = 30\n',
+     "delivery.receipt_timeout_max_s"),  # below the base
     ('[delivery]\nreceipt_timeout = 30\n', "delivery.receipt_timeout"),  # did you mean
 ])
 def test_delivery_config_is_strict(extra: str, key: str) -> None:
