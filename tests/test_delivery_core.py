@@ -900,18 +900,3 @@ def test_slow_receipts_no_longer_feed_on_themselves() -> None:
     print(f"2,000 events, backend 20/s: resends {fixed[0]} -> {backoff[0]}, "
           f"drained in {fixed[1]:.0f} s -> {backoff[1]:.0f} s")
     assert backoff[0] * 2 <= fixed[0] and backoff[1] <= fixed[1]
-
-
-def test_one_chunk_of_timed_out_events_per_timeout() -> None:
-    lim = replace(RCPT, receipt_timeout_s=5.0, receipt_timeout_max_s=40.0)  # batch 4
-    sh = rshell(lim)
-    sh.connect()
-    sh.commit(R, 8)
-    while sh.poll():
-        sh.ack_all()
-    sh.poll()  # all eight PUBACKed by the same poll
-    assert seqs(sh.poll(5.0)) == [1, 2, 3, 4]  # the oldest chunk only, and back off
-    sh.ack_all()
-    assert sh.core.receipt_timeout == 10.0
-    assert sh.poll(9.9) == [] and 0 < sh.core.timeout() <= 0.1 + 1e-9
-    assert seqs(sh.poll(0.1)) == [5, 6, 7, 8]  # the next chunk a (backed-off) timeout later
