@@ -286,7 +286,6 @@ class Delivery:
         # across connections: a slow backend stays slow when the unit reconnects).
         self._rto = self.limits.receipt_timeout_s
         self._backed_off_at = float("-inf")  # when the timeout last doubled
-        self._next_round = float("-inf")  # timed-out routine/telemetry held back until then
         self._rto_max = max(self.limits.receipt_timeout_s, self.limits.receipt_timeout_max_s
                             or 8 * self.limits.receipt_timeout_s)
         # Per connection: PUBACKed seqs -> _Awaiting, (PUBACK time, seq) heaps per lane
@@ -485,12 +484,10 @@ class Delivery:
         if self._busy or self._to_delete:
             return 0.0  # sent something: more may fit at once; or a receipt to carry out
         wait = self.limits.ack_flush_s if self._pending else self.limits.idle_s
-        if self._acked_emergency:
-            due = self._acked_emergency[0][0] + self.limits.receipt_timeout_s
-            wait = min(wait, max(0.0, due - self._now))
-        if self._acked_other:
-            due = max(self._acked_other[0][0] + self._rto, self._next_round)
-            wait = min(wait, max(0.0, due - self._now))
+        for heap, limit in ((self._acked_emergency, self.limits.receipt_timeout_s),
+                            (self._acked_other, self._rto)):
+            if heap:
+                wait = min(wait, max(0.0, heap[0][0] + limit - self._now))
         return wait
 
     # -- state for the shell and tests -------------------------------------------------------
@@ -583,28 +580,17 @@ class Delivery:
         heap, due = self._acked_emergency, self._due_emergency
         while heap and heap[0][0] + self.limits.receipt_timeout_s <= now:
             self._make_due(heapq.heappop(heap), due)
-        if now < self._next_round:
-            return  # backed off, more timed out than one chunk: the rest wait their turn
         heap, due = self._acked_other, self._due_other
-        back_off, released = False, 0
+        back_off = False
         while heap and heap[0][0] + self._rto <= now:
-            if released >= self.limits.batch:
-                # One chunk per timeout, the oldest: a busy backend gets a chunk to answer,
-                # not the whole window again. The rest go a (backed-off) timeout later.
-                self._next_round = now + self._rto_after(back_off)
-                break
             acked_at, seq = heapq.heappop(heap)
-            if self._make_due((acked_at, seq), due):
-                released += 1
-                back_off = back_off or acked_at >= self._backed_off_at
+            if self._make_due((acked_at, seq), due) and acked_at >= self._backed_off_at:
+                back_off = True
         if back_off:
             # Sent since the last doubling, timed out, no receipt: back off, once for all
-            # that timed out together; what waits gets the new timeout.
-            self._rto = self._rto_after(True)
+            # that timed out together (they go again now; what waits gets the new timeout).
+            self._rto = min(self._rto_max, 2 * self._rto)
             self._backed_off_at = now
-
-    def _rto_after(self, back_off: bool) -> float:
-        return min(self._rto_max, 2 * self._rto) if back_off else self._rto
 
     def _make_due(self, key: tuple[float, int], due: list[int]) -> bool:
         acked_at, seq = key
@@ -661,7 +647,6 @@ class Delivery:
         self._busy = False
         self._awaiting = {}
         self._resent = set()
-        self._next_round = float("-inf")
         self._acked_emergency = []
         self._acked_other = []
         self._due = set()

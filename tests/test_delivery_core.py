@@ -771,9 +771,7 @@ def test_receipt_properties(ops: list[tuple[object, ...]], start_with_backlog: b
         sh.ack_all()
         t0 = sh.now
         owed_again = {s for s in sh.awaiting if s in sh.store.rows and s not in sh.covered}
-        # A chunk (batch) per timeout: at most receipt_timeout_max_s per chunk owed.
-        horizon = t0 + 4.0 * (len(owed_again) // lim.batch + 2)
-        while sh.now < horizon and not all(sh.offered_at[s] > t0 for s in owed_again):
+        while sh.now - t0 < 4.0 + 2.0:
             checked_poll(0.4)
             sh.ack_all()
         assert all(sh.offered_at[s] > t0 for s in owed_again)
@@ -899,4 +897,4 @@ def test_slow_receipts_no_longer_feed_on_themselves() -> None:
     backoff = slow_backend(base)
     print(f"2,000 events, backend 20/s: resends {fixed[0]} -> {backoff[0]}, "
           f"drained in {fixed[1]:.0f} s -> {backoff[1]:.0f} s")
-    assert backoff[0] * 2 <= fixed[0] and backoff[1] <= fixed[1]
+    assert backoff[0] * 4 <= fixed[0] and backoff[1] < fixed[1]
