@@ -897,4 +897,7 @@ def test_slow_receipts_no_longer_feed_on_themselves() -> None:
     backoff = slow_backend(base)
     print(f"2,000 events, backend 20/s: resends {fixed[0]} -> {backoff[0]}, "
           f"drained in {fixed[1]:.0f} s -> {backoff[1]:.0f} s")
-    assert backoff[0] * 4 <= fixed[0] and backoff[1] < fixed[1]
+    # Half the resends or fewer, and the backlog drains no later. (Releasing only one chunk
+    # per timeout cut more, but left events a backend had lost waiting many timeouts:
+    # tests/test_backend_faults.py could not drain in 90 s.)
+    assert backoff[0] * 2 <= fixed[0] and backoff[1] <= fixed[1]
