@@ -206,7 +206,8 @@ def test_erase_removes_undelivered_events_with_a_signed_receipt(
             # The broker lets events through again: only kid-b2's arrives.
             broker.extra_conf = ""
             broker.restart()
-            wait_until(lambda: len(sub.events("gate")) >= 1, 45, "the undelivered event")  # after refusals the reconnect backs off
+            # After the refusals the unit's reconnect has backed off: 45 s.
+            wait_until(lambda: len(sub.events("gate")) >= 1, 45, "the undelivered event")
             time.sleep(0.5)
             assert [e["child"] for e in sub.events("gate")] == ["kid-b2"]
     finally:
