@@ -54,7 +54,6 @@ CONNECT_TIMEOUT_S = 30.0  # CONNECT to CONNACK (a busy broker on a loaded machin
 # Messages read, or parsed and validated, between two turns of the event loop (~30 us
 # each): a whole batch at once held the loop for tens of ms, the writer's commit unseen.
 PARSE_CHUNK = 100
-PUBACK_HEADER = bytes((mqtt.PUBACK, 2))  # fixed header: type 4, remaining length 2
 MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
 # Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
 # right after its N-th commit, before the PUBACKs and receipts of that batch.
@@ -123,27 +122,6 @@ def _tls(cfg: Config) -> aiomqtt.TLSParameters | None:
         return None
     return aiomqtt.TLSParameters(ca_certs=t.ca_file, certfile=t.cert_file or None,
                                  keyfile=t.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
-
-
-def send_acks(paho: mqtt.Client, acks: Sequence[tuple[int, int]]) -> None:
-    """PUBACK a committed batch's QoS 1 messages in one write.
-
-    ``paho.ack`` queues one packet per message, and paho writes each with its own ``send``
-    (hundreds of system calls a batch). A PUBACK is 4 bytes (0x40, remaining length 2, the
-    packet id; MQTT 5 leaves out a success reason code the same way, as paho itself does),
-    so the batch's PUBACKs go as one packet in paho's own out-queue, written (and resumed
-    after a partial send) by its writer as any other. With manual acknowledgements paho
-    keeps no state for an incoming QoS 1 message, so there is nothing else to update. QoS 2
-    (not subscribed to) goes through paho as before.
-    """
-    packet = bytearray()
-    for mid, qos in acks:
-        if qos == 1:
-            packet += PUBACK_HEADER + mid.to_bytes(2, "big")
-        else:
-            paho.ack(mid, qos)
-    if packet:
-        paho._packet_queue(mqtt.PUBACK, packet, 0, 0)
 
 
 class Inbox:
@@ -365,7 +343,9 @@ class Backend:
                             self.stats.batches, written.events, self.stats.duplicates)
                 os.kill(os.getpid(), signal.SIGKILL)
             if batch.connection == self.connection:
-                send_acks(client._client, batch.acks)
+                paho = client._client
+                for mid, qos in batch.acks:
+                    paho.ack(mid, qos)
             self._send_receipts(client, batch.items)
 
     async def _write(self, batch: Batch) -> Written:
