@@ -65,6 +65,7 @@ from playhouse.sqlite_ext import AutoIncrementField
 
 from gateway import contract
 from gateway.contract import Stored
+from gateway.durable import write_durably
 from gateway.model import Event, Lane
 
 log = logging.getLogger("gateway.outbox")
@@ -100,23 +101,6 @@ PRAGMAS = {"page_size": 1024, "journal_mode": "wal", "synchronous": 2, "busy_tim
 
 def _utc_stamp(t: float) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """temp + fsync + rename + fsync of the folder: the file is the old or the new one."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _complement(have: list[int], low: int, high: int) -> list[tuple[int, int]]:
@@ -629,7 +613,7 @@ class Outbox:
         row = _sql(self.db, "SELECT seq FROM outbox ORDER BY seq LIMIT 1").fetchone()
         unacked_from = int(row[0]) if row else self.last_seq() + 1
         try:
-            _write_atomic(self._hwm_path, json.dumps(
+            write_durably(self._hwm_path, json.dumps(
                 {"reserved": reserved, "unacked_from": unacked_from}).encode())
         except OSError as e:
             if not self._hwm_failing:

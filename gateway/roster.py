@@ -21,11 +21,11 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.durable import write_durably
 from gateway.model import TagConfig, canonical_tag_id
 
 MAX_BATCH = 10_000  # enrolments (or unenrolments) in one command
@@ -340,19 +340,7 @@ class RosterFile:
             return None
 
     def save(self, roster: Roster) -> None:
-        tmp = f"{self.path}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, dumps(roster))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_durably(self.path, dumps(roster))
 
 
 def effective(config_tags: Sequence[TagConfig], saved: Roster | None) -> Roster:

@@ -22,6 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.durable import write_durably
 from gateway.signing import KeyFileError, b64url, kid_of, load_private_key, public_pem
 
 
@@ -36,24 +37,6 @@ class UnitKey:
         raw = self.key.public_key().public_bytes(serialization.Encoding.Raw,
                                                  serialization.PublicFormat.Raw)
         return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw), "kid": self.kid}
-
-
-def _write_durably(path: str, data: bytes) -> None:
-    """temp + fsync + rename + fsync of the folder: a power cut leaves the old file or
-    the whole new one, never a torn key."""
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def load_or_create(buffer_path: str) -> tuple[UnitKey | None, str | None]:
@@ -74,10 +57,10 @@ def load_or_create(buffer_path: str) -> tuple[UnitKey | None, str | None]:
     key = Ed25519PrivateKey.generate()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _write_durably(path, key.private_bytes(serialization.Encoding.PEM,
+        write_durably(path, key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
-        _write_durably(f"{path}.pub", public_pem(key.public_key()))
+        write_durably(f"{path}.pub", public_pem(key.public_key()))
     except OSError as e:
         return None, f"cannot make the unit key {path} ({e.strerror or e}): erasure " \
                      "receipts are not signed until it can"
