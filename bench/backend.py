@@ -56,6 +56,7 @@ from backend.ingest import EventRow, parse
 from backend.store import Store
 from firmware_sim import procs
 from firmware_sim.broker import LocalBroker
+from firmware_sim.postgres import query
 from gateway import signing
 from gateway.contract import iso_utc
 
@@ -129,16 +130,8 @@ def _publish_all(port: int, msgs: list[tuple[str, bytes]]) -> None:
 
 
 def _sql(dsn: str, statement: str) -> Any:
-    import asyncpg
-
-    async def go() -> Any:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return await conn.fetchval(statement)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
+    """The one value a statement returns."""
+    return query(dsn, statement)[0][0]
 
 
 def _migrated(pg: PgServer) -> str:

@@ -13,7 +13,6 @@ runs in a work dir on free loopback ports and ends with Ctrl-C (or after ``--for
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import secrets
@@ -30,7 +29,7 @@ import tomli_w
 from firmware_sim import procs
 from firmware_sim import scenario as scen
 from firmware_sim.broker import BrokerMissing, LocalBroker, free_port
-from firmware_sim.postgres import LocalPostgres, PostgresMissing
+from firmware_sim.postgres import LocalPostgres, PostgresMissing, query
 from firmware_sim.simulator import Context
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,17 +158,8 @@ def declare_disaster(broker_port: int, key: Path, units: list[str]) -> None:
 
 def stored(dsn: str) -> dict[str, int]:
     """Events in PostgreSQL by kind: what the chain delivered."""
-    import asyncpg
-
-    async def go() -> dict[str, int]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            rows = await conn.fetch("SELECT kind, count(*) AS n FROM events GROUP BY kind")
-        finally:
-            await conn.close()
-        return {r["kind"]: int(r["n"]) for r in rows}
-
-    return asyncio.run(go())
+    return {r["kind"]: int(r["n"])
+            for r in query(dsn, "SELECT kind, count(*) AS n FROM events GROUP BY kind")}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ postgres (initdb and postgres refuse root). tests/pg.py is the tests' fixture of
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -101,3 +102,18 @@ class LocalPostgres:
     def stop(self) -> None:
         procs.end(self.proc, signal.SIGINT, timeout=20)  # SIGINT: fast shutdown
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def query(dsn: str, sql: str, *args: Any) -> list[Any]:
+    """One statement on a connection of its own (asyncpg records): for the demo, the tests,
+    the benches and the fleet, which look into the backend's database from outside."""
+    import asyncpg
+
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())

@@ -8,7 +8,6 @@ connects to the last node of the cluster; units prefer the others (fleet.unit).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 import tomli_w
 
+from firmware_sim.postgres import query
 from fleet.cluster import cpu_seconds, rss_mb
 from gateway import signing
 
@@ -103,19 +103,6 @@ class BackendProc:
 
     def rss_mb(self) -> float:
         return rss_mb(self.proc.pid) if self.proc else 0.0
-
-
-def query(dsn: str, sql: str, *args: Any) -> list[Any]:
-    import asyncpg
-
-    async def go() -> list[Any]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def stored_count(dsn: str) -> int:

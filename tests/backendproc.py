@@ -5,7 +5,6 @@ Used with tests/pg.py (the database) and firmware_sim.broker.LocalBroker (mosqui
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -165,16 +164,3 @@ class ReceiptCollector:
         self.client.disconnect()
         self.client.loop_stop()
         assert not self.bad, self.bad[:5]
-
-
-def query(dsn: str, sql: str, *args: Any) -> list[Any]:
-    import asyncpg
-
-    async def go() -> list[Any]:
-        conn = await asyncpg.connect(dsn)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())

@@ -23,7 +23,8 @@ import contract as test_contract
 from backend import config, migrate, schemas
 from backend.gaps import Gap, classify, summarise
 from backend.ingest import EventRow, Invalid, UnitMessage, parse, receipts, to_ranges
-from backendproc import drop_event, encode, event, query
+from backendproc import drop_event, encode, event
+from firmware_sim.postgres import query
 
 C = schemas.load()
 P = "kidsafe/v1"

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from test_receipts_e2e import UNIT, depth, flood, last_seq, receipt_config, status
 
-from backendproc import BackendProcess, keypair, query, write_config
+from backendproc import BackendProcess, keypair, write_config
 from firmware_sim.broker import LocalBroker
+from firmware_sim.postgres import query
 from firmware_sim.vserial import VirtualSerial
 from harness import GatewayProcess, Subscriber, wait_until
 

@@ -19,10 +19,10 @@ from backendproc import (
     encode,
     event,
     keypair,
-    query,
     write_config,
 )
 from firmware_sim.broker import LocalBroker
+from firmware_sim.postgres import query
 from gateway.contract import SCHEMA_VERSION
 from harness import wait_until
 

@@ -20,11 +20,12 @@ from backend import config as backend_config
 from backend.web import serve
 from backend.web import sites as sitesmod
 from backend.web.source import PgSource
-from backendproc import BackendProcess, keypair, query
+from backendproc import BackendProcess, keypair
 from backendproc import write_config as write_backend_config
 from blezmock import ALERT_UUID, TAG_UUID, ble_world
 from firmware_sim.ble import SimTag
 from firmware_sim.broker import LocalBroker
+from firmware_sim.postgres import query
 from gateway import config as configmod
 from harness import GatewayProcess, wait_until, write_config
 from pagerig import browser, log_in, serving, web_config
