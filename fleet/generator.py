@@ -69,6 +69,16 @@ def pct(values: Sequence[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[min(998, int(q * 1000) - 1)]
 
 
+def wait_for(cond: Callable[[], bool], timeout: float, step: float) -> bool:
+    """Poll ``cond`` until it holds (True) or ``timeout`` s have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
 @dataclass
 class Stats:
     committed: int = 0
@@ -139,12 +149,7 @@ class Fleet:
         return sum(u.online for u in self.units)
 
     def wait(self, cond: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(step)
-        return True
+        return wait_for(cond, timeout, step)
 
     def depth(self) -> int:
         return sum(u.outbox.depth() for u in self.units)

@@ -11,13 +11,12 @@ both cores (one GIL each). Each worker is a ``Fleet`` driven over a pipe.
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from fleet.generator import Fleet, pct, proc_rss_mb
+from fleet.generator import Fleet, pct, proc_rss_mb, wait_for
 from fleet.traffic import Mix
 
 UNITS_PER_PROCESS = 100
@@ -139,12 +138,7 @@ class FleetPool:
         return sum(self._all("depth"))
 
     def wait(self, cond: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(step)
-        return True
+        return wait_for(cond, timeout, step)
 
     def start_traffic(self, seconds: float, sos_every_s: float = 0.0) -> None:
         # The fleet's SOS rate split over the workers.
