@@ -337,7 +337,10 @@ class Delivery:
         else:
             self._other_inflight -= 1
         if not ok:
-            self._refused.append(seq)
+            if seq in self._covered_in_flight:  # a receipt already has it: nothing refused
+                self._covered_in_flight.discard(seq)
+            else:
+                self._refused.append(seq)
         elif not self._receipts:
             self._pending.append(seq)
         elif seq in self._covered_in_flight:
