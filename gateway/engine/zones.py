@@ -10,7 +10,9 @@ The exit is a one-sided CUSUM on the raw RSSI (each advert clipped to +-CLIP_DB 
 the exit threshold): a fade of seconds adds a bounded amount and then drains away, so
 it takes a sustained drop below ``exit_dbm`` to leave. The crossing time each event
 carries (``time``) is the change point of a CUSUM referenced to the boundary level:
-the advert that started its current run; ``data.decided`` is the decision time.
+the advert that started its current run (for an enter, the step of a two-segment fit
+of the tag's binned adverts while out, when earlier); ``data.decided`` is the decision
+time.
 Leaving a zone one must stay in is also a zone_alert (emergency lane).
 """
 
@@ -36,6 +38,22 @@ HOME_TAU_S = 120.0
 # still whose tag is weaker than the calibration's (or a calibration a little high) keeps
 # its own level for hours, and a still level is not a move.
 HOLD_DB = 4.0
+# Enter times. While a tag is out its adverts are binned over time (STEP_BIN_S; past
+# STEP_BINS bins, neighbours merge and the bins double); at the enter, the split of the
+# bins with the largest rise between the mean before and the mean after (a two-segment
+# least-squares fit) is where the tag stepped in. The change-point tracker's run is late
+# for a child who comes to stand just inside: its adverts are then barely above the
+# boundary level (or below, when the calibration is high) and the run restarts on every
+# fade for minutes. The fit compares the tag with its own level before, not with the
+# boundary. A walk in is a ramp, not a step, and the fit splits it midway, before the
+# crossing: the crossing is the first bin from the split on whose mean reaches the
+# boundary level, or STEP_NEAR_DB below the mean after the split when that is lower (a
+# tag weaker than the calibration's, standing just inside). The earlier of the tracker's
+# and this estimate is the crossing.
+STEP_BIN_S = 10.0
+STEP_BINS = 64
+STEP_MIN = 3  # adverts on each side of a split
+STEP_NEAR_DB = 1.5
 
 
 def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, reader: str,
@@ -109,6 +127,13 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
             if score >= settings.exit_score_db and t - presence.since >= settings.exit_dwell_s:
                 _exit(state, runtime, zone, tag, presence, t, reader, "weak", events)
         return
+    steps = presence.steps  # the step bins (see STEP_BIN_S); _bin when a bin is new
+    k = 2 * int((t - presence.step0) / presence.step_w) if presence.step_w else -1
+    if 0 <= k < len(steps):
+        steps[k] += side
+        steps[k + 1] += 1.0
+    else:
+        _bin(presence, t, side)
     if level is None:
         return
     if status == OUT:
@@ -122,6 +147,59 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
         _enter(state, runtime, zone, tag, presence, t, reader, events)
 
 
+def _bin(presence: Presence, t: float, side: float) -> None:
+    """One advert of a tag that is out (``side``: dB about the boundary level, clipped)."""
+    if presence.step_w <= 0.0:  # the first since it went out
+        presence.step0, presence.step_w = t, STEP_BIN_S
+    steps = presence.steps
+    k = int((t - presence.step0) / presence.step_w)
+    while k >= STEP_BINS:  # half the bins, twice as wide: memory stays flat
+        merged: list[float] = []
+        for i in range(0, len(steps), 4):
+            merged.append(sum(steps[i:i + 4:2]))
+            merged.append(sum(steps[i + 1:i + 4:2]))
+        steps[:] = merged
+        presence.step_w *= 2.0
+        k = int((t - presence.step0) / presence.step_w)
+    if k < 0:
+        k = 0
+    while len(steps) <= 2 * k:
+        steps += (0.0, 0.0)
+    steps[2 * k] += side
+    steps[2 * k + 1] += 1.0
+
+
+def _stepped_in(presence: Presence) -> float | None:
+    """When the tag's binned adverts rose to the level it entered at (see STEP_BIN_S):
+    the middle of that bin, or None (too few adverts, or no rise)."""
+    steps = presence.steps
+    total_sum, total_n = sum(steps[0::2]), sum(steps[1::2])
+    best, at = 0.0, 0
+    sum_a = n_a = 0.0
+    for k in range(1, len(steps) // 2):
+        sum_a += steps[2 * k - 2]
+        n_a += steps[2 * k - 1]
+        n_b = total_n - n_a
+        if n_a < STEP_MIN or n_b < STEP_MIN or not steps[2 * k + 1]:
+            continue
+        rise = (total_sum - sum_a) / n_b - sum_a / n_a
+        fit = n_a * n_b / total_n * rise * rise
+        if rise > 0.0 and fit > best:
+            best, at = fit, k
+    if not at:
+        return None
+    sum_a = sum(steps[0:2 * at:2])
+    n_a = sum(steps[1:2 * at:2])
+    after = (total_sum - sum_a) / (total_n - n_a)
+    reached = min(0.0, after - STEP_NEAR_DB)
+    for k in range(at, len(steps) // 2):
+        n = steps[2 * k + 1]
+        if n and steps[2 * k] >= reached * n:
+            at = k
+            break
+    return presence.step0 + (at + 0.5) * presence.step_w
+
+
 def _crossing(presence: Presence, decided: float) -> float:
     """Best estimate of when the tag crossed: the start of the tracker's run."""
     return presence.cross if presence.drift > 0.0 and presence.cross <= decided else decided
@@ -130,6 +208,10 @@ def _crossing(presence: Presence, decided: float) -> float:
 def _enter(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
            t: float, reader: str, events: list[Event]) -> None:
     crossed = _crossing(presence, t)
+    stepped = _stepped_in(presence)
+    if stepped is not None and stepped < crossed:
+        crossed = stepped
+    presence.steps, presence.step_w = [], 0.0
     presence.status = IN
     presence.home = zone.settings.boundary_dbm  # rises while the tag shows it is well inside
     presence.drift = presence.score = 0.0
@@ -150,6 +232,7 @@ def _exit(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, pre
     else:
         crossed = _crossing(presence, t)
     presence.status = OUT
+    presence.steps, presence.step_w = [], 0.0  # binned afresh from its next advert
     presence.home = None
     presence.drift = presence.score = 0.0
     presence.cross = t
