@@ -47,12 +47,12 @@ class Presence:
     """One tag in one zone."""
 
     __slots__ = ("cross", "drift", "home", "last_seen", "level", "level_time", "score", "seen",
-                 "since", "status", "step0", "step_w", "steps")
+                 "since", "status", "step_end", "step_w", "steps")
 
     def __init__(self, status: int = OUT, since: float = 0.0, last_seen: float = 0.0,
                  level: float | None = None, seen: float | None = None, score: float = 0.0,
                  drift: float = 0.0, cross: float | None = None, home: float | None = None,
-                 level_time: float | None = None, step0: float | None = None,
+                 level_time: float | None = None, step_end: float = 0.0,
                  step_w: float = 0.0, steps: list[float] | None = None) -> None:
         self.status = status
         self.since = since  # timer: when the current ENTERING/LEAVING run or IN began
@@ -65,8 +65,8 @@ class Presence:
         self.home = home  # slow average of the level while in (None: out)
         self.level_time = self.seen if level_time is None else level_time  # of ``level``
         # While out: the adverts binned over time since it went out (zones.py, "step"),
-        # [sum of dB about the boundary level, count] per bin of step_w s from step0.
-        self.step0 = self.seen if step0 is None else step0
+        # [sum of dB about the boundary level, count] per bin of step_w s up to step_end.
+        self.step_end = step_end
         self.step_w = step_w
         self.steps = [] if steps is None else steps
 
@@ -235,7 +235,7 @@ def state_to_dict(state: EngineState) -> dict[str, Any]:
                  for r, tags in state.rssi.items()},
         "heard": dict(state.heard),
         "zones": {z: {t: [p.status, p.since, p.last_seen, p.level, p.seen, p.score, p.drift,
-                          p.cross, p.home, p.level_time, p.step0, p.step_w,
+                          p.cross, p.home, p.level_time, p.step_end, p.step_w,
                           [round(v, 1) for v in p.steps]]  # dB sums and counts: short
                       for t, p in tags.items()}
                   for z, tags in state.zones.items()},

@@ -127,13 +127,12 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
             if score >= settings.exit_score_db and t - presence.since >= settings.exit_dwell_s:
                 _exit(state, runtime, zone, tag, presence, t, reader, "weak", events)
         return
-    steps = presence.steps  # the step bins (see STEP_BIN_S); _bin when a bin is new
-    k = 2 * int((t - presence.step0) / presence.step_w) if presence.step_w else -1
-    if 0 <= k < len(steps):
-        steps[k] += side
-        steps[k + 1] += 1.0
+    if t < presence.step_end:  # the step bins (see STEP_BIN_S): the current one
+        steps = presence.steps
+        steps[-2] += side
+        steps[-1] += 1.0
     else:
-        _bin(presence, t, side)
+        _bin(presence, t, side)  # a new bin, the first, or a merge
     if level is None:
         return
     if status == OUT:
@@ -148,25 +147,31 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
 
 
 def _bin(presence: Presence, t: float, side: float) -> None:
-    """One advert of a tag that is out (``side``: dB about the boundary level, clipped)."""
-    if presence.step_w <= 0.0:  # the first since it went out
-        presence.step0, presence.step_w = t, STEP_BIN_S
+    """One advert of a tag that is out (``side``: dB about the boundary level, clipped)
+    past the end of its last step bin."""
     steps = presence.steps
-    k = int((t - presence.step0) / presence.step_w)
+    width = presence.step_w
+    if not width or not steps:  # the first since it went out
+        presence.step_w = STEP_BIN_S
+        presence.step_end = t + STEP_BIN_S
+        presence.steps = [side, 1.0]
+        return
+    start = presence.step_end - len(steps) // 2 * width
+    k = int((t - start) / width)
     while k >= STEP_BINS:  # half the bins, twice as wide: memory stays flat
         merged: list[float] = []
         for i in range(0, len(steps), 4):
             merged.append(sum(steps[i:i + 4:2]))
             merged.append(sum(steps[i + 1:i + 4:2]))
         steps[:] = merged
-        presence.step_w *= 2.0
-        k = int((t - presence.step0) / presence.step_w)
-    if k < 0:
-        k = 0
+        width *= 2.0
+        k = int((t - start) / width)
     while len(steps) <= 2 * k:
         steps += (0.0, 0.0)
     steps[2 * k] += side
     steps[2 * k + 1] += 1.0
+    presence.step_w = width
+    presence.step_end = start + len(steps) // 2 * width
 
 
 def _stepped_in(presence: Presence) -> float | None:
@@ -197,7 +202,7 @@ def _stepped_in(presence: Presence) -> float | None:
         if n and steps[2 * k] >= reached * n:
             at = k
             break
-    return presence.step0 + (at + 0.5) * presence.step_w
+    return presence.step_end - (len(steps) // 2 - at - 0.5) * presence.step_w
 
 
 def _crossing(presence: Presence, decided: float) -> float:
@@ -211,7 +216,7 @@ def _enter(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, pr
     stepped = _stepped_in(presence)
     if stepped is not None and stepped < crossed:
         crossed = stepped
-    presence.steps, presence.step_w = [], 0.0
+    presence.steps, presence.step_w, presence.step_end = [], 0.0, 0.0
     presence.status = IN
     presence.home = zone.settings.boundary_dbm  # rises while the tag shows it is well inside
     presence.drift = presence.score = 0.0
@@ -232,7 +237,7 @@ def _exit(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, pre
     else:
         crossed = _crossing(presence, t)
     presence.status = OUT
-    presence.steps, presence.step_w = [], 0.0  # binned afresh from its next advert
+    presence.steps, presence.step_w, presence.step_end = [], 0.0, 0.0  # afresh
     presence.home = None
     presence.drift = presence.score = 0.0
     presence.cross = t
