@@ -399,8 +399,9 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
 
 # Where a sample's time goes: the first rule whose marks are all in its stack.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("engine state save (state_to_dict + json.dumps)", ("state_to_dict",)),
-    ("engine state save (state_to_dict + json.dumps)", ("json/", "Pipeline.commit")),
+    ("engine state save (state_to_dict + JSON)", ("gateway/engine/persist.py",)),
+    ("engine state save (state_to_dict + JSON)", ("state_to_dict",)),
+    ("engine state save (state_to_dict + JSON)", ("json/", "Pipeline.commit")),
     ("SQLite commits (peewee, outbox)", ("gateway/outbox.py",)),
     ("engine (step, tick)", ("gateway/engine/",)),
     ("logging", ("logging/",)),
@@ -408,7 +409,9 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gateway BLE driver (decode, hand-over)", ("BleDriver._hand_over",)),
     ("bleak (BlueZ manager, scanner, AdvertisementData)", ("bleak/",)),
     ("D-Bus messages (dbus_fast) + asyncio loop", ("BleDriver.run",)),
-    ("serial readers: pyserial", ("serial/",)),
+    ("serial readers: port I/O (pyserial; select, read, write)", ("serial/",)),
+    ("serial readers: port I/O (pyserial; select, read, write)", ("_read_some (drivers/_serial",)),
+    ("serial readers: port I/O (pyserial; select, read, write)", ("_write (drivers/_serial",)),
     ("serial readers: codecs, UHF poller, driver loop", ("SerialDriver",)),
     ("pipeline: queue, filter, batches", ("Pipeline.",)),
     ("MQTT publisher (paho, health)", ("Publisher",)),

@@ -21,7 +21,11 @@ OptionsT = TypeVar("OptionsT", bound=ReaderOptions)
 
 
 class Sink(Protocol):
-    """Where a driver reports to; the pipeline implements it. Must be thread-safe."""
+    """Where a driver reports to; the pipeline implements it. Must be thread-safe.
+
+    The pipeline also offers ``reading_batch(readings)`` (several readings as one item of
+    its queue) and ``enrolled``; a driver that uses them looks them up and falls back to
+    ``reading`` (the BLE driver), so a bare sink (driver tests) needs only these three."""
 
     def reading(self, reading: Reading) -> None: ...
 

@@ -1,9 +1,13 @@
 """Shared plumbing for readers on a serial port (USB-serial adapters, UARTs).
 
-Reads go through pyserial exactly as in the field. An unplugged adapter makes
-``read()`` raise ``SerialException`` and ``in_waiting`` raise ``OSError``;
-both are ``OSError``, so one handler closes the port and reconnects with
-exponential back-off and jitter (tenacity), reporting the outage once.
+pyserial opens, configures and closes the port exactly as in the field; the read
+loop waits on the port's descriptor with one ``select`` and takes what is there
+with one ``read`` (``_read_some``: what pyserial's ``read()`` does, without its
+per-call overhead, which a polled UHF reader paid ~60 times a second). An
+unplugged adapter makes that read raise ``SerialException`` (as pyserial's
+``read()`` would) or ``OSError``; both are ``OSError``, so one handler closes the
+port and reconnects with exponential back-off and jitter (tenacity), reporting
+the outage once.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
+import select
 import threading
 from abc import abstractmethod
 from collections.abc import Iterable
@@ -141,15 +147,12 @@ class SerialDriver(Driver[SerialT]):
         rid = self.cfg.id
         sink = self.sink
         clock = self.clock
+        fd = port.fileno()
         if out := self.on_open(clock.monotonic()):
-            port.write(out)
+            _write(port, fd, out)
+        timeout = self.read_timeout_s
         while not stop.is_set():
-            data = port.read(port.in_waiting or 1)
-            if len(data) == 1 and (more := port.in_waiting):
-                # Woken by a frame's first byte: take the rest of what came with it now,
-                # not one more turn of the loop (a polled UHF reader answers ~60 times a
-                # second; bench/site_load.py).
-                data += port.read(more)
+            data = _read_some(fd, timeout)
             mono = clock.monotonic()
             if data:
                 now = clock.now()
@@ -160,6 +163,49 @@ class SerialDriver(Driver[SerialT]):
                     for r in self.readings(item, now, mono):
                         sink.reading(r)
                     if out := self.on_frame(item, mono):
-                        port.write(out)
+                        _write(port, fd, out)
             if out := self.watch(mono, bool(data)):
-                port.write(out)
+                _write(port, fd, out)
+
+
+# What pyserial's read() raises when a port that select() calls readable gives no bytes.
+_NO_DATA = ("device reports readiness to read but returned no data "
+            "(device disconnected or multiple access on port?)")
+_RETRY_ERRNOS = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR}
+
+
+def _read_some(fd: int, timeout_s: float) -> bytes:
+    """Whatever the port holds once a byte is there (b"" after ``timeout_s`` without one).
+
+    What ``port.read(port.in_waiting or 1)`` and a second read of the rest did, with one
+    select and one read instead of six syscalls and two turns of pyserial's read loop (a
+    polled UHF reader answers ~60 times a second; bench/site_load.py). The port is still
+    pyserial's (opened, configured and closed by it, non-blocking); the failures are its
+    read()'s: an unplugged adapter reads as "ready, no data" (SerialException) or EIO."""
+    if not select.select((fd,), (), (), timeout_s)[0]:
+        return b""
+    try:
+        data = os.read(fd, 4096)
+    except OSError as e:
+        if e.errno in _RETRY_ERRNOS:
+            return b""
+        raise serial.SerialException(f"read failed: {e}") from e
+    if not data:
+        raise serial.SerialException(_NO_DATA)
+    return data
+
+
+def _write(port: serial.Serial, fd: int, data: bytes) -> None:
+    """``port.write(data)`` in one syscall when the port takes it all at once (a command
+    of a few bytes always does); pyserial writes the rest, or after EAGAIN, and raises
+    as its write() does."""
+    try:
+        n = os.write(fd, data)
+    except BlockingIOError:
+        n = 0
+    except OSError as e:
+        if e.errno != errno.EINTR:
+            raise serial.SerialException(f"write failed: {e}") from e
+        n = 0
+    if n < len(data):
+        port.write(data[n:])

@@ -39,7 +39,7 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,7 @@ from drivers._base import Driver
 from drivers.codecs import Reject
 from drivers.codecs import ble as codec
 from gateway import backoff
-from gateway.model import BleSighting, ReaderState
+from gateway.model import BleSighting, ReaderState, Reading
 from gateway.options import ReaderOptions, opt
 
 log = logging.getLogger("gateway.driver")
@@ -131,6 +131,31 @@ class BleOptions(ReaderOptions):
         return self.adapter
 
 
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """An advert's payload decoded, with what every advert of it needs worked out once (a
+    tag repeats one payload for hours): ``ids`` is each tag id with its major/minor when
+    the frames are plain ids (no button press, TLM or reject), else None and the frames
+    are gone through one by one. ``changing``: a TLM, whose payload is never repeated."""
+
+    frames: list[codec.BleFrame | Reject]
+    ids: tuple[tuple[str, tuple[int, int] | None], ...] | None
+    changing: bool
+
+    @classmethod
+    def of(cls, frames: list[codec.BleFrame | Reject], button_uuid: str | None) -> _Decoded:
+        changing = any(isinstance(f, codec.EddystoneTlm | codec.EddystoneTlmEncrypted)
+                       for f in frames)
+        plain = not any(isinstance(f, Reject | codec.EddystoneTlm)
+                        or codec.is_button_press(f, button_uuid) for f in frames)
+        ids = None
+        if plain:
+            ids = tuple((tid, (f.major, f.minor) if isinstance(f, codec.IBeacon) else None)
+                        for f in frames if not isinstance(f, Reject)
+                        and (tid := codec.tag_id(f)) is not None)
+        return cls(frames, ids, changing)
+
+
 def _put(lru: OrderedDict[Any, str], key: Any, value: str) -> None:
     lru[key] = value
     lru.move_to_end(key)
@@ -158,8 +183,8 @@ class BleDriver(Driver[BleOptions]):
         self.enrolled: Collection[str] | None = getattr(self.sink, "enrolled", None)
         self._by_addr: OrderedDict[str, str] = OrderedDict()
         self._by_major_minor: OrderedDict[tuple[int, int], str] = OrderedDict()
-        self._decoded: dict[tuple[Any, ...], list[codec.BleFrame | Reject]] = {}
-        self._batch: list[BleSighting] = []  # sightings not yet handed to the pipeline
+        self._decoded: dict[tuple[Any, ...], _Decoded] = {}
+        self._batch: list[Reading] = []  # sightings not yet handed to the pipeline
         self._last_adv = 0.0
         self._bus: MessageBus | None = None
         self.power_cycles = 0
@@ -183,38 +208,66 @@ class BleDriver(Driver[BleOptions]):
         """Keep what attributes a later TLM or button press to ``tid``: enrolled tags only."""
         if self.enrolled is not None and tid not in self.enrolled:
             return
-        _put(self._by_addr, addr, tid)
+        by_addr = self._by_addr
+        if by_addr.get(addr) == tid:  # the usual advert: only its place in the LRU moves
+            by_addr.move_to_end(addr)
+        else:
+            _put(by_addr, addr, tid)
         if major_minor is not None:
-            _put(self._by_major_minor, major_minor, tid)
+            by_mm = self._by_major_minor
+            if by_mm.get(major_minor) == tid:
+                by_mm.move_to_end(major_minor)
+            else:
+                _put(by_mm, major_minor, tid)
 
-    def _decode(self, mfr: dict[int, bytes], svc: dict[str, bytes]) -> list[
-            codec.BleFrame | Reject]:
+    def _decode(self, mfr: dict[int, bytes], svc: dict[str, bytes]) -> _Decoded:
         key = (*mfr.items(), *svc.items())
-        frames = self._decoded.get(key)
-        if frames is None:
-            frames = codec.decode_advertisement(mfr, svc)
-            if not any(isinstance(f, codec.EddystoneTlm | codec.EddystoneTlmEncrypted)
-                       for f in frames):
+        decoded = self._decoded.get(key)
+        if decoded is None:
+            decoded = _Decoded.of(codec.decode_advertisement(mfr, svc), self.button_uuid)
+            if not decoded.changing:
                 if len(self._decoded) >= MAX_PAYLOADS:
                     self._decoded.clear()
-                self._decoded[key] = frames
-        return frames
+                self._decoded[key] = decoded
+        return decoded
 
     def _hand_over(self) -> None:
         batch, self._batch = self._batch, []
+        if not batch:
+            return
+        # The pipeline takes a batch as one item of its queue; a bare sink (driver tests)
+        # gets the readings one by one.
+        whole: Callable[[list[Reading]], None] | None = getattr(self.sink, "reading_batch", None)
+        if whole is not None:
+            whole(batch)
+            return
         reading = self.sink.reading
         for r in batch:
             reading(r)
 
     def on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
         mono = self._last_adv = self.clock.monotonic()  # any advert proves the scan is alive
-        frames = self._decode(adv.manufacturer_data, adv.service_data)
-        if not frames:
+        decoded = self._decode(adv.manufacturer_data, adv.service_data)
+        if not decoded.frames:
             return  # phones, headphones, ...: not ours
-        rid, sink = self.cfg.id, self.sink
-        if self.enrolled is not None and getattr(sink, "enrolled", None) is not self.enrolled:
+        if self.enrolled is not None and getattr(self.sink, "enrolled", None) is not self.enrolled:
             self._follow_roster()
-        addr = device.address
+        if decoded.ids is not None:  # the common advert: ids only (no press, TLM or reject)
+            addr = device.address
+            now = self.clock.now()
+            batch, rid, rssi = self._batch, self.cfg.id, adv.rssi
+            for tid, major_minor in decoded.ids:
+                self._remember(addr, tid, major_minor)
+                batch.append(BleSighting(rid, tid, now, rssi, mono=mono))
+            if len(batch) >= HAND_OVER_MAX:
+                self._hand_over()
+            return
+        self._advert(device.address, decoded.frames, adv.rssi, mono)
+
+    def _advert(self, addr: str, frames: list[codec.BleFrame | Reject], rssi: int,
+                mono: float) -> None:
+        """An advert with a button press, a TLM or a rejected frame, frame by frame."""
+        rid, sink = self.cfg.id, self.sink
         ids: list[str] = []
         pressed: list[str] = []
         tlm: codec.EddystoneTlm | None = None
@@ -247,11 +300,11 @@ class BleDriver(Driver[BleOptions]):
         now = self.clock.now()
         batch = self._batch
         for tid in pressed:
-            batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp, button=True,
+            batch.append(BleSighting(rid, tid, now, rssi, battery, temp, button=True,
                                      mono=mono))
         for tid in ids:
             if tid not in pressed:
-                batch.append(BleSighting(rid, tid, now, adv.rssi, battery, temp, mono=mono))
+                batch.append(BleSighting(rid, tid, now, rssi, battery, temp, mono=mono))
         if pressed or len(batch) >= HAND_OVER_MAX:
             self._hand_over()  # an SOS does not wait for the batch
 

@@ -107,23 +107,29 @@ class UhfR2000Sim(UhfSim[r2k.R2000Command]):
             time.sleep(self.round_s / 3)
             self._send(r2k.encode_status(cmd.cmd, 0x22, self.address))
             return
-        present = self._in_field(ant)
-        t0 = time.monotonic()
+        # Repeat: the reader runs that many rounds, sending each tag packet as it reads
+        # it, and one summary for the whole command; 0xFF ("as fast as possible") is one
+        # round here.
+        rounds = cmd.data[0] if cmd.data and 1 < cmd.data[0] < 0xFF else 1
         n = 0
-        for epc, f in present:
-            if self.rng.random() < self.miss_rate:
-                continue
-            rssi = dbm_to_raw(f.rssi + self.rng.gauss(0, self.rssi_jitter_db))
-            frame = bytearray(r2k.encode_tag(epc, rssi, ant, self.rng.randrange(50),
-                                             addr=self.address))
-            if self.corrupt_next > 0:
-                self.corrupt_next -= 1
-                frame[-1] ^= 0x5A
-            self._send(bytes(frame))
-            n += 1
-        self.tags_sent += n
-        time.sleep(max(0.0, self.round_s - (time.monotonic() - t0)))
-        rate = int(n / self.round_s) if self.round_s > 0 else 0
+        for _ in range(rounds):
+            present = self._in_field(ant)
+            t0 = time.monotonic()
+            for epc, f in present:
+                if self.rng.random() < self.miss_rate:
+                    continue
+                rssi = dbm_to_raw(f.rssi + self.rng.gauss(0, self.rssi_jitter_db))
+                frame = bytearray(r2k.encode_tag(epc, rssi, ant, self.rng.randrange(50),
+                                                 addr=self.address))
+                if self.corrupt_next > 0:
+                    self.corrupt_next -= 1
+                    frame[-1] ^= 0x5A
+                self._send(bytes(frame))
+                n += 1
+                self.tags_sent += 1
+            time.sleep(max(0.0, self.round_s - (time.monotonic() - t0)))
+        on_air = rounds * self.round_s
+        rate = int(n / on_air) if on_air > 0 else 0
         self._send(r2k.encode_inventory_end(n, min(rate, 0xFFFF), ant, self.address))
 
 

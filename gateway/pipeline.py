@@ -26,8 +26,8 @@ import logging
 import math
 import queue
 import threading
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
@@ -62,6 +62,45 @@ STATE_SAVE_S = 1.0  # the state goes to disk with every commit of events, else t
 MARKS_KEY = "retention_marks"  # [[engine time, last seq], ...] of the retention purges
 WINDOWS_SAVE_S = 30.0  # the RSSI windows, this often (and at a stop)
 STATE_COALESCE_S = 0.2  # routine events wait at most this long to share a state save
+
+
+# An item of the pipeline's queue: a reading, a driver's batch of them, or None (wake()).
+Item = Reading | list[Reading] | None
+
+
+def _count(item: Item) -> int:
+    return len(item) if isinstance(item, list) else 1
+
+
+def _flat(items: list[Item]) -> list[Reading]:
+    out: list[Reading] = []
+    for item in items:
+        if isinstance(item, list):
+            out.extend(item)
+        elif item is not None:
+            out.append(item)
+    return out
+
+
+class _Readings(queue.Queue[Item]):
+    """The readings queue, bounded by readings rather than items: a batch counts as the
+    readings in it (queue.Queue's _init/_qsize/_put/_get hooks)."""
+
+    def _init(self, maxsize: int) -> None:
+        self.queue: deque[Item] = deque()
+        self.readings = 0
+
+    def _qsize(self) -> int:
+        return self.readings
+
+    def _put(self, item: Item) -> None:
+        self.queue.append(item)
+        self.readings += _count(item)
+
+    def _get(self) -> Item:
+        item = self.queue.popleft()
+        self.readings -= _count(item)
+        return item
 
 
 class Pipeline:
@@ -105,7 +144,7 @@ class Pipeline:
         self._state_saved = -math.inf
         self._windows_saved = -math.inf
         # None is not a reading: wake() puts it to end a wait for readings at once.
-        self._q: queue.Queue[Reading | None] = queue.Queue(QUEUE_MAX)
+        self._q = _Readings(QUEUE_MAX)
         # Work for the pipeline thread from others (commands): run between batches, so the
         # engine state is only ever touched on this thread.
         self._control: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any], bool]] = (
@@ -191,6 +230,17 @@ class Pipeline:
             with self._lock:
                 self.counters["readings_dropped_queue_full"] += 1
 
+    def reading_batch(self, batch: Sequence[Reading]) -> None:
+        """Several readings as one item of the queue (the BLE driver's batches): one
+        hand-over and one wake-up of this thread for the lot."""
+        if not batch:
+            return
+        try:
+            self._q.put_nowait(batch if isinstance(batch, list) else list(batch))
+        except queue.Full:
+            with self._lock:
+                self.counters["readings_dropped_queue_full"] += len(batch)
+
     def reject(self, reader: str, reason: str) -> None:
         with self._lock:
             self.rejects[(reader, reason)] += 1
@@ -212,18 +262,20 @@ class Pipeline:
     def run(self, stop: threading.Event) -> None:
         next_tick = self.clock.monotonic() + TICK_S
         while not stop.is_set():
-            got: list[Reading | None] = []
+            got: list[Item] = []
             try:
                 wait = TICK_S
                 if self._deferred:  # not longer than the coalescing allows
                     wait = min(wait, max(0.0, self._state_saved + STATE_COALESCE_S
                                          - self.clock.monotonic()))
                 got.append(self._q.get(timeout=wait))
-                while len(got) < BATCH:
-                    got.append(self._q.get_nowait())
+                n = _count(got[0])
+                while n < BATCH:
+                    got.append(item := self._q.get_nowait())
+                    n += _count(item)
             except queue.Empty:
                 pass
-            batch = [r for r in got if r is not None]
+            batch = _flat(got)
             events = self.process(batch)
             self._run_controls()
             mono = self.clock.monotonic()
@@ -238,15 +290,13 @@ class Pipeline:
             self.commit_soon(events)
         self._run_controls()
         # Drain what the drivers already handed over before we stop.
-        rest: list[Reading] = []
+        rest: list[Item] = []
         while True:
             try:
-                r = self._q.get_nowait()
+                rest.append(self._q.get_nowait())
             except queue.Empty:
                 break
-            if r is not None:
-                rest.append(r)
-        self.commit_soon(self.process(rest), final=True)
+        self.commit_soon(self.process(_flat(rest)), final=True)
         if self._pending:
             self._park_at_stop()
 

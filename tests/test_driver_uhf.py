@@ -163,3 +163,25 @@ def test_not_online_until_the_reader_answers(tmp_path: Path) -> None:
             assert sink.state_count(ReaderState.STARTING) >= 1
     finally:
         port.close()
+
+
+def test_repeat_reads_that_many_rounds_per_command(tmp_path: Path) -> None:
+    """``repeat`` 3: each 0x89 runs three rounds and ends with one summary, as the real
+    reader does (the simulator too, so bench/site_load.py can measure it); the driver
+    sends the next command after the summary."""
+    port = plugged(tmp_path / "ttyUHF0")
+    sim = UhfR2000Sim(port, antennas=1, miss_rate=0.0, seed=7)
+    sim.enter(EPC_A, antenna=1)  # in the field from the first round on
+    sim.start()
+    cfg = reader_config({"id": "gate-uhf", "kind": "uhf_r2000", "role": "gate",
+                         "port": port.path, "baud": 115200, "antennas": [1], "repeat": 3,
+                         **DRIVER_TIMES})
+    with driver_rig(port, sim, lambda sink: UhfR2000Driver(cfg, sink, SystemClock())) as rig:
+        _port, _sim, sink = rig
+        wait_until(lambda: len(sink.reads) >= 30, 10, "30 reads")
+        with sink.lock:
+            reads = len(sink.reads)
+        inventories = [c for c in sim.commands if c.cmd == r2k.CMD_REAL_TIME_INVENTORY]
+    assert {c.data[0] for c in inventories} == {3}
+    # Three reads per command; at most two commands without all of theirs yet.
+    assert 3 * (len(inventories) - 2) <= reads <= 3 * len(inventories)

@@ -66,10 +66,19 @@ def test_held_events_are_capped_but_emergency_kept(tmp_path: Path, monkeypatch:
 def test_readings_beyond_the_queue_are_counted_not_blocking(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    import queue
+    import gateway.pipeline as pl
 
     pipe, _ = make(tmp_path)
-    pipe._q = queue.Queue(10)
-    for i in range(25):  # nobody is taking them: a stuck pipeline
-        pipe.reading(TagRead("g", "62E3086CED", 1.7e9 + i))
+    pipe._q = pl._Readings(10)  # bounded by readings: a driver's batch counts as its readings
+
+    def read(i: int) -> TagRead:
+        return TagRead("g", "62E3086CED", 1.7e9 + i)
+
+    for i in range(5):  # nobody is taking them: a stuck pipeline
+        pipe.reading(read(i))
+    pipe.reading_batch([read(i) for i in range(5, 10)])  # fits: 10 readings waiting
+    pipe.reading_batch([read(i) for i in range(10, 14)])  # does not: 4 dropped
+    for i in range(14, 25):
+        pipe.reading(read(i))
     assert pipe.stats()["counters"]["readings_dropped_queue_full"] == 15
+    assert pipe._q.qsize() == 10
