@@ -262,7 +262,8 @@ def _wait_for(pred: Any, timeout: float, what: str) -> None:
 
 
 def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True,
-        keep: bool = False, park_only: bool = False) -> dict[str, float]:
+        keep: bool = False, park_only: bool = False,
+        gulp_ms: float | None = None) -> dict[str, float]:
     def say(msg: str) -> None:
         if progress:
             print(f"  ... {msg}", file=sys.stderr, flush=True)
@@ -297,6 +298,10 @@ def run(seconds: float = 60.0, profile: str | None = None, progress: bool = True
         snippet = text.split("config for gatewayd", 1)[1].split("\n", 1)[1]
         snippet = snippet.split("[sim]", 1)[0]
         readers = tomllib.loads(snippet)["readers"]
+        if gulp_ms is not None:  # a comparison with another D-Bus gulp than the default
+            for r in readers:
+                if r["kind"] == "ble":
+                    r["gulp_ms"] = gulp_ms
         n_passages = 0 if park_only else int(duration / GATE_EVERY_S) + 1
         cfg = work / "gateway.toml"
         cfg.write_text(tomli_w.dumps(gateway_config(work, broker.port, readers, n_passages)))
@@ -448,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="FILE",
                    help="py-spy the daemon over the window (raw collapsed stacks to FILE)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, buffer)")
+    p.add_argument("--gulp-ms", type=float, metavar="MS",
+                   help="the BLE readers' gulp_ms (default: the driver's own default)")
     p.add_argument("--summarize", metavar="FILE", help="only summarize a profile made before")
     p.add_argument("--park-only", action="store_true",
                    help="the shipped park scenario's load (BLE only, 300 tags every 2 s)")
@@ -455,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         print(summarize(args.summarize))
         return 0
-    figures = run(args.seconds, args.profile, keep=args.keep, park_only=args.park_only)
+    figures = run(args.seconds, args.profile, keep=args.keep, park_only=args.park_only,
+                  gulp_ms=args.gulp_ms)
     for k, v in figures.items():
         t = TARGETS.get(k)
         print(f"{k:34} {v:>10}" + (f"  target {t[0]} {t[1]:g}" if t else ""))

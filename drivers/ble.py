@@ -20,6 +20,9 @@ beyond bleak's own. Tag ids: ``ibeacon:<uuid>:<major>:<minor>`` /
   that major/minor when configured. An unattributable press is counted
   (``button-unknown-tag``), not guessed.
 
+* The driver's loop reads D-Bus in gulps (``gulp_ms``, drivers/_coalesce.py): after
+  the first advert it waits that long, so the next ones are taken in the same turn.
+
 Failure handling (theengs/gateway#99, bleak#1628; checked against BlueZ's
 D-Bus API as mocked by python-dbusmock): a scan can stall silently, so a
 watchdog on ``silence_s`` without any advert first restarts the scan
@@ -52,6 +55,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
 from drivers._base import Driver
+from drivers._coalesce import gulping_loop
 from drivers.codecs import Reject
 from drivers.codecs import ble as codec
 from gateway import backoff
@@ -126,6 +130,8 @@ class BleOptions(ReaderOptions):
                                      gt=0, le=3600)
     reconnect_max_s: float = opt(30.0, "back-off cap while the adapter is in trouble",
                                  gt=0, le=3600)
+    gulp_ms: float = opt(20.0, "wait this long after an advert so that the next ones are "
+                               "read with it (CPU); 0: each at once", ge=0, le=100)
 
     def where(self) -> str:
         return self.adapter
@@ -311,7 +317,8 @@ class BleDriver(Driver[BleOptions]):
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        with asyncio.Runner() as runner:
+        gulp_s = self.cfg.options.gulp_ms / 1000
+        with asyncio.Runner(loop_factory=lambda: gulping_loop(gulp_s)) as runner:
             runner.get_loop().set_exception_handler(self._loop_exception)
             runner.run(self._main(stop))
 
