@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import os
 import signal
@@ -43,6 +45,7 @@ from backend import migrate, schemas
 from backend.config import Config
 from backend.gaps import summarise
 from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
+from backend.receipt_ledger import Ledger
 from backend.store import Store, Written
 from gateway import signing
 from gateway.contract import iso_utc
@@ -64,6 +67,9 @@ KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
 UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
                asyncpg.ConnectionDoesNotExistError)
+# Two transactions locking the same rows in another order (the emergency session and the
+# main one store the same events): PostgreSQL aborts one; it is written again.
+RETRY = (asyncpg.TransactionRollbackError,)
 # The database refuses the data (asyncpg's own encoding errors included).
 REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError,
            OverflowError, TypeError)
@@ -198,6 +204,8 @@ class Backend:
         self.client: aiomqtt.Client | None = None
         self.inbox = Inbox()
         self._pending: set[asyncio.Task[Any]] = set()
+        self.ledger = Ledger()  # receipts not yet PUBACKed (sent again after a reconnect)
+        self._receipt_keys = itertools.count()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed (tests, the bench)
         kill = os.environ.get(KILL_AFTER_COMMITS, "")
@@ -245,6 +253,7 @@ class Backend:
                     log.info("connected to %s:%d as %s (MQTT %s)", self.cfg.broker.host,
                              self.cfg.broker.port, self.cfg.broker.client_id,
                              self.cfg.broker.protocol)
+                    self._send_lost_receipts(client)
                     await self._consume(client)
             except aiomqtt.MqttError as e:
                 self.ready.clear()
@@ -361,6 +370,9 @@ class Backend:
                     log.warning("the database refused a batch of %d (%s: %s); writing it "
                                 "message by message", len(batch.items), type(e).__name__, e)
                     return await self._write_each(batch)
+            except RETRY as e:
+                log.warning("batch of %d written again (%s: %s)", len(batch.items),
+                            type(e).__name__, e)
             except UNAVAILABLE as e:
                 log.warning("database unavailable (%s: %s); batch of %d kept, retrying in "
                             "%.1f s", type(e).__name__, e, len(batch.items), delay)
@@ -388,27 +400,49 @@ class Backend:
         return total
 
     def _send_receipts(self, client: aiomqtt.Client, items: Sequence[Item]) -> None:
+        self._publish_receipts(client, receipts(items))
+
+    def _publish_receipts(self, client: aiomqtt.Client,
+                          per_unit: dict[str, list[list[int]]]) -> None:
         if self.key is None:
             return
         now = iso_utc(time.time())
-        for unit, ranges in receipts(items).items():
+        for unit, ranges in per_unit.items():
             for i in range(0, len(ranges), MAX_RANGES_PER_RECEIPT):
-                token = signing.sign(
-                    receipt_payload(unit, ranges[i:i + MAX_RANGES_PER_RECEIPT], now), self.key,
-                    signing.TYP_RECEIPT)
+                chunk = ranges[i:i + MAX_RANGES_PER_RECEIPT]
+                token = signing.sign(receipt_payload(unit, chunk, now), self.key,
+                                     signing.TYP_RECEIPT)
                 task = asyncio.create_task(
                     client.publish(f"{self.cfg.prefix}/{unit}/receipt", token, qos=1))
+                key = next(self._receipt_keys)
+                self.ledger.sent(key, self.connection, unit, chunk)
                 self._pending.add(task)
-                task.add_done_callback(self._receipt_done)
+                task.add_done_callback(functools.partial(self._receipt_done, key,
+                                                         self.connection, client))
 
-    def _receipt_done(self, task: asyncio.Task[Any]) -> None:
+    def _receipt_done(self, key: int, connection: int, client: aiomqtt.Client,
+                      task: asyncio.Task[Any]) -> None:
         self._pending.discard(task)
         if task.cancelled() or task.exception() is not None:
-            # The unit sends those events again (reconnect or receipt_timeout_s), and they
-            # are receipted then.
+            # On a connection that died, sent again after the reconnect
+            # (_send_lost_receipts); else the unit sends those events again after its
+            # receipt_timeout_s, and they are receipted then.
             self.stats.receipt_failures += 1
+            self.ledger.failed(key, connection == self.connection
+                               and not client._disconnected.done())
         else:
             self.stats.receipts += 1
+            self.ledger.acked(key)
+
+    def _send_lost_receipts(self, client: aiomqtt.Client) -> None:
+        """The receipts not PUBACKed on an earlier connection, again, one per unit: the
+        backend stored those events, and the units would wait receipt_timeout_s for them
+        (docs/fleet.md, finding 6)."""
+        lost = self.ledger.lost(self.connection)
+        if lost:
+            log.info("%s: sending again the receipts of %d units lost with the last "
+                     "connection", self.cfg.broker.client_id, len(lost))
+            self._publish_receipts(client, lost)
 
     async def report(self) -> None:
         """Log the counters every 10 s and each unit's unexplained gaps every gap_report_s;
@@ -466,14 +500,18 @@ async def open_backend(cfg: Config) -> Backend:
 
 
 async def serve(cfg: Config, stopping: asyncio.Event | None = None) -> Stats:
+    from backend import emergency  # it builds on Backend (here)
+
     backend = await open_backend(cfg)
     if stopping is not None:
         backend.stopping = stopping
     reporter = asyncio.create_task(backend.report())
+    runs = [asyncio.create_task(b.run()) for b in (backend, *emergency.sessions(backend))]
     try:
-        await backend.run()
+        await asyncio.gather(*runs)
     finally:
         backend.stopping.set()
+        await asyncio.wait(runs)
         await reporter
         await backend.store.close()
         log.info("stopped: %s", backend.stats.line())
