@@ -82,7 +82,7 @@ class EmergencySession(Backend):
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-            log.info("emergency session stopped: %s", self.stats.line())
+            log.info("emergency session ended: %s", self.stats.line())
 
     async def _report(self) -> None:
         last = ""

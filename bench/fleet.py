@@ -161,6 +161,9 @@ class Run:
     def close(self) -> None:
         self.end_fleet()
         self.cluster.stop()
+        if KEEP_LOGS is not None:  # the nodes' own logs (connections closed, elections)
+            for f in (self.work / "rabbit").glob("n*/log/*.log"):
+                shutil.copy(f, KEEP_LOGS / f"{f.parent.parent.name}-{f.name}")
 
     def cpu(self) -> dict[str, float]:
         return {"generator": self.fleet.cpu_s() if self.fleet else 0.0,
@@ -281,7 +284,7 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     on_killed = sorted(ms for ms, unit in down if unit % run.cluster.size == 0)
     elsewhere = sorted(ms for ms, unit in down if unit % run.cluster.size != 0)
     stored_ms = sos_stored_ms(dsn, t_kill, t_restart)
-    out = {
+    out = {**reconnects(st["connections"], t_kill, t_restart, run.cluster.size),
         "fleet_kill_sos_stored_p50_ms": round(pct(stored_ms, 0.5), 1),
         "fleet_kill_sos_stored_p99_ms": round(pct(stored_ms, 0.99), 1),
         "fleet_kill_sos_max_ms": round(max(sos_down, default=float("nan")), 1),
@@ -308,6 +311,36 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
         "fleet_kill_node_restart_s": round(restart_s, 1),
     }
     run.end_fleet()
+    return out
+
+
+def reconnects(connections: list[tuple[int, tuple[Any, ...]]], after: float, before: float,
+               nodes: int) -> dict[str, float]:
+    """The units' connections that replaced one lost in [after, before): how many, from
+    which home node, and how long each step took from the loss (fleet.unit.Connection)."""
+    steps: dict[str, list[float]] = {"backoff": [], "connack": [], "connack_wait": [],
+                                     "suback": [], "puback": [], "tries": []}
+    homes = [0] * nodes
+    for unit, (_node, lost, tries, sent, connack, suback, puback) in connections:
+        if lost is None or not after <= lost < before:
+            continue
+        homes[unit % nodes] += 1
+        steps["backoff"].append(sent - lost)
+        steps["connack"].append(connack - lost)
+        steps["connack_wait"].append(connack - sent)
+        steps["tries"].append(tries)
+        if suback is not None:
+            steps["suback"].append(suback - lost)
+        if puback is not None:
+            steps["puback"].append(puback - lost)
+    out: dict[str, float] = {f"fleet_kill_reconnects_home_node{i + 1}": h
+                             for i, h in enumerate(homes)}
+    for k, v in steps.items():
+        v.sort()
+        scale, tail = (1, "") if k == "tries" else (1000, "_ms")
+        out[f"fleet_kill_reconnect_{k}_p50{tail}"] = round(scale * pct(v, 0.5), 1)
+        out[f"fleet_kill_reconnect_{k}_max{tail}"] = round(scale * max(v, default=float("nan")),
+                                                           1)
     return out
 
 
