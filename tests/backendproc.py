@@ -141,7 +141,7 @@ class ReceiptCollector:
         self.client.on_message = self._on_message
         props = None
         if persistent:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", port, clean_start=not persistent, properties=props)
         self.client.loop_start()
