@@ -48,9 +48,13 @@ class Broker:
     # A second session only for the emergency lane's kinds (sos, zone_alert, roll_call,
     # buffer_salvage: backend/emergency.py), so an SOS does not queue behind a backlog in
     # the main session's queue (docs/fleet.md, finding 5). Its client id: this, or
-    # "<client_id>-emergency" when empty (the broker's ACL must allow it).
+    # "<client_id>-emergency" when empty. Its account: emergency_username and
+    # emergency_password_file, or the main ones when empty (a broker that makes the
+    # username the client id, config/mosquitto/kidsafe.conf.example, needs its own).
     emergency_session: bool = True
     emergency_client_id: str = ""
+    emergency_username: str = ""
+    emergency_password_file: str = ""
     tls: Tls = field(default_factory=Tls)
 
 

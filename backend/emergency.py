@@ -51,9 +51,13 @@ def client_id(cfg: Config) -> str:
 
 
 def session_config(cfg: Config) -> Config:
-    """The main config with the emergency session's client id and no batching delay."""
+    """The main config with the emergency session's client id and account, and no
+    batching delay."""
+    b = cfg.broker
     return dataclasses.replace(
-        cfg, broker=dataclasses.replace(cfg.broker, client_id=client_id(cfg)),
+        cfg, broker=dataclasses.replace(
+            b, client_id=client_id(cfg), username=b.emergency_username or b.username,
+            password_file=b.emergency_password_file or b.password_file),
         ingest=dataclasses.replace(cfg.ingest, batch_latency_ms=0.0))
 
 

@@ -63,14 +63,21 @@ class ClusterPublisher(Publisher):
                                                                    port=self.ports[node]))
 
     def _connect(self, v5: bool) -> mqtt.Client:
-        self._tries += 1
-        sent = time.time()
-        try:
-            client = super()._connect(v5)
-        except ConnectFailed:
-            self.node = (self.node + 1) % len(self.ports)
-            self.cfg = self._at(self.cfg, self.node)
-            raise
+        # A node that refuses the TCP connection (nothing listens: it is down) is skipped at
+        # once, as a client does with a name that resolves to every node (the socket tries
+        # each address in turn); one that was reached but failed (no CONNACK in time, a
+        # refusal) is left for the next attempt, after the publisher's back-off.
+        for left in range(len(self.ports) - 1, -1, -1):
+            self._tries += 1
+            sent = time.time()
+            try:
+                client = super()._connect(v5)
+                break
+            except ConnectFailed as e:
+                self.node = (self.node + 1) % len(self.ports)
+                self.cfg = self._at(self.cfg, self.node)
+                if e.reached_broker or not left:
+                    raise
         self.connections.append(Connection(self.node, self._lost_at, self._tries, sent,
                                            time.time()))
         self._tries = 0

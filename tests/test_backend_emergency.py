@@ -56,6 +56,11 @@ def test_emergency_session_config() -> None:
     shared = config.parse({"broker": {"protocol": "5", "shared_group": "g",
                                       "emergency_client_id": "sos-1"}})
     assert emergency.client_id(shared) == "sos-1"
+    own = config.parse({"broker": {"username": "backend", "password_file": "/p",
+                                   "emergency_username": "backend-emergency"}})
+    assert emergency.session_config(own).broker.username == "backend-emergency"
+    assert emergency.session_config(own).broker.password_file == "/p"
+    assert emergency.session_config(cfg).broker.username == cfg.broker.username
     assert emergency.topics(shared)[0] == "$share/g/kidsafe/v1/+/event/sos"
     assert config.parse({"broker": {"emergency_session": False}}).broker.emergency_session \
         is False
