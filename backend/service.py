@@ -45,7 +45,7 @@ from backend import migrate, schemas
 from backend.config import Config
 from backend.gaps import summarise
 from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
-from backend.receipt_ledger import Ledger
+from backend.receipt_ledger import Ledger, merge
 from backend.store import Store, Written
 from gateway import signing
 from gateway.contract import iso_utc
@@ -58,6 +58,10 @@ CONNECT_TIMEOUT_S = 30.0  # CONNECT to CONNACK (a busy broker on a loaded machin
 # each): a whole batch at once held the loop for tens of ms, the writer's commit unseen.
 PARSE_CHUNK = 100
 MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
+# After a reconnect, the receipts lost with the last connection go with each unit's next
+# receipt, and for the units not heard from by then, this long after the reconnect
+# (backend/receipt_ledger.py says why not at once).
+OWED_RECEIPTS_S = 5.0
 # Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
 # right after its N-th commit, before the PUBACKs and receipts of that batch.
 KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
@@ -253,7 +257,7 @@ class Backend:
                     log.info("connected to %s:%d as %s (MQTT %s)", self.cfg.broker.host,
                              self.cfg.broker.port, self.cfg.broker.client_id,
                              self.cfg.broker.protocol)
-                    self._send_lost_receipts(client)
+                    self._hold_lost_receipts(client)
                     await self._consume(client)
             except aiomqtt.MqttError as e:
                 self.ready.clear()
@@ -400,7 +404,10 @@ class Backend:
         return total
 
     def _send_receipts(self, client: aiomqtt.Client, items: Sequence[Item]) -> None:
-        self._publish_receipts(client, receipts(items))
+        per_unit = receipts(items)
+        for unit, ranges in self.ledger.owed_for(per_unit).items():
+            per_unit[unit] = merge([*per_unit[unit], *ranges])
+        self._publish_receipts(client, per_unit)
 
     def _publish_receipts(self, client: aiomqtt.Client,
                           per_unit: dict[str, list[list[int]]]) -> None:
@@ -434,15 +441,27 @@ class Backend:
             self.stats.receipts += 1
             self.ledger.acked(key)
 
-    def _send_lost_receipts(self, client: aiomqtt.Client) -> None:
-        """The receipts not PUBACKed on an earlier connection, again, one per unit: the
-        backend stored those events, and the units would wait receipt_timeout_s for them
-        (docs/fleet.md, finding 6)."""
-        lost = self.ledger.lost(self.connection)
-        if lost:
-            log.info("%s: sending again the receipts of %d units lost with the last "
-                     "connection", self.cfg.broker.client_id, len(lost))
-            self._publish_receipts(client, lost)
+    def _hold_lost_receipts(self, client: aiomqtt.Client) -> None:
+        """The receipts not PUBACKed on an earlier connection are sent again, merged per
+        unit, with the unit's next receipt or OWED_RECEIPTS_S from now: the backend stored
+        those events, and the units would wait receipt_timeout_s for them (docs/fleet.md,
+        finding 6)."""
+        units = self.ledger.hold_lost(self.connection)
+        if units:
+            log.info("%s: the receipts of %d units lost with the last connection will be "
+                     "sent again", self.cfg.broker.client_id, units)
+            connection = self.connection
+            asyncio.get_running_loop().call_later(OWED_RECEIPTS_S, self._send_owed_receipts,
+                                                  client, connection)
+
+    def _send_owed_receipts(self, client: aiomqtt.Client, connection: int) -> None:
+        if connection != self.connection or client._disconnected.done():
+            return  # the next connection's turn
+        owed = self.ledger.owed_all()
+        if owed:
+            log.info("%s: sending again the receipts of %d units lost with an earlier "
+                     "connection", self.cfg.broker.client_id, len(owed))
+            self._publish_receipts(client, owed)
 
     async def report(self) -> None:
         """Log the counters every 10 s and each unit's unexplained gaps every gap_report_s;

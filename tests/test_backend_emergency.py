@@ -80,13 +80,16 @@ def test_ledger_keeps_only_what_a_dead_connection_lost() -> None:
     led.failed(4, connection_alive=True)  # timed out on a live connection: the unit resends
     led.failed(2, connection_alive=False)  # its connection died: kept
     led.sent(5, 2, "u", [[10, 10]])  # on the new connection: not lost
-    assert led.lost(2) == {"u": [[1, 4], [9, 9]]}
-    assert led.lost(2) == {} and len(led) == 1
+    assert led.hold_lost(2) == 1 and len(led) == 1  # u owes; the receipt on 2 is held
+    assert led.owed_for(["v", "x"]) == {}
+    assert led.owed_for(["u"]) == {"u": [[1, 4], [9, 9]]}  # with u's next receipt
+    assert led.owed_all() == {}
     assert merge([(5, 9), (1, 3), (4, 4), (20, 21)]) == [[1, 9], [20, 21]]
     small = Ledger(max_held=2)
     for k in range(3):
         small.sent(k, 1, f"u{k}", [[1, 1]])
-    assert small.forgotten == 1 and set(small.lost(2)) == {"u1", "u2"}
+    assert small.forgotten == 1 and small.hold_lost(2) == 2
+    assert set(small.owed_all()) == {"u1", "u2"}
 
 
 def test_an_emergency_seq_stored_ahead_is_a_gap_on_its_way() -> None:
@@ -165,8 +168,8 @@ def test_receipts_lost_with_the_connection_are_sent_again(
         broker: LocalBroker, backend_dsn: str, tmp_path: Path) -> None:
     """The broker stops answering right after the backend received a batch (its PUBACKs
     and receipts go unanswered), then crashes and comes back: the backend sends that
-    receipt again on its new connection, not leaving the unit to resend after its
-    receipt_timeout_s."""
+    receipt again on its new connection (the unit not heard from again: after
+    OWED_RECEIPTS_S), not leaving the unit to resend after its receipt_timeout_s."""
     priv, pub = keypair(tmp_path)
     cfg = write_config(tmp_path / "backend.toml", broker_port=broker.port, dsn=backend_dsn,
                        key_file=priv, batch_latency_ms=1500.0,
@@ -201,5 +204,5 @@ def test_receipts_lost_with_the_connection_are_sent_again(
         p.loop_stop()
         receipts.stop()
         assert backend.stop() == 0, backend.log_text()[-3000:]
-    assert "sending again the receipts of 1 units lost with the last connection" in \
+    assert "sending again the receipts of 1 units lost with an earlier connection" in \
         backend.log_text()
