@@ -45,6 +45,16 @@ class Broker:
     # when each PUBACK waits for a clustered broker's replication (RabbitMQ quorum queues):
     # at 600 units 19,394 of 19,615 receipts timed out (docs/fleet.md, finding 1).
     max_inflight: int = 1000
+    # A second session only for the emergency lane's kinds (sos, zone_alert, roll_call,
+    # buffer_salvage: backend/emergency.py), so an SOS does not queue behind a backlog in
+    # the main session's queue (docs/fleet.md, finding 5). Its client id: this, or
+    # "<client_id>-emergency" when empty. Its account: emergency_username and
+    # emergency_password_file, or the main ones when empty (a broker that makes the
+    # username the client id, config/mosquitto/kidsafe.conf.example, needs its own).
+    emergency_session: bool = True
+    emergency_client_id: str = ""
+    emergency_username: str = ""
+    emergency_password_file: str = ""
     tls: Tls = field(default_factory=Tls)
 
 
@@ -99,7 +109,7 @@ def _build(cls: type[Any], doc: Any, where: str) -> Any:
         default = getattr(cls(), name)
         if hasattr(type(default), "__dataclass_fields__"):
             kwargs[name] = _build(type(default), value, key)
-        elif isinstance(value, bool) or not (
+        elif isinstance(value, bool) != isinstance(default, bool) or not (
                 isinstance(value, type(default))
                 or (isinstance(default, float) and isinstance(value, int))):
             raise ConfigError(f"{key}: expected {type(default).__name__}, got {value!r}")
@@ -114,6 +124,8 @@ def parse(doc: dict[str, Any]) -> Config:
         raise ConfigError(f'broker.protocol: "5" or "3.1.1", got {cfg.broker.protocol!r}')
     if cfg.broker.shared_group and cfg.broker.protocol != "5":
         raise ConfigError("broker.shared_group needs broker.protocol = \"5\"")
+    if cfg.broker.emergency_session and cfg.broker.emergency_client_id == cfg.broker.client_id:
+        raise ConfigError("broker.emergency_client_id must differ from broker.client_id")
     if not 1 <= cfg.broker.max_inflight <= 65535:
         raise ConfigError(f"broker.max_inflight: 1..65535, got {cfg.broker.max_inflight}")
     if cfg.ingest.batch_size < 1 or cfg.ingest.batch_latency_ms < 0:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import logging
 import os
 import signal
@@ -43,6 +45,7 @@ from backend import migrate, schemas
 from backend.config import Config
 from backend.gaps import summarise
 from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
+from backend.receipt_ledger import Ledger, merge
 from backend.store import Store, Written
 from gateway import signing
 from gateway.contract import iso_utc
@@ -55,6 +58,10 @@ CONNECT_TIMEOUT_S = 30.0  # CONNECT to CONNACK (a busy broker on a loaded machin
 # each): a whole batch at once held the loop for tens of ms, the writer's commit unseen.
 PARSE_CHUNK = 100
 MAX_RANGES_PER_RECEIPT = 500  # a receipt stays a few KiB; more ranges go in another one
+# After a reconnect, the receipts lost with the last connection go with each unit's next
+# receipt, and for the units not heard from by then, this long after the reconnect
+# (backend/receipt_ledger.py says why not at once).
+OWED_RECEIPTS_S = 5.0
 # Fault injection for the tests only (tests/test_backend_faults.py): SIGKILL this process
 # right after its N-th commit, before the PUBACKs and receipts of that batch.
 KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
@@ -64,6 +71,9 @@ KILL_AFTER_COMMITS = "KIDSAFE_BACKEND_KILL_AFTER_COMMITS"
 UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
                asyncpg.ConnectionDoesNotExistError)
+# Two transactions locking the same rows in another order (the emergency session and the
+# main one store the same events): PostgreSQL aborts one; it is written again.
+RETRY = (asyncpg.TransactionRollbackError,)
 # The database refuses the data (asyncpg's own encoding errors included).
 REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError,
            OverflowError, TypeError)
@@ -198,6 +208,8 @@ class Backend:
         self.client: aiomqtt.Client | None = None
         self.inbox = Inbox()
         self._pending: set[asyncio.Task[Any]] = set()
+        self.ledger = Ledger()  # receipts not yet PUBACKed (sent again after a reconnect)
+        self._receipt_keys = itertools.count()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed (tests, the bench)
         kill = os.environ.get(KILL_AFTER_COMMITS, "")
@@ -245,6 +257,7 @@ class Backend:
                     log.info("connected to %s:%d as %s (MQTT %s)", self.cfg.broker.host,
                              self.cfg.broker.port, self.cfg.broker.client_id,
                              self.cfg.broker.protocol)
+                    self._hold_lost_receipts(client)
                     await self._consume(client)
             except aiomqtt.MqttError as e:
                 self.ready.clear()
@@ -361,6 +374,9 @@ class Backend:
                     log.warning("the database refused a batch of %d (%s: %s); writing it "
                                 "message by message", len(batch.items), type(e).__name__, e)
                     return await self._write_each(batch)
+            except RETRY as e:
+                log.warning("batch of %d written again (%s: %s)", len(batch.items),
+                            type(e).__name__, e)
             except UNAVAILABLE as e:
                 log.warning("database unavailable (%s: %s); batch of %d kept, retrying in "
                             "%.1f s", type(e).__name__, e, len(batch.items), delay)
@@ -388,27 +404,64 @@ class Backend:
         return total
 
     def _send_receipts(self, client: aiomqtt.Client, items: Sequence[Item]) -> None:
+        per_unit = receipts(items)
+        for unit, ranges in self.ledger.owed_for(per_unit).items():
+            per_unit[unit] = merge([*per_unit[unit], *ranges])
+        self._publish_receipts(client, per_unit)
+
+    def _publish_receipts(self, client: aiomqtt.Client,
+                          per_unit: dict[str, list[list[int]]]) -> None:
         if self.key is None:
             return
         now = iso_utc(time.time())
-        for unit, ranges in receipts(items).items():
+        for unit, ranges in per_unit.items():
             for i in range(0, len(ranges), MAX_RANGES_PER_RECEIPT):
-                token = signing.sign(
-                    receipt_payload(unit, ranges[i:i + MAX_RANGES_PER_RECEIPT], now), self.key,
-                    signing.TYP_RECEIPT)
+                chunk = ranges[i:i + MAX_RANGES_PER_RECEIPT]
+                token = signing.sign(receipt_payload(unit, chunk, now), self.key,
+                                     signing.TYP_RECEIPT)
                 task = asyncio.create_task(
                     client.publish(f"{self.cfg.prefix}/{unit}/receipt", token, qos=1))
+                key = next(self._receipt_keys)
+                self.ledger.sent(key, self.connection, unit, chunk)
                 self._pending.add(task)
-                task.add_done_callback(self._receipt_done)
+                task.add_done_callback(functools.partial(self._receipt_done, key,
+                                                         self.connection, client))
 
-    def _receipt_done(self, task: asyncio.Task[Any]) -> None:
+    def _receipt_done(self, key: int, connection: int, client: aiomqtt.Client,
+                      task: asyncio.Task[Any]) -> None:
         self._pending.discard(task)
         if task.cancelled() or task.exception() is not None:
-            # The unit sends those events again (reconnect or receipt_timeout_s), and they
-            # are receipted then.
+            # On a connection that died, sent again after the reconnect
+            # (_send_lost_receipts); else the unit sends those events again after its
+            # receipt_timeout_s, and they are receipted then.
             self.stats.receipt_failures += 1
+            self.ledger.failed(key, connection == self.connection
+                               and not client._disconnected.done())
         else:
             self.stats.receipts += 1
+            self.ledger.acked(key)
+
+    def _hold_lost_receipts(self, client: aiomqtt.Client) -> None:
+        """The receipts not PUBACKed on an earlier connection are sent again, merged per
+        unit, with the unit's next receipt or OWED_RECEIPTS_S from now: the backend stored
+        those events, and the units would wait receipt_timeout_s for them (docs/fleet.md,
+        finding 6)."""
+        units = self.ledger.hold_lost(self.connection)
+        if units:
+            log.info("%s: the receipts of %d units lost with the last connection will be "
+                     "sent again", self.cfg.broker.client_id, units)
+            connection = self.connection
+            asyncio.get_running_loop().call_later(OWED_RECEIPTS_S, self._send_owed_receipts,
+                                                  client, connection)
+
+    def _send_owed_receipts(self, client: aiomqtt.Client, connection: int) -> None:
+        if connection != self.connection or client._disconnected.done():
+            return  # the next connection's turn
+        owed = self.ledger.owed_all()
+        if owed:
+            log.info("%s: sending again the receipts of %d units lost with an earlier "
+                     "connection", self.cfg.broker.client_id, len(owed))
+            self._publish_receipts(client, owed)
 
     async def report(self) -> None:
         """Log the counters every 10 s and each unit's unexplained gaps every gap_report_s;
@@ -466,14 +519,18 @@ async def open_backend(cfg: Config) -> Backend:
 
 
 async def serve(cfg: Config, stopping: asyncio.Event | None = None) -> Stats:
+    from backend import emergency  # it builds on Backend (here)
+
     backend = await open_backend(cfg)
     if stopping is not None:
         backend.stopping = stopping
     reporter = asyncio.create_task(backend.report())
+    runs = [asyncio.create_task(b.run()) for b in (backend, *emergency.sessions(backend))]
     try:
-        await backend.run()
+        await asyncio.gather(*runs)
     finally:
         backend.stopping.set()
+        await asyncio.wait(runs)
         await reporter
         await backend.store.close()
         log.info("stopped: %s", backend.stats.line())

@@ -68,6 +68,7 @@ UNIT_WINDOW = 256  # routine/telemetry events in flight per unit (the gateway's 
 UNIT_KEEPALIVE_S = 15
 STORM_UNIT = {"window": 32, "keepalive": 60, "receipt_timeout": 600.0}
 STORM_LIMIT_S = 1500.0
+KEEP_LOGS: Path | None = None  # --logs: the backend's log of each phase kept here
 RECEIPT_TIMEOUT_S = 20.0  # units' [delivery] receipt_timeout_s (the gateway's default: 60)
 
 
@@ -146,6 +147,9 @@ class Run:
         return UNIT_WINDOW, UNIT_KEEPALIVE_S, RECEIPT_TIMEOUT_S
 
     def end_fleet(self) -> None:
+        if self.backend is not None and KEEP_LOGS is not None:
+            KEEP_LOGS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.backend.log, KEEP_LOGS / f"backend{self.db}.log")
         if self.fleet is not None:
             self.fleet.close()
             self.fleet = None
@@ -157,6 +161,9 @@ class Run:
     def close(self) -> None:
         self.end_fleet()
         self.cluster.stop()
+        if KEEP_LOGS is not None:  # the nodes' own logs (connections closed, elections)
+            for f in (self.work / "rabbit").glob("n*/log/*.log"):
+                shutil.copy(f, KEEP_LOGS / f"{f.parent.parent.name}-{f.name}")
 
     def cpu(self) -> dict[str, float]:
         return {"generator": self.fleet.cpu_s() if self.fleet else 0.0,
@@ -270,10 +277,14 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     lost, dup = check_stored(f, dsn)
     st = f.stats()
     # Every SOS decided while the node was down, receipted whenever it was.
-    sos_down = [ms for ms, at in zip(st["sos"], st["sos_at"], strict=True)
-                if t_kill <= at < t_restart]
+    down = [(ms, unit) for ms, at, unit in zip(st["sos"], st["sos_at"], st["sos_unit"],
+                                                strict=True) if t_kill <= at < t_restart]
+    sos_down = [ms for ms, _ in down]
+    # The killed node's units (home node 1: index % 3 == 0) must first reconnect elsewhere.
+    on_killed = sorted(ms for ms, unit in down if unit % run.cluster.size == 0)
+    elsewhere = sorted(ms for ms, unit in down if unit % run.cluster.size != 0)
     stored_ms = sos_stored_ms(dsn, t_kill, t_restart)
-    out = {
+    out = {**reconnects(st["connections"], t_kill, t_restart, run.cluster.size),
         "fleet_kill_sos_stored_p50_ms": round(pct(stored_ms, 0.5), 1),
         "fleet_kill_sos_stored_p99_ms": round(pct(stored_ms, 0.99), 1),
         "fleet_kill_sos_max_ms": round(max(sos_down, default=float("nan")), 1),
@@ -283,6 +294,10 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
         "fleet_kill_sos_p50_ms": round(pct(sos_down, 0.5), 1),
         "fleet_kill_sos_p99_ms": round(pct(sos_down, 0.99), 1),
         "fleet_kill_sos_count": len(sos_down),
+        "fleet_kill_sos_killed_node_p50_ms": round(pct(on_killed, 0.5), 1),
+        "fleet_kill_sos_killed_node_max_ms": round(max(on_killed, default=float("nan")), 1),
+        "fleet_kill_sos_other_nodes_p50_ms": round(pct(elsewhere, 0.5), 1),
+        "fleet_kill_sos_other_nodes_max_ms": round(max(elsewhere, default=float("nan")), 1),
         "fleet_kill_sos_undelivered": st["unacked_sos"],
         "fleet_kill_recovery_s": round(max(st["back"].values()) - t_kill, 1)
         if len(st["back"]) == n else -1.0,
@@ -296,6 +311,36 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
         "fleet_kill_node_restart_s": round(restart_s, 1),
     }
     run.end_fleet()
+    return out
+
+
+def reconnects(connections: list[tuple[int, tuple[Any, ...]]], after: float, before: float,
+               nodes: int) -> dict[str, float]:
+    """The units' connections that replaced one lost in [after, before): how many, from
+    which home node, and how long each step took from the loss (fleet.unit.Connection)."""
+    steps: dict[str, list[float]] = {"backoff": [], "connack": [], "connack_wait": [],
+                                     "suback": [], "puback": [], "tries": []}
+    homes = [0] * nodes
+    for unit, (_node, lost, tries, sent, connack, suback, puback) in connections:
+        if lost is None or not after <= lost < before:
+            continue
+        homes[unit % nodes] += 1
+        steps["backoff"].append(sent - lost)
+        steps["connack"].append(connack - lost)
+        steps["connack_wait"].append(connack - sent)
+        steps["tries"].append(tries)
+        if suback is not None:
+            steps["suback"].append(suback - lost)
+        if puback is not None:
+            steps["puback"].append(puback - lost)
+    out: dict[str, float] = {f"fleet_kill_reconnects_home_node{i + 1}": h
+                             for i, h in enumerate(homes)}
+    for k, v in steps.items():
+        v.sort()
+        scale, tail = (1, "") if k == "tries" else (1000, "_ms")
+        out[f"fleet_kill_reconnect_{k}_p50{tail}"] = round(scale * pct(v, 0.5), 1)
+        out[f"fleet_kill_reconnect_{k}_max{tail}"] = round(scale * max(v, default=float("nan")),
+                                                           1)
     return out
 
 
@@ -428,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=["steady", "kill", "storm", "sweep"])
     p.add_argument("--sweep", default="600,1200,2400")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--logs", metavar="DIR", type=Path,
+                   help="keep each phase's backend log in DIR")
     p.add_argument("--unit-window", type=int, default=32,
                    help="storm: each unit's in-flight window (the gateway's default: 256)")
     p.add_argument("--unit-keepalive", type=int, default=60,
@@ -445,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global INFLIGHT, STORM_LIMIT_S
+    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS
+    KEEP_LOGS = a.logs
     STORM_UNIT.update(window=a.unit_window, keepalive=a.unit_keepalive,
                       receipt_timeout=a.receipt_timeout)
     if a.window is not None:

@@ -86,6 +86,7 @@ class Stats:
     latencies_ms: list[float] = field(default_factory=list)  # decision -> delete at the unit
     sos_ms: list[float] = field(default_factory=list)
     sos_at: list[float] = field(default_factory=list)  # each SOS's commit time (wall)
+    sos_unit: list[int] = field(default_factory=list)  # each SOS's unit (index)
     sos_committed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -209,6 +210,7 @@ class Fleet:
                     (st.sos_ms if got[1] else st.latencies_ms).append(ms)
                     if got[1]:
                         st.sos_at.append(got[0])
+                        st.sos_unit.append(u.index)
                     if self._mark is not None and got[0] >= self._mark:
                         self.back.setdefault(u.id, now)
 
@@ -284,3 +286,4 @@ class Fleet:
             self.stats.latencies_ms.clear()
             self.stats.sos_ms.clear()
             self.stats.sos_at.clear()
+            self.stats.sos_unit.clear()

@@ -10,6 +10,7 @@ both cores (one GIL each). Each worker is a ``Fleet`` driven over a pipe.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -73,7 +74,9 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
                 t = os.times()
                 return {"committed": st.committed, "acked": st.acked,
                         "lat": list(st.latencies_ms), "sos": list(st.sos_ms),
-                        "sos_at": list(st.sos_at),
+                        "sos_at": list(st.sos_at), "sos_unit": list(st.sos_unit),
+                        "connections": [(u.index, dataclasses.astuple(c)) for u in f.units
+                                        for c in u.publisher.connections],
                         "back": dict(f.back), "sent": sum(u.publisher.sent for u in f.units),
                         "connects": sum(u.publisher.connects for u in f.units),
                         "lag_max_s": f.lag_max_s,
@@ -168,6 +171,7 @@ class FleetPool:
     def stats(self) -> dict[str, Any]:
         parts = self._all("stats")
         out: dict[str, Any] = {"committed": 0, "acked": 0, "lat": [], "sos": [], "sos_at": [],
+                               "sos_unit": [], "connections": [],
                                "back": {},
                                "sent": 0, "connects": 0, "unacked_sos": 0, "cpu": 0.0,
                                "rss": 0.0, "lag_max_s": 0.0}
@@ -177,6 +181,8 @@ class FleetPool:
             out["lat"] += p["lat"]
             out["sos"] += p["sos"]
             out["sos_at"] += p["sos_at"]
+            out["sos_unit"] += p["sos_unit"]
+            out["connections"] += p["connections"]
             out["back"].update(p["back"])
             out["lag_max_s"] = max(out["lag_max_s"], p["lag_max_s"])
         return out

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,6 +32,20 @@ from gateway.publisher import ConnectFailed, Publisher
 log = logging.getLogger("fleet.unit")
 
 
+@dataclass(slots=True)
+class Connection:
+    """One accepted connection's steps (wall clock, s): how long a unit takes to deliver
+    again after it lost its node (docs/fleet.md, finding 6)."""
+
+    node: int  # index into the ports
+    lost: float | None  # when the previous connection was found lost (None: the first)
+    tries: int  # CONNECTs made until this one was accepted
+    sent: float  # this CONNECT sent (after the back-off)
+    connack: float
+    suback: float | None = None  # the first SUBACK (commands, receipts)
+    puback: float | None = None  # the first PUBACK (birth, status or an event)
+
+
 class ClusterPublisher(Publisher):
     """The gateway's publisher, moving to the next node when one cannot be reached."""
 
@@ -38,6 +53,9 @@ class ClusterPublisher(Publisher):
                  **kw: Any) -> None:
         self.ports = list(ports)
         self.node = home
+        self.connections: list[Connection] = []
+        self._lost_at: float | None = None
+        self._tries = 0
         super().__init__(self._at(cfg, home), outbox, SystemClock(), **kw)
 
     def _at(self, cfg: configmod.Config, node: int) -> configmod.Config:
@@ -45,12 +63,44 @@ class ClusterPublisher(Publisher):
                                                                    port=self.ports[node]))
 
     def _connect(self, v5: bool) -> mqtt.Client:
+        # A node that refuses the TCP connection (nothing listens: it is down) is skipped at
+        # once, as a client does with a name that resolves to every node (the socket tries
+        # each address in turn); one that was reached but failed (no CONNACK in time, a
+        # refusal) is left for the next attempt, after the publisher's back-off.
+        for left in range(len(self.ports) - 1, -1, -1):
+            self._tries += 1
+            sent = time.time()
+            try:
+                client = super()._connect(v5)
+                break
+            except ConnectFailed as e:
+                self.node = (self.node + 1) % len(self.ports)
+                self.cfg = self._at(self.cfg, self.node)
+                if e.reached_broker or not left:
+                    raise
+        self.connections.append(Connection(self.node, self._lost_at, self._tries, sent,
+                                           time.time()))
+        self._tries = 0
+        client.on_subscribe = self._on_suback
+        return client
+
+    def _serve(self, client: mqtt.Client, stop: threading.Event) -> None:
         try:
-            return super()._connect(v5)
-        except ConnectFailed:
-            self.node = (self.node + 1) % len(self.ports)
-            self.cfg = self._at(self.cfg, self.node)
-            raise
+            super()._serve(client, stop)
+        finally:
+            self._lost_at = time.time()
+
+    def _on_suback(self, *_: Any) -> None:
+        c = self.connections[-1]
+        if c.suback is None:
+            c.suback = time.time()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
+                    props: Any = None) -> None:
+        c = self.connections[-1]
+        if c.puback is None:
+            c.puback = time.time()
+        super()._on_publish(client, userdata, mid, rc, props)
 
 
 def unit_config(unit_id: str, site: str, port: int, buffer: str, extra: dict[str, Any] | None

@@ -19,6 +19,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 import contract
 from firmware_sim import procs
@@ -122,9 +124,10 @@ def encode(body: dict[str, Any]) -> bytes:
 
 
 class ReceiptCollector:
-    """Subscribes to <prefix>/+/receipt and verifies every receipt with the public key."""
+    """Subscribes to <prefix>/+/receipt and verifies every receipt with the public key.
+    ``persistent``: a session the broker keeps (and queues receipts in) while it is away."""
 
-    def __init__(self, port: int, public_key: Path) -> None:
+    def __init__(self, port: int, public_key: Path, persistent: bool = False) -> None:
         self.keys = signing.load_keyring([public_key])
         self.lock = threading.Lock()
         self.seqs: dict[str, set[int]] = {}
@@ -136,7 +139,11 @@ class ReceiptCollector:
         self.client.on_connect = lambda c, *_: c.subscribe(f"{PREFIX}/+/receipt", qos=1)
         self.client.on_subscribe = lambda *_: self.ready.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        props = None
+        if persistent:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=not persistent, properties=props)
         self.client.loop_start()
         assert self.ready.wait(10)
 
