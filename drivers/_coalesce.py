@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 
-class GulpSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class GulpSelector(selectors.DefaultSelector):
     """The default selector, waiting ``gulp_s`` after the first ready file before it
     collects every ready one."""
 
