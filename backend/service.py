@@ -39,10 +39,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from backend import migrate, schemas
+from backend import migrate, mqttread, schemas
 from backend.config import Config
 from backend.gaps import summarise
 from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
+from backend.mqttread import Received
 from backend.store import Store, Written
 from gateway import signing
 from gateway.contract import iso_utc
@@ -125,21 +126,28 @@ def _tls(cfg: Config) -> aiomqtt.TLSParameters | None:
 
 
 class Inbox:
-    """One connection's received messages, straight from paho's ``on_message``.
+    """One connection's received messages, straight from the socket or paho's callback.
 
-    aiomqtt's own path wraps each message in its ``Message`` and an ``asyncio.Queue``, and
-    its iterator costs a task and an ``asyncio.wait`` per message: with a backlog draining
-    at thousands a second that was a tenth of the backend's time. paho calls
-    ``on_message`` on the event loop (aiomqtt reads the socket in a loop reader callback),
-    so a deque and an event are enough.
+    The tap (backend/mqttread.py) hands it each PUBLISH as it splits the socket's bytes;
+    without the tap (MQTT 5, an unchecked paho), paho's ``on_message`` does, one message at
+    a time. aiomqtt's own path wraps each message in its ``Message`` and an
+    ``asyncio.Queue``, and its iterator costs a task and an ``asyncio.wait`` per message:
+    with a backlog draining at thousands a second that was a tenth of the backend's time.
+    Both run on the event loop (aiomqtt reads the socket in a loop reader callback), so a
+    deque and an event are enough.
     """
 
     def __init__(self) -> None:
-        self.messages: deque[mqtt.MQTTMessage] = deque()
+        self.messages: deque[Received] = deque()
         self._arrived = asyncio.Event()
 
     def on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.messages.append(message)
+        self.messages.append(Received(message.topic, bytes(message.payload), message.mid,
+                                      message.qos))
+        self._arrived.set()
+
+    def extend(self, received: list[Received]) -> None:
+        self.messages.extend(received)
         self._arrived.set()
 
     def pump(self, paho: mqtt.Client, most: int) -> None:
@@ -151,7 +159,8 @@ class Inbox:
         filled more slowly than it was written. This reads on while each read brings a
         message (non-blocking: paho stops at an empty socket); any other packet ends it,
         and aiomqtt's reader handles what is left as before. A read that fails raises
-        MqttError, as aiomqtt's iterator did: the backend reconnects.
+        MqttError, as aiomqtt's iterator did: the backend reconnects. (With the tap, one
+        read brings what 64 KiB hold, and a second in the same loop turn brings nothing.)
         """
         q = self.messages
         for _ in range(most):
@@ -163,7 +172,7 @@ class Inbox:
             if rc != mqtt.MQTT_ERR_SUCCESS or len(q) == n:
                 return
 
-    def take(self, most: int) -> list[mqtt.MQTTMessage]:
+    def take(self, most: int) -> list[Received]:
         q = self.messages
         return [q.popleft() for _ in range(min(most, len(q)))]
 
@@ -197,6 +206,7 @@ class Backend:
         self.connection = 0
         self.client: aiomqtt.Client | None = None
         self.inbox = Inbox()
+        self.tapped = False  # publishes read by backend/mqttread.py's tap, not paho
         self._pending: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()  # set once subscribed (tests, the bench)
@@ -226,10 +236,13 @@ class Backend:
         # aiomqtt has no manual-acknowledgement switch; its paho client has (public paho
         # API): PUBACK only once the batch is committed.
         client._client.manual_ack_set(True)
-        # Messages go from paho's callback straight into this connection's inbox (set
-        # before connecting, so none can take aiomqtt's path instead).
+        # Messages go straight into this connection's inbox (set before connecting, so none
+        # can take aiomqtt's path instead): split from the socket by the tap, or else from
+        # paho's callback.
         self.inbox = Inbox()
         client._client.on_message = self.inbox.on_message
+        self.tapped = mqttread.install(client._client, self.inbox.extend,
+                                       asyncio.get_running_loop(), b.protocol)
         return client
 
     async def run(self) -> None:
@@ -242,9 +255,10 @@ class Backend:
                     self.connection += 1
                     self.stats.connections += 1
                     delay = 0.1
-                    log.info("connected to %s:%d as %s (MQTT %s)", self.cfg.broker.host,
-                             self.cfg.broker.port, self.cfg.broker.client_id,
-                             self.cfg.broker.protocol)
+                    log.info("connected to %s:%d as %s (MQTT %s; publishes read by %s)",
+                             self.cfg.broker.host, self.cfg.broker.port,
+                             self.cfg.broker.client_id, self.cfg.broker.protocol,
+                             "the tap" if self.tapped else "paho")
                     await self._consume(client)
             except aiomqtt.MqttError as e:
                 self.ready.clear()
@@ -310,7 +324,7 @@ class Backend:
             gone = client._disconnected
             await inbox.wait(None, gone)  # at least one message
             t0 = time.monotonic()
-            got: list[mqtt.MQTTMessage] = []
+            got: list[Received] = []
             while True:
                 got.extend(inbox.take(ing.batch_size - len(got)))
                 if len(got) < ing.batch_size:
@@ -319,7 +333,7 @@ class Backend:
                 left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
                 if len(got) >= ing.batch_size or left <= 0 or not await inbox.wait(left, gone):
                     break
-            raw = [(m.topic, bytes(m.payload)) for m in got]  # bytes already: no copy
+            raw = [(m.topic, m.payload) for m in got]
             items: list[Item] = []
             for i in range(0, len(raw), PARSE_CHUNK):
                 if i:  # a loop turn: the writer sees its commit now, not after the batch
