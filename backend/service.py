@@ -83,6 +83,7 @@ class Stats:
     connections: int = 0
     write_s: float = 0.0  # time in store.write (the transaction), total and longest
     write_max_s: float = 0.0
+    writer_idle_s: float = 0.0  # the writer waiting for a parsed batch (parsing behind)
     started: float = field(default_factory=time.monotonic)
 
     def add(self, w: Written) -> None:
@@ -98,7 +99,8 @@ class Stats:
                 f"status/birth/health; {self.batches} transactions, {self.receipts} receipts "
                 f"({self.receipt_failures} failed); transaction avg "
                 f"{1000 * self.write_s / max(1, self.batches):.1f} ms, max "
-                f"{1000 * self.write_max_s:.1f} ms")
+                f"{1000 * self.write_max_s:.1f} ms; writer waited for batches "
+                f"{self.writer_idle_s:.2f} s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +243,11 @@ class Backend:
         # paho's callback.
         self.inbox = Inbox()
         client._client.on_message = self.inbox.on_message
-        self.tapped = mqttread.install(client._client, self.inbox.extend,
-                                       asyncio.get_running_loop(), b.protocol)
+        tapped = mqttread.install(client._client, self.inbox.extend,
+                                  asyncio.get_running_loop(), b.protocol)
+        if tapped != self.tapped or not self.connection:
+            log.info("%s: publishes read by %s", b.client_id, "the tap" if tapped else "paho")
+        self.tapped = tapped
         return client
 
     async def run(self) -> None:
@@ -255,10 +260,9 @@ class Backend:
                     self.connection += 1
                     self.stats.connections += 1
                     delay = 0.1
-                    log.info("connected to %s:%d as %s (MQTT %s; publishes read by %s)",
-                             self.cfg.broker.host, self.cfg.broker.port,
-                             self.cfg.broker.client_id, self.cfg.broker.protocol,
-                             "the tap" if self.tapped else "paho")
+                    log.info("connected to %s:%d as %s (MQTT %s)", self.cfg.broker.host,
+                             self.cfg.broker.port, self.cfg.broker.client_id,
+                             self.cfg.broker.protocol)
                     await self._consume(client)
             except aiomqtt.MqttError as e:
                 self.ready.clear()
@@ -344,8 +348,13 @@ class Backend:
             await out.put(Batch(items, raw, acks, connection, t0))
 
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
-        while (batch := await inq.get()) is not None:
+        while True:
+            idle = time.monotonic()
+            if (batch := await inq.get()) is None:
+                break
             t0 = time.monotonic()
+            if self.stats.batches:  # not the wait for the first message
+                self.stats.writer_idle_s += t0 - idle
             written = await self._write(batch)
             took = time.monotonic() - t0
             self.stats.add(written)

@@ -1,11 +1,13 @@
 """The backend's tap under paho (backend/mqttread.py): publishes split from the socket's
-bytes however they are cut, every other packet served to paho whole, in order; and the
-paho versions it was checked against (the real broker path: test_backend_ingest.py)."""
+bytes however they are cut, every other packet served to paho whole, in order; the paho
+versions it was checked against; the real backend through it over TLS (the plain
+broker path: test_backend_ingest.py and the fault tests)."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt
@@ -13,9 +15,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_tls_acl import UNIT, Pki, pki, tls_broker, try_connect  # noqa: F401 - fixtures
 
 from backend import mqttread
 from backend.mqttread import Malformed, Received, Tap, split
+from backendproc import PREFIX, BackendProcess, encode, event, keypair, write_config
+from firmware_sim.broker import LocalBroker
+from firmware_sim.postgres import query
+from harness import wait_until
 
 
 def _length(n: int) -> bytes:
@@ -185,3 +192,37 @@ def test_installed_only_where_checked() -> None:
         loop.close()
     # A new paho release is checked (and added to CHECKED_PAHO) before the tap runs on it.
     assert mqttread.supported() == paho.mqtt.__version__.startswith(("2.1.", "2.2."))
+
+
+def test_the_backend_over_tls_reads_through_the_tap(tmp_path: Path, pki: Pki,  # noqa: F811
+                                                     tls_broker: LocalBroker,  # noqa: F811
+                                                     backend_dsn: str) -> None:
+    """A TLS socket holds decrypted bytes the selector does not see (aiomqtt loops while
+    ``pending()``): the real backend, its client certificate and password and the sample
+    ACL, takes every event, a few of them larger than the tap's 64 KiB reads."""
+    priv, _pub = keypair(tmp_path)
+    (tmp_path / "backend-pw").write_text("backend-pw\n")
+    cfg = write_config(
+        tmp_path / "backend.toml", broker_port=tls_broker.port, dsn=backend_dsn,
+        key_file=priv, client_id="backend-tls",
+        broker={"username": "backend", "password_file": str(tmp_path / "backend-pw"),
+                "tls": {"ca_file": str(pki.ca.cert), "cert_file": str(pki.backend[0]),
+                        "key_file": str(pki.backend[1])}})
+    backend = BackendProcess(cfg, tmp_path / "backend.log").start()
+    ok, unit = try_connect(tls_broker.port, pki.ca.cert, pki.unit[0], pki.unit[1], UNIT,
+                           "unit-pw")
+    assert ok
+    try:
+        bodies = [event(UNIT, s) for s in range(1, 401)]
+        for i, b in enumerate(bodies):
+            if i % 100 == 50:  # larger than a read, still valid: a long gate name
+                b["data"]["gate"] = "g" * 100_000
+            unit.publish(f"{PREFIX}/{UNIT}/event/gate", encode(b), qos=1)
+        wait_until(lambda: int(query(backend_dsn, "SELECT count(*) FROM events")[0][0]) == 400,
+                   30, "every event stored")
+    finally:
+        unit.disconnect()
+        unit.loop_stop()
+        assert backend.stop() == 0, backend.log_text()[-2000:]
+    assert "publishes read by the tap" in backend.log_text()
+    assert int(query(backend_dsn, "SELECT count(*) FROM quarantine")[0][0]) == 0
