@@ -43,7 +43,6 @@ from backend import migrate, mqttread, schemas
 from backend.config import Config
 from backend.gaps import summarise
 from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
-from backend.mqttread import Received
 from backend.store import Store, Written
 from gateway import signing
 from gateway.contract import iso_utc
@@ -140,15 +139,15 @@ class Inbox:
     """
 
     def __init__(self) -> None:
-        self.messages: deque[Received] = deque()
+        self.messages: deque[mqttread.Received] = deque()
         self._arrived = asyncio.Event()
 
     def on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.messages.append(Received(message.topic, bytes(message.payload), message.mid,
-                                      message.qos))
+        self.messages.append(mqttread.Received(message.topic, bytes(message.payload),
+                                               message.mid, message.qos))
         self._arrived.set()
 
-    def extend(self, received: list[Received]) -> None:
+    def extend(self, received: list[mqttread.Received]) -> None:
         self.messages.extend(received)
         self._arrived.set()
 
@@ -174,7 +173,7 @@ class Inbox:
             if rc != mqtt.MQTT_ERR_SUCCESS or len(q) == n:
                 return
 
-    def take(self, most: int) -> list[Received]:
+    def take(self, most: int) -> list[mqttread.Received]:
         q = self.messages
         return [q.popleft() for _ in range(min(most, len(q)))]
 
@@ -328,7 +327,7 @@ class Backend:
             gone = client._disconnected
             await inbox.wait(None, gone)  # at least one message
             t0 = time.monotonic()
-            got: list[Received] = []
+            got: list[mqttread.Received] = []
             while True:
                 got.extend(inbox.take(ing.batch_size - len(got)))
                 if len(got) < ing.batch_size:
