@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from backend.schemas import Contract
 
 UNIT_MESSAGES = ("status", "birth", "health")
@@ -114,8 +116,10 @@ def parse(prefix: str, contract: Contract, topic: str, payload: bytes) -> Item:
     if kind is None and rest not in UNIT_MESSAGES:
         return Invalid(topic, payload, unit, None, (f"unknown topic {rest!r}",))
     try:
-        body: Any = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
+        # orjson: strict RFC 8259 (no NaN or Infinity, no lone surrogates, integers within
+        # 64 bits: PostgreSQL's jsonb and bigint would refuse those anyway), ~4x json's speed
+        body: Any = orjson.loads(payload)
+    except ValueError as e:  # orjson.JSONDecodeError; invalid UTF-8 included
         return Invalid(topic, payload, unit, None, (f"not JSON: {e}",))
     name = "event" if kind is not None else rest
     reasons = contract.check(name, body)[:MAX_REASONS]
@@ -139,7 +143,7 @@ def parse(prefix: str, contract: Contract, topic: str, payload: bytes) -> Item:
     return EventRow(
         id=body["id"], unit=unit, seq=body["seq"], site=body["site"], kind=kind,
         lane=body["lane"], time=t, recorded=recorded, reader=body["reader"],
-        child=body["child"], data=json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+        child=body["child"], data=orjson.dumps(data).decode(),
         lat=lat, lon=lon, losses=_ranges(data) if kind in LOSS_KINDS else ())
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -124,11 +124,17 @@ class Contract:
     docs: dict[str, dict[str, Any]]
     plain: dict[str, Check]
     kind_ifs: dict[str, list[tuple[int, Check]]]  # schema -> (allOf index, its `if`)
+    # (schema, kind) -> its specialised validator, for the kinds the contract names
+    # (filled by load(): one dict look-up a message rather than two cached calls)
+    known: dict[tuple[str, str], Check] = field(default_factory=dict)
 
     def check(self, name: str, body: Any) -> list[str]:
         kind = body.get("kind") if isinstance(body, dict) else None
         if isinstance(kind, str) and self.kind_ifs.get(name):
-            return self._for_branches(name, self._branches(name, kind))(body)
+            fn = self.known.get((name, kind))
+            if fn is None:
+                fn = self._for_branches(name, self._branches(name, kind))
+            return fn(body)
         return self.plain[name](body)
 
     def _branches(self, name: str, kind: str) -> tuple[int, ...]:
@@ -176,5 +182,6 @@ def load(directory: Path | None = None) -> Contract:
             const = b.get("if", {}).get("properties", {}).get("kind", {}).get("const") \
                 if _kind_if(b) else None
             if isinstance(const, str):
-                contract.check(name, {"kind": const})
+                contract.known[name, const] = contract._for_branches(
+                    name, contract._branches(name, const))
     return contract

@@ -41,7 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from backend import migrate, schemas
+from backend import migrate, mqttread, schemas
 from backend.config import Config
 from backend.gaps import summarise
 from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
@@ -92,6 +92,7 @@ class Stats:
     connections: int = 0
     write_s: float = 0.0  # time in store.write (the transaction), total and longest
     write_max_s: float = 0.0
+    writer_idle_s: float = 0.0  # the writer waiting for a parsed batch (parsing behind)
     started: float = field(default_factory=time.monotonic)
 
     def add(self, w: Written) -> None:
@@ -107,7 +108,8 @@ class Stats:
                 f"status/birth/health; {self.batches} transactions, {self.receipts} receipts "
                 f"({self.receipt_failures} failed); transaction avg "
                 f"{1000 * self.write_s / max(1, self.batches):.1f} ms, max "
-                f"{1000 * self.write_max_s:.1f} ms")
+                f"{1000 * self.write_max_s:.1f} ms; writer waited for batches "
+                f"{self.writer_idle_s:.2f} s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,21 +137,28 @@ def _tls(cfg: Config) -> aiomqtt.TLSParameters | None:
 
 
 class Inbox:
-    """One connection's received messages, straight from paho's ``on_message``.
+    """One connection's received messages, straight from the socket or paho's callback.
 
-    aiomqtt's own path wraps each message in its ``Message`` and an ``asyncio.Queue``, and
-    its iterator costs a task and an ``asyncio.wait`` per message: with a backlog draining
-    at thousands a second that was a tenth of the backend's time. paho calls
-    ``on_message`` on the event loop (aiomqtt reads the socket in a loop reader callback),
-    so a deque and an event are enough.
+    The tap (backend/mqttread.py) hands it each PUBLISH as it splits the socket's bytes;
+    without the tap (MQTT 5, an unchecked paho), paho's ``on_message`` does, one message at
+    a time. aiomqtt's own path wraps each message in its ``Message`` and an
+    ``asyncio.Queue``, and its iterator costs a task and an ``asyncio.wait`` per message:
+    with a backlog draining at thousands a second that was a tenth of the backend's time.
+    Both run on the event loop (aiomqtt reads the socket in a loop reader callback), so a
+    deque and an event are enough.
     """
 
     def __init__(self) -> None:
-        self.messages: deque[mqtt.MQTTMessage] = deque()
+        self.messages: deque[mqttread.Received] = deque()
         self._arrived = asyncio.Event()
 
     def on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.messages.append(message)
+        self.messages.append(mqttread.Received(message.topic, bytes(message.payload),
+                                               message.mid, message.qos))
+        self._arrived.set()
+
+    def extend(self, received: list[mqttread.Received]) -> None:
+        self.messages.extend(received)
         self._arrived.set()
 
     def pump(self, paho: mqtt.Client, most: int) -> None:
@@ -161,7 +170,8 @@ class Inbox:
         filled more slowly than it was written. This reads on while each read brings a
         message (non-blocking: paho stops at an empty socket); any other packet ends it,
         and aiomqtt's reader handles what is left as before. A read that fails raises
-        MqttError, as aiomqtt's iterator did: the backend reconnects.
+        MqttError, as aiomqtt's iterator did: the backend reconnects. (With the tap, one
+        read brings what 64 KiB hold, and a second in the same loop turn brings nothing.)
         """
         q = self.messages
         for _ in range(most):
@@ -173,7 +183,7 @@ class Inbox:
             if rc != mqtt.MQTT_ERR_SUCCESS or len(q) == n:
                 return
 
-    def take(self, most: int) -> list[mqtt.MQTTMessage]:
+    def take(self, most: int) -> list[mqttread.Received]:
         q = self.messages
         return [q.popleft() for _ in range(min(most, len(q)))]
 
@@ -207,6 +217,7 @@ class Backend:
         self.connection = 0
         self.client: aiomqtt.Client | None = None
         self.inbox = Inbox()
+        self.tapped = False  # publishes read by backend/mqttread.py's tap, not paho
         self._pending: set[asyncio.Task[Any]] = set()
         self.ledger = Ledger()  # receipts not yet PUBACKed (sent again after a reconnect)
         self._receipt_keys = itertools.count()
@@ -238,10 +249,16 @@ class Backend:
         # aiomqtt has no manual-acknowledgement switch; its paho client has (public paho
         # API): PUBACK only once the batch is committed.
         client._client.manual_ack_set(True)
-        # Messages go from paho's callback straight into this connection's inbox (set
-        # before connecting, so none can take aiomqtt's path instead).
+        # Messages go straight into this connection's inbox (set before connecting, so none
+        # can take aiomqtt's path instead): split from the socket by the tap, or else from
+        # paho's callback.
         self.inbox = Inbox()
         client._client.on_message = self.inbox.on_message
+        tapped = mqttread.install(client._client, self.inbox.extend,
+                                  asyncio.get_running_loop(), b.protocol)
+        if tapped != self.tapped or not self.connection:
+            log.info("%s: publishes read by %s", b.client_id, "the tap" if tapped else "paho")
+        self.tapped = tapped
         return client
 
     async def run(self) -> None:
@@ -323,7 +340,7 @@ class Backend:
             gone = client._disconnected
             await inbox.wait(None, gone)  # at least one message
             t0 = time.monotonic()
-            got: list[mqtt.MQTTMessage] = []
+            got: list[mqttread.Received] = []
             while True:
                 got.extend(inbox.take(ing.batch_size - len(got)))
                 if len(got) < ing.batch_size:
@@ -332,7 +349,7 @@ class Backend:
                 left = ing.batch_latency_ms / 1000 - (time.monotonic() - t0)
                 if len(got) >= ing.batch_size or left <= 0 or not await inbox.wait(left, gone):
                     break
-            raw = [(m.topic, bytes(m.payload)) for m in got]  # bytes already: no copy
+            raw = [(m.topic, m.payload) for m in got]
             items: list[Item] = []
             for i in range(0, len(raw), PARSE_CHUNK):
                 if i:  # a loop turn: the writer sees its commit now, not after the batch
@@ -343,8 +360,13 @@ class Backend:
             await out.put(Batch(items, raw, acks, connection, t0))
 
     async def _writer(self, client: aiomqtt.Client, inq: asyncio.Queue[Batch | None]) -> None:
-        while (batch := await inq.get()) is not None:
+        while True:
+            idle = time.monotonic()
+            if (batch := await inq.get()) is None:
+                break
             t0 = time.monotonic()
+            if self.stats.batches:  # not the wait for the first message
+                self.stats.writer_idle_s += t0 - idle
             written = await self._write(batch)
             took = time.monotonic() - t0
             self.stats.add(written)

@@ -56,6 +56,10 @@ WITH seen AS (
 ), ins AS ({INSERT_EVENTS.strip()})
 SELECT id FROM ins
 """
+# The same, when only how many were new matters (the common batch): one row back rather
+# than one per event for asyncpg to decode (~5 % of the backend's time while draining).
+INSERT_EVENTS_SEEN_COUNT = INSERT_EVENTS_SEEN.replace("SELECT id FROM ins",
+                                                      "SELECT count(*) FROM ins")
 
 INSERT_LOSSES = """
 INSERT INTO seq_losses (event_id, unit, from_seq, to_seq, source)
@@ -232,8 +236,8 @@ class Store:
         async with self.pool.acquire() as conn:
             if events and not bad and not unit_msgs and not any(ev.losses for ev in events):
                 # The common batch: one statement, its own transaction, one round trip.
-                rows = await conn.fetch(INSERT_EVENTS_SEEN, *args)
-                return Written(len(rows), len(events) - len(rows), 0, 0)
+                new = await conn.fetchval(INSERT_EVENTS_SEEN_COUNT, *args)
+                return Written(new, len(events) - new, 0, 0)
             async with conn.transaction():
                 if events:
                     rows = await conn.fetch(INSERT_EVENTS_SEEN, *args)

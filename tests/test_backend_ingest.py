@@ -83,6 +83,8 @@ def test_ingest_dedupe_quarantine_gaps_receipts(broker: LocalBroker, backend_dsn
         p.loop_stop()
         receipts.stop()
         assert backend.stop() == 0, backend.log_text()[-2000:]
+    # MQTT 3.1.1 (the default): publishes split from the socket by backend/mqttread.py
+    assert "publishes read by the tap" in backend.log_text()
 
     ids = [r[0] for r in query(backend_dsn, "SELECT id::text FROM events")]
     assert sorted(ids) == sorted(b["id"] for b in bodies)  # each once, none invalid
@@ -223,5 +225,6 @@ def test_two_workers_share_a_subscription_over_mqtt5(broker: LocalBroker, backen
             assert w.stop() == 0, w.log_text()[-2000:]
     for w in workers:
         assert "$share/kidsafe/kidsafe/v1/+/event/+" in w.log_text()
+        assert "publishes read by paho" in w.log_text()  # MQTT 5: no tap
         final = w.log_text().rsplit("stopped: ", 1)[1]
         assert not final.startswith("0 messages"), final  # both took a share
