@@ -27,8 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench.accuracy import DWELL_S, EXPONENTS
 from fieldgen import (
     ZERO_ZONE,
     ZONE_EARLY_S,
@@ -41,9 +43,6 @@ from fieldgen import (
 )
 from gateway.model import Event
 from scenarios import field_zone_engine, run_field
-
-EXPONENTS = (2.0, 2.35, 2.7)
-DWELL_S = 5.0  # the engine's default, kept by field_zone_engine
 
 
 def _decided(e: Any) -> float:

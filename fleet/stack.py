@@ -19,6 +19,7 @@ from typing import Any
 
 import tomli_w
 
+from firmware_sim import procs
 from firmware_sim.postgres import query
 from fleet.cluster import cpu_seconds, rss_mb
 from gateway import signing
@@ -87,16 +88,7 @@ class BackendProc:
         return ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        p = self.proc
-        if p is None or p.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            p.send_signal(sig)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        procs.end(self.proc, sig, timeout)
 
     def cpu_s(self) -> float:
         return cpu_seconds(self.proc.pid) if self.proc else 0.0

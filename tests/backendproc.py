@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 
 import contract
 from firmware_sim import procs
+from firmware_sim.postgres import query
 from gateway import signing
 from gateway.contract import iso_utc
 
@@ -99,6 +100,19 @@ class BackendProcess:
     def stop(self) -> int | None:
         self.kill(signal.SIGTERM)
         return self.proc.returncode if self.proc else None
+
+
+def publisher(port: int) -> mqtt.Client:
+    """A plain MQTT 5 client standing in for units, connected and looping."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="unit-pub", protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def count(dsn: str, sql: str) -> int:
+    """The one number a ``SELECT count(...)`` returns."""
+    return int(query(dsn, sql)[0][0])
 
 
 def event(unit: str, seq: int, kind: str = "gate", data: dict[str, Any] | None = None,

@@ -9,9 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from backend import config, emergency
 from backend.gaps import classify
@@ -20,13 +18,14 @@ from backendproc import (
     PREFIX,
     BackendProcess,
     ReceiptCollector,
+    count,
     encode,
     event,
     keypair,
+    publisher,
     write_config,
 )
 from firmware_sim.broker import LocalBroker
-from firmware_sim.postgres import query
 from harness import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,17 +104,6 @@ def test_an_emergency_seq_stored_ahead_is_a_gap_on_its_way() -> None:
 # -- through mosquitto and PostgreSQL ----------------------------------------------------------
 
 
-def _publisher(port: int) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="unit-pub", protocol=mqtt.MQTTv5)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    return c
-
-
-def _count(dsn: str, sql: str) -> int:
-    return int(query(dsn, sql)[0][0])
-
-
 def test_an_sos_behind_a_backlog_is_stored_first_once_and_receipted(
         broker: LocalBroker, backend_dsn: str, tmp_path: Path) -> None:
     """10,000 routine events queued in the backend's main session while it was away, then
@@ -131,7 +119,7 @@ def test_an_sos_behind_a_backlog_is_stored_first_once_and_receipted(
                "the emergency session subscribed")
     assert backend.stop() == 0
     unit = "unit-e"
-    p = _publisher(broker.port)
+    p = publisher(broker.port)
     receipts = ReceiptCollector(broker.port, pub)
     try:
         base = f"{PREFIX}/{unit}"
@@ -143,15 +131,15 @@ def test_an_sos_behind_a_backlog_is_stored_first_once_and_receipted(
             "battery_mv": 2900})
         p.publish(f"{base}/event/sos", encode(sos), qos=1).wait_for_publish(10)
         backend.start()
-        wait_until(lambda: _count(backend_dsn, "SELECT count(*) FROM events") == n + 1, 120,
+        wait_until(lambda: count(backend_dsn, "SELECT count(*) FROM events") == n + 1, 120,
                    "the backlog and the SOS stored")
         wait_until(lambda: receipts.covered(unit) == set(range(1, n + 2)), 60,
                    "every event receipted")
-        before = _count(backend_dsn, "SELECT count(*) FROM events WHERE kind = 'gate' AND "
+        before = count(backend_dsn, "SELECT count(*) FROM events WHERE kind = 'gate' AND "
                         "received < (SELECT received FROM events WHERE kind = 'sos')")
         assert before < n // 2, f"{before} of {n} routine events were stored before the SOS"
-        assert _count(backend_dsn, f"SELECT count(*) FROM events WHERE id = '{sos['id']}'") == 1
-        assert _count(backend_dsn, "SELECT count(*) FROM seq_gaps") == 0
+        assert count(backend_dsn, f"SELECT count(*) FROM events WHERE id = '{sos['id']}'") == 1
+        assert count(backend_dsn, "SELECT count(*) FROM seq_gaps") == 0
     finally:
         p.disconnect()
         p.loop_stop()
@@ -182,14 +170,14 @@ def test_receipts_lost_with_the_connection_are_sent_again(
     backend.wait_subscribed()
     wait_until(lambda: receipts.client.is_connected(), 30, "the collector reconnected")
     unit = "unit-r"
-    p = _publisher(broker.port)
+    p = publisher(broker.port)
     try:
         for s in range(1, 6):
             p.publish(f"{PREFIX}/{unit}/event/gate", encode(event(unit, s)),
                       qos=1).wait_for_publish(10)
         time.sleep(0.3)  # in the backend's batch, written 1.5 s after the first
         broker.pause()
-        wait_until(lambda: _count(backend_dsn, "SELECT count(*) FROM events") == 5, 30,
+        wait_until(lambda: count(backend_dsn, "SELECT count(*) FROM events") == 5, 30,
                    "the batch committed")
         time.sleep(0.5)  # its receipt sent, never PUBACKed
         assert receipts.covered(unit) == set()

@@ -8,34 +8,22 @@ import json
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from backendproc import (
     PREFIX,
     BackendProcess,
     ReceiptCollector,
+    count,
     drop_event,
     encode,
     event,
     keypair,
+    publisher,
     write_config,
 )
 from firmware_sim.broker import LocalBroker
 from firmware_sim.postgres import query
 from gateway.contract import SCHEMA_VERSION
 from harness import wait_until
-
-
-def publisher(port: int) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="unit-pub", protocol=mqtt.MQTTv5)
-    c.connect("127.0.0.1", port)
-    c.loop_start()
-    return c
-
-
-def count(dsn: str, sql: str) -> int:
-    return int(query(dsn, sql)[0][0])
 
 
 def test_ingest_dedupe_quarantine_gaps_receipts(broker: LocalBroker, backend_dsn: str,
