@@ -147,15 +147,20 @@ def parse(prefix: str, contract: Contract, topic: str, payload: bytes) -> Item:
         lat=lat, lon=lon, losses=_ranges(data) if kind in LOSS_KINDS else ())
 
 
+def merge(ranges: Iterable[Sequence[int]]) -> list[list[int]]:
+    """Inclusive ranges, sorted and merged: [(5, 9), (1, 3), (4, 4)] -> [[1, 9]]."""
+    out: list[list[int]] = []
+    for lo, hi in sorted((r[0], r[1]) for r in ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
+
+
 def to_ranges(seqs: Iterable[int]) -> list[list[int]]:
     """Sorted, merged inclusive runs: {1,2,3,7,9,8} -> [[1,3],[7,9]]."""
-    out: list[list[int]] = []
-    for s in sorted(set(seqs)):
-        if out and s == out[-1][1] + 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out
+    return merge((s, s) for s in seqs)
 
 
 def receipts(items: Sequence[Item]) -> dict[str, list[list[int]]]:

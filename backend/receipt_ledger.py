@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from backend.ingest import merge
+
 MAX_HELD = 100_000  # receipts held at most (oldest forgotten: their units resend anyway)
 
 
@@ -31,17 +33,6 @@ class Held:
     connection: int  # the connection it was sent on
     unit: str
     ranges: tuple[tuple[int, int], ...]
-
-
-def merge(ranges: Iterable[Sequence[int]]) -> list[list[int]]:
-    """Inclusive ranges, sorted and merged: [(5, 9), (1, 3), (4, 4)] -> [[1, 9]]."""
-    out: list[list[int]] = []
-    for lo, hi in sorted((r[0], r[1]) for r in ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return out
 
 
 class Ledger:

@@ -44,8 +44,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from backend import migrate, mqttread, schemas
 from backend.config import Config
 from backend.gaps import summarise
-from backend.ingest import Invalid, Item, parse, receipt_payload, receipts, split_topic
-from backend.receipt_ledger import Ledger, merge
+from backend.ingest import Invalid, Item, merge, parse, receipt_payload, receipts, split_topic
+from backend.receipt_ledger import Ledger
 from backend.store import Store, Written
 from gateway import signing
 from gateway.contract import iso_utc

@@ -13,7 +13,8 @@ import pytest
 
 from backend import config, emergency
 from backend.gaps import classify
-from backend.receipt_ledger import Ledger, merge
+from backend.ingest import merge
+from backend.receipt_ledger import Ledger
 from backendproc import (
     PREFIX,
     BackendProcess,
