@@ -163,6 +163,9 @@ class _Decoded:
 
 
 def _put(lru: OrderedDict[Any, str], key: Any, value: str) -> None:
+    if lru.get(key) == value:  # the usual advert: only its place in the LRU moves
+        lru.move_to_end(key)
+        return
     lru[key] = value
     lru.move_to_end(key)
     if len(lru) > MAX_REMEMBERED:
@@ -214,17 +217,9 @@ class BleDriver(Driver[BleOptions]):
         """Keep what attributes a later TLM or button press to ``tid``: enrolled tags only."""
         if self.enrolled is not None and tid not in self.enrolled:
             return
-        by_addr = self._by_addr
-        if by_addr.get(addr) == tid:  # the usual advert: only its place in the LRU moves
-            by_addr.move_to_end(addr)
-        else:
-            _put(by_addr, addr, tid)
+        _put(self._by_addr, addr, tid)
         if major_minor is not None:
-            by_mm = self._by_major_minor
-            if by_mm.get(major_minor) == tid:
-                by_mm.move_to_end(major_minor)
-            else:
-                _put(by_mm, major_minor, tid)
+            _put(self._by_major_minor, major_minor, tid)
 
     def _decode(self, mfr: dict[int, bytes], svc: dict[str, bytes]) -> _Decoded:
         key = (*mfr.items(), *svc.items())
