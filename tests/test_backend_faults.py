@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_receipts_e2e import UNIT, depth, flood, last_seq, receipt_config, status
+from test_receipts_e2e import UNIT, depth, flood, last_seq, receipt_config, settled_last_seq, status
 
 from backendproc import BackendProcess, keypair, write_config
 from firmware_sim.broker import LocalBroker
@@ -59,7 +59,7 @@ def test_gateway_in_receipt_mode_to_postgresql(tmp_path: Path, broker: LocalBrok
         gw.wait_log("connected (MQTT")
         flood(reader, 300, 300).join(30)
         wait_until(lambda: last_seq(db) >= 290, 30, "the flood committed")
-        n = last_seq(db)
+        n = settled_last_seq(db)
         wait_until(lambda: depth(db) == 0, 30, "the buffer emptied by the backend's receipts")
         assert_exactly_once(backend_dsn, n)
         doc = status(cfg)
@@ -113,7 +113,8 @@ def test_broker_sigkilled_20_times_every_event_in_postgresql_once(
             kill_broker()
         backend.start()
         source.join(60)
-        n = last_seq(db)
+        assert not source.is_alive(), "the flood still running after 60 s"
+        n = settled_last_seq(db)  # the reader's last bytes decided too
         assert n >= 2900  # the flood was decided (gate_window_s may merge a few reads)
         wait_until(lambda: depth(db) == 0, 90, "every event receipted")
         assert_exactly_once(backend_dsn, n)
@@ -150,7 +151,8 @@ def test_backend_sigkilled_between_commit_and_receipt_10_times(
         backend.env = {}
         backend.start()
         source.join(60)
-        n = last_seq(db)
+        assert not source.is_alive(), "the flood still running after 60 s"
+        n = settled_last_seq(db)  # the reader's last bytes decided too
         assert n >= 1900
         wait_until(lambda: depth(db) == 0, 90, "every event receipted")
         assert_exactly_once(backend_dsn, n)

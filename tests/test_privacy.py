@@ -22,7 +22,7 @@ from gateway.pipeline import STATE_KEY, WINDOWS_KEY, Pipeline
 from gateway.pseudonym import Pseudonyms, names, pseudonym
 from gateway.roster import RosterError, RosterFile, Term
 
-TAGS = [{"id": "62E3086C01", "child": "c-1"}, {"id": "62E3086C02", "child": "c-2"}]
+TAGS = [{"id": "62E3086C01", "child": "enrol-1"}, {"id": "62E3086C02", "child": "enrol-2"}]
 STRANGER = "62E3086CFF"  # never enrolled
 K1, K2 = bytes(range(32)), bytes(range(1, 33))
 
@@ -60,19 +60,20 @@ def buffered(ob: Outbox) -> list[dict[str, Any]]:
 def test_unenrolment_stops_a_tag_at_once_like_one_never_enrolled(tmp_path: Path) -> None:
     pipe, ob, clock = make(tmp_path)
     present(pipe, clock, "62E3086C01", "62E3086C02")
-    assert sorted(e["child"] for e in buffered(ob)) == ["c-1", "c-2"]
+    assert sorted(e["child"] for e in buffered(ob)) == ["enrol-1", "enrol-2"]
     assert "62E3086C02" in pipe.engine_state.seen
     done = pipe.change_roster(rostermod.parse_change(
-        {"expected_version": 0, "unenrol": [{"child": "c-2"}]}))
+        {"expected_version": 0, "unenrol": [{"child": "enrol-2"}]}))
     assert done["version"] == 1 and done["removed"] == 1 and done["state_forgotten"] >= 1
     assert done["checksum"] == pipe.roster.checksum == RosterFile(ob.path).load().checksum  # type: ignore[union-attr]
     # Undelivered events of the withdrawn child stay (decided while consent held).
-    assert sorted(e["child"] for e in buffered(ob)) == ["c-1", "c-2"]
+    assert sorted(e["child"] for e in buffered(ob)) == ["enrol-1", "enrol-2"]
     # Its state is gone from memory and from the saved state; the WAL was emptied.
     st = pipe.engine_state
-    assert "62E3086C02" not in st.seen and "c-2" not in st.arrived and "c-2" not in st.passed
+    assert "62E3086C02" not in st.seen
+    assert "enrol-2" not in st.arrived and "enrol-2" not in st.passed
     for key in (STATE_KEY, WINDOWS_KEY):
-        assert b"c-2" not in (ob.load_state(key) or b"")
+        assert b"enrol-2" not in (ob.load_state(key) or b"")
     assert not (tmp_path / "buf.db-wal").exists() or (tmp_path / "buf.db-wal").stat().st_size == 0
     # From now on it is exactly a tag that was never enrolled: counted, nothing else.
     before = dict(pipe.counters)
@@ -89,7 +90,7 @@ def test_a_stale_or_bad_change_changes_nothing(tmp_path: Path) -> None:
     pipe, ob, clock = make(tmp_path)
     present(pipe, clock, "62E3086C01")
     roster, enrolled = pipe.roster, pipe.enrolled
-    for args, code in [({"expected_version": 3, "unenrol": [{"child": "c-1"}]}, 409),
+    for args, code in [({"expected_version": 3, "unenrol": [{"child": "enrol-1"}]}, 409),
                        ({"expected_version": 0, "unenrol": [{"child": "c-9"}]}, 404)]:
         with pytest.raises(RosterError) as e:
             pipe.change_roster(rostermod.parse_change(args))
@@ -110,15 +111,15 @@ def test_events_carry_pseudonyms_of_the_term_and_rotation_keeps_continuity(
         {"expected_version": 1, "term": {"id": "t2", "key": b64(K2)}}))
     present(pipe, clock, "62E3086C01")
     evs = [e for e in buffered(ob) if e["kind"] == "gate"]
-    assert [(e["child"], e["term"]) for e in evs] == [(pseudonym(K1, "c-1"), "t1"),
-                                                     (pseudonym(K2, "c-1"), "t2")]
+    assert [(e["child"], e["term"]) for e in evs] == [(pseudonym(K1, "enrol-1"), "t1"),
+                                                     (pseudonym(K2, "enrol-1"), "t2")]
     assert evs[0]["child"].startswith("p-") and len(evs[0]["child"]) == 34
     # The backend maps back: it holds the term keys and the enrolment ids.
     backend = {(t, pseudonym(k, c)): c for t, k in (("t1", K1), ("t2", K2))
-               for c in ("c-1", "c-2")}
-    assert {backend[(e["term"], e["child"])] for e in evs} == {"c-1"}
+               for c in ("enrol-1", "enrol-2")}
+    assert {backend[(e["term"], e["child"])] for e in evs} == {"enrol-1"}
     # Enrolment ids appear in no event and no saved state.
-    assert b"c-1" not in json.dumps(evs).encode()
+    assert b"enrol-1" not in json.dumps(evs).encode()
     assert pipe.roster.retired == (Term("t1", K1),)
     ob.close()
 
@@ -126,14 +127,14 @@ def test_events_carry_pseudonyms_of_the_term_and_rotation_keeps_continuity(
 def test_roll_calls_name_children_by_pseudonym() -> None:
     p = Pseudonyms(Term("t1", K1))
     rc = Event("roll_call", 1.0, Lane.EMERGENCY, data={
-        "present": [{"child": "c-1", "zones": ["yard"]}], "missing": [{"child": "c-2"}],
+        "present": [{"child": "enrol-1", "zones": ["yard"]}], "missing": [{"child": "enrol-2"}],
         "count": 1})
     out = p.events([rc, Event("clock_step", 1.0, data={"step_s": 3})])
-    assert out[0].data["present"][0]["child"] == pseudonym(K1, "c-1")
-    assert out[0].data["missing"][0]["child"] == pseudonym(K1, "c-2") and out[0].term == "t1"
+    assert out[0].data["present"][0]["child"] == pseudonym(K1, "enrol-1")
+    assert out[0].data["missing"][0]["child"] == pseudonym(K1, "enrol-2") and out[0].term == "t1"
     assert out[1].term is None  # names no child
     assert p.events(out) == out  # named once: a held event is not renamed
-    assert rc.data["present"][0]["child"] == "c-1"  # the engine's event is not changed
+    assert rc.data["present"][0]["child"] == "enrol-1"  # the engine's event is not changed
 
 
 def test_erase_removes_state_and_undelivered_events_under_every_term(tmp_path: Path) -> None:
@@ -143,23 +144,23 @@ def test_erase_removes_state_and_undelivered_events_under_every_term(tmp_path: P
         {"expected_version": 0, "term": {"id": "t1", "key": b64(K1)}}))
     present(pipe, clock, "62E3086C01", "62E3086C02")
     pipe.commit([Event("roll_call", clock.now(), Lane.EMERGENCY, data={
-        "alert_id": "a1", "present": [{"child": "c-1", "zones": []},
-                                      {"child": "c-2", "zones": []}],
+        "alert_id": "a1", "present": [{"child": "enrol-1", "zones": []},
+                                      {"child": "enrol-2", "zones": []}],
         "count": 2, "missing": []})])
-    seqs_c1 = [e["seq"] for e in buffered(ob) if e["child"] in names("c-1", [Term("t1", K1)])]
+    seqs_c1 = [e["seq"] for e in buffered(ob) if e["child"] in names("enrol-1", [Term("t1", K1)])]
     assert len(seqs_c1) == 2
-    out = pipe.erase("c-1")
+    out = pipe.erase("enrol-1")
     assert out["events_deleted"] == 2 and out["events_redacted"] == 1
     assert sum(b - a + 1 for a, b in out["ranges"]) == 2
     assert sorted(s for a, b in out["ranges"] for s in range(a, b + 1)) == sorted(seqs_c1)
     assert out["state_entries"] >= 1
     left = buffered(ob)
-    assert all(e["child"] not in names("c-1", [Term("t1", K1)]) for e in left)
+    assert all(e["child"] not in names("enrol-1", [Term("t1", K1)]) for e in left)
     rc = next(e for e in left if e["kind"] == "roll_call")
-    assert [x["child"] for x in rc["data"]["present"]] == [pseudonym(K1, "c-2")]
+    assert [x["child"] for x in rc["data"]["present"]] == [pseudonym(K1, "enrol-2")]
     assert rc["data"]["count"] == 1
     assert "62E3086C01" not in pipe.engine_state.seen
-    assert b"c-1" not in (ob.load_state(STATE_KEY) or b"")
+    assert b"enrol-1" not in (ob.load_state(STATE_KEY) or b"")
     # Still enrolled: the erase does not unenrol (the roster command does).
     assert "62E3086C01" in pipe.enrolled
     assert pipe.erase("c-7")["events_deleted"] == 0  # unknown: erased too, nothing found
@@ -202,12 +203,12 @@ def test_erase_scans_off_the_pipeline_thread_and_catches_what_came_after(
     pipe, ob, clock = make(tmp_path)
     present(pipe, clock, "62E3086C01", "62E3086C02")
     upto = ob.last_seq()
-    found = ob.child_rows(pipe.erase_names("c-1"), upto=upto)
+    found = ob.child_rows(pipe.erase_names("enrol-1"), upto=upto)
     assert len(found) == 1
     present(pipe, clock, "62E3086C01")  # committed after the scan
-    out = pipe.erase("c-1", (found, upto))
+    out = pipe.erase("enrol-1", (found, upto))
     assert out["events_deleted"] == 2
-    assert [e["child"] for e in buffered(ob)] == ["c-2"]
+    assert [e["child"] for e in buffered(ob)] == ["enrol-2"]
     ob.close()
 
 
