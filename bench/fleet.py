@@ -13,6 +13,8 @@ Phases (each figure is a ``fleet_*`` key; docs/fleet.md has the method and the r
 - kill: the same traffic plus an SOS every 0.2 s; node 1 (a third of the units, not the
   backend's) SIGKILLed, restarted 10 s later; events lost, duplicates stored, resends on
   the wire, SOS p99 while the node is down, seconds until every unit delivers again.
+  Units keep a standby connection for the emergency lane on the next node unless
+  ``--no-standby`` (the same run before/after).
 - storm: every unit stopped, 1,000 events put in each buffer, then all started at once;
   seconds to drain into PostgreSQL, SOS latency while they drain (units' window 32,
   keepalive 60 s, receipt timeout 600 s: STORM_UNIT).
@@ -70,6 +72,9 @@ STORM_UNIT = {"window": 32, "keepalive": 60, "receipt_timeout": 600.0}
 STORM_LIMIT_S = 1500.0
 KEEP_LOGS: Path | None = None  # --logs: the backend's log of each phase kept here
 RECEIPT_TIMEOUT_S = 20.0  # units' [delivery] receipt_timeout_s (the gateway's default: 60)
+# Each unit's standby connection for its emergency lane, on the node after its home node
+# ([broker] standby_host; docs/mqtt.md, "Standby connection"). --no-standby: without.
+STANDBY = True
 
 
 def say(msg: str) -> None:
@@ -134,7 +139,7 @@ class Run:
         shm = Path(tempfile.mkdtemp(prefix="kidsafe-fleet-", dir="/dev/shm"))
         self.fleet = FleetPool(n, self.cluster.mqtt_ports, shm, mix=Mix(rate=rate),
                                extra=self.unit_extra(*self.unit_settings(storm)[1:]),
-                               window=self.unit_settings(storm)[0])
+                               window=self.unit_settings(storm)[0], standby=STANDBY)
         self.shm = shm
         return self.fleet
 
@@ -309,6 +314,11 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
                                            0.99), 1),
         "fleet_kill_back_max_s": round(max(st["back"].values(), default=t_kill) - t_kill, 1),
         "fleet_kill_node_restart_s": round(restart_s, 1),
+        # Units' standby connections (0 / 0 without: --no-standby): events published on
+        # them (in resent_on_wire too) and deleted by their PUBACK or receipt.
+        "fleet_kill_standby": int(STANDBY),
+        "fleet_kill_standby_sent": st["standby_sent"],
+        "fleet_kill_standby_deleted": st["standby_deleted"],
     }
     run.end_fleet()
     return out
@@ -485,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                         "long; the gateway's default: 60)")
     p.add_argument("--storm-limit", type=float, default=1500,
                    help="storm: seconds before the drain is cut short")
+    p.add_argument("--no-standby", action="store_true",
+                   help="units without their standby connection for the emergency lane")
     p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
                    "(0: as shipped, paho's 20)")
     a = p.parse_args(argv)
@@ -492,8 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS
+    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS, STANDBY
     KEEP_LOGS = a.logs
+    STANDBY = not a.no_standby
     STORM_UNIT.update(window=a.unit_window, keepalive=a.unit_keepalive,
                       receipt_timeout=a.receipt_timeout)
     if a.window is not None:

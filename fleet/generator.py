@@ -96,7 +96,7 @@ class Fleet:
 
     def __init__(self, n: int, ports: Sequence[int], work: Path, mix: Mix | None = None,
                  seed: int = 1, extra: dict[str, Any] | None = None,
-                 first: int = 0, window: int = 256) -> None:
+                 first: int = 0, window: int = 256, standby: bool = False) -> None:
         self.n = n
         self.ports = list(ports)
         self.work = Path(work)
@@ -109,7 +109,8 @@ class Fleet:
         self.rss_before_mb = proc_rss_mb()
         self.units = [SimUnit(i, unit_id(i), site_of(i), self.ports,
                               str(self.work / f"{unit_id(i)}.db"), on_acked=self._acked,
-                              extra=extra, window=window) for i in range(first, first + n)]
+                              extra=extra, window=window, standby=standby)
+                      for i in range(first, first + n)]
         self.rss_units_mb = proc_rss_mb()
         self.committed_ids: dict[str, set[int]] = {u.id: set() for u in self.units}
         self._stop = threading.Event()
