@@ -172,8 +172,8 @@ class Publisher:
         """New events are in the outbox (called from the pipeline thread)."""
         with contextlib.suppress(BlockingIOError):  # already awake: a byte is waiting
             os.write(self._wake_w, b"!")
-        if self.standby is not None:
-            self.standby.notify()
+        if self.standby is not None and not self._connected.is_set():
+            self.standby.notify()  # (a loss of the main wakes it too: nothing is missed)
 
     def rebirth(self) -> None:
         """Publish status and birth again (the ``rebirth`` command), from this thread."""
