@@ -57,6 +57,9 @@ class StandbyLimits:
     receipt_timeout_s: float = 60.0  # a PUBACKed event without receipt goes again this late
     linger_s: float = 30.0  # receipts still awaited after the main is back: this long at most
     idle_s: float = 0.5  # the buffer is asked again this often while active
+    # While the main is up and nothing of the standby's is outstanding it only keeps its
+    # connection alive: the shell may sleep this long (the main's changes wake it).
+    quiet_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +219,8 @@ class Standby:
         """How long the shell may wait before polling again."""
         if self._pending or self._to_delete or self._due:
             return 0.0
+        if self._main_up and not self._handles and not self._awaiting:
+            return self.limits.quiet_s
         wait = self.limits.idle_s
         if self._awaiting and not self._main_up:
             oldest = min(self._awaiting.values())

@@ -8,7 +8,9 @@ thread is sleeping its back-off or waiting up to ``connack_timeout_s`` for a CON
 second thread that sleeps in ``poll()`` costs ~0.1 MB and a wake-up every 0.5 s when idle
 (the delivery core's idle poll does the same), and it can never delay or break the main:
 they share only the outbox (thread-safe: one queued writer at a time) and two reads of
-flags. While the main is up this thread sends nothing but paho's keepalive.
+flags. While the main is up this thread sends nothing but paho's keepalive, and wakes
+every 5 s at most (a quarter of the keepalive if shorter) unless the main's state
+changes.
 
 The session is clean (no queue at the broker that lasts beyond the connection: a standby
 must cost the broker little); client id ``<client_id>-standby``; the main's credentials
@@ -69,7 +71,10 @@ class StandbyLink:
         self.receipt_mode = d.mode == "receipt"
         self.core = Standby(outbox.fetch, outbox.fetch_seqs,
                             StandbyLimits(reserve=reserve, receipts=self.receipt_mode,
-                                          receipt_timeout_s=d.receipt_timeout_s))
+                                          receipt_timeout_s=d.receipt_timeout_s,
+                                          # paho's keepalive runs in the loop: wake often
+                                          # enough to ping within keepalive_s
+                                          quiet_s=min(5.0, b.keepalive_s / 4)))
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
