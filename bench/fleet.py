@@ -282,12 +282,17 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     lost, dup = check_stored(f, dsn)
     st = f.stats()
     # Every SOS decided while the node was down, receipted whenever it was.
-    down = [(ms, unit) for ms, at, unit in zip(st["sos"], st["sos_at"], st["sos_unit"],
-                                                strict=True) if t_kill <= at < t_restart]
-    sos_down = [ms for ms, _ in down]
+    down = [(ms, unit, off, sb) for ms, at, unit, off, sb in
+            zip(st["sos"], st["sos_at"], st["sos_unit"], st["sos_offline"], st["sos_standby"],
+                strict=True) if t_kill <= at < t_restart]
+    sos_down = [ms for ms, *_ in down]
+    # Decided while the unit's own main connection was down (reconnecting after the kill):
+    # what the standby is for; and those its standby's receipt deleted.
+    offline = sorted(ms for ms, _, off, _ in down if off)
+    via_standby = sorted(ms for ms, _, _, sb in down if sb)
     # The killed node's units (home node 1: index % 3 == 0) must first reconnect elsewhere.
-    on_killed = sorted(ms for ms, unit in down if unit % run.cluster.size == 0)
-    elsewhere = sorted(ms for ms, unit in down if unit % run.cluster.size != 0)
+    on_killed = sorted(ms for ms, unit, *_ in down if unit % run.cluster.size == 0)
+    elsewhere = sorted(ms for ms, unit, *_ in down if unit % run.cluster.size != 0)
     stored_ms = sos_stored_ms(dsn, t_kill, t_restart)
     out = {**reconnects(st["connections"], t_kill, t_restart, run.cluster.size),
         "fleet_kill_sos_stored_p50_ms": round(pct(stored_ms, 0.5), 1),
@@ -319,6 +324,11 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
         "fleet_kill_standby": int(STANDBY),
         "fleet_kill_standby_sent": st["standby_sent"],
         "fleet_kill_standby_deleted": st["standby_deleted"],
+        "fleet_kill_sos_main_down_count": len(offline),
+        "fleet_kill_sos_main_down_p50_ms": round(pct(offline, 0.5), 1),
+        "fleet_kill_sos_main_down_max_ms": round(max(offline, default=float("nan")), 1),
+        "fleet_kill_sos_via_standby_count": len(via_standby),
+        "fleet_kill_sos_via_standby_max_ms": round(max(via_standby, default=float("nan")), 1),
     }
     run.end_fleet()
     return out

@@ -75,6 +75,8 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
                 return {"committed": st.committed, "acked": st.acked,
                         "lat": list(st.latencies_ms), "sos": list(st.sos_ms),
                         "sos_at": list(st.sos_at), "sos_unit": list(st.sos_unit),
+                        "sos_offline": list(st.sos_offline),
+                        "sos_standby": list(st.sos_standby),
                         "connections": [(u.index, dataclasses.astuple(c)) for u in f.units
                                         for c in u.publisher.connections],
                         "back": dict(f.back),
@@ -85,7 +87,7 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
                                                if u.publisher.standby is not None),
                         "connects": sum(u.publisher.connects for u in f.units),
                         "lag_max_s": f.lag_max_s,
-                        "unacked_sos": sum(1 for _, s in f._pending.values() if s),
+                        "unacked_sos": sum(1 for _, s, _ in f._pending.values() if s),
                         "cpu": t.user + t.system, "rss": proc_rss_mb()}
         case "count":
             return f.stats.committed
@@ -178,7 +180,8 @@ class FleetPool:
     def stats(self) -> dict[str, Any]:
         parts = self._all("stats")
         out: dict[str, Any] = {"committed": 0, "acked": 0, "lat": [], "sos": [], "sos_at": [],
-                               "sos_unit": [], "connections": [],
+                               "sos_unit": [], "sos_offline": [], "sos_standby": [],
+                               "connections": [],
                                "back": {},
                                "sent": 0, "connects": 0, "unacked_sos": 0, "cpu": 0.0,
                                "standby_sent": 0, "standby_deleted": 0,
@@ -191,6 +194,8 @@ class FleetPool:
             out["sos"] += p["sos"]
             out["sos_at"] += p["sos_at"]
             out["sos_unit"] += p["sos_unit"]
+            out["sos_offline"] += p["sos_offline"]
+            out["sos_standby"] += p["sos_standby"]
             out["connections"] += p["connections"]
             out["back"].update(p["back"])
             out["lag_max_s"] = max(out["lag_max_s"], p["lag_max_s"])

@@ -124,7 +124,7 @@ class SimUnit:
     """A unit's buffer and publisher; ``commit`` is what its pipeline would do."""
 
     def __init__(self, index: int, unit_id: str, site: str, ports: Sequence[int], buffer: str,
-                 on_acked: Callable[[SimUnit, list[int]], None] | None = None,
+                 on_acked: Callable[[SimUnit, list[int], bool], None] | None = None,
                  extra: dict[str, Any] | None = None, window: int = 256,
                  standby: bool = False) -> None:
         self.index = index
@@ -145,6 +145,8 @@ class SimUnit:
                                           health=self.health, on_acked=self._acked,
                                           window=window)
         self._on_acked = on_acked
+        if self.publisher.standby is not None:  # its deletes told apart (the bench's split)
+            self.publisher.standby.on_acked = self._acked_on_standby
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lock = threading.Lock()  # one committer at a time (the pipeline is one thread)
@@ -184,7 +186,11 @@ class SimUnit:
 
     def _acked(self, seqs: list[int]) -> None:
         if self._on_acked is not None:
-            self._on_acked(self, seqs)
+            self._on_acked(self, seqs, False)
+
+    def _acked_on_standby(self, seqs: list[int]) -> None:
+        if self._on_acked is not None:
+            self._on_acked(self, seqs, True)
 
     def health(self) -> dict[str, Any]:
         """A health message of the contract's shape (docs/schemas/health.schema.json), as

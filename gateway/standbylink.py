@@ -25,6 +25,7 @@ import collections
 import contextlib
 import logging
 import os
+import random
 import selectors
 import threading
 from collections.abc import Callable
@@ -113,6 +114,10 @@ class StandbyLink:
                     client.disconnect()
             if not stop.is_set():
                 log.warning("standby broker %s:%d connection lost", self.host, self.port)
+                # Not urgent (it matters only if the main fails too): the first try waits the
+                # initial back-off with jitter, so a node's death does not set every standby
+                # on it reconnecting at once, beside the mains that must.
+                self.clock.wait(stop, 0.5 + random.random() * 0.5)
 
     def _connect(self) -> mqtt.Client:
         b = self.cfg.broker
