@@ -98,6 +98,10 @@ class StandbyLink:
     # -- the connection loop (own thread) ----------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        # This thread's own database connection (the outbox has one per thread) is opened
+        # now, not at the first outage: a node's death must find the standby ready, not
+        # opening SQLite connections beside every main that is reconnecting.
+        self.outbox.last_seq()
         while not stop.is_set():
             retrying = backoff.retrying(stop, log, f"connecting to standby broker "
                                         f"{self.host}:{self.port}", 0.5,

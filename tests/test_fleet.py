@@ -79,6 +79,9 @@ def test_fleet_survives_a_node_kill(rabbit_cluster: Cluster,  # noqa: F811
         killed_at = time.time()
         cluster.kill(1)
         fleet.mark(killed_at)
+        # An SOS at each of the killed node's units at once: decided while their main
+        # connection is down, it goes on their standby connection (the next node).
+        fleet.sos([u for u in fleet.units if u.index % 3 == 0])
         time.sleep(10)
         restarted_at = time.time()
         sos_while_down = fleet.stats.sos_committed
@@ -106,10 +109,10 @@ def test_fleet_survives_a_node_kill(rabbit_cluster: Cluster,  # noqa: F811
         late = [(r, s) for r, s in down if s.timestamp() > restarted_at]
         assert not late, f"SOS stored only after the restart: {late[:3]}"
         assert all(isinstance(r, datetime) for r, _ in down)
-        # The killed node's units sent their SOS on their standby connection (the next
-        # node), and its receipts deleted them there, while their main was reconnecting.
+        # The killed node's units sent those SOS on their standby connection, and receipts
+        # on it deleted them (most: a main back first takes over what is left).
         standbys = [u.publisher.standby for u in fleet.units if u.index % 3 == 0]
-        assert sum(s.sent for s in standbys if s is not None) > 0
+        assert sum(s.sent for s in standbys if s is not None) >= len(standbys) // 2
         assert sum(s.deleted for s in standbys if s is not None) > 0
 
         assert fleet.wait(lambda: fleet.online() == UNITS, 30), f"{fleet.online()} online"
