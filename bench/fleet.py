@@ -75,6 +75,10 @@ RECEIPT_TIMEOUT_S = 20.0  # units' [delivery] receipt_timeout_s (the gateway's d
 # Each unit's standby connection for its emergency lane, on the node after its home node
 # ([broker] standby_host; docs/mqtt.md, "Standby connection"). --no-standby: without.
 STANDBY = True
+# --sos-at-kill (a diagnostic, not the issue's figure: it adds an SOS at each of the killed
+# node's units right after the kill, so that many SOS are decided while their unit's main
+# connection is down, where the bench's random SOS put one or two per run).
+SOS_AT_KILL = False
 
 
 def say(msg: str) -> None:
@@ -272,6 +276,8 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     f.mark(t_kill)  # per unit: when its first event decided after the kill was receipted
     run.cluster.kill(1)
     f.probe()  # a decision at every unit at once: when does each deliver again?
+    if SOS_AT_KILL:
+        f.sos_node(0, run.cluster.size)
     say(f"node 1 killed; {f.online()} of {n} units online")
     time.sleep(down_s)
     t_restart = time.time()
@@ -322,6 +328,7 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
         # Units' standby connections (0 / 0 without: --no-standby): events published on
         # them (in resent_on_wire too) and deleted by their PUBACK or receipt.
         "fleet_kill_standby": int(STANDBY),
+        "fleet_kill_sos_at_kill": int(SOS_AT_KILL),
         "fleet_kill_standby_sent": st["standby_sent"],
         "fleet_kill_standby_deleted": st["standby_deleted"],
         "fleet_kill_sos_main_down_count": len(offline),
@@ -507,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="storm: seconds before the drain is cut short")
     p.add_argument("--no-standby", action="store_true",
                    help="units without their standby connection for the emergency lane")
+    p.add_argument("--sos-at-kill", action="store_true",
+                   help="kill: an SOS at each of the killed node's units right after the "
+                        "kill (a diagnostic of the SOS decided while the main is down)")
     p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
                    "(0: as shipped, paho's 20)")
     a = p.parse_args(argv)
@@ -514,9 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS, STANDBY
+    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS, STANDBY, SOS_AT_KILL
     KEEP_LOGS = a.logs
     STANDBY = not a.no_standby
+    SOS_AT_KILL = a.sos_at_kill
     STORM_UNIT.update(window=a.unit_window, keepalive=a.unit_keepalive,
                       receipt_timeout=a.receipt_timeout)
     if a.window is not None:

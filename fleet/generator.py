@@ -198,6 +198,10 @@ class Fleet:
         for u in units:
             self.commit(u, [traffic.sos(self.rng, u.index, time.time())], sos=True)
 
+    def sos_node(self, node: int, nodes: int) -> None:
+        """An SOS at every unit whose home is ``node`` (the bench's --sos-at-kill)."""
+        self.sos([u for u in self.units if u.index % nodes == node])
+
     def mark(self, t: float) -> None:
         with self.stats.lock:
             self._mark = t

@@ -64,6 +64,8 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
             f.mark(*args)
         case "probe":
             f.probe()
+        case "sos_node":
+            f.sos_node(*args)
         case "reset":
             f.reset_latencies()
         case "stop":
@@ -170,6 +172,9 @@ class FleetPool:
 
     def probe(self) -> None:
         self._all("probe")
+
+    def sos_node(self, node: int, nodes: int) -> None:
+        self._all("sos_node", node, nodes)
 
     def reset_latencies(self) -> None:
         self._all("reset")
