@@ -76,11 +76,14 @@ RECEIPT_TIMEOUT_S = 20.0  # units' [delivery] receipt_timeout_s (the gateway's d
 # its home node ([broker] standby_host; docs/mqtt.md, "Standby connection"). Off by
 # default: one 600-unit node-kill run with it collapsed on this machine (docs/fleet.md,
 # "A standby connection for the emergency lane"); measured at 200 units.
-STANDBY = False
+STANDBY: bool | str = False
 # --sos-at-kill (a diagnostic, not the issue's figure: it adds an SOS at each of the killed
 # node's units right after the kill, so that many SOS are decided while their unit's main
 # connection is down, where the bench's random SOS put one or two per run).
 SOS_AT_KILL = False
+# --emergency-receipts-qos0: the backend's emergency session receipts at QoS 0 (an
+# experiment: RabbitMQ 3.10 closes the connection of a refused QoS 1 publish).
+EMERGENCY_RECEIPT_QOS: int | None = None
 
 
 def say(msg: str) -> None:
@@ -123,7 +126,7 @@ class Run:
     def start_backend(self, dsn: str) -> BackendProc:
         b = BackendProc(self.work / f"backend{self.db}", self.cluster.mqtt_port(3), dsn,
                         self.priv if self.receipts else None, client_id=f"backend{self.db}",
-                        inflight=self.inflight)
+                        inflight=self.inflight, emergency_receipt_qos=EMERGENCY_RECEIPT_QOS)
         b.migrate()
         self.backend = b.start()
         return b
@@ -329,8 +332,10 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
         "fleet_kill_node_restart_s": round(restart_s, 1),
         # Units' standby connections (0 / 0 without: no --standby): events published on
         # them (in resent_on_wire too) and deleted by their PUBACK or receipt.
-        "fleet_kill_standby": int(STANDBY),
+        "fleet_kill_standby": {False: 0, "outage": 1, "connect": 2}[STANDBY],
         "fleet_kill_sos_at_kill": int(SOS_AT_KILL),
+        "fleet_kill_emergency_receipt_qos": 1 if EMERGENCY_RECEIPT_QOS is None
+        else EMERGENCY_RECEIPT_QOS,
         "fleet_kill_standby_sent": st["standby_sent"],
         "fleet_kill_standby_deleted": st["standby_deleted"],
         "fleet_kill_sos_main_down_count": len(offline),
@@ -514,12 +519,15 @@ def main(argv: list[str] | None = None) -> int:
                         "long; the gateway's default: 60)")
     p.add_argument("--storm-limit", type=float, default=1500,
                    help="storm: seconds before the drain is cut short")
-    p.add_argument("--standby", action="store_true",
+    p.add_argument("--standby", nargs="?", const="outage", choices=["outage", "connect"],
                    help="units keep a standby connection for the emergency lane on the "
-                        "next node (off by default: docs/fleet.md)")
+                        "next node (off by default: docs/fleet.md); 'connect': it "
+                        "subscribes to the receipts at its connect, not at an outage")
     p.add_argument("--sos-at-kill", action="store_true",
                    help="kill: an SOS at each of the killed node's units right after the "
                         "kill (a diagnostic of the SOS decided while the main is down)")
+    p.add_argument("--emergency-receipts-qos0", action="store_true",
+                   help="the backend's emergency session receipts at QoS 0 (an experiment)")
     p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
                    "(0: as shipped, paho's 20)")
     a = p.parse_args(argv)
@@ -527,10 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS, STANDBY, SOS_AT_KILL
+    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS, STANDBY, SOS_AT_KILL, EMERGENCY_RECEIPT_QOS
     KEEP_LOGS = a.logs
-    STANDBY = a.standby
+    STANDBY = a.standby or False
     SOS_AT_KILL = a.sos_at_kill
+    EMERGENCY_RECEIPT_QOS = 0 if a.emergency_receipts_qos0 else None
     STORM_UNIT.update(window=a.unit_window, keepalive=a.unit_keepalive,
                       receipt_timeout=a.receipt_timeout)
     if a.window is not None:

@@ -98,7 +98,7 @@ class Fleet:
 
     def __init__(self, n: int, ports: Sequence[int], work: Path, mix: Mix | None = None,
                  seed: int = 1, extra: dict[str, Any] | None = None,
-                 first: int = 0, window: int = 256, standby: bool = False) -> None:
+                 first: int = 0, window: int = 256, standby: bool | str = False) -> None:
         self.n = n
         self.ports = list(ports)
         self.work = Path(work)

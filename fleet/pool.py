@@ -24,7 +24,7 @@ UNITS_PER_PROCESS = 100
 
 
 def _worker(conn: Connection, n: int, ports: list[int], work: str, mix: Mix, seed: int,
-            extra: dict[str, Any] | None, first: int, window: int, standby: bool) -> None:
+            extra: dict[str, Any] | None, first: int, window: int, standby: bool | str) -> None:
     import logging
 
     logging.basicConfig(level=logging.CRITICAL)
@@ -107,7 +107,7 @@ class FleetPool:
     def __init__(self, n: int, ports: Sequence[int], work: Path, mix: Mix | None = None,
                  seed: int = 1, extra: dict[str, Any] | None = None,
                  per_process: int = UNITS_PER_PROCESS, window: int = 256,
-                 standby: bool = False) -> None:
+                 standby: bool | str = False) -> None:
         self.n = n
         ctx = mp.get_context("spawn")  # no fork of a process with threads
         self.conns: list[Connection] = []

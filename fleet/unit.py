@@ -126,7 +126,7 @@ class SimUnit:
     def __init__(self, index: int, unit_id: str, site: str, ports: Sequence[int], buffer: str,
                  on_acked: Callable[[SimUnit, list[int], bool], None] | None = None,
                  extra: dict[str, Any] | None = None, window: int = 256,
-                 standby: bool = False) -> None:
+                 standby: bool | str = False) -> None:
         self.index = index
         self.id = unit_id
         self.site = site
@@ -136,7 +136,10 @@ class SimUnit:
             # "Standby connection"): open before the home node can die.
             extra = {**(extra or {})}
             extra["broker"] = {**extra.get("broker", {}), "standby_host": "127.0.0.1",
-                               "standby_port": ports[(home + 1) % len(ports)]}
+                               "standby_port": ports[(home + 1) % len(ports)],
+                               # standby="connect": receipts subscribed at its connect
+                               "standby_subscribe": standby if isinstance(standby, str)
+                               else "outage"}
         self.cfg = unit_config(unit_id, site, ports[home], buffer, extra)
         self.outbox = Outbox(buffer, unit_id, site, max_mb=self.cfg.buffer.max_mb,
                              max_events=self.cfg.buffer.max_events)

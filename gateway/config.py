@@ -92,6 +92,7 @@ class BrokerConfig:
     standby_host: str | None = None
     standby_port: int = 1883
     standby_client_id: str = ""  # "" when off; default "<client_id>-standby"
+    standby_subscribe: str = "outage"  # receipts: at an outage's first publish, or "connect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +214,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
     b = c.table(raw, "broker", "broker", required=True)
     c.unknown(b, {"host", "port", "client_id", "username", "password_file", "keepalive_s",
                   "protocol", "topic_prefix", "reconnect_max_s", "tls", "standby_host",
-                  "standby_port", "standby_client_id"}, "broker")
+                  "standby_port", "standby_client_id", "standby_subscribe"}, "broker")
     password = None
     pw_file = c.get(b, "password_file", "broker", str)
     if pw_file:
@@ -413,8 +414,10 @@ def _standby(c: Checker, b: dict[str, Any], broker: BrokerConfig) -> BrokerConfi
     host = c.get(b, "standby_host", "broker", str, None, check=_host)
     port = c.get(b, "standby_port", "broker", int, broker.port, check=tcp_port)
     cid = c.get(b, "standby_client_id", "broker", str, "", check=_client_id)
+    sub = c.get(b, "standby_subscribe", "broker", str, "outage",
+                check=one_of(("outage", "connect")))
     if host is None:
-        for k in ("standby_port", "standby_client_id"):
+        for k in ("standby_port", "standby_client_id", "standby_subscribe"):
             if k in b:
                 c.error(f"broker.{k}", "needs broker.standby_host (the standby is off without it)")
         return broker
@@ -430,7 +433,8 @@ def _standby(c: Checker, b: dict[str, Any], broker: BrokerConfig) -> BrokerConfi
                "shipped mosquitto sample: use_username_as_clientid) would close the main "
                "connection for the standby; use the standby with a cluster that keeps MQTT "
                "client ids")
-    return replace(broker, standby_host=host, standby_port=port, standby_client_id=cid)
+    return replace(broker, standby_host=host, standby_port=port, standby_client_id=cid,
+                   standby_subscribe=sub)
 
 
 def _host(v: str) -> str | None:

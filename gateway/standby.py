@@ -60,6 +60,10 @@ class StandbyLimits:
     # While the main is up and nothing of the standby's is outstanding it only keeps its
     # connection alive: the shell may sleep this long (the main's changes wake it).
     quiet_s: float = 5.0
+    # Receipt mode: subscribe to the receipts once connected, not at an outage's first
+    # publish ([broker] standby_subscribe = "connect"): no queue declared at the broker
+    # while a node is dying; receipts then come twice while the main is up (dropped unread).
+    subscribe_at_connect: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +177,10 @@ class Standby:
         if not self._linked:
             return out
         lim = self.limits
-        if self._main_up and self._subscribed and (
+        if lim.receipts and lim.subscribe_at_connect and not self._subscribed:
+            out.append(Subscribe())
+            self._subscribed = True
+        if self._main_up and self._subscribed and not lim.subscribe_at_connect and (
                 (not self._awaiting and not self._handles)
                 or now - self._main_up_at >= lim.linger_s):
             out.append(Unsubscribe())
@@ -237,6 +244,11 @@ class Standby:
     @property
     def subscribed(self) -> bool:
         return self._subscribed
+
+    @property
+    def expecting_receipts(self) -> bool:
+        """Events this standby published are not yet deleted (a receipt may matter)."""
+        return bool(self._sent)
 
     @property
     def in_flight(self) -> int:

@@ -75,7 +75,9 @@ class StandbyLink:
                                           receipt_timeout_s=d.receipt_timeout_s,
                                           # paho's keepalive runs in the loop: wake often
                                           # enough to ping within keepalive_s
-                                          quiet_s=min(5.0, b.keepalive_s / 4)))
+                                          quiet_s=min(5.0, b.keepalive_s / 4),
+                                          subscribe_at_connect=b.standby_subscribe
+                                          == "connect"))
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -184,7 +186,9 @@ class StandbyLink:
         self._acks.append((mid, not rc.is_failure))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == self.receipt_topic:  # the only subscription
+        # The only subscription. Nothing of the standby's outstanding: not even checked
+        # (subscribed since the connect, every receipt of the main's events comes here too).
+        if msg.topic == self.receipt_topic and self.core.expecting_receipts:
             self._receipts.append(bytes(msg.payload))
 
     def _io(self, client: mqtt.Client, timeout: float) -> bool:
