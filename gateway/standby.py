@@ -180,13 +180,16 @@ class Standby:
         if lim.receipts and lim.subscribe_at_connect and not self._subscribed:
             out.append(Subscribe())
             self._subscribed = True
-        if self._main_up and self._subscribed and not lim.subscribe_at_connect and (
+        if self._main_up and self._subscribed and (
                 (not self._awaiting and not self._handles)
                 or now - self._main_up_at >= lim.linger_s):
-            out.append(Unsubscribe())
-            self._subscribed = False
+            # The main is back and nothing of ours awaits (or it waited long enough: the
+            # main sends it again): forget it; drop the subscription made for the outage.
             self._sent.difference_update(self._awaiting)
             self._awaiting = {}
+            if not lim.subscribe_at_connect:
+                out.append(Unsubscribe())
+                self._subscribed = False
         if self._main_up:
             return out
         if lim.receipts:

@@ -15,6 +15,8 @@ from gateway.standby import Standby, StandbyAction, StandbyLimits, Subscribe, Un
 
 RECEIPTS = StandbyLimits(reserve=3, receipts=True, receipt_timeout_s=10.0, linger_s=5.0)
 PUBACKS = StandbyLimits(reserve=3, receipts=False)
+AT_CONNECT = StandbyLimits(reserve=3, receipts=True, receipt_timeout_s=10.0, linger_s=5.0,
+                           subscribe_at_connect=True)
 
 
 @dataclass
@@ -225,10 +227,10 @@ def test_a_lost_standby_connection_offers_again_on_the_next() -> None:
                                            "refuse", "receipt", "main_up", "main_down",
                                            "link_down", "link_up", "tick"]),
                           st.integers(1, 40)), max_size=60),
-       st.booleans())
+       st.sampled_from([RECEIPTS, PUBACKS, AT_CONNECT]))
 def test_never_deletes_what_did_not_leave_and_never_sends_while_the_main_is_up(
-        ops: list[tuple[str, int]], receipts: bool) -> None:
-    sh = shell(RECEIPTS if receipts else PUBACKS)
+        ops: list[tuple[str, int]], limits: StandbyLimits) -> None:
+    sh = shell(limits)
     main_up = False
     linked = True
     sh.core.connected(0.0)
@@ -266,3 +268,25 @@ def test_never_deletes_what_did_not_leave_and_never_sends_while_the_main_is_up(
     # Every delete was of a seq published on the standby (checked in _delete); in broker
     # mode only after its PUBACK; everything else is still in the buffer for the main.
     assert set(sh.deleted) <= set(sh.published)
+
+
+def test_subscribe_at_connect_subscribes_once_and_never_unsubscribes() -> None:
+    sh = shell(StandbyLimits(reserve=3, receipts=True, receipt_timeout_s=10.0, linger_s=5.0,
+                             subscribe_at_connect=True))
+    sh.core.main(True, 0.0)
+    sh.core.connected(0.0)
+    sh.poll()
+    assert sh.log == ["subscribe"] and sh.published == []  # main up: nothing sent
+    assert not sh.core.expecting_receipts  # the shell drops receipts unread
+    seq = sh.store.add(E, 1)
+    sh.core.main(False, 1.0)
+    sh.poll()
+    assert sh.log == ["subscribe", "publish"] and sh.core.expecting_receipts
+    sh.ack_all()
+    sh.core.main(True, 2.0)
+    sh.now = 10.0
+    sh.poll()
+    assert sh.subscribed and sh.core.awaiting_receipt == 0  # linger over: forgotten
+    sh.core.receipt([(seq[0], seq[0])])
+    sh.poll()
+    assert sh.deleted == [] and sh.log == ["subscribe", "publish"]
