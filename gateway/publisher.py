@@ -211,6 +211,8 @@ class Publisher:
             self._run(stop, use_v5)
         finally:
             if standby is not None:
+                assert self.standby is not None
+                self.standby.notify()  # it may be asleep for seconds: stop is set now
                 standby.join(5.0)
 
     def _run(self, stop: threading.Event, use_v5: bool) -> None:

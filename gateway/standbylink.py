@@ -5,8 +5,8 @@ Why a thread of its own rather than a second socket in the publisher's poll loop
 publisher's loop is built around one connection's life (connect with back-off, serve,
 reconnect); while the main connection is down - the only time the standby matters - that
 thread is sleeping its back-off or waiting up to ``connack_timeout_s`` for a CONNACK. A
-second thread that sleeps in ``poll()`` costs ~0.1 MB and a wake-up every 0.5 s when idle
-(the delivery core's idle poll does the same), and it can never delay or break the main:
+second thread that sleeps in ``poll()`` costs ~0.1 MB and a few wake-ups (below), and it
+can never delay or break the main:
 they share only the outbox (thread-safe: one queued writer at a time) and two reads of
 flags. While the main is up this thread sends nothing but paho's keepalive, and wakes
 every 5 s at most (a quarter of the keepalive if shorter) unless the main's state

@@ -126,11 +126,17 @@ class Unit:
         self.thread.start()
         return self
 
-    def close(self) -> None:
+    def close(self) -> float:
+        """Stop the publisher (and its standby); seconds the stop took."""
+        if self.stop.is_set():
+            return 0.0
+        t0 = time.monotonic()
         self.stop.set()
         self.publisher.notify()
         self.thread.join(10)
+        took = time.monotonic() - t0
         self.outbox.close()
+        return took
 
     def commit(self, sos: bool) -> tuple[int, float]:
         now = time.time()
@@ -178,6 +184,7 @@ def test_an_sos_while_the_main_is_down_goes_on_the_standby_and_its_receipt_delet
         last, _ = u.commit(sos=True)
         wait_until(lambda: last in u.deleted, 10, "an SOS on the main again")
         assert standby.sent == sent
+        assert u.close() < 3.0  # the standby, asleep while the main is up, is woken to stop
     finally:
         u.close()
         rc.stop()
