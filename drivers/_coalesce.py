@@ -5,7 +5,8 @@ one costs a whole turn of the loop: the selector's ``epoll_wait``, asyncio's
 ``_run_once``, dbus_fast's reader call for one message. Waiting a few milliseconds after
 the first message lets the next ones arrive, and dbus_fast reads them all in that one
 turn (bench/site_load.py: the BLE thread's share of a core fell by about a third at
-20 ms; at 5 ms, with about 1.5 adverts per 5 ms, nothing was gained).
+20 ms, and by 40 % more at 50 ms, the BLE driver's default; at 5 ms, with about 1.5
+adverts per 5 ms, nothing was gained).
 
 The price is latency: a message waits at most ``gulp_s`` before it is handled. An idle
 loop costs nothing more (the wait only starts once something is ready), and a loop with

@@ -130,7 +130,7 @@ class BleOptions(ReaderOptions):
                                      gt=0, le=3600)
     reconnect_max_s: float = opt(30.0, "back-off cap while the adapter is in trouble",
                                  gt=0, le=3600)
-    gulp_ms: float = opt(20.0, "wait this long after an advert so that the next ones are "
+    gulp_ms: float = opt(50.0, "wait this long after an advert so that the next ones are "
                                "read with it (CPU); 0: each at once", ge=0, le=100)
 
     def where(self) -> str:

@@ -6,8 +6,11 @@ protocol V2.2"). Unlike the RDM6300 this reader is polled: the host sends
 ``0x89`` real-time inventory, the reader answers with one packet per tag read
 and then an end-of-round summary (or a one-byte error such as ``0x22``
 antenna missing). We send the next command when the round ends, or when no
-reply came within ``reply_timeout_s``. With several antennas we switch the
-work antenna (``0x74``) before each round, cycling through ``antennas``.
+reply came within ``reply_timeout_s``. With several antennas one ``0x8A`` fast-switch inventory
+runs a round on each of ``antennas`` in turn, the reader switching itself
+(``fast_switch``, the default: one exchange per cycle instead of two per
+antenna, which is most of the driver's CPU at a gate); with ``fast_switch =
+false`` we switch the work antenna (``0x74``) before each ``0x89`` round instead.
 
 Health: an antenna answering with an error makes the reader DEGRADED until a
 round on it succeeds again; no reply at all for ``silence_s`` reopens the port
@@ -37,7 +40,10 @@ class UhfR2000Options(SerialOptions):
     baud: int = opt(115200, "serial speed in baud", gt=0, le=4_000_000)
     antennas: tuple[int, ...] = opt((1,), "antenna ports to cycle through, 1..4", ge=1, le=4,
                                     check=non_empty)
-    repeat: int = opt(1, "inventory rounds per 0x89 command (255: fastest)", ge=1, le=255)
+    repeat: int = opt(1, "inventory rounds per 0x89 command, or cycles per 0x8A command",
+                      ge=1, le=255)
+    fast_switch: bool = opt(True, "several antennas: one 0x8A command cycles them all (the "
+                                  "reader switches); false: 0x74 + 0x89 per antenna")
     address: int = opt(1, "the reader's bus address in command frames", ge=0, le=255)
     reply_timeout_s: float = opt(1.0, "no answer this long: resend, reader degraded", gt=0, le=3600)
     silence_s: float = opt(5.0, "no answer this long: reopen the port", gt=0, le=3600)
@@ -70,7 +76,8 @@ class UhfR2000Driver(SerialDriver[UhfR2000Options]):
 
     def on_open(self, mono: float) -> bytes:
         self._poller = Poller(self.antennas, self.repeat, self.address, self.reply_timeout_s,
-                              self.silence_s, where=self.cfg.options.port)
+                              self.silence_s, where=self.cfg.options.port,
+                              fast_switch=self.cfg.options.fast_switch)
         return self._act(self._poller.start(mono))
 
     def on_frame(self, frame: Any, mono: float) -> bytes:

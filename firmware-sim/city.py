@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             broker = LocalBroker(str(work / "broker"), port=free_port()).start()
             stack.callback(broker.stop)
             pg = LocalPostgres().start()
-            stack.callback(pg.stop)
+            stack.callback(pg.close)
         except (BrokerMissing, PostgresMissing, RuntimeError, OSError) as e:
             print(f"kidsafe-sim demo: {e}", file=sys.stderr)
             return 2

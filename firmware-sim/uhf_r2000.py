@@ -4,10 +4,13 @@ It answers what the host sends, as the real module does (IND903 protocol
 V2.2, see drivers.codecs.uhf_r2000): ``0x74`` set work antenna -> a one-byte
 status; ``0x89`` real-time inventory -> one tag packet per tag read on the
 work antenna, then the end-of-round summary, or ``0x22`` antenna missing when
-that antenna is "unplugged". Tags in the field of an antenna are read with
-RSSI jitter and random misses (real gates miss reads all the time). Faults:
-an antenna missing, a reader that stops answering (``mute``), garbage on the
-line, corrupted tag packets, and the whole adapter unplugged (VirtualSerial).
+that antenna is "unplugged"; ``0x8A`` fast-switch inventory -> a round on each
+antenna it lists in turn (tag packets, or Ant_ID + ``0x22`` for a missing one),
+repeated as asked, then V2.2's summary (Total_Read, Command_Duration). Tags in
+the field of an antenna are read with RSSI jitter and random misses (real gates
+miss reads all the time). Faults: an antenna missing, a reader that stops
+answering (``mute``), garbage on the line, corrupted tag packets, and the whole
+adapter unplugged (VirtualSerial).
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class UhfR2000Sim(UhfSim[r2k.R2000Command]):
             self._send(r2k.encode_frame(cmd.cmd, bytes([1, 8]), addr))
         elif cmd.cmd == r2k.CMD_REAL_TIME_INVENTORY:
             self._inventory(cmd)
+        elif cmd.cmd == r2k.CMD_FAST_SWITCH_ANT_INVENTORY and len(cmd.data) == 5:
+            self._fast_switch(cmd)
         else:
             self._send(r2k.encode_status(cmd.cmd, 0x11, addr))  # command_fail
 
@@ -111,26 +116,51 @@ class UhfR2000Sim(UhfSim[r2k.R2000Command]):
         # it, and one summary for the whole command; 0xFF ("as fast as possible") is one
         # round here.
         rounds = cmd.data[0] if cmd.data and 1 < cmd.data[0] < 0xFF else 1
-        n = 0
-        for _ in range(rounds):
-            present = self._in_field(ant)
-            t0 = time.monotonic()
-            for epc, f in present:
-                if self.rng.random() < self.miss_rate:
-                    continue
-                rssi = dbm_to_raw(f.rssi + self.rng.gauss(0, self.rssi_jitter_db))
-                frame = bytearray(r2k.encode_tag(epc, rssi, ant, self.rng.randrange(50),
-                                                 addr=self.address))
-                if self.corrupt_next > 0:
-                    self.corrupt_next -= 1
-                    frame[-1] ^= 0x5A
-                self._send(bytes(frame))
-                n += 1
-                self.tags_sent += 1
-            time.sleep(max(0.0, self.round_s - (time.monotonic() - t0)))
+        n = sum(self._round(ant, cmd.cmd) for _ in range(rounds))
         on_air = rounds * self.round_s
         rate = int(n / on_air) if on_air > 0 else 0
         self._send(r2k.encode_inventory_end(n, min(rate, 0xFFFF), ant, self.address))
+
+
+    def _round(self, ant: int, cmd: int) -> int:
+        """One inventory round on ``ant`` (``round_s`` on air): a packet per tag read."""
+        present = self._in_field(ant)
+        t0 = time.monotonic()
+        n = 0
+        for epc, f in present:
+            if self.rng.random() < self.miss_rate:
+                continue
+            rssi = dbm_to_raw(f.rssi + self.rng.gauss(0, self.rssi_jitter_db))
+            frame = bytearray(r2k.encode_tag(epc, rssi, ant, self.rng.randrange(50),
+                                             addr=self.address, cmd=cmd))
+            if self.corrupt_next > 0:
+                self.corrupt_next -= 1
+                frame[-1] ^= 0x5A
+            self._send(bytes(frame))
+            n += 1
+            self.tags_sent += 1
+        time.sleep(max(0.0, self.round_s - (time.monotonic() - t0)))
+        return n
+
+    def _fast_switch(self, cmd: r2k.R2000Command) -> None:
+        """0x8A: a round on each listed antenna in turn (ids above 3 skipped), the whole
+        sequence ``Repeat`` times; a missing antenna answers Ant_ID + 0x22 and is passed."""
+        t0 = time.monotonic()
+        ids, repeat = cmd.data[:4], max(1, cmd.data[4])
+        n = 0
+        for _ in range(repeat if repeat < 0xFF else 1):
+            for i in ids:
+                ant = i + 1
+                if i > 3:
+                    continue
+                if ant in self.missing or ant > self.n_antennas:
+                    time.sleep(self.round_s / 3)
+                    self._send(r2k.encode_frame(cmd.cmd, bytes([i, 0x22]), self.address))
+                    continue
+                self.work_antenna = ant
+                n += self._round(ant, cmd.cmd)
+        ms = int((time.monotonic() - t0) * 1000)
+        self._send(r2k.encode_fast_switch_end(n, ms, self.address))
 
 
 # -- in a scenario (kidsafe-sim run) -------------------------------------------------------

@@ -838,15 +838,21 @@ def missed_alerts(zf: ZoneField, decided: Iterable[tuple[Any, float]], after: fl
     of the crossing). ``decided`` pairs each event with the monotonic time of the
     reading that decided it, so the measure holds whatever the wall clock did; every
     child of zf must be in a stay group of its zone."""
+    exits = [c for c in zf.crossings if c.kind == "zone_exit" and after <= c.time <= until]
+    return len(exits), len(missed_alert_exits(zf, decided, after, until, late_s))
+
+
+def missed_alert_exits(zf: ZoneField, decided: Iterable[tuple[Any, float]], after: float,
+                       until: float, late_s: float = 180.0) -> list[tuple[str, float]]:
+    """The (child, true time) of each exit :func:`missed_alerts` counts as missed."""
     alerts: dict[str, list[float]] = {}
     for e, mono in decided:
         if e.kind == "zone_alert":
             alerts.setdefault(e.child, []).append(zf.clock.true_of_mono(mono))
-    exits = [c for c in zf.crossings if c.kind == "zone_exit" and after <= c.time <= until]
-    missed = sum(1 for c in exits
-                 if not any(c.time - ZONE_EARLY_S <= t <= c.time + late_s
-                            for t in alerts.get(c.child, [])))
-    return len(exits), missed
+    return [(c.child, c.time) for c in zf.crossings
+            if c.kind == "zone_exit" and after <= c.time <= until
+            and not any(c.time - ZONE_EARLY_S <= t <= c.time + late_s
+                        for t in alerts.get(c.child, []))]
 
 
 def boundary_median(cal: Calibration) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from captures import jsonl
 from drivers.codecs import Reject
 from drivers.codecs import uhf_r2000 as r2k
@@ -60,6 +62,30 @@ def test_r2000_host_frames_parse_and_encode() -> None:
     assert r2k.encode_get_firmware_version(addr=1).hex() == "a0030172ea"
     assert r2k.encode_set_work_antenna(1, addr=1).hex() == "a004017400e7"
     assert r2k.encode_real_time_inventory(repeat=1, addr=1).hex() == "a004018901d1"
+
+
+def test_r2000_fast_switch_frames() -> None:
+    """0x8A as V2.2 lays it out (../shared/data/captures/SOURCES.md has the spec's
+    source): the host packet, the per-antenna missing reply, the summary (Total_Read(4)
+    Command_Duration(4)) never taken for a tag, the 3-byte Total_Read of other firmware,
+    and a tag packet with a 2-word EPC of the same length as the summary."""
+    cmd = r2k.parse_command(r2k.encode_fast_switch_inventory([1, 2, 4], repeat=3))
+    assert isinstance(cmd, r2k.R2000Command) and cmd.name == "fast_switch_ant_inventory"
+    assert cmd.data == bytes([0, 1, 3, 0xFF, 3]) and cmd.raw[1] == 0x08  # Len 0x08
+    for bad in ([], [1, 2, 3, 4, 1], [0], [5]):
+        with pytest.raises(ValueError):
+            r2k.encode_fast_switch_inventory(bad)
+    (end,) = _decode(r2k.encode_fast_switch_end(70_000, 1234))
+    assert isinstance(end, r2k.R2000InventoryEnd) and end.raw[1] == 0x0B  # Len 0x0B
+    assert (end.total_read, end.duration_ms, end.antenna) == (70_000, 1234, None)
+    (short,) = _decode(r2k.encode_frame(0x8A, (5).to_bytes(3, "big") + (80).to_bytes(4, "big")))
+    assert isinstance(short, r2k.R2000InventoryEnd) and short.total_read == 5
+    (missing,) = _decode(r2k.encode_frame(0x8A, bytes([2, 0x22])))
+    assert isinstance(missing, r2k.R2000Status) and missing.raw[1] == 0x05  # Len 0x05
+    assert (missing.antenna, missing.error, missing.success) == (3, "antenna_missing_error",
+                                                                 False)
+    (tag,) = _decode(r2k.encode_tag("E2001234", 60, 2, cmd=0x8A))  # PC: 2 words
+    assert isinstance(tag, r2k.R2000Tag) and (tag.epc, tag.antenna) == ("E2001234", 2)
 
 
 def test_chafon_frames_are_another_protocol() -> None:

@@ -40,18 +40,20 @@ Rig = tuple[VirtualSerial, UhfR2000Sim, Collect]
 
 
 @contextlib.contextmanager
-def running(tmp_path: Path, clock: Clock) -> Iterator[Rig]:
+def running(tmp_path: Path, clock: Clock, fast_switch: bool = True) -> Iterator[Rig]:
     port = plugged(tmp_path / "ttyUHF0")
     sim = UhfR2000Sim(port, miss_rate=0.2, seed=7).start()
     cfg = reader_config({"id": "gate-uhf", "kind": "uhf_r2000", "role": "gate",
-                         "port": port.path, "baud": 115200, "antennas": [1, 2], **DRIVER_TIMES})
+                         "port": port.path, "baud": 115200, "antennas": [1, 2],
+                         "fast_switch": fast_switch, **DRIVER_TIMES})
     with driver_rig(port, sim, lambda sink: UhfR2000Driver(cfg, sink, clock)) as rig:
         yield rig
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    with running(tmp_path, SystemClock()) as r:
+@pytest.fixture(params=[True, False], ids=["0x8A", "0x74+0x89"])
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """Both ways of cycling the antennas: the default fast switch, and switching by hand."""
+    with running(tmp_path, SystemClock(), fast_switch=request.param) as r:
         yield r
 
 
@@ -77,10 +79,12 @@ def test_reads_per_antenna_with_rssi(rig: Rig) -> None:
     assert {r.tag for r in reads if r.antenna == 2} == {EPC_B}
     a = [r.rssi for r in reads if r.tag == EPC_A]
     assert all(x is not None and -62 <= x <= -38 for x in a)
-    # The driver alternates antennas (0x74) and polls (0x89).
-    names = [c.name for c in sim.commands]
-    assert "set_work_antenna" in names and "real_time_inventory" in names
-    assert {c.data[0] for c in sim.commands if c.cmd == r2k.CMD_SET_WORK_ANTENNA} == {0, 1}
+    names = {c.name for c in sim.commands}
+    if names == {"fast_switch_ant_inventory"}:  # one command cycles antennas 1 and 2
+        assert {c.data for c in sim.commands} == {bytes([0, 1, 0xFF, 0xFF, 1])}
+    else:  # the driver alternates antennas (0x74) and polls (0x89)
+        assert names == {"set_work_antenna", "real_time_inventory"}
+        assert {c.data[0] for c in sim.commands if c.cmd == r2k.CMD_SET_WORK_ANTENNA} == {0, 1}
     assert sink.last_state() == ReaderState.ONLINE
 
 

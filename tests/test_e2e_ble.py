@@ -116,7 +116,9 @@ def test_kidsafe_sim_run_sos_scenario(tmp_path: Path, broker: LocalBroker) -> No
     (tmp_path / "sos.toml").write_text(tomli_w.dumps(scenario))
     sim = subprocess.Popen(
         [sys.executable, "-m", "firmware_sim", "run", str(tmp_path / "sos.toml"),
-         "--workdir", str(tmp_path / "sim"), "--start-delay", "3"],
+         # 10 s for gatewayd to start and scan before the press (2 s into the steps):
+         # with 3 s, a machine at load 27 started it too late and the 3 s press was over.
+         "--workdir", str(tmp_path / "sim"), "--start-delay", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     gw: GatewayProcess | None = None
     sub: Subscriber | None = None

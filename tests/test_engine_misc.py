@@ -12,6 +12,7 @@ from test_engine_gate import UHF
 
 from gateway.config import ConfigInvalid, parse
 from gateway.engine import end_roll_call, locate, start_roll_call, state_from_dict, state_to_dict
+from gateway.engine.state import pack_steps, unpack_steps
 from gateway.model import BleSighting, GpsFix, Lane, Reading, TagRead
 from gateway.recording import Recorder, read_items
 from gateway.replay import main_locate, main_replay
@@ -166,6 +167,34 @@ def test_state_json_roundtrip_mid_scenario() -> None:
     st = start_roll_call(st, "a1", reads[0].time)
     d = state_to_dict(st)
     assert state_to_dict(state_from_dict(json.loads(json.dumps(d)))) == d
+
+
+def test_step_bins_saved_packed_and_the_older_list_form_still_loads() -> None:
+    """A tag's step bins go into the saved state as packed float32s (docs/architecture.md,
+    "Cost at a site"), exact enough to decide the same; a state saved by an older unit
+    (bins as a list of rounded numbers) still loads; bad bins are an error, not a crash."""
+    steps = [-12.345678, 3.0, 0.1, 7.0, 4099.9, 512.0] + [0.0, 0.0] * 60
+    packed = pack_steps(steps)
+    assert isinstance(packed, str)
+    assert unpack_steps(packed) == pytest.approx(steps, rel=1e-6, abs=1e-6)
+    assert unpack_steps([-12.3, 3.0]) == [-12.3, 3.0]
+    assert unpack_steps(pack_steps([])) == []
+    for bad in ("not base64!", "AAA="):  # a stray character; 2 bytes, not a float32
+        with pytest.raises(ValueError):
+            unpack_steps(bad)
+    tags = child_tags(5)
+    eng = engine_of(full_raw(tags))
+    reads, _ = zone_moving(1, tags, 1200)
+    st, _ = run(eng, reads[: len(reads) // 2])
+    d = json.loads(json.dumps(state_to_dict(st)))
+    zones = d["zones"]
+    assert any(isinstance(v[12], str) and v[12] for tags_ in zones.values()
+               for v in tags_.values()), "no tag with step bins mid-scenario"
+    for tags_ in zones.values():  # as an older unit saved it
+        for v in tags_.values():
+            v[12] = [round(x, 1) for x in unpack_steps(v[12])]
+    old = state_from_dict(d)
+    assert all(isinstance(p.steps, list) for ps in old.zones.values() for p in ps.values())
 
 
 def test_gate_and_battery_state_survive_a_restart_mid_decision() -> None:

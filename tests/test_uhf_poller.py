@@ -77,7 +77,7 @@ def test_one_antenna_is_set_once_then_only_polled() -> None:
     for t in (0.2, 0.3, 0.4):
         out = p.frame(inventory_end(3), t)
         assert sent(out) == [("real_time_inventory", b"\x02")]
-        assert reports(out) == [(ReaderState.ONLINE, "/dev/ttyUHF0")]
+        assert reports(out) == []  # reported with the first reply; a round changed nothing
     assert sent(p.frame(inventory_error(NO_TAG), 0.5)) == [("real_time_inventory", b"\x02")]
     assert counts(p.frame(inventory_error(NO_TAG), 0.6)) == []  # "no tag" is not a fault
 
@@ -136,7 +136,7 @@ def test_error_replies_degrade_their_antenna_until_it_reads_again() -> None:
     assert sent(out) == [("set_work_antenna", b"\x00")]  # on to antenna 1 regardless
     p.frame(antenna_ok(), 0.5)
     out = p.frame(inventory_end(1), 0.6)  # antenna 1 fine, antenna 2 still failing
-    assert [s for s, _ in reports(out)] == [ReaderState.DEGRADED]
+    assert reports(out) == []  # nothing changed: DEGRADED stands, not reported again
     p.frame(antenna_ok(), 0.7)
     out = p.frame(inventory_end(2), 0.8)
     assert reports(out) == [(ReaderState.ONLINE, "/dev/ttyUHF0")]
@@ -167,3 +167,73 @@ def test_replies_out_of_turn_are_ignored() -> None:
     out = p.tick(0.6)
     assert counts(out) == ["no-reply"] and reports(out) == []
     assert sent(out) == [("real_time_inventory", b"\x01")]
+
+
+# -- 0x8A fast switch: one command cycles every antenna ------------------------------------
+
+def fast_end(n: int = 0) -> Any:
+    return reply(r2k.encode_fast_switch_end(n, 62))
+
+
+def fast_missing(antenna: int) -> Any:
+    return reply(r2k.encode_frame(r2k.CMD_FAST_SWITCH_ANT_INVENTORY,
+                                  bytes([antenna - 1, ANT_MISSING])))
+
+
+FAST = ("fast_switch_ant_inventory", bytes([0, 2, 0xFF, 0xFF, 1]))  # antennas 1 and 3
+
+
+def test_fast_switch_sends_one_command_per_cycle_of_every_antenna() -> None:
+    p = poller([1, 3], fast_switch=True)
+    assert sent(p.start(0.0)) == [FAST]  # no 0x74: the reader switches itself
+    tag = reply(r2k.encode_tag(EPC, 60, 3, cmd=r2k.CMD_FAST_SWITCH_ANT_INVENTORY))
+    out = p.frame(tag, 0.03)
+    assert reports(out) == [(ReaderState.ONLINE, "/dev/ttyUHF0")] and sent(out) == []
+    for t in (0.07, 0.14, 0.21):  # the next cycle when the summary comes; nothing to report
+        out = p.frame(fast_end(1), t)
+        assert sent(out) == [FAST] and reports(out) == [] and counts(out) == []
+    assert p.tick(0.3) == []
+
+
+def test_fast_switch_names_a_missing_antenna_until_a_cycle_reads_it_again() -> None:
+    p = poller([1, 3], fast_switch=True)
+    p.start(0.0)
+    p.frame(fast_end(), 0.07)
+    out = p.frame(fast_missing(3), 0.1)  # mid-cycle: counted, the cycle goes on
+    assert counts(out) == ["reader-error:antenna_missing_error"] and sent(out) == []
+    out = p.frame(fast_end(), 0.14)
+    assert reports(out) == [(ReaderState.DEGRADED, "antenna 3: antenna_missing_error (0x22)")]
+    assert sent(out) == [FAST]
+    p.frame(fast_missing(3), 0.17)
+    assert reports(p.frame(fast_end(), 0.2)) == []  # still missing: nothing new
+    assert reports(p.frame(fast_end(), 0.27)) == [(ReaderState.ONLINE, "/dev/ttyUHF0")]
+
+
+def test_fast_switch_failed_command_degrades_every_antenna_and_no_tag_does_not() -> None:
+    p = poller([1, 3], fast_switch=True)
+    p.start(0.0)
+    fail = reply(r2k.encode_status(r2k.CMD_FAST_SWITCH_ANT_INVENTORY, 0x11))
+    out = p.frame(fail, 0.05)
+    assert counts(out) == ["reader-error:command_fail"] and sent(out) == [FAST]
+    (_, _), (state, detail) = reports(out)  # the first reply: there (ONLINE), then this
+    assert state is ReaderState.DEGRADED and "antenna 1" in detail and "antenna 3" in detail
+    no_tag = reply(r2k.encode_status(r2k.CMD_FAST_SWITCH_ANT_INVENTORY, NO_TAG))
+    out = p.frame(no_tag, 0.1)
+    assert counts(out) == [] and reports(out) == [(ReaderState.ONLINE, "/dev/ttyUHF0")]
+
+
+def test_fast_switch_lost_summary_resends_the_cycle() -> None:
+    p = poller([1, 3], fast_switch=True)
+    p.start(0.0)
+    p.frame(fast_missing(1), 0.05)  # then the summary is lost: the cycle's errors go too
+    out = p.tick(0.6)  # quiet for the reply timeout: resent, and degraded meanwhile
+    assert counts(out) == ["no-reply"] and sent(out) == [FAST]
+    assert [s for s, _ in reports(out)] == [ReaderState.DEGRADED]
+    # The resent cycle is clean: antenna 1's error went with the lost summary's cycle.
+    assert reports(p.frame(fast_end(), 0.7)) == [(ReaderState.ONLINE, "/dev/ttyUHF0")]
+    assert p.failing == {}
+
+
+def test_one_antenna_needs_no_fast_switch() -> None:
+    p = poller([2], fast_switch=True)
+    assert sent(p.start(0.0)) == [("set_work_antenna", b"\x01")]

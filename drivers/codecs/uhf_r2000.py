@@ -21,8 +21,9 @@ Reader->host replies decoded here:
   (bits 15..11 = EPC length in 16-bit words) when that is consistent, else from
   the frame length;
 * end-of-round summaries (0x89/0x8B: Ant_ID(1) Read_Rate(2) Total_Read(4);
-  0x8A: Total_Read(3) Command_Duration(4));
-* one-byte error/status replies (0x10 success, 0x11 fail, 0x22 antenna missing ...);
+  0x8A: Total_Read(4) Command_Duration(4) in V2.2, Total_Read(3) in some firmware);
+* one-byte error/status replies (0x10 success, 0x11 fail, 0x22 antenna missing ...),
+  and 0x8A's two-byte one, Ant_ID(1) Error_Code(1), for an antenna missing mid-cycle;
 * firmware version (0x72). Anything else well framed comes back as
   :class:`R2000Reply` with its data, so nothing is lost and no tag is invented.
 
@@ -159,6 +160,7 @@ class R2000Status:
     success: bool  # error_code == 0x10 (named so it cannot clash with a decode "ok")
     error: str  # name from the spec's table, or "unknown_0xNN"
     raw: bytes
+    antenna: int | None = None  # 0x8A's per-antenna error: the antenna (1..4) it names
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +239,17 @@ def decode_frame(raw: bytes) -> R2000Frame | Reject:
     if cmd in _TAG_CMDS:
         if n == 1:
             return _status(addr, cmd, data[0], raw)
+        if cmd == CMD_FAST_SWITCH_ANT_INVENTORY:
+            if n == 2 and data[0] <= 3:  # Ant_ID + Error_Code: that antenna is missing
+                name = ERROR_NAMES.get(data[1], f"unknown_0x{data[1]:02X}")
+                return R2000Status(addr, cmd, data[1], data[1] == 0x10, name, raw,
+                                   data[0] + 1)
+            # V2.2's summary: Total_Read(4) + Command_Duration(4). A tag packet of the same
+            # length carries a 2-word EPC, and its PC says so (bits 15..11 = 2); a summary's
+            # second byte (Total_Read >> 16) would need 2**20 reads in one command.
+            if n == 8 and data[1] >> 3 != 2:
+                return R2000InventoryEnd(addr, cmd, None, None, int.from_bytes(data[0:4], "big"),
+                                         int.from_bytes(data[4:8], "big"), raw)
         if n == 7:
             if cmd == CMD_FAST_SWITCH_ANT_INVENTORY:
                 return R2000InventoryEnd(
@@ -347,6 +360,22 @@ def encode_frame(cmd: int, data: bytes = b"", addr: int = 0x01) -> bytes:
 def encode_real_time_inventory(repeat: int = 1, addr: int = 0x01) -> bytes:
     """Host->reader 0x89: run real-time inventory, ``repeat`` rounds (0xFF = max speed)."""
     return encode_frame(CMD_REAL_TIME_INVENTORY, bytes([repeat & 0xFF]), addr)
+
+
+def encode_fast_switch_inventory(antennas: tuple[int, ...] | list[int], repeat: int = 1,
+                                 addr: int = 0x01) -> bytes:
+    """Host->reader 0x8A: inventory on up to four antennas (1..4) in turn, the reader
+    switching itself, ``repeat`` times over; unused slots are 0xFF ("ignore")."""
+    if not 1 <= len(antennas) <= 4 or not all(1 <= a <= 4 for a in antennas):
+        raise ValueError("0x8A takes one to four antennas, each 1..4")
+    ids = bytes(a - 1 for a in antennas) + b"\xff" * (4 - len(antennas))
+    return encode_frame(CMD_FAST_SWITCH_ANT_INVENTORY, ids + bytes([repeat & 0xFF]), addr)
+
+
+def encode_fast_switch_end(total_read: int, duration_ms: int, addr: int = 0x01) -> bytes:
+    """Reader->host 0x8A summary as V2.2 lays it out: Total_Read(4) Duration(4) (simulator)."""
+    return encode_frame(CMD_FAST_SWITCH_ANT_INVENTORY,
+                        total_read.to_bytes(4, "big") + duration_ms.to_bytes(4, "big"), addr)
 
 
 def encode_get_firmware_version(addr: int = 0x01) -> bytes:
