@@ -55,6 +55,12 @@ class Broker:
     emergency_client_id: str = ""
     emergency_username: str = ""
     emergency_password_file: str = ""
+    # The emergency session's receipts at QoS 1 (default) or 0. RabbitMQ 3.10 closes a
+    # connection whose QoS 1 publish a queue refuses (a unit's session queue whose leader
+    # died: docs/fleet.md, finding 6), and with it the receipts in flight; at 0 nothing is
+    # confirmed. The main session's receipt of the same events (it receives them too)
+    # stays at QoS 1: the safe path (an experiment: docs/fleet.md, the standby).
+    emergency_receipt_qos: int = 1
     tls: Tls = field(default_factory=Tls)
 
 
@@ -126,6 +132,9 @@ def parse(doc: dict[str, Any]) -> Config:
         raise ConfigError("broker.shared_group needs broker.protocol = \"5\"")
     if cfg.broker.emergency_session and cfg.broker.emergency_client_id == cfg.broker.client_id:
         raise ConfigError("broker.emergency_client_id must differ from broker.client_id")
+    if cfg.broker.emergency_receipt_qos not in (0, 1):
+        raise ConfigError("broker.emergency_receipt_qos: 0 or 1, got "
+                          f"{cfg.broker.emergency_receipt_qos}")
     if not 1 <= cfg.broker.max_inflight <= 65535:
         raise ConfigError(f"broker.max_inflight: 1..65535, got {cfg.broker.max_inflight}")
     if cfg.ingest.batch_size < 1 or cfg.ingest.batch_latency_ms < 0:

@@ -67,6 +67,7 @@ class EmergencySession(Backend):
     def __init__(self, main: Backend) -> None:
         super().__init__(session_config(main.cfg), main.store, main.contract, main.key)
         self.stopping = main.stopping
+        self.receipt_qos = main.cfg.broker.emergency_receipt_qos
         self._kill_after = None  # the fault injection is the main session's
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:

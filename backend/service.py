@@ -205,6 +205,7 @@ class Inbox:
 
 
 class Backend:
+    receipt_qos = 1  # the emergency session's may be 0 ([broker] emergency_receipt_qos)
     """One backend worker: its broker session, its pool, its signing key."""
 
     def __init__(self, cfg: Config, store: Store, contract: schemas.Contract,
@@ -442,7 +443,8 @@ class Backend:
                 token = signing.sign(receipt_payload(unit, chunk, now), self.key,
                                      signing.TYP_RECEIPT)
                 task = asyncio.create_task(
-                    client.publish(f"{self.cfg.prefix}/{unit}/receipt", token, qos=1))
+                    client.publish(f"{self.cfg.prefix}/{unit}/receipt", token,
+                                   qos=self.receipt_qos))
                 key = next(self._receipt_keys)
                 self.ledger.sent(key, self.connection, unit, chunk)
                 self._pending.add(task)

@@ -13,6 +13,8 @@ Phases (each figure is a ``fleet_*`` key; docs/fleet.md has the method and the r
 - kill: the same traffic plus an SOS every 0.2 s; node 1 (a third of the units, not the
   backend's) SIGKILLed, restarted 10 s later; events lost, duplicates stored, resends on
   the wire, SOS p99 while the node is down, seconds until every unit delivers again.
+  With ``--standby`` units keep a standby connection for the emergency lane on the next
+  node (the same run before/after).
 - storm: every unit stopped, 1,000 events put in each buffer, then all started at once;
   seconds to drain into PostgreSQL, SOS latency while they drain (units' window 32,
   keepalive 60 s, receipt timeout 600 s: STORM_UNIT).
@@ -70,6 +72,18 @@ STORM_UNIT = {"window": 32, "keepalive": 60, "receipt_timeout": 600.0}
 STORM_LIMIT_S = 1500.0
 KEEP_LOGS: Path | None = None  # --logs: the backend's log of each phase kept here
 RECEIPT_TIMEOUT_S = 20.0  # units' [delivery] receipt_timeout_s (the gateway's default: 60)
+# --standby: each unit keeps a standby connection for its emergency lane on the node after
+# its home node ([broker] standby_host; docs/mqtt.md, "Standby connection"). Off by
+# default: one 600-unit node-kill run with it collapsed on this machine (docs/fleet.md,
+# "A standby connection for the emergency lane"); measured at 200 units.
+STANDBY: bool | str = False
+# --sos-at-kill (a diagnostic, not the issue's figure: it adds an SOS at each of the killed
+# node's units right after the kill, so that many SOS are decided while their unit's main
+# connection is down, where the bench's random SOS put one or two per run).
+SOS_AT_KILL = False
+# --emergency-receipts-qos0: the backend's emergency session receipts at QoS 0 (an
+# experiment: RabbitMQ 3.10 closes the connection of a refused QoS 1 publish).
+EMERGENCY_RECEIPT_QOS: int | None = None
 
 
 def say(msg: str) -> None:
@@ -112,7 +126,7 @@ class Run:
     def start_backend(self, dsn: str) -> BackendProc:
         b = BackendProc(self.work / f"backend{self.db}", self.cluster.mqtt_port(3), dsn,
                         self.priv if self.receipts else None, client_id=f"backend{self.db}",
-                        inflight=self.inflight)
+                        inflight=self.inflight, emergency_receipt_qos=EMERGENCY_RECEIPT_QOS)
         b.migrate()
         self.backend = b.start()
         return b
@@ -134,7 +148,7 @@ class Run:
         shm = Path(tempfile.mkdtemp(prefix="kidsafe-fleet-", dir="/dev/shm"))
         self.fleet = FleetPool(n, self.cluster.mqtt_ports, shm, mix=Mix(rate=rate),
                                extra=self.unit_extra(*self.unit_settings(storm)[1:]),
-                               window=self.unit_settings(storm)[0])
+                               window=self.unit_settings(storm)[0], standby=STANDBY)
         self.shm = shm
         return self.fleet
 
@@ -267,6 +281,8 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     f.mark(t_kill)  # per unit: when its first event decided after the kill was receipted
     run.cluster.kill(1)
     f.probe()  # a decision at every unit at once: when does each deliver again?
+    if SOS_AT_KILL:
+        f.sos_node(0, run.cluster.size)
     say(f"node 1 killed; {f.online()} of {n} units online")
     time.sleep(down_s)
     t_restart = time.time()
@@ -277,12 +293,17 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
     lost, dup = check_stored(f, dsn)
     st = f.stats()
     # Every SOS decided while the node was down, receipted whenever it was.
-    down = [(ms, unit) for ms, at, unit in zip(st["sos"], st["sos_at"], st["sos_unit"],
-                                                strict=True) if t_kill <= at < t_restart]
-    sos_down = [ms for ms, _ in down]
+    down = [(ms, unit, off, sb) for ms, at, unit, off, sb in
+            zip(st["sos"], st["sos_at"], st["sos_unit"], st["sos_offline"], st["sos_standby"],
+                strict=True) if t_kill <= at < t_restart]
+    sos_down = [ms for ms, *_ in down]
+    # Decided while the unit's own main connection was down (reconnecting after the kill):
+    # what the standby is for; and those its standby's receipt deleted.
+    offline = sorted(ms for ms, _, off, _ in down if off)
+    via_standby = sorted(ms for ms, _, _, sb in down if sb)
     # The killed node's units (home node 1: index % 3 == 0) must first reconnect elsewhere.
-    on_killed = sorted(ms for ms, unit in down if unit % run.cluster.size == 0)
-    elsewhere = sorted(ms for ms, unit in down if unit % run.cluster.size != 0)
+    on_killed = sorted(ms for ms, unit, *_ in down if unit % run.cluster.size == 0)
+    elsewhere = sorted(ms for ms, unit, *_ in down if unit % run.cluster.size != 0)
     stored_ms = sos_stored_ms(dsn, t_kill, t_restart)
     out = {**reconnects(st["connections"], t_kill, t_restart, run.cluster.size),
         "fleet_kill_sos_stored_p50_ms": round(pct(stored_ms, 0.5), 1),
@@ -309,6 +330,19 @@ def node_kill(run: Run, n: int, down_s: float = 10.0) -> dict[str, float]:
                                            0.99), 1),
         "fleet_kill_back_max_s": round(max(st["back"].values(), default=t_kill) - t_kill, 1),
         "fleet_kill_node_restart_s": round(restart_s, 1),
+        # Units' standby connections (0 / 0 without: no --standby): events published on
+        # them (in resent_on_wire too) and deleted by their PUBACK or receipt.
+        "fleet_kill_standby": {False: 0, "outage": 1, "connect": 2}[STANDBY],
+        "fleet_kill_sos_at_kill": int(SOS_AT_KILL),
+        "fleet_kill_emergency_receipt_qos": 1 if EMERGENCY_RECEIPT_QOS is None
+        else EMERGENCY_RECEIPT_QOS,
+        "fleet_kill_standby_sent": st["standby_sent"],
+        "fleet_kill_standby_deleted": st["standby_deleted"],
+        "fleet_kill_sos_main_down_count": len(offline),
+        "fleet_kill_sos_main_down_p50_ms": round(pct(offline, 0.5), 1),
+        "fleet_kill_sos_main_down_max_ms": round(max(offline, default=float("nan")), 1),
+        "fleet_kill_sos_via_standby_count": len(via_standby),
+        "fleet_kill_sos_via_standby_max_ms": round(max(via_standby, default=float("nan")), 1),
     }
     run.end_fleet()
     return out
@@ -485,6 +519,15 @@ def main(argv: list[str] | None = None) -> int:
                         "long; the gateway's default: 60)")
     p.add_argument("--storm-limit", type=float, default=1500,
                    help="storm: seconds before the drain is cut short")
+    p.add_argument("--standby", nargs="?", const="outage", choices=["outage", "connect"],
+                   help="units keep a standby connection for the emergency lane on the "
+                        "next node (off by default: docs/fleet.md); 'connect': it "
+                        "subscribes to the receipts at its connect, not at an outage")
+    p.add_argument("--sos-at-kill", action="store_true",
+                   help="kill: an SOS at each of the killed node's units right after the "
+                        "kill (a diagnostic of the SOS decided while the main is down)")
+    p.add_argument("--emergency-receipts-qos0", action="store_true",
+                   help="the backend's emergency session receipts at QoS 0 (an experiment)")
     p.add_argument("--window", type=int, help="the backend's MQTT in-flight window "
                    "(0: as shipped, paho's 20)")
     a = p.parse_args(argv)
@@ -492,8 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM ends the run through its finally blocks (the nodes, PostgreSQL, the workers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS
+    global INFLIGHT, STORM_LIMIT_S, KEEP_LOGS, STANDBY, SOS_AT_KILL, EMERGENCY_RECEIPT_QOS
     KEEP_LOGS = a.logs
+    STANDBY = a.standby or False
+    SOS_AT_KILL = a.sos_at_kill
+    EMERGENCY_RECEIPT_QOS = 0 if a.emergency_receipts_qos0 else None
     STORM_UNIT.update(window=a.unit_window, keepalive=a.unit_keepalive,
                       receipt_timeout=a.receipt_timeout)
     if a.window is not None:

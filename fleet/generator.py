@@ -87,6 +87,8 @@ class Stats:
     sos_ms: list[float] = field(default_factory=list)
     sos_at: list[float] = field(default_factory=list)  # each SOS's commit time (wall)
     sos_unit: list[int] = field(default_factory=list)  # each SOS's unit (index)
+    sos_offline: list[bool] = field(default_factory=list)  # its unit's main was down then
+    sos_standby: list[bool] = field(default_factory=list)  # deleted by the standby's receipt
     sos_committed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -96,7 +98,7 @@ class Fleet:
 
     def __init__(self, n: int, ports: Sequence[int], work: Path, mix: Mix | None = None,
                  seed: int = 1, extra: dict[str, Any] | None = None,
-                 first: int = 0, window: int = 256) -> None:
+                 first: int = 0, window: int = 256, standby: bool | str = False) -> None:
         self.n = n
         self.ports = list(ports)
         self.work = Path(work)
@@ -104,12 +106,14 @@ class Fleet:
         self.rng = random.Random(seed)
         self.extra = extra
         self.stats = Stats()
-        # (unit index, seq) -> commit time (wall), for the latency at its delete
-        self._pending: dict[tuple[int, int], tuple[float, bool]] = {}
+        # (unit index, seq) -> commit time (wall), SOS, main connection down at the commit:
+        # for the latency at its delete
+        self._pending: dict[tuple[int, int], tuple[float, bool, bool]] = {}
         self.rss_before_mb = proc_rss_mb()
         self.units = [SimUnit(i, unit_id(i), site_of(i), self.ports,
                               str(self.work / f"{unit_id(i)}.db"), on_acked=self._acked,
-                              extra=extra, window=window) for i in range(first, first + n)]
+                              extra=extra, window=window, standby=standby)
+                      for i in range(first, first + n)]
         self.rss_units_mb = proc_rss_mb()
         self.committed_ids: dict[str, set[int]] = {u.id: set() for u in self.units}
         self._stop = threading.Event()
@@ -159,10 +163,11 @@ class Fleet:
 
     def commit(self, u: SimUnit, events: list[Event], sos: bool = False) -> None:
         now = time.time()
+        offline = not u.online
         stored = u.commit(events, now)
         with self.stats.lock:
             for s in stored:
-                self._pending[(u.index, s.seq)] = (now, sos)
+                self._pending[(u.index, s.seq)] = (now, sos, offline)
             self.committed_ids[u.id].update(s.seq for s in stored)
             self.stats.committed += len(stored)
             if sos:
@@ -193,12 +198,16 @@ class Fleet:
         for u in units:
             self.commit(u, [traffic.sos(self.rng, u.index, time.time())], sos=True)
 
+    def sos_node(self, node: int, nodes: int) -> None:
+        """An SOS at every unit whose home is ``node`` (the bench's --sos-at-kill)."""
+        self.sos([u for u in self.units if u.index % nodes == node])
+
     def mark(self, t: float) -> None:
         with self.stats.lock:
             self._mark = t
             self.back = {}
 
-    def _acked(self, u: SimUnit, seqs: list[int]) -> None:
+    def _acked(self, u: SimUnit, seqs: list[int], on_standby: bool = False) -> None:
         now = time.time()
         st = self.stats
         with st.lock:
@@ -211,12 +220,14 @@ class Fleet:
                     if got[1]:
                         st.sos_at.append(got[0])
                         st.sos_unit.append(u.index)
+                        st.sos_offline.append(got[2])
+                        st.sos_standby.append(on_standby)
                     if self._mark is not None and got[0] >= self._mark:
                         self.back.setdefault(u.id, now)
 
     def unacked_sos(self) -> int:
         with self.stats.lock:
-            return sum(1 for _, sos in self._pending.values() if sos)
+            return sum(1 for _, sos, _ in self._pending.values() if sos)
 
     # -- the traffic thread --------------------------------------------------------------------
 
@@ -287,3 +298,5 @@ class Fleet:
             self.stats.sos_ms.clear()
             self.stats.sos_at.clear()
             self.stats.sos_unit.clear()
+            self.stats.sos_offline.clear()
+            self.stats.sos_standby.clear()

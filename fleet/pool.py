@@ -24,12 +24,12 @@ UNITS_PER_PROCESS = 100
 
 
 def _worker(conn: Connection, n: int, ports: list[int], work: str, mix: Mix, seed: int,
-            extra: dict[str, Any] | None, first: int, window: int) -> None:
+            extra: dict[str, Any] | None, first: int, window: int, standby: bool | str) -> None:
     import logging
 
     logging.basicConfig(level=logging.CRITICAL)
     f = Fleet(n, ports, Path(work), mix=mix, seed=seed, extra=extra, first=first,
-              window=window)
+              window=window, standby=standby)
     conn.send(("ready", f.rss_before_mb, f.rss_units_mb))
     while True:
         cmd, *args = conn.recv()
@@ -64,6 +64,8 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
             f.mark(*args)
         case "probe":
             f.probe()
+        case "sos_node":
+            f.sos_node(*args)
         case "reset":
             f.reset_latencies()
         case "stop":
@@ -75,12 +77,19 @@ def _do(f: Fleet, cmd: str, args: list[Any]) -> Any:
                 return {"committed": st.committed, "acked": st.acked,
                         "lat": list(st.latencies_ms), "sos": list(st.sos_ms),
                         "sos_at": list(st.sos_at), "sos_unit": list(st.sos_unit),
+                        "sos_offline": list(st.sos_offline),
+                        "sos_standby": list(st.sos_standby),
                         "connections": [(u.index, dataclasses.astuple(c)) for u in f.units
                                         for c in u.publisher.connections],
-                        "back": dict(f.back), "sent": sum(u.publisher.sent for u in f.units),
+                        "back": dict(f.back),
+                        # PUBLISHes of events on the wire, the standby's included
+                        "sent": sum(u.publisher.sent + u.standby_sent for u in f.units),
+                        "standby_sent": sum(u.standby_sent for u in f.units),
+                        "standby_deleted": sum(u.publisher.standby.deleted for u in f.units
+                                               if u.publisher.standby is not None),
                         "connects": sum(u.publisher.connects for u in f.units),
                         "lag_max_s": f.lag_max_s,
-                        "unacked_sos": sum(1 for _, s in f._pending.values() if s),
+                        "unacked_sos": sum(1 for _, s, _ in f._pending.values() if s),
                         "cpu": t.user + t.system, "rss": proc_rss_mb()}
         case "count":
             return f.stats.committed
@@ -97,7 +106,8 @@ class FleetPool:
 
     def __init__(self, n: int, ports: Sequence[int], work: Path, mix: Mix | None = None,
                  seed: int = 1, extra: dict[str, Any] | None = None,
-                 per_process: int = UNITS_PER_PROCESS, window: int = 256) -> None:
+                 per_process: int = UNITS_PER_PROCESS, window: int = 256,
+                 standby: bool | str = False) -> None:
         self.n = n
         ctx = mp.get_context("spawn")  # no fork of a process with threads
         self.conns: list[Connection] = []
@@ -107,7 +117,8 @@ class FleetPool:
             m = min(per_process, n - first)
             a, b = ctx.Pipe()
             p = ctx.Process(target=_worker, args=(b, m, list(ports), str(Path(work) / f"w{k}"),
-                                                  self.mix, seed + k, extra, first, window),
+                                                  self.mix, seed + k, extra, first, window,
+                                                  standby),
                             daemon=True)
             p.start()
             self.conns.append(a)
@@ -162,6 +173,9 @@ class FleetPool:
     def probe(self) -> None:
         self._all("probe")
 
+    def sos_node(self, node: int, nodes: int) -> None:
+        self._all("sos_node", node, nodes)
+
     def reset_latencies(self) -> None:
         self._all("reset")
 
@@ -171,17 +185,22 @@ class FleetPool:
     def stats(self) -> dict[str, Any]:
         parts = self._all("stats")
         out: dict[str, Any] = {"committed": 0, "acked": 0, "lat": [], "sos": [], "sos_at": [],
-                               "sos_unit": [], "connections": [],
+                               "sos_unit": [], "sos_offline": [], "sos_standby": [],
+                               "connections": [],
                                "back": {},
                                "sent": 0, "connects": 0, "unacked_sos": 0, "cpu": 0.0,
+                               "standby_sent": 0, "standby_deleted": 0,
                                "rss": 0.0, "lag_max_s": 0.0}
         for p in parts:
-            for k in ("committed", "acked", "sent", "connects", "unacked_sos", "cpu", "rss"):
+            for k in ("committed", "acked", "sent", "connects", "unacked_sos", "cpu", "rss",
+                      "standby_sent", "standby_deleted"):
                 out[k] += p[k]
             out["lat"] += p["lat"]
             out["sos"] += p["sos"]
             out["sos_at"] += p["sos_at"]
             out["sos_unit"] += p["sos_unit"]
+            out["sos_offline"] += p["sos_offline"]
+            out["sos_standby"] += p["sos_standby"]
             out["connections"] += p["connections"]
             out["back"].update(p["back"])
             out["lag_max_s"] = max(out["lag_max_s"], p["lag_max_s"])

@@ -41,7 +41,7 @@ class BackendProc:
 
     def __init__(self, work: Path, port: int, dsn: str, key_file: Path | None,
                  client_id: str = "fleet-backend", inflight: int | None = None,
-                 **ingest: Any) -> None:
+                 emergency_receipt_qos: int | None = None, **ingest: Any) -> None:
         self.work = Path(work)
         self.inflight = inflight
         self.work.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,9 @@ class BackendProc:
             # default). PUBACKs wait for a Raft commit on a majority of nodes (docs/fleet.md).
             "broker": {"host": "127.0.0.1", "port": port, "client_id": client_id,
                        "protocol": "3.1.1", "reconnect_max_s": 1.0,
-                       **({"max_inflight": inflight} if inflight is not None else {})},
+                       **({"max_inflight": inflight} if inflight is not None else {}),
+                       **({"emergency_receipt_qos": emergency_receipt_qos}
+                          if emergency_receipt_qos is not None else {})},
             "database": {"dsn": dsn},
             "receipts": {"key_file": str(key_file) if key_file else ""},
             "ingest": dict(ingest),

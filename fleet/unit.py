@@ -6,7 +6,10 @@ Each unit has its own buffer file, its own MQTT client id and connection, and it
 publisher thread (the gateway's: one thread per unit). It knows every node of the
 cluster and connects to its home node first; when a node cannot be reached it moves on
 to the next (``ClusterPublisher``: a real deployment has a load balancer or several DNS
-records in front of the cluster; the gateway's config names one broker address).
+records in front of the cluster; the gateway's config names one broker address). With
+``standby``, each unit also keeps the gateway's standby connection (``[broker]
+standby_host``) open to the node after its home node, for its emergency lane while the
+main connection is down.
 """
 
 from __future__ import annotations
@@ -121,12 +124,22 @@ class SimUnit:
     """A unit's buffer and publisher; ``commit`` is what its pipeline would do."""
 
     def __init__(self, index: int, unit_id: str, site: str, ports: Sequence[int], buffer: str,
-                 on_acked: Callable[[SimUnit, list[int]], None] | None = None,
-                 extra: dict[str, Any] | None = None, window: int = 256) -> None:
+                 on_acked: Callable[[SimUnit, list[int], bool], None] | None = None,
+                 extra: dict[str, Any] | None = None, window: int = 256,
+                 standby: bool | str = False) -> None:
         self.index = index
         self.id = unit_id
         self.site = site
         home = index % len(ports)
+        if standby and len(ports) > 1:
+            # The emergency lane's standby connection on the next node (docs/mqtt.md,
+            # "Standby connection"): open before the home node can die.
+            extra = {**(extra or {})}
+            extra["broker"] = {**extra.get("broker", {}), "standby_host": "127.0.0.1",
+                               "standby_port": ports[(home + 1) % len(ports)],
+                               # standby="connect": receipts subscribed at its connect
+                               "standby_subscribe": standby if isinstance(standby, str)
+                               else "outage"}
         self.cfg = unit_config(unit_id, site, ports[home], buffer, extra)
         self.outbox = Outbox(buffer, unit_id, site, max_mb=self.cfg.buffer.max_mb,
                              max_events=self.cfg.buffer.max_events)
@@ -135,6 +148,8 @@ class SimUnit:
                                           health=self.health, on_acked=self._acked,
                                           window=window)
         self._on_acked = on_acked
+        if self.publisher.standby is not None:  # its deletes told apart (the bench's split)
+            self.publisher.standby.on_acked = self._acked_on_standby
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lock = threading.Lock()  # one committer at a time (the pipeline is one thread)
@@ -160,6 +175,12 @@ class SimUnit:
     def online(self) -> bool:
         return self.publisher.online
 
+    @property
+    def standby_sent(self) -> int:
+        """Events published on the standby connection (0 without one)."""
+        s = self.publisher.standby
+        return 0 if s is None else s.sent
+
     def commit(self, events: Sequence[Event], now: float | None = None) -> list[Stored]:
         with self.lock:
             stored = self.outbox.add(events, now)
@@ -168,7 +189,11 @@ class SimUnit:
 
     def _acked(self, seqs: list[int]) -> None:
         if self._on_acked is not None:
-            self._on_acked(self, seqs)
+            self._on_acked(self, seqs, False)
+
+    def _acked_on_standby(self, seqs: list[int]) -> None:
+        if self._on_acked is not None:
+            self._on_acked(self, seqs, True)
 
     def health(self) -> dict[str, Any]:
         """A health message of the contract's shape (docs/schemas/health.schema.json), as

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,12 @@ class BrokerConfig:
     topic_prefix: str = "kidsafe/v1"
     reconnect_max_s: float = 60.0
     tls: TlsConfig | None = None
+    # A second connection, to another broker address, for the emergency lane while the
+    # main one is down (docs/mqtt.md, "Standby connection"); None: off.
+    standby_host: str | None = None
+    standby_port: int = 1883
+    standby_client_id: str = ""  # "" when off; default "<client_id>-standby"
+    standby_subscribe: str = "outage"  # receipts: at an outage's first publish, or "connect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +213,8 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
 
     b = c.table(raw, "broker", "broker", required=True)
     c.unknown(b, {"host", "port", "client_id", "username", "password_file", "keepalive_s",
-                  "protocol", "topic_prefix", "reconnect_max_s", "tls"}, "broker")
+                  "protocol", "topic_prefix", "reconnect_max_s", "tls", "standby_host",
+                  "standby_port", "standby_client_id", "standby_subscribe"}, "broker")
     password = None
     pw_file = c.get(b, "password_file", "broker", str)
     if pw_file:
@@ -253,6 +260,7 @@ def parse(raw: dict[str, Any], file: str = "<config>", base: Path | None = None)
         reconnect_max_s=c.get(b, "reconnect_max_s", "broker", float, 60.0, check=seconds()),
         tls=tls,
     )
+    broker = _standby(c, b, broker)
     if broker.port == 8883 and tls is None:
         c.warn("broker.port", "8883 is MQTT over TLS, but [broker.tls] is missing: the "
                               "connection will fail or go out in clear (add [broker.tls] "
@@ -398,6 +406,36 @@ def _delivery(raw: dict[str, Any], c: Checker) -> DeliveryConfig:
 
 
 # -- the strict checks (issue 11) -----------------------------------------------------------
+
+def _standby(c: Checker, b: dict[str, Any], broker: BrokerConfig) -> BrokerConfig:
+    """[broker] standby_*: off unless standby_host is set; a different address than the
+    main one (the same broker would gain nothing: what it buys is a connection that is
+    already open when the main one's node dies)."""
+    host = c.get(b, "standby_host", "broker", str, None, check=_host)
+    port = c.get(b, "standby_port", "broker", int, broker.port, check=tcp_port)
+    cid = c.get(b, "standby_client_id", "broker", str, "", check=_client_id)
+    sub = c.get(b, "standby_subscribe", "broker", str, "outage",
+                check=one_of(("outage", "connect")))
+    if host is None:
+        for k in ("standby_port", "standby_client_id", "standby_subscribe"):
+            if k in b:
+                c.error(f"broker.{k}", "needs broker.standby_host (the standby is off without it)")
+        return broker
+    cid = cid or f"{broker.client_id}-standby"
+    if (host, port) == (broker.host, broker.port):
+        c.error("broker.standby_host", f"{host}:{port} is the main connection's address: the "
+                "standby must reach another broker (another node of the cluster)")
+    if cid == broker.client_id:
+        c.error("broker.standby_client_id", "must differ from the main client id (the broker "
+                "would close one connection for the other)")
+    if broker.username:
+        c.warn("broker.standby_host", "a broker that takes the username as the client id (the "
+               "shipped mosquitto sample: use_username_as_clientid) would close the main "
+               "connection for the standby; use the standby with a cluster that keeps MQTT "
+               "client ids")
+    return replace(broker, standby_host=host, standby_port=port, standby_client_id=cid,
+                   standby_subscribe=sub)
+
 
 def _host(v: str) -> str | None:
     if not v.strip():

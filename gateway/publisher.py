@@ -51,6 +51,7 @@ from gateway.contract import iso_utc
 from gateway.delivery import Action, Delete, DeleteRanges, Delivery, Limits, Publish, Refused
 from gateway.outbox import BufferWriteError, Outbox
 from gateway.receipts import ReceiptRefused, admit
+from gateway.standbylink import StandbyLink
 from gateway.tcpopts import nodelay
 
 log = logging.getLogger("gateway.mqtt")
@@ -158,6 +159,12 @@ class Publisher:
         self.commands = 0
         self.unit_key: dict[str, Any] | None = None  # the birth message's (gateway/unitkey.py)
         self._backlog: logs.Backlog | None = None  # progress lines while a backlog drains
+        # [broker] standby_host: the emergency lane's second connection while this one is
+        # down (gateway/standby.py has the rules; its own thread, started by run()).
+        self.standby = (StandbyLink(cfg, outbox, clock, self._connected.is_set,
+                                    on_acked=on_acked, reserve=emergency_reserve,
+                                    connack_timeout_s=connack_timeout_s)
+                        if cfg.broker.standby_host else None)
 
     # -- called from other threads -----------------------------------------------------------
 
@@ -165,6 +172,8 @@ class Publisher:
         """New events are in the outbox (called from the pipeline thread)."""
         with contextlib.suppress(BlockingIOError):  # already awake: a byte is waiting
             os.write(self._wake_w, b"!")
+        if self.standby is not None and not self._connected.is_set():
+            self.standby.notify()  # (a loss of the main wakes it too: nothing is missed)
 
     def rebirth(self) -> None:
         """Publish status and birth again (the ``rebirth`` command), from this thread."""
@@ -192,7 +201,22 @@ class Publisher:
         # refusal (or just closes), which reaches us as a failure after the TCP connection
         # was made; then 3.1.1 is tried, and whichever version worked is kept.
         use_v5 = b.protocol in ("auto", "5")
+        standby = None
+        if self.standby is not None:
+            standby = threading.Thread(target=self.standby.run, args=(stop,),
+                                       name=f"{threading.current_thread().name}-standby",
+                                       daemon=True)
+            standby.start()
+        try:
+            self._run(stop, use_v5)
+        finally:
+            if standby is not None:
+                assert self.standby is not None
+                self.standby.notify()  # it may be asleep for seconds: stop is set now
+                standby.join(5.0)
 
+    def _run(self, stop: threading.Event, use_v5: bool) -> None:
+        b = self.cfg.broker
         while not stop.is_set():
             retrying = backoff.retrying(stop, log, f"connecting to broker {b.host}:{b.port}",
                                         0.5, self.reconnect_max_s, self.clock)
@@ -214,6 +238,8 @@ class Publisher:
                 self._serve(client, stop)
             finally:
                 self._connected.clear()
+                if self.standby is not None:
+                    self.standby.notify()  # the emergency lane moves to the standby now
                 try:
                     if stop.is_set() and not self._lost.is_set():
                         info = self._publish_status(client, online=False)
@@ -447,6 +473,8 @@ class Publisher:
     def _serve(self, client: mqtt.Client, stop: threading.Event) -> None:
         core = self.core
         self._connected.set()
+        if self.standby is not None:
+            self.standby.notify()  # back on the main: the standby stops sending
         client.subscribe(self.topics.commands, qos=1)
         if self.receipt_mode:
             client.subscribe(self.receipt_topic, qos=1)

@@ -176,10 +176,13 @@ def test_config_is_strict(tmp_path: Path) -> None:
     cfg = config.parse({"broker": {"port": 1884, "protocol": "5", "shared_group": "g"},
                         "ingest": {"batch_latency_ms": 5}})
     assert cfg.broker.port == 1884 and cfg.ingest.batch_latency_ms == 5.0
+    assert cfg.broker.emergency_receipt_qos == 1
+    assert config.parse({"broker": {"emergency_receipt_qos": 0}}).broker.emergency_receipt_qos == 0
     cases: list[tuple[dict[str, Any], str]] = [
         ({"brokr": {}}, "unknown"), ({"broker": {"port": "x"}}, "broker.port"),
         ({"broker": {"shared_group": "g"}}, "shared_group"),
-        ({"ingest": {"batch_size": True}}, "batch_size")]
+        ({"ingest": {"batch_size": True}}, "batch_size"),
+        ({"broker": {"emergency_receipt_qos": 2}}, "emergency_receipt_qos")]
     for bad, what in cases:
         with pytest.raises(config.ConfigError, match=what):
             config.parse(bad)

@@ -289,3 +289,30 @@ def test_parse_options_types_defaults_and_limits() -> None:
     assert docs["name"].required and not docs["flag"].required
     assert [toml_default(docs[k]) for k in ("flag", "ratio", "mode", "label", "ports", "names")] \
         == ["false", "0.5", '"fast"', "", "[1]", "{}"]
+
+
+def _standby_raw(**broker: Any) -> dict[str, Any]:
+    return {"unit": {"id": "u1", "site": "s"}, "buffer": {"path": "/tmp/kidsafe-x.db"},
+            "broker": {"host": "n1.example", "port": 8883, **broker}}
+
+
+def test_standby_defaults_and_checks() -> None:
+    """[broker] standby_*: off unless standby_host; port defaults to the main's, client id
+    to <client_id>-standby; the main's own address, an equal client id, or a standby key
+    without standby_host are errors; a username warns (use_username_as_clientid)."""
+    b = config.parse(_standby_raw()).broker
+    assert b.standby_host is None
+    b = config.parse(_standby_raw(standby_host="n2.example")).broker
+    assert (b.standby_host, b.standby_port, b.standby_client_id) == ("n2.example", 8883,
+                                                                     "u1-standby")
+    for bad, key in (({"standby_host": "n1.example"}, "broker.standby_host"),
+                     ({"standby_port": 1884}, "broker.standby_port"),
+                     ({"standby_host": "n2.example", "standby_client_id": "u1"},
+                      "broker.standby_client_id"),
+                     ({"standby_host": "n2.example", "standby_port": 0},
+                      "broker.standby_port")):
+        with pytest.raises(config.ConfigInvalid) as ei:
+            config.parse(_standby_raw(**bad))
+        assert key in str(ei.value), (bad, str(ei.value))
+    cfg = config.parse(_standby_raw(standby_host="n2.example", username="u1"))
+    assert any(w.key == "broker.standby_host" for w in cfg.warnings)

@@ -4,7 +4,8 @@
 the three nodes, the reference backend on node 3 storing into PostgreSQL and receipting.
 Node 1 is SIGKILLed mid-run and restarted 10 s later. Every committed event must be in
 PostgreSQL exactly once, the SOS events pressed while the node was down must be stored
-while it was down, and every unit must be back online and delivering.
+while it was down (the killed node's units through their standby connection on the next
+node), and every unit must be back online and delivering.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def test_fleet_survives_a_node_kill(rabbit_cluster: Cluster,  # noqa: F811
     backend.start()
     fleet = Fleet(UNITS, cluster.mqtt_ports, tmp_path / "units", mix=Mix(rate=1.0), seed=7,
                   extra={"delivery": {"mode": "receipt", "receipt_timeout_s": 20},
-                         "commands": {"public_keys": [str(pub)]}})
+                         "commands": {"public_keys": [str(pub)]}}, standby=True)
     try:
         fleet.start()
         assert fleet.wait(lambda: fleet.online() == UNITS, 60), f"{fleet.online()} online"
@@ -78,6 +79,9 @@ def test_fleet_survives_a_node_kill(rabbit_cluster: Cluster,  # noqa: F811
         killed_at = time.time()
         cluster.kill(1)
         fleet.mark(killed_at)
+        # An SOS at each of the killed node's units at once: decided while their main
+        # connection is down, it goes on their standby connection (the next node).
+        fleet.sos([u for u in fleet.units if u.index % 3 == 0])
         time.sleep(10)
         restarted_at = time.time()
         sos_while_down = fleet.stats.sos_committed
@@ -105,6 +109,11 @@ def test_fleet_survives_a_node_kill(rabbit_cluster: Cluster,  # noqa: F811
         late = [(r, s) for r, s in down if s.timestamp() > restarted_at]
         assert not late, f"SOS stored only after the restart: {late[:3]}"
         assert all(isinstance(r, datetime) for r, _ in down)
+        # The killed node's units sent those SOS on their standby connection, and receipts
+        # on it deleted them (most: a main back first takes over what is left).
+        standbys = [u.publisher.standby for u in fleet.units if u.index % 3 == 0]
+        assert sum(s.sent for s in standbys if s is not None) >= len(standbys) // 2
+        assert sum(s.deleted for s in standbys if s is not None) > 0
 
         assert fleet.wait(lambda: fleet.online() == UNITS, 30), f"{fleet.online()} online"
         assert len(fleet.back) == UNITS, (
