@@ -147,8 +147,18 @@ class Gateway:
                      "refused": self.publisher.refused, "connects": self.publisher.connects,
                      "commands": self.publisher.commands,
                      "receipts": self.publisher.receipts,
-                     "receipts_refused": self.publisher.receipts_refused},
+                     "receipts_refused": self.publisher.receipts_refused,
+                     **self._standby_health()},
         }
+
+    def _standby_health(self) -> dict[str, Any]:
+        """The emergency lane's standby connection ([broker] standby_host), if any."""
+        sb = self.publisher.standby
+        if sb is None:
+            return {}
+        return {"standby": {"address": f"{sb.host}:{sb.port}",
+                            "connected": sb.connected.is_set(), "connects": sb.connects,
+                            "sent": sb.sent, "deleted": sb.deleted}}
 
     def status(self) -> dict[str, Any]:
         """What `gatewayd status` shows: the health message and the box around it."""

@@ -72,6 +72,11 @@ def render(doc: dict[str, Any], cfg: Config) -> list[str]:
                  + (f"{ack} ({_age(br.get('last_ack_age_s'))} ago)" if ack else "none yet")
                  + f"; sent {mq.get('sent', 0)}, acked {mq.get('acked', 0)}, "
                  f"connects {mq.get('connects', 0)}")
+    sb = mq.get("standby")
+    if sb:  # [broker] standby_host: the emergency lane's second connection
+        lines.append(f"standby   {sb['address']} "
+                     f"{'connected' if sb['connected'] else 'NOT CONNECTED'}; emergency events "
+                     f"sent on it {sb['sent']}, deleted {sb['deleted']}; connects {sb['connects']}")
     ck = doc.get("clock") or {}
     sync = {True: "synchronised", False: "NOT synchronised", None: "sync unknown"}[
         ck.get("synchronized")]

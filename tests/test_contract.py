@@ -11,6 +11,7 @@ import pytest
 import contract
 from gateway import config as configmod
 from gateway import contract as gwcontract
+from gateway import status
 from gateway.contract import iso_utc
 from gateway.daemon import Gateway
 from gateway.model import Event, Lane
@@ -71,6 +72,22 @@ def test_status_birth_and_health_validate(tmp_path: Path) -> None:
     gw = Gateway(cfg)
     health = gw.health()
     assert contract.violations("kidsafe/v1/u-1/health", json.dumps(health).encode()) == []
+    assert "standby" not in health["mqtt"]  # only with [broker] standby_host
+    gw.outbox.close()
+    # With a standby connection (not started here): its state in health and in status.
+    cfg = configmod.parse({
+        "unit": {"id": "u-1", "site": "s"},
+        "broker": {"port": 1, "standby_host": "127.0.0.2", "standby_port": 2},
+        "buffer": {"path": str(tmp_path / "b2.db")},
+        "readers": [{"id": "g", "kind": "rdm6300", "port": "/dev/null"}],
+    })
+    gw = Gateway(cfg)
+    health = gw.health()
+    assert contract.violations("kidsafe/v1/u-1/health", json.dumps(health).encode()) == []
+    assert health["mqtt"]["standby"] == {"address": "127.0.0.2:2", "connected": False,
+                                         "connects": 0, "sent": 0, "deleted": 0}
+    lines = status.render({**health, "broker": {"address": "127.0.0.1:1"}}, cfg)
+    assert any(ln.startswith("standby   127.0.0.2:2 NOT CONNECTED") for ln in lines), lines
     gw.outbox.close()
 
 
