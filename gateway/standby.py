@@ -161,7 +161,12 @@ class Standby:
             self._sent.discard(seq)
 
     def receipt(self, ranges: Sequence[tuple[int, int]], upto: int | None = None) -> None:
-        """A verified receipt: delete the seqs in it that this standby published."""
+        """A verified receipt: delete the seqs in it that this standby published. In broker
+        mode (no receipts) a PUBACK is what deletes, and a receipt changes nothing (the
+        standby does not subscribe then; one arriving anyway must not delete an event whose
+        PUBACK has not come: hypothesis found that)."""
+        if not self.limits.receipts:
+            return
         spans = list(ranges) + ([(1, upto)] if upto is not None else [])
         mine = sorted(s for s in self._sent if any(lo <= s <= hi for lo, hi in spans))
         for s in mine:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_delivery_core import E, R, Store, T
 
@@ -228,6 +228,8 @@ def test_a_lost_standby_connection_offers_again_on_the_next() -> None:
                                            "link_down", "link_up", "tick"]),
                           st.integers(1, 40)), max_size=60),
        st.sampled_from([RECEIPTS, PUBACKS, AT_CONNECT]))
+# Found by hypothesis: a receipt in broker mode deleted an SOS still awaiting its PUBACK.
+@example(ops=[("emergency", 1), ("receipt", 1)], limits=PUBACKS)
 def test_never_deletes_what_did_not_leave_and_never_sends_while_the_main_is_up(
         ops: list[tuple[str, int]], limits: StandbyLimits) -> None:
     sh = shell(limits)
