@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import os
-import selectors
 import socket
 import ssl
 import threading
@@ -40,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -49,16 +47,13 @@ from gateway.clock import Clock
 from gateway.config import Config
 from gateway.contract import iso_utc
 from gateway.delivery import Action, Delete, DeleteRanges, Delivery, Limits, Publish, Refused
+from gateway.mqttclient import loop_turn, new_client
 from gateway.outbox import BufferWriteError, Outbox
 from gateway.receipts import ReceiptRefused, admit
 from gateway.standbylink import StandbyLink
 from gateway.tcpopts import nodelay
 
 log = logging.getLogger("gateway.mqtt")
-# poll(2) where the platform has it (every Linux); elsewhere the platform's best.
-_Selector: type[selectors.BaseSelector] = getattr(selectors, "PollSelector",
-                                                  selectors.DefaultSelector)
-
 SESSION_EXPIRY_S = 7 * 24 * 3600
 REPLY_SLOTS = 8  # in-flight slots beyond the events' window: a reply never waits behind them
 REPLIES_MAX = 1024  # replies waiting to go out; a flood beyond it is dropped (counted)
@@ -253,19 +248,7 @@ class Publisher:
 
     def _new_client(self, v5: bool) -> mqtt.Client:
         b = self.cfg.broker
-        if v5:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.client_id,
-                                 protocol=mqtt.MQTTv5)
-        else:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.client_id,
-                                 protocol=mqtt.MQTTv311, clean_session=False)
-        if b.username:
-            client.username_pw_set(b.username, b.password)
-        if b.tls:
-            client.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file,
-                           keyfile=b.tls.key_file)
-            if b.tls.insecure_skip_hostname:
-                client.tls_insecure_set(True)
+        client = new_client(b, b.client_id, v5, clean=False)  # persistent: commands queue
         will = json.dumps(contract.status_payload(self.cfg.unit.id, False, None,
                                                   "connection-lost")).encode()
         client.will_set(self.topics.status, will, qos=1, retain=True)
@@ -423,42 +406,11 @@ class Publisher:
 
     def _io(self, client: mqtt.Client, timeout: float) -> bool:
         """One turn of paho's external loop; False when the connection is gone."""
-        sock: Any = client.socket()  # a socket or an SSL socket: both select-able
-        if sock is None:
-            self._lost.set()
-            return False
-        # poll(2) has no FD_SETSIZE limit; a PollSelector holds no kernel object, so one per
-        # turn costs no more than select() did (epoll would need one per connection).
-        sel = _Selector()
-        try:
-            sock_fd = sock.fileno()  # -1 once closed: register raises ValueError
-            sel.register(sock_fd, selectors.EVENT_READ
-                         | (selectors.EVENT_WRITE if client.want_write() else 0))
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            ready = sel.select(timeout)
-        except (OSError, ValueError):  # the socket was closed under us
-            self._lost.set()
-            return False
-        finally:
-            sel.close()
-        readable = {key.fd for key, ev in ready if ev & selectors.EVENT_READ}
-        writable = {key.fd for key, ev in ready if ev & selectors.EVENT_WRITE}
-        if self._wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self._wake_r, 4096):
-                    pass
-            self.core.committed()  # after draining: a commit after this wakes us again
-        rc = mqtt.MQTT_ERR_SUCCESS
-        if sock_fd in readable:
-            rc = client.loop_read()
-        if rc == mqtt.MQTT_ERR_SUCCESS and sock_fd in writable:
-            rc = client.loop_write()
-        if rc == mqtt.MQTT_ERR_SUCCESS:
-            rc = client.loop_misc()  # keepalive: PINGREQ, and a broker that stopped answering
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            self._lost.set()
-            return False
-        return True
+        # committed() after draining the wake pipe: a commit after this wakes us again.
+        if loop_turn(client, self._wake_r, timeout, self.core.committed):
+            return True
+        self._lost.set()
+        return False
 
     def _pump(self, client: mqtt.Client, done: Callable[[], bool], timeout: float) -> None:
         """Run the loop until ``done()`` or ``timeout`` (connect, clean shutdown)."""

@@ -26,26 +26,23 @@ import contextlib
 import logging
 import os
 import random
-import selectors
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import backoff, contract
 from gateway.clock import Clock
 from gateway.config import Config
 from gateway.delivery import Delete, DeleteRanges, Publish
+from gateway.mqttclient import loop_turn, new_client
 from gateway.outbox import BufferWriteError, Outbox
 from gateway.receipts import ReceiptRefused, admit
 from gateway.standby import Standby, StandbyAction, StandbyLimits, Subscribe, Unsubscribe
 from gateway.tcpopts import nodelay
 
 log = logging.getLogger("gateway.mqtt.standby")
-_Selector: type[selectors.BaseSelector] = getattr(selectors, "PollSelector",
-                                                  selectors.DefaultSelector)
 
 
 class StandbyFailed(OSError):
@@ -128,19 +125,7 @@ class StandbyLink:
     def _connect(self) -> mqtt.Client:
         b = self.cfg.broker
         v5 = b.protocol == "5"
-        if v5:  # clean_start goes with CONNECT
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.standby_client_id,
-                                 protocol=mqtt.MQTTv5)
-        else:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=b.standby_client_id,
-                                 protocol=mqtt.MQTTv311, clean_session=True)
-        if b.username:
-            client.username_pw_set(b.username, b.password)
-        if b.tls:
-            client.tls_set(ca_certs=b.tls.ca_file, certfile=b.tls.cert_file,
-                           keyfile=b.tls.key_file)
-            if b.tls.insecure_skip_hostname:
-                client.tls_insecure_set(True)
+        client = new_client(b, b.standby_client_id, v5, clean=True)
         client.max_inflight_messages_set(self.core.limits.reserve + 8)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -192,36 +177,9 @@ class StandbyLink:
             self._receipts.append(bytes(msg.payload))
 
     def _io(self, client: mqtt.Client, timeout: float) -> bool:
-        """One turn of paho's external loop (as the publisher's); False when lost."""
-        sock: Any = client.socket()
-        if sock is None:
-            return False
-        sel = _Selector()
-        try:
-            fd = sock.fileno()
-            sel.register(fd, selectors.EVENT_READ
-                         | (selectors.EVENT_WRITE if client.want_write() else 0))
-            sel.register(self._wake_r, selectors.EVENT_READ)
-            ready = sel.select(timeout)
-        except (OSError, ValueError):
-            return False
-        finally:
-            sel.close()
-        readable = {key.fd for key, ev in ready if ev & selectors.EVENT_READ}
-        writable = {key.fd for key, ev in ready if ev & selectors.EVENT_WRITE}
-        if self._wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                while os.read(self._wake_r, 4096):
-                    pass
-            self.core.committed()
-        rc = mqtt.MQTT_ERR_SUCCESS
-        if fd in readable:
-            rc = client.loop_read()
-        if rc == mqtt.MQTT_ERR_SUCCESS and fd in writable:
-            rc = client.loop_write()
-        if rc == mqtt.MQTT_ERR_SUCCESS:
-            rc = client.loop_misc()
-        return rc == mqtt.MQTT_ERR_SUCCESS and not self._lost.is_set()
+        """One turn of paho's external loop (gateway/mqttclient.py); False when lost."""
+        return (loop_turn(client, self._wake_r, timeout, self.core.committed)
+                and not self._lost.is_set())
 
     def _serve(self, client: mqtt.Client, stop: threading.Event) -> None:
         core = self.core
