@@ -82,6 +82,17 @@ def shell(limits: StandbyLimits) -> Shell:
     return Shell(store, Standby(store.fetch, store.refetch, limits))
 
 
+def awaiting(n: int) -> tuple[Shell, list[int]]:
+    """A receipt-mode standby, its main down, that sent ``n`` emergency events and had
+    their PUBACKs: they await their receipts."""
+    sh = shell(RECEIPTS)
+    seqs = sh.store.add(E, n)
+    sh.core.connected(0.0)
+    sh.poll()
+    sh.ack_all()
+    return sh, seqs
+
+
 def test_nothing_goes_while_the_main_is_up() -> None:
     sh = shell(RECEIPTS)
     sh.store.add(E, 2)
@@ -158,11 +169,7 @@ def test_a_receipt_while_in_flight_then_the_puback_awaits_nothing() -> None:
 
 
 def test_no_receipt_in_time_goes_again_while_the_main_is_down() -> None:
-    sh = shell(RECEIPTS)
-    seq = sh.store.add(E, 1)
-    sh.core.connected(0.0)
-    sh.poll()
-    sh.ack_all()
+    sh, seq = awaiting(1)
     sh.now = 9.0
     sh.poll()
     assert sh.published == seq
@@ -174,11 +181,7 @@ def test_no_receipt_in_time_goes_again_while_the_main_is_down() -> None:
 
 
 def test_the_main_back_stops_sending_and_unsubscribes_when_nothing_awaits() -> None:
-    sh = shell(RECEIPTS)
-    seq = sh.store.add(E, 1)
-    sh.core.connected(0.0)
-    sh.poll()
-    sh.ack_all()
+    sh, seq = awaiting(1)
     sh.core.main(True, 1.0)
     sh.now = 1.0
     sh.store.add(E, 1)
@@ -191,11 +194,7 @@ def test_the_main_back_stops_sending_and_unsubscribes_when_nothing_awaits() -> N
 
 
 def test_the_main_back_lingers_at_most_linger_s() -> None:
-    sh = shell(RECEIPTS)
-    sh.store.add(E, 1)
-    sh.core.connected(0.0)
-    sh.poll()
-    sh.ack_all()
+    sh, _ = awaiting(1)
     sh.core.main(True, 1.0)
     sh.now = 5.9
     sh.poll()
@@ -206,11 +205,7 @@ def test_the_main_back_lingers_at_most_linger_s() -> None:
 
 
 def test_a_lost_standby_connection_offers_again_on_the_next() -> None:
-    sh = shell(RECEIPTS)
-    seqs = sh.store.add(E, 2)
-    sh.core.connected(0.0)
-    sh.poll()
-    sh.ack_all()  # awaiting receipts on a clean session that is about to go
+    sh, seqs = awaiting(2)  # awaiting receipts on a clean session that is about to go
     sh.core.disconnected()
     sh.in_flight.clear()
     sh.subscribed = False
