@@ -135,7 +135,7 @@ def _sql(dsn: str, statement: str) -> Any:
 
 
 def _migrated(pg: PgServer) -> str:
-    dsn = pg.new_database()
+    dsn = pg.create_database()
     asyncio.run(migrate.apply(dsn))
     return dsn
 

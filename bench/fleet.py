@@ -121,7 +121,7 @@ class Run:
 
     def new_db(self) -> str:
         self.db += 1
-        return str(self.pg.new_database())
+        return str(self.pg.create_database())
 
     def start_backend(self, dsn: str) -> BackendProc:
         b = BackendProc(self.work / f"backend{self.db}", self.cluster.mqtt_port(3), dsn,

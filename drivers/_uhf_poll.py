@@ -184,13 +184,12 @@ class Poller:
         if errors != self.failing:
             self.failing = dict(errors)
             self.stale = True
-        self._cycle_errors = {}
         return [self._health()] if self.stale else []
 
     def _send(self, mono: float) -> Send:
         self.deadline = mono + self.reply_timeout_s
         if self.phase is Phase.FAST_SWITCH:
-            self._cycle_errors = {}  # a resent command starts its cycle again
+            self._cycle_errors = {}  # each command (the next cycle, or a resend) starts afresh
         elif self.phase is Phase.SET_ANTENNA:
             return Send(self._set_antenna[self.antennas[self.index]])
         return Send(self._inventory)

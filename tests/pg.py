@@ -28,10 +28,6 @@ class PgServer(LocalPostgres):
     def __init__(self, port: int | None = None, flags: tuple[str, ...] = FAST) -> None:
         super().__init__(port, flags)
 
-    def new_database(self) -> str:
-        """A fresh empty database; its DSN."""
-        return self.create_database()
-
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
@@ -47,7 +43,7 @@ def pg_server() -> Iterator[PgServer]:
 
 @pytest.fixture
 def pg_dsn(pg_server: PgServer) -> str:
-    return pg_server.new_database()
+    return pg_server.create_database()
 
 
 @pytest.fixture

@@ -116,7 +116,7 @@ def test_a_database_outage_loses_nothing(broker: LocalBroker, tmp_path: Path) ->
 
     pg = PgServer().start()
     try:
-        dsn = pg.new_database()
+        dsn = pg.create_database()
         asyncio.run(migrate.apply(dsn))
         priv, pub = keypair(tmp_path)
         cfg = write_config(tmp_path / "backend.toml", broker_port=broker.port, dsn=dsn,
