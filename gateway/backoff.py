@@ -37,6 +37,16 @@ Errors = type[BaseException] | tuple[type[BaseException], ...]
 LOG_EVERY_S = 10.0  # the same failure again sooner than this is counted, not logged
 
 
+def doubling(attempt: int, first: float, cap: float) -> float:
+    """``first`` at attempt 0, twice as long at each next one, at most ``cap``.
+
+    The publisher's wait for a CONNACK: a CONNECT that a broker never answers (RabbitMQ
+    3.10 right after a node of its cluster died, docs/fleet.md) costs ``first``, not the
+    whole ``cap``, while a broker that is only slow still gets ``cap`` on a later try.
+    """
+    return min(cap, first * 2.0 ** max(0, attempt))
+
+
 class FailureLog:
     """Logs a failure with its reason and the delay before the next try, one line each;
     the same reason again sooner than ``LOG_EVERY_S`` is counted into the next line."""

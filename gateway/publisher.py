@@ -57,6 +57,9 @@ log = logging.getLogger("gateway.mqtt")
 SESSION_EXPIRY_S = 7 * 24 * 3600
 REPLY_SLOTS = 8  # in-flight slots beyond the events' window: a reply never waits behind them
 REPLIES_MAX = 1024  # replies waiting to go out; a flood beyond it is dropped (counted)
+# The first CONNECT after a start or a loss waits this long for its CONNACK, each next
+# one twice as long up to connack_timeout_s (backoff.doubling; docs/mqtt.md "Reconnecting").
+CONNACK_FIRST_S = 5.0
 RECEIPTS_MAX = 1024  # receipts read, not yet checked (one loop turn's worth at most)
 REFUSAL_LOG_S = 60.0  # refused receipts: one log line per this long, with the count
 
@@ -114,6 +117,7 @@ class Publisher:
         self.batch = batch
         self.reconnect_max_s = reconnect_max_s or cfg.broker.reconnect_max_s
         self.connack_timeout_s = connack_timeout_s
+        self.connack_wait_s = min(CONNACK_FIRST_S, connack_timeout_s)  # this attempt's
         d = cfg.delivery
         self.receipt_mode = d.mode == "receipt"
         self.core = Delivery(outbox.fetch, Limits(window=window, reserve=emergency_reserve,
@@ -215,9 +219,13 @@ class Publisher:
         while not stop.is_set():
             retrying = backoff.retrying(stop, log, f"connecting to broker {b.host}:{b.port}",
                                         0.5, self.reconnect_max_s, self.clock)
+            attempt = 0
 
             def connect_once() -> mqtt.Client:
-                nonlocal use_v5
+                nonlocal use_v5, attempt
+                self.connack_wait_s = backoff.doubling(attempt, CONNACK_FIRST_S,
+                                                       self.connack_timeout_s)
+                attempt += 1
                 try:
                     return self._connect(use_v5)
                 except ConnectFailed as e:
@@ -286,7 +294,7 @@ class Publisher:
                         "or its name does not match the host")
             raise ConnectFailed(msg, reached) from e
         try:
-            self._pump(client, lambda: self._connack is not None, self.connack_timeout_s)
+            self._pump(client, lambda: self._connack is not None, self.connack_wait_s)
         except Exception as e:  # paho choking on a reply it cannot parse (an older protocol)
             with contextlib.suppress(Exception):
                 client.disconnect()
@@ -295,7 +303,7 @@ class Publisher:
             with contextlib.suppress(Exception):
                 client.disconnect()
             raise ConnectFailed(self._explain("no answer to CONNECT in "
-                                              f"{self.connack_timeout_s:g} s"))
+                                              f"{self.connack_wait_s:g} s"))
         ok, why = self._connack
         if not ok:
             raise ConnectFailed(self._explain(f"broker refused the connection: {why}"))

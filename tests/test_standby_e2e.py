@@ -1,14 +1,13 @@
 """The standby connection with real parts: a real mosquitto, the gateway's own Publisher
 and Outbox, a test backend that stores and signs receipts (tests/receipter.py), and the
-main connection through a loopback TCP proxy the test controls: closing the proxy drops
-the main connection only (its node "died"); the standby goes to the broker directly.
+main connection through a loopback TCP proxy the test controls (tests/tcpproxy.py):
+closing the proxy drops the main connection only (its node "died"); the standby goes to
+the broker directly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,62 +26,9 @@ from gateway.outbox import Outbox
 from gateway.publisher import Publisher
 from harness import wait_until
 from receipter import Receipter
+from tcpproxy import Proxy
 
 UNIT = "unit-s1"
-
-
-class Proxy:
-    """Forwards a loopback port to the broker; ``cut()`` closes the port and every
-    connection through it (as a node's death does), ``restore()`` listens again."""
-
-    def __init__(self, upstream: int) -> None:
-        self.upstream = upstream
-        self.port = free_port()
-        self._socks: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self.lock = threading.Lock()
-
-    def restore(self) -> Proxy:
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
-        return self
-
-    def cut(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(OSError):  # wakes the accept() (close alone does not)
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-            self._listener = None
-        with self.lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                down, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                up = socket.create_connection(("127.0.0.1", self.upstream))
-            except OSError:
-                down.close()
-                continue
-            with self.lock:
-                self._socks += [down, up]
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
