@@ -87,16 +87,20 @@ def _connection(db: SqliteDatabase) -> sqlite3.Connection:
     return conn
 
 
-HWM_STEP = 1000  # seqs reserved per write of the high-water mark file
+HWM_STEP = 1000  # seqs reserved per write of the high-water mark file, at least
+HWM_BATCHES = 8  # ... and this many of the commit's size (a burst writes it less often)
 MAX_NOTICE_RANGES = 200  # seq runs listed in one buffer_salvage event
 # SD-card wear (docs/architecture.md, bench/wear.py): page_size first, it only takes on a
 # new file; 1 KiB pages make each commit's WAL frames a quarter of the default 4 KiB.
-# journal_size_limit: the WAL file is cut back to 4 MiB after a checkpoint (disk, not wear).
+# wal_autocheckpoint: 4,000 of those pages, the 4 MiB SQLite's default (1,000 pages) moves
+# at 4 KiB pages; at 1,000 small pages a burst checkpointed (two more fsyncs) 4 times as
+# often. journal_size_limit: the WAL file is cut back to 4 MiB after a checkpoint (disk).
 # secure_delete: freed pages are zeroed, so nothing deleted or overwritten (an engine state
 # saved by tag id before, see engine/persist.py) lingers in the file. Debian's SQLite has
 # it on already (measured with it); said here for other builds.
 PRAGMAS = {"page_size": 1024, "journal_mode": "wal", "synchronous": 2, "busy_timeout": 10_000,
-           "cache_size": -2000, "journal_size_limit": 4 * 1024 * 1024, "secure_delete": 1}
+           "cache_size": -2000, "wal_autocheckpoint": 4000,
+           "journal_size_limit": 4 * 1024 * 1024, "secure_delete": 1}
 
 
 def _utc_stamp(t: float) -> str:
@@ -609,9 +613,9 @@ class Outbox:
                       self._hwm_path, e)
             return 0, 0
 
-    def _write_hwm(self, upto: int) -> None:
-        """Reserve seqs up to ``upto`` + HWM_STEP before any of them is committed."""
-        reserved = upto + HWM_STEP
+    def _write_hwm(self, upto: int, ahead: int = HWM_STEP) -> None:
+        """Reserve seqs up to ``upto`` + ``ahead`` before any of them is committed."""
+        reserved = upto + ahead
         row = _sql(self.db, "SELECT seq FROM outbox ORDER BY seq LIMIT 1").fetchone()
         unacked_from = int(row[0]) if row else self.last_seq() + 1
         try:
@@ -718,9 +722,10 @@ class Outbox:
                     kv_saved = (state[0], hash(state[1]))
                 out: list[Stored] = []
                 if events or extra:
-                    needed = self.last_seq() + len(events) + len(extra) + 64
+                    n = len(events) + len(extra)
+                    needed = self.last_seq() + n + 64
                     if needed > self._reserved:
-                        self._write_hwm(needed)
+                        self._write_hwm(needed, max(HWM_STEP, HWM_BATCHES * n))
                     # Notices of this unit's own buffer go first and are not the caller's.
                     if extra:
                         self._insert(extra, now)
