@@ -94,6 +94,8 @@ class V311OnlyProxy:
 
     def stop(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):  # wakes the accept() (close alone does not)
+            self.listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.listener.close()
         for s in self._socks:
