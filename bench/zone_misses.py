@@ -15,7 +15,11 @@ give with today's decisions. Then the misses by kind:
 - ``extra <role> <kind>``: an event matched to no crossing;
 - ``not within <role> <kind>``: matched, but more than dwell + 30 s off.
 
-    python bench/zone_misses.py [--seeds 100,101,102,103] [--hours 1]
+``--approach N`` adds N children per site who walk up to the zone and stop outside
+it at 1.2-2 radii (tests/fieldgen.py ``approach``; the other children's draws are
+the same with or without them).
+
+    python bench/zone_misses.py [--seeds 100,101,102,103] [--hours 1] [--approach 6]
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="100,101,102,103")
     p.add_argument("--hours", type=float, default=1.0)
+    p.add_argument("--approach", type=int, default=0)
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     counts: Counter[str] = Counter()
@@ -95,7 +100,7 @@ def main() -> None:
         oracle: ZoneScore = ZERO_ZONE
         for seed in seeds:
             zf = zone_field(seed, hours=args.hours, moving=10, boundary=10, inside=5,
-                            outside=3, exponent=n)
+                            outside=3, exponent=n, approach=args.approach)
             events = [e for e in run_field(field_zone_engine(zf), zf.readings)
                       if e.kind in ("zone_enter", "zone_exit")]
             engine = engine + score_zone(zf, events, DWELL_S)

@@ -11,7 +11,9 @@ against them cannot flatter it. Nothing here imports the engine.
   Gauss-Markov process per tag (fades lasting seconds) plus fast per-advert
   noise, per-site advert loss, a -110 dBm floor, 1 Hz adverts with jitter.
   Children walk across the boundary, stand still just inside it or far
-  inside, or stay far outside. Truth: crossing times and still intervals.
+  inside, stay far outside, or walk up to the zone and stop outside it (a
+  parent waiting at the park's edge, a child at the fence). Truth: crossing
+  times and still intervals.
 - Calibration readings: a reference tag held at the boundary and at 1 m.
 - Batteries: true voltage falling 1.5-4 mV/min, noisy readings; truth: the
   time the true voltage crosses low_mv.
@@ -309,7 +311,7 @@ class ZoneField:
     true_times: list[float]
     crossings: list[FieldCrossing]
     still: list[StillTag]
-    roles: dict[str, str]  # child -> moving / boundary / inside / outside
+    roles: dict[str, str]  # child -> moving / boundary / inside / outside / approach
     calibration: Calibration
     start: float
     end: float  # crossings happen before; readings go on for `tail_s` after
@@ -351,7 +353,8 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
                inside: int = 2, outside: int = 2, exponent: float | None = None,
                radius_m: float | None = None, clock: UnitClock | None = None,
                groups: list[str] | None = None, tail_s: float = 600.0,
-               zone: str = "yard", reader: str = "ble-yard", ref_tags: int = 1) -> ZoneField:
+               zone: str = "yard", reader: str = "ble-yard", ref_tags: int = 1,
+               approach: int = 0) -> ZoneField:
     """One zone of radius R (metres) around one reader at a site drawn from ``seed``.
 
     moving: children walking in and out (0.6-1.5 m/s) between far inside (0.15-0.6 R)
@@ -359,6 +362,12 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
     boundary: walk in, then stand 0.3-3 m inside the boundary to the end; inside:
     walk in, stand at 0.1-0.5 R; outside: stay at 1.5-4 R all along. All but
     ``outside`` start out of the zone, at 1.5-3 R.
+    approach: walk from far out (3-6 R) to 1.2-2 R outside and stand there (a parent
+    waiting at the park's edge, a child at the fence): a third stand to the end, a
+    third later walk in (to 0.15-0.6 R) for 2-15 min and back out to stand at 1.2-2 R
+    again, a third later walk away (4-8 R). They are drawn from their own random
+    stream after the others, so the other roles' radio, crossings and calibration
+    are the same for a seed whatever ``approach`` is (their tags come last).
     A fifth of the exits end behind a wall (25 dB more loss) 2-10 s after the crossing.
     """
     rnd = random.Random(seed)
@@ -368,12 +377,12 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
     end = start + hours * 3600.0
     roles = ["moving"] * moving + ["boundary"] * boundary + ["inside"] * inside \
         + ["outside"] * outside
-    tags = field_tags(len(roles), "F1E1D0", groups)
+    tags = field_tags(len(roles) + approach, "F1E1D0", groups)
     items: list[tuple[float, Reading]] = []
     crossings: list[FieldCrossing] = []
     still: list[StillTag] = []
     role_of: dict[str, str] = {}
-    for tg, role in zip(tags, roles, strict=True):
+    for tg, role in zip(tags[:len(roles)], roles, strict=True):
         role_of[tg["child"]] = role
         d0 = rnd.uniform(1.5, 3.0) * r
         t = start + rnd.uniform(0.0, 60.0)
@@ -418,10 +427,57 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
         _advertise(rnd, ch, site.reader, tg["id"], start, end + tail_s, path, items,
                    walls=walls)
     cal = calibration(rnd, site, start - 3600.0, ref_tags=ref_tags)
+    arnd = random.Random(f"approach-{seed}")  # its own stream: the draws above stay
+    for tg in tags[len(roles):]:
+        role_of[tg["child"]] = "approach"
+        knots = _approach_knots(arnd, r, start, end)
+        path = Path(knots)
+        crossed = path.crossings(r)
+        crossings += [FieldCrossing(tg["child"], tg["id"], k, ct)
+                      for k, ct in crossed if ct <= end]
+        walls = []
+        for i, (k, ct) in enumerate(crossed):
+            if k == "zone_exit" and arnd.random() < 0.2:
+                back = crossed[i + 1][1] if i + 1 < len(crossed) else end + tail_s
+                walls.append((ct + arnd.uniform(2.0, 10.0), back))
+        ch = Channel(arnd, site, tag_offset(arnd, site))
+        _advertise(arnd, ch, site.reader, tg["id"], start, end + tail_s, path, items,
+                   walls=walls)
     reads, monos, true_times = _in_order(items, clock)
     crossings.sort(key=lambda c: c.time)
     return ZoneField(site, tags, reads, monos, true_times, crossings, still, role_of, cal,
                      start, end, clock or UnitClock())
+
+
+def _approach_knots(rnd: random.Random, r: float, start: float, end: float
+                    ) -> list[tuple[float, float]]:
+    """A child who walks up to the zone and stops outside it, at 1.2-2 R, for minutes
+    (then, for some, a visit in and back out to stand again, or a walk away)."""
+    d0 = rnd.uniform(3.0, 6.0) * r
+    t = start + rnd.uniform(0.0, 600.0)
+    stop = rnd.uniform(1.2, 2.0) * r
+    knots = [(start, d0), (t, d0)]
+    t += (d0 - stop) / rnd.uniform(0.6, 1.5)
+    knots.append((t, stop))
+    then = rnd.random()
+    t += rnd.uniform(180.0, 1800.0)  # stands there (past the end for many)
+    if then < 1 / 3 or t >= end:
+        return knots
+    knots.append((t, stop))
+    if then < 2 / 3:  # walks in, stays a while, comes back out to stand again
+        inner = max(1.0, rnd.uniform(0.15, 0.6) * r)
+        t += (stop - inner) / rnd.uniform(0.6, 1.5)
+        knots.append((t, inner))
+        t += rnd.uniform(120.0, 900.0)
+        knots.append((t, inner))
+        stop = rnd.uniform(1.2, 2.0) * r
+        t += (stop - inner) / rnd.uniform(0.6, 1.5)
+        knots.append((t, stop))
+    else:  # walks away
+        far = rnd.uniform(4.0, 8.0) * r
+        t += (far - stop) / rnd.uniform(0.6, 1.5)
+        knots.append((t, far))
+    return knots
 
 
 # -- batteries -------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ from fieldgen import (
     FIELD_T0,
     FLOOR_DBM,
     GateEpisode,
+    Path,
     UnitClock,
     ZoneField,
+    _approach_knots,
     draw_clock_step,
     missed_alerts,
     score_battery,
@@ -138,6 +140,34 @@ def test_calibration_with_several_reference_tags() -> None:
     assert [r for r in three.calibration.boundary if r.tag == "CA11B0000001"] == list(
         one.calibration.boundary)
     assert 2.4 < len(three.calibration.boundary) / len(one.calibration.boundary) < 3.6
+
+
+def test_approach_children_stop_outside() -> None:
+    """Children who walk up to the zone and stand outside at 1.2-2 R (some visit it and
+    come back out, some walk away); the other children's draws stay as without them."""
+    kw: dict[str, Any] = dict(hours=1.0, moving=4, boundary=3, inside=2, outside=1,
+                              exponent=2.35)
+    a, b = zone_field(100, **kw), zone_field(100, approach=8, **kw)
+    old = {t["id"] for t in a.tags}
+    assert [r for r in b.readings if getattr(r, "tag", None) in old] == a.readings
+    assert [c for c in b.crossings if c.tag in old] == a.crossings
+    assert a.calibration == b.calibration and len(b.tags) == len(a.tags) + 8
+    assert sum(1 for v in b.roles.values() if v == "approach") == 8
+    r, ends = 20.0, {"stand": 0, "visit": 0, "away": 0}
+    rnd = random.Random(1)
+    for _ in range(300):
+        knots = _approach_knots(rnd, r, FIELD_T0, FIELD_T0 + 3600.0)
+        ds = [d for _, d in knots]
+        assert ds[0] >= 3.0 * r and 1.2 * r <= ds[2] <= 2.0 * r  # from far out, stops
+        assert all(t1 >= t0 for (t0, _), (t1, _) in itertools.pairwise(knots))
+        crossed = [k for k, _ in Path(knots).crossings(r)]
+        assert crossed in ([], ["zone_enter", "zone_exit"])
+        if crossed:
+            ends["visit"] += 1
+            assert 1.2 * r <= ds[-1] <= 2.0 * r  # back out, stands again
+        else:
+            ends["away" if ds[-1] >= 4.0 * r else "stand"] += 1
+    assert all(n > 30 for n in ends.values()), ends
 
 
 def test_battery_truth() -> None:
