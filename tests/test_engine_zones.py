@@ -235,3 +235,14 @@ def test_enter_time_is_the_last_rise_of_a_child_who_waited_outside() -> None:
     _, events = run(eng, reads)
     assert [e.kind for e in events] == ["zone_enter"]
     assert abs(events[0].time - (T0 + 660)) <= 15.0
+
+
+def test_enter_score_zero_turns_the_slow_enter_off() -> None:
+    tags = child_tags(1)
+    reads = [BleSighting("ble-yard", tags[0]["id"], T0 + i, -78 if i % 2 else -79)
+             for i in range(600)]  # 1.5 dB above the boundary level, below enter_dbm
+    _, slow = run(metre_engine(tags, boundary_dbm=-80.0), reads)
+    _, off = run(metre_engine(tags, boundary_dbm=-80.0, enter_score_db=0), reads)
+    assert [e.kind for e in slow] == ["zone_enter"] and slow[0].time == T0
+    assert slow[0].data["dwell_s"] == 133.0  # 200 dB at 1.5 dB an advert
+    assert off == []
