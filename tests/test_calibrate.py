@@ -83,9 +83,9 @@ def test_too_short_or_inverted_recordings_are_refused() -> None:
 
 def test_thresholds_widen_only_for_an_uncertain_calibration() -> None:
     good = calibrate.Estimate(20.0, -85.0, 5.0, 90, 1.2)
-    assert calibrate.thresholds(good) == calibrate.Thresholds(-85.0, -82.0, -89.5)
+    assert calibrate.thresholds(good) == calibrate.Thresholds(-85.0, -79.0, -89.5)
     shaky = calibrate.Estimate(20.0, -85.0, 9.0, 30, 3.0)
-    assert calibrate.thresholds(shaky) == calibrate.Thresholds(-85.0, -80.0, -91.5)
+    assert calibrate.thresholds(shaky) == calibrate.Thresholds(-85.0, -77.0, -91.5)
 
 
 def test_edit_zone_replaces_only_the_calibration_keys_of_that_zone() -> None:
@@ -138,7 +138,7 @@ def test_calibrate_command_prints_then_writes_a_valid_config(
     assert "wrote the thresholds" in capsys.readouterr().out
     zone = next(z for z in configmod.load(cfg).engine.zones if z.id == "yard")
     assert abs(zone.boundary_dbm + 88.0) < 3.0
-    assert zone.enter_dbm == pytest.approx(zone.boundary_dbm + 3.0)
+    assert zone.enter_dbm == pytest.approx(zone.boundary_dbm + 6.0)
     assert zone.exit_dbm <= zone.boundary_dbm - 4.5 and zone.dwell_s == 4.0
     table = tomllib.loads(cfg.read_text())["zones"][1]["calibration"]
     assert table["samples"] == 90 and 2.0 < table["exponent"] < 3.0

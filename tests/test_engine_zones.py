@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import datetime
 from typing import Any
 
@@ -132,9 +133,9 @@ def metre_engine(tags: list[dict[str, Any]], **zone: Any) -> Engine:
 def test_zone_in_metres_takes_the_default_model_and_margins() -> None:
     z = metre_engine(child_tags(1)).runtime.zones[0].settings
     # -59 dBm at 1 m, exponent 2.35: -59 - 23.5 * log10(30) = -93.7 dBm at the boundary.
-    assert (z.boundary_dbm, z.enter_dbm, z.exit_dbm) == (-93.7, -90.7, -98.2)
+    assert (z.boundary_dbm, z.enter_dbm, z.exit_dbm) == (-93.7, -87.7, -98.2)
     z = metre_engine(child_tags(1), boundary_dbm=-80.0, exit_dbm=-87.0).runtime.zones[0].settings
-    assert (z.boundary_dbm, z.enter_dbm, z.exit_dbm) == (-80.0, -77.0, -87.0)
+    assert (z.boundary_dbm, z.enter_dbm, z.exit_dbm) == (-80.0, -74.0, -87.0)
 
 
 def test_fades_of_seconds_never_exit_a_child_standing_just_inside() -> None:
@@ -192,3 +193,56 @@ def test_state_saved_before_the_exit_scores_still_loads() -> None:
     presence = old.zones["yard"][tags[0]["id"]]
     assert presence.score == 0.0 and presence.home is None
     assert state_to_dict(state_from_dict(state_to_dict(st))) == state_to_dict(st)
+
+
+def test_a_child_coming_to_stand_just_inside_enters_on_the_slow_test() -> None:
+    """Fourth pass: adverts 1.5 dB above the boundary level (well below enter_dbm,
+    boundary + 6) with 4 dB of noise enter on the slow test, stamped where the tag stepped
+    up; a tag standing 2 dB below the boundary for an hour, 7 dB stronger for 12 s every
+    10 minutes (a fade up), never enters (a level held 5 s at boundary + 3 entered it)."""
+    tags = child_tags(2)
+    eng = metre_engine(tags, boundary_dbm=-80.0)
+    rnd = random.Random(3)
+    reads = []
+    for i in range(3720):
+        for k, (tg, level) in enumerate(zip(tags, (-78.5, -82.0), strict=True)):
+            if rnd.random() < 0.2:  # lost
+                continue
+            mean = -95.0 if i < 120 else level + (7.0 if k and i % 600 < 12 else 0.0)
+            reads.append(BleSighting("ble-yard", tg["id"], T0 + i + 0.3 * k,
+                                     round(rnd.gauss(mean, 4.0))))
+    _, events = run(eng, reads)
+    assert [(e.kind, e.child) for e in events] == [("zone_enter", tags[0]["child"])]
+    enter = events[0]
+    decided = datetime.fromisoformat(enter.data["decided"].replace("Z", "+00:00")).timestamp()
+    assert decided - T0 > 150  # slow: the level never reached enter_dbm for dwell_s
+    assert abs(enter.time - (T0 + 120)) <= 15.0
+
+
+def test_enter_time_is_the_last_rise_of_a_child_who_waited_outside() -> None:
+    """A child walks up (-96 -> -83 dBm, boundary -80), waits outside for 10 minutes,
+    then comes to stand inside (-76 dBm: the slow test): the enter is stamped at the walk
+    in, not at the walk up (the larger rise of the two)."""
+    tags = child_tags(1)
+    eng = metre_engine(tags, boundary_dbm=-80.0)
+    rnd = random.Random(4)
+    reads = []
+    for i in range(900):
+        mean = -96.0 if i < 60 else -83.0 if i < 660 else -76.0
+        if rnd.random() >= 0.2:
+            reads.append(BleSighting("ble-yard", tags[0]["id"], T0 + i,
+                                     round(rnd.gauss(mean, 3.0))))
+    _, events = run(eng, reads)
+    assert [e.kind for e in events] == ["zone_enter"]
+    assert abs(events[0].time - (T0 + 660)) <= 15.0
+
+
+def test_enter_score_zero_turns_the_slow_enter_off() -> None:
+    tags = child_tags(1)
+    reads = [BleSighting("ble-yard", tags[0]["id"], T0 + i, -78 if i % 2 else -79)
+             for i in range(600)]  # 1.5 dB above the boundary level, below enter_dbm
+    _, slow = run(metre_engine(tags, boundary_dbm=-80.0), reads)
+    _, off = run(metre_engine(tags, boundary_dbm=-80.0, enter_score_db=0), reads)
+    assert [e.kind for e in slow] == ["zone_enter"] and slow[0].time == T0
+    assert slow[0].data["dwell_s"] == 133.0  # 200 dB at 1.5 dB an advert
+    assert off == []

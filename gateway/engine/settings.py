@@ -29,12 +29,17 @@ SIDES = ("outer", "inner")
 # off by at most 0.35 * 10 * log10(R) dB (3.5 dB at 10 m, 5.2 dB at 30 m): calibrate.
 REF_1M_DBM = -59.0
 DEFAULT_EXPONENT = 2.35
-# Thresholds around the boundary level b: enter at b + ENTER_MARGIN_DB (the smoothed level,
-# held dwell_s), leave on a sustained drop below b - EXIT_MARGIN_DB. The margins cover the
-# spread of tags of one model around the calibration tag (about 1.5 dB) and the error of
-# a two-minute calibration (about 1 dB), so a child standing still just inside is
-# not pushed out by its tag being a little weaker than the reference.
-ENTER_MARGIN_DB = 3.0
+# Thresholds around the boundary level b: enter fast at b + ENTER_MARGIN_DB (the smoothed
+# level, held dwell_s: a child walking well in), or slowly on a CUSUM of the adverts above b
+# reaching ENTER_SCORE_DB (a child coming to stand just inside); leave on a sustained drop
+# below b - EXIT_MARGIN_DB. The exit margin covers the spread of tags of one model around
+# the calibration tag (about 1.5 dB) and the error of a two-minute calibration (about
+# 1 dB), so a child standing still just inside is not pushed out by its tag being a little
+# weaker than the reference. The fast enter's margin is wide because a 15 s level held 5 s
+# is a maximum over time: a child standing at 1.2-2 radii for minutes reached b + 3 dB
+# (docs/zones.md, "Fourth pass").
+ENTER_MARGIN_DB = 6.0
+ENTER_SCORE_DB = 200.0  # slow enter CUSUM decision threshold (dB summed over adverts)
 EXIT_MARGIN_DB = 4.5
 EXIT_SCORE_DB = 200.0  # exit CUSUM decision threshold (dB summed over adverts)
 _HOURS_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
@@ -45,6 +50,7 @@ class ZoneSettings:
     id: str
     readers: tuple[str, ...]
     enter_dbm: float = -75.0  # smoothed RSSI at or above this (for dwell_s) enters
+    enter_score_db: float = ENTER_SCORE_DB  # adverts above boundary_dbm summed: enters (0: off)
     exit_dbm: float = -85.0  # a sustained drop below this (exit_score_db) leaves
     dwell_s: float = 5.0
     exit_dwell_s: float = 3.0  # the exit score must have run at least this long
@@ -235,7 +241,7 @@ def parse_settings(raw: dict[str, Any], c: Checker,
     seen: set[str] = set()
     for path, z in _array_of_tables(c, raw, "zones"):
         c.unknown(z, {"id", "readers", "radius_m", "boundary_dbm", "enter_dbm", "exit_dbm",
-                      "exit_score_db", "calibration", "dwell_s", "exit_dwell_s",
+                      "enter_score_db", "exit_score_db", "calibration", "dwell_s", "exit_dwell_s",
                       "absence_s", "stay_groups", "stay_hours", "stay_days"}, path)
         zid: str = c.get(z, "id", path, str, path, required=True, check=identifier)
         if zid in seen:
@@ -268,6 +274,7 @@ def parse_settings(raw: dict[str, Any], c: Checker,
         zones.append(ZoneSettings(
             id=zid, readers=zr, enter_dbm=enter, exit_dbm=exit_, boundary_dbm=boundary,
             radius_m=radius,
+            enter_score_db=num(z, "enter_score_db", path, ENTER_SCORE_DB, non_negative),
             exit_score_db=num(z, "exit_score_db", path, EXIT_SCORE_DB, non_negative),
             dwell_s=num(z, "dwell_s", path, 5.0, non_negative),
             exit_dwell_s=num(z, "exit_dwell_s", path, 3.0, non_negative),

@@ -3,6 +3,7 @@
 Per tag and zone, on each advert of one of the zone's readers:
 
     OUT/ENTERING --smoothed level >= enter_dbm held dwell_s--> IN          (zone_enter)
+    OUT/ENTERING --enter score (CUSUM of rssi - boundary) >= enter_score_db--> IN (zone_enter)
     IN/LEAVING --exit score (CUSUM of exit_dbm - rssi) >= exit_score_db--> OUT (zone_exit)
     IN/LEAVING --no sighting above exit_dbm - CLIP_DB for absence_s--> OUT (zone_exit, absent)
 
@@ -54,6 +55,11 @@ STEP_BIN_S = 10.0
 STEP_BINS = 64
 STEP_MIN = 3  # adverts on each side of a split
 STEP_NEAR_DB = 1.5
+# A child who walked up, stood outside for minutes (a rise from far away), then walked in
+# shows two rises; the largest may be the first. A second rise of at least STEP_AGAIN_DB
+# within the bins after the split, with STEP_AGAIN_N adverts after it, is the walk in.
+STEP_AGAIN_DB = 5.0
+STEP_AGAIN_N = 20
 
 
 def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, reader: str,
@@ -135,15 +141,23 @@ def on_level(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, 
         _bin(presence, t, side)  # a new bin, the first, or a merge
     if level is None:
         return
+    # Slow enter: while out, the tracker is a CUSUM of the adverts above the boundary
+    # level (clipped), so a tag that comes to stand just inside gathers evidence at its
+    # own mean above the boundary and enters; one standing a little outside drifts back to
+    # 0 however long it stands, where a threshold on the 15 s level is crossed sooner or
+    # later by a fade (docs/zones.md, "Fourth pass").
+    if settings.enter_score_db and presence.drift >= settings.enter_score_db:
+        _enter(state, runtime, zone, tag, presence, t, reader, presence.cross, events)
+        return
     if status == OUT:
         if level >= settings.enter_dbm:
             presence.status, presence.since = ENTERING, t
             if settings.dwell_s <= 0:
-                _enter(state, runtime, zone, tag, presence, t, reader, events)
+                _enter(state, runtime, zone, tag, presence, t, reader, t, events)
     elif level < settings.enter_dbm:  # ENTERING: the dwell must be unbroken
         presence.status = OUT
     elif t - presence.since >= settings.dwell_s:
-        _enter(state, runtime, zone, tag, presence, t, reader, events)
+        _enter(state, runtime, zone, tag, presence, t, reader, presence.since, events)
 
 
 def _bin(presence: Presence, t: float, side: float) -> None:
@@ -174,25 +188,37 @@ def _bin(presence: Presence, t: float, side: float) -> None:
     presence.step_end = start + len(steps) // 2 * width
 
 
-def _stepped_in(presence: Presence) -> float | None:
-    """When the tag's binned adverts rose to the level it entered at (see STEP_BIN_S):
-    the middle of that bin, or None (too few adverts, or no rise)."""
-    steps = presence.steps
-    total_sum, total_n = sum(steps[0::2]), sum(steps[1::2])
-    best, at = 0.0, 0
+def _split(steps: list[float], lo: int, min_after: float) -> tuple[int, float]:
+    """The two-segment least-squares split of bins lo.. with the largest rise: (bin, rise)."""
+    total_sum, total_n = sum(steps[2 * lo::2]), sum(steps[2 * lo + 1::2])
+    best, at, at_rise = 0.0, 0, 0.0
     sum_a = n_a = 0.0
-    for k in range(1, len(steps) // 2):
+    for k in range(lo + 1, len(steps) // 2):
         sum_a += steps[2 * k - 2]
         n_a += steps[2 * k - 1]
         n_b = total_n - n_a
-        if n_a < STEP_MIN or n_b < STEP_MIN or not steps[2 * k + 1]:
+        if n_a < STEP_MIN or n_b < min_after or not steps[2 * k + 1]:
             continue
         rise = (total_sum - sum_a) / n_b - sum_a / n_a
         fit = n_a * n_b / total_n * rise * rise
         if rise > 0.0 and fit > best:
-            best, at = fit, k
+            best, at, at_rise = fit, k, rise
+    return at, at_rise
+
+
+def _stepped_in(presence: Presence) -> float | None:
+    """When the tag's binned adverts rose to the level it entered at (see STEP_BIN_S):
+    the middle of that bin, or None (too few adverts, or no rise)."""
+    steps = presence.steps
+    at, _ = _split(steps, 0, STEP_MIN)
     if not at:
         return None
+    while True:  # a later rise (see STEP_AGAIN_DB)
+        again, rise = _split(steps, at, STEP_AGAIN_N)
+        if not again or rise < STEP_AGAIN_DB:
+            break
+        at = again
+    total_sum, total_n = sum(steps[0::2]), sum(steps[1::2])
     sum_a = sum(steps[0:2 * at:2])
     n_a = sum(steps[1:2 * at:2])
     after = (total_sum - sum_a) / (total_n - n_a)
@@ -211,7 +237,9 @@ def _crossing(presence: Presence, decided: float) -> float:
 
 
 def _enter(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, presence: Presence,
-           t: float, reader: str, events: list[Event]) -> None:
+           t: float, reader: str, held: float, events: list[Event]) -> None:
+    """``held``: since when the evidence that decided it held (the dwell, or the run of
+    the slow test)."""
     crossed = _crossing(presence, t)
     stepped = _stepped_in(presence)
     if stepped is not None and stepped < crossed:
@@ -226,7 +254,7 @@ def _enter(state: EngineState, runtime: Runtime, zone: ZoneRuntime, tag: str, pr
     events.append(Event(kind="zone_enter", time=crossed, lane=Lane.ROUTINE, reader=reader,
                         child=runtime.tags[tag].child,
                         data={"zone": zid, "rssi": _round1(presence.level),
-                              "dwell_s": round(t - presence.since, 1),
+                              "dwell_s": round(t - held, 1),
                               "decided": t}))  # engine time: RFC 3339 wall time at the boundary
 
 
