@@ -74,6 +74,11 @@ def test_fleet_survives_a_node_kill(rabbit_cluster: Cluster,  # noqa: F811
     try:
         fleet.start()
         assert fleet.wait(lambda: fleet.online() == UNITS, 60), f"{fleet.online()} online"
+        # ... and every standby too: under load (the whole suite on two cores) some were
+        # still waiting for their CONNACK at the kill, and the mains carried their SOS.
+        assert fleet.wait(lambda: all(u.publisher.standby is not None
+                                      and u.publisher.standby.connected.is_set()
+                                      for u in fleet.units), 60), "standbys not connected"
         fleet.start_traffic(30, sos_every_s=0.5)
         time.sleep(8)
         killed_at = time.time()
