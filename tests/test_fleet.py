@@ -114,10 +114,12 @@ def test_fleet_survives_a_node_kill(rabbit_cluster: Cluster,  # noqa: F811
         late = [(r, s) for r, s in down if s.timestamp() > restarted_at]
         assert not late, f"SOS stored only after the restart: {late[:3]}"
         assert all(isinstance(r, datetime) for r, _ in down)
-        # The killed node's units sent those SOS on their standby connection, and receipts
-        # on it deleted them (most: a main back first takes over what is left).
+        # The killed node's units sent SOS on their standby connection, and receipts on it
+        # deleted them. Not all, nor a set share: a main back first (often within a second
+        # of the kill) takes over what is left, and how many mains beat their standby
+        # depends on the machine's load (2 and 6 of 17 standbys in two full-suite runs).
         standbys = [u.publisher.standby for u in fleet.units if u.index % 3 == 0]
-        assert sum(s.sent for s in standbys if s is not None) >= len(standbys) // 2
+        assert sum(s.sent for s in standbys if s is not None) >= 1
         assert sum(s.deleted for s in standbys if s is not None) > 0
 
         assert fleet.wait(lambda: fleet.online() == UNITS, 30), f"{fleet.online()} online"
