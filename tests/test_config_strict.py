@@ -196,6 +196,11 @@ WARNINGS: list[tuple[str, str, str, str]] = [
      "tags[1].child", "also on tags[0]"),
     ("zone-reader-uncovered", GOOD + '[[readers]]\nid = "ble-1"\nkind = "ble"\nrole = "zone"\n'
      '[[zones]]\nid = "hall"\nreaders = []\n', "readers[1]", "no zone, no position"),
+    ("zone-calibrated-before-the-fourth-pass",
+     GOOD + '[[readers]]\nid = "ble-1"\nkind = "ble"\nrole = "zone"\n[[zones]]\nid = "yard"\n'
+     'readers = ["ble-1"]\nradius_m = 20.0\nboundary_dbm = -90.0\nenter_dbm = -87.0\n'
+     'exit_dbm = -94.5\ncalibration = { date = "2026-11-30", samples = 90 }\n',
+     "zones[0].enter_dbm", "run `gatewayd calibrate` again"),
 ]
 
 

@@ -164,6 +164,14 @@ def _zone_levels(c: Checker, z: dict[str, Any], path: str
     else:
         enter = c.get(z, "enter_dbm", path, float, boundary + ENTER_MARGIN_DB, check=_dbm)
         exit_ = c.get(z, "exit_dbm", path, float, boundary - EXIT_MARGIN_DB, check=_dbm)
+    if ("calibration" in z and "enter_dbm" in z and "boundary_dbm" in z
+            and enter < boundary + ENTER_MARGIN_DB - 0.05):
+        # What `gatewayd calibrate` wrote before the fourth pass (boundary + 3 dB): children
+        # waiting outside were entered on a fade (docs/zones.md, "Fourth pass").
+        c.warn(f"{path}.enter_dbm",
+               f"{enter:g} is boundary_dbm + {enter - boundary:.1f} dB, as `gatewayd calibrate` "
+               f"wrote it before 2 Dec 2026; the fast enter is now boundary_dbm + "
+               f"{ENTER_MARGIN_DB:g} dB: run `gatewayd calibrate` again, or delete enter_dbm")
     if exit_ >= enter:
         c.error(f"{path}.exit_dbm", f"must be below enter_dbm ({enter:g}): hysteresis")
     elif not exit_ <= boundary <= enter:
