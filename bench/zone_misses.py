@@ -19,7 +19,12 @@ give with today's decisions. Then the misses by kind:
 it at 1.2-2 radii (tests/fieldgen.py ``approach``; the other children's draws are
 the same with or without them).
 
+``--settle N`` adds N children per site who stand deep inside for 5-25 min, then move
+to stand 0.3-3 m inside the boundary to the end (``settle``: any exit of theirs is
+false: each shows as ``extra settle zone_exit`` and counts in the false exits).
+
     python bench/zone_misses.py [--seeds 100,101,102,103] [--hours 1] [--approach 6]
+                                [--settle 5]
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ def main() -> None:
     p.add_argument("--seeds", default="100,101,102,103")
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--approach", type=int, default=0)
+    p.add_argument("--settle", type=int, default=0,
+                   help="children per site who move from deep inside to just inside")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     counts: Counter[str] = Counter()
@@ -100,7 +107,8 @@ def main() -> None:
         oracle: ZoneScore = ZERO_ZONE
         for seed in seeds:
             zf = zone_field(seed, hours=args.hours, moving=10, boundary=10, inside=5,
-                            outside=3, exponent=n, approach=args.approach)
+                            outside=3, exponent=n, approach=args.approach,
+                            settle=args.settle)
             events = [e for e in run_field(field_zone_engine(zf), zf.readings)
                       if e.kind in ("zone_enter", "zone_exit")]
             engine = engine + score_zone(zf, events, DWELL_S)

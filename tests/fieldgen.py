@@ -354,7 +354,7 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
                radius_m: float | None = None, clock: UnitClock | None = None,
                groups: list[str] | None = None, tail_s: float = 600.0,
                zone: str = "yard", reader: str = "ble-yard", ref_tags: int = 1,
-               approach: int = 0) -> ZoneField:
+               approach: int = 0, settle: int = 0) -> ZoneField:
     """One zone of radius R (metres) around one reader at a site drawn from ``seed``.
 
     moving: children walking in and out (0.6-1.5 m/s) between far inside (0.15-0.6 R)
@@ -368,6 +368,10 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
     again, a third later walk away (4-8 R). They are drawn from their own random
     stream after the others, so the other roles' radio, crossings and calibration
     are the same for a seed whatever ``approach`` is (their tags come last).
+    settle: walk in to 0.1-0.5 R, stand there 5-25 min, then move to 0.3-3 m inside
+    the boundary and stand there to the end (a child who plays in the middle of the
+    yard, then sits by its fence): still children, so any exit of theirs is false;
+    their own stream and tags after the approach children's, likewise.
     A fifth of the exits end behind a wall (25 dB more loss) 2-10 s after the crossing.
     """
     rnd = random.Random(seed)
@@ -377,7 +381,7 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
     end = start + hours * 3600.0
     roles = ["moving"] * moving + ["boundary"] * boundary + ["inside"] * inside \
         + ["outside"] * outside
-    tags = field_tags(len(roles) + approach, "F1E1D0", groups)
+    tags = field_tags(len(roles) + approach + settle, "F1E1D0", groups)
     items: list[tuple[float, Reading]] = []
     crossings: list[FieldCrossing] = []
     still: list[StillTag] = []
@@ -428,7 +432,7 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
                    walls=walls)
     cal = calibration(rnd, site, start - 3600.0, ref_tags=ref_tags)
     arnd = random.Random(f"approach-{seed}")  # its own stream: the draws above stay
-    for tg in tags[len(roles):]:
+    for tg in tags[len(roles):len(roles) + approach]:
         role_of[tg["child"]] = "approach"
         knots = _approach_knots(arnd, r, start, end)
         path = Path(knots)
@@ -443,10 +447,40 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
         ch = Channel(arnd, site, tag_offset(arnd, site))
         _advertise(arnd, ch, site.reader, tg["id"], start, end + tail_s, path, items,
                    walls=walls)
+    srnd = random.Random(f"settle-{seed}")  # its own stream too
+    for tg in tags[len(roles) + approach:]:
+        role_of[tg["child"]] = "settle"
+        knots, arrived, depth = _settle_knots(srnd, r, start, end)
+        still.append(StillTag(tg["child"], tg["id"], "settle", depth, arrived, end))
+        path = Path(knots)
+        crossings += [FieldCrossing(tg["child"], tg["id"], k, ct)
+                      for k, ct in path.crossings(r) if ct <= end]
+        ch = Channel(srnd, site, tag_offset(srnd, site))
+        _advertise(srnd, ch, site.reader, tg["id"], start, end + tail_s, path, items)
     reads, monos, true_times = _in_order(items, clock)
     crossings.sort(key=lambda c: c.time)
     return ZoneField(site, tags, reads, monos, true_times, crossings, still, role_of, cal,
                      start, end, clock or UnitClock())
+
+
+def _settle_knots(rnd: random.Random, r: float, start: float, end: float
+                  ) -> tuple[list[tuple[float, float]], float, float]:
+    """A child who walks in to 0.1-0.5 R, stands there 5-25 min, then moves to stand
+    0.3-3 m inside the boundary to the end: (knots, when it was first inside, depth)."""
+    d0 = rnd.uniform(1.5, 3.0) * r
+    t = start + rnd.uniform(0.0, 60.0)
+    knots = [(start, d0), (t, d0)]
+    deep = max(1.0, rnd.uniform(0.1, 0.5) * r)
+    speed = rnd.uniform(0.6, 1.5)
+    arrived = t + (d0 - r) / speed  # the crossing in
+    t += (d0 - deep) / speed
+    knots.append((t, deep))
+    t += rnd.uniform(300.0, 1500.0)
+    knots.append((t, deep))
+    depth = rnd.uniform(0.3, 3.0)
+    t += (r - depth - deep) / rnd.uniform(0.3, 1.0)  # ambles to the fence
+    knots.append((t, r - depth))
+    return knots, arrived, depth
 
 
 def _approach_knots(rnd: random.Random, r: float, start: float, end: float

@@ -26,6 +26,7 @@ from fieldgen import (
     UnitClock,
     ZoneField,
     _approach_knots,
+    _settle_knots,
     draw_clock_step,
     missed_alerts,
     score_battery,
@@ -168,6 +169,29 @@ def test_approach_children_stop_outside() -> None:
         else:
             ends["away" if ds[-1] >= 4.0 * r else "stand"] += 1
     assert all(n > 30 for n in ends.values()), ends
+
+
+def test_settle_children_move_from_deep_inside_to_the_fence() -> None:
+    """Children who play deep inside, then stand 0.3-3 m inside the boundary to the end:
+    one crossing (in), still children from it; the other children's draws unchanged."""
+    kw: dict[str, Any] = dict(hours=1.0, moving=4, boundary=3, inside=2, outside=1,
+                              exponent=2.35, approach=2)
+    a, b = zone_field(100, **kw), zone_field(100, settle=5, **kw)
+    old = {t["id"] for t in a.tags}
+    assert [r for r in b.readings if getattr(r, "tag", None) in old] == a.readings
+    assert [c for c in b.crossings if c.tag in old] == a.crossings
+    settled = [s for s in b.still if s.role == "settle"]
+    assert len(settled) == 5 and sum(1 for v in b.roles.values() if v == "settle") == 5
+    r = 20.0
+    rnd = random.Random(2)
+    for _ in range(300):
+        knots, arrived, depth = _settle_knots(rnd, r, FIELD_T0, FIELD_T0 + 3600.0)
+        ds = [d for _, d in knots]
+        assert ds[0] >= 1.5 * r and ds[2] <= 0.5 * r and ds[-1] == r - depth
+        assert 0.3 <= depth <= 3.0 and ds[3] == ds[2]  # stood deep inside, then moved
+        crossed = Path(knots).crossings(r)
+        assert [k for k, _ in crossed] == ["zone_enter"]
+        assert abs(crossed[0][1] - arrived) < 1e-6
 
 
 def test_battery_truth() -> None:
