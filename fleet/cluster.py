@@ -144,6 +144,7 @@ class Cluster:
         self.layout = Layout.fresh(self.root, size)
         self.epmd: subprocess.Popen[bytes] | None = None
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # node number -> its wrapper sh
+        self._log_marks: dict[int, int] = {}  # node number -> its log's size at its spawn
 
     # -- addresses ---------------------------------------------------------------------------
 
@@ -220,10 +221,17 @@ class Cluster:
 
     # -- processes ---------------------------------------------------------------------------
 
+    def _log(self, i: int) -> Path:
+        return self._dir(i) / "log" / f"{self.node(i).name}.log"
+
     def _spawn(self, i: int) -> None:
         d = self._dir(i)
         with contextlib.suppress(FileNotFoundError):
             (d / "beam.pid").unlink()
+        try:
+            self._log_marks[i] = self._log(i).stat().st_size
+        except OSError:
+            self._log_marks[i] = 0
         out = open(d / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
         self.procs[i] = subprocess.Popen(
             [str(RABBIT_BIN / "rabbitmq-server")], env=self.env(i), cwd=str(d),
@@ -266,7 +274,7 @@ class Cluster:
                 if p.poll() is not None:
                     raise ClusterError(f"node {i} exited at start (rc {p.returncode}): "
                                        f"{self.log_tail(i)}")
-                if listening(self.mqtt_port(i)):
+                if listening(self.mqtt_port(i)) and self._serves_mqtt(i):
                     waiting.discard(i)
             if waiting and time.monotonic() > deadline:
                 raise ClusterError(f"nodes {sorted(waiting)} not ready in {timeout:g} s: "
@@ -274,6 +282,17 @@ class Cluster:
             if waiting:
                 time.sleep(0.1)
         self._save()
+
+    def _serves_mqtt(self, i: int) -> bool:
+        """Node ``i`` says, since its spawn, that it listens on its MQTT port: a port that
+        accepts may be another process's (the one that took it from a blank node)."""
+        try:
+            with open(self._log(i), "rb") as f:
+                f.seek(self._log_marks.get(i, 0))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return False
+        return f"started MQTT TCP listener on 127.0.0.1:{self.mqtt_port(i)}" in text
 
     def _repick(self, i: int) -> None:
         nodes = list(self.layout.nodes)
