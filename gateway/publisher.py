@@ -58,7 +58,7 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 REPLY_SLOTS = 8  # in-flight slots beyond the events' window: a reply never waits behind them
 REPLIES_MAX = 1024  # replies waiting to go out; a flood beyond it is dropped (counted)
 # The first CONNECT after a start or a loss waits this long for its CONNACK, each next
-# one twice as long up to connack_timeout_s (backoff.doubling; docs/mqtt.md "Reconnecting").
+# one twice as long up to connack_timeout_s (backoff.doubling; docs/mqtt.md, "Connection").
 CONNACK_FIRST_S = 5.0
 RECEIPTS_MAX = 1024  # receipts read, not yet checked (one loop turn's worth at most)
 REFUSAL_LOG_S = 60.0  # refused receipts: one log line per this long, with the count

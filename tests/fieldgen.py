@@ -416,51 +416,41 @@ def zone_field(seed: int, hours: float = 1.0, moving: int = 8, boundary: int = 6
             still.append(StillTag(tg["child"], tg["id"], role, depth, t, end))
         else:
             knots = [(start, rnd.uniform(1.5, 4.0) * r)]
-        path = Path(knots)
-        crossed = path.crossings(r)
-        crossings += [FieldCrossing(tg["child"], tg["id"], k, ct)
-                      for k, ct in crossed if ct <= end]
-        # A fifth of exits go through a door or into a car: the signal drops at once
-        # (the case only an absence timeout decides) until the child is back.
-        walls = []
-        for i, (k, ct) in enumerate(crossed):
-            if k == "zone_exit" and rnd.random() < 0.2:
-                back = crossed[i + 1][1] if i + 1 < len(crossed) else end + tail_s
-                walls.append((ct + rnd.uniform(2.0, 10.0), back))
-        ch = Channel(rnd, site, tag_offset(rnd, site))
-        _advertise(rnd, ch, site.reader, tg["id"], start, end + tail_s, path, items,
-                   walls=walls)
+        crossings += _walk(rnd, site, tg, knots, start, end, tail_s, items)
     cal = calibration(rnd, site, start - 3600.0, ref_tags=ref_tags)
     arnd = random.Random(f"approach-{seed}")  # its own stream: the draws above stay
     for tg in tags[len(roles):len(roles) + approach]:
         role_of[tg["child"]] = "approach"
-        knots = _approach_knots(arnd, r, start, end)
-        path = Path(knots)
-        crossed = path.crossings(r)
-        crossings += [FieldCrossing(tg["child"], tg["id"], k, ct)
-                      for k, ct in crossed if ct <= end]
-        walls = []
-        for i, (k, ct) in enumerate(crossed):
-            if k == "zone_exit" and arnd.random() < 0.2:
-                back = crossed[i + 1][1] if i + 1 < len(crossed) else end + tail_s
-                walls.append((ct + arnd.uniform(2.0, 10.0), back))
-        ch = Channel(arnd, site, tag_offset(arnd, site))
-        _advertise(arnd, ch, site.reader, tg["id"], start, end + tail_s, path, items,
-                   walls=walls)
+        crossings += _walk(arnd, site, tg, _approach_knots(arnd, r, start, end), start, end,
+                           tail_s, items)
     srnd = random.Random(f"settle-{seed}")  # its own stream too
     for tg in tags[len(roles) + approach:]:
         role_of[tg["child"]] = "settle"
         knots, arrived, depth = _settle_knots(srnd, r, start, end)
         still.append(StillTag(tg["child"], tg["id"], "settle", depth, arrived, end))
-        path = Path(knots)
-        crossings += [FieldCrossing(tg["child"], tg["id"], k, ct)
-                      for k, ct in path.crossings(r) if ct <= end]
-        ch = Channel(srnd, site, tag_offset(srnd, site))
-        _advertise(srnd, ch, site.reader, tg["id"], start, end + tail_s, path, items)
+        crossings += _walk(srnd, site, tg, knots, start, end, tail_s, items)
     reads, monos, true_times = _in_order(items, clock)
     crossings.sort(key=lambda c: c.time)
     return ZoneField(site, tags, reads, monos, true_times, crossings, still, role_of, cal,
                      start, end, clock or UnitClock())
+
+
+def _walk(rnd: random.Random, site: Site, tg: dict[str, Any], knots: list[tuple[float, float]],
+          start: float, end: float, tail_s: float, items: list[tuple[float, Reading]]
+          ) -> list[FieldCrossing]:
+    """One child's adverts along ``knots`` into ``items``; its true crossings (to ``end``)."""
+    path = Path(knots)
+    crossed = path.crossings(site.radius_m)
+    # A fifth of exits go through a door or into a car: the signal drops at once
+    # (the case only an absence timeout decides) until the child is back.
+    walls = []
+    for i, (k, ct) in enumerate(crossed):
+        if k == "zone_exit" and rnd.random() < 0.2:
+            back = crossed[i + 1][1] if i + 1 < len(crossed) else end + tail_s
+            walls.append((ct + rnd.uniform(2.0, 10.0), back))
+    ch = Channel(rnd, site, tag_offset(rnd, site))
+    _advertise(rnd, ch, site.reader, tg["id"], start, end + tail_s, path, items, walls=walls)
+    return [FieldCrossing(tg["child"], tg["id"], k, ct) for k, ct in crossed if ct <= end]
 
 
 def _settle_knots(rnd: random.Random, r: float, start: float, end: float

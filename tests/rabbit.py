@@ -16,11 +16,15 @@ import pytest
 from fleet.cluster import RABBIT_BIN, Cluster
 
 
-@pytest.fixture
-def rabbit_cluster(tmp_path: Path) -> Iterator[Cluster]:
+def need_rabbit() -> None:
     if not (RABBIT_BIN / "rabbitmq-server").exists():
         pytest.fail(f"{RABBIT_BIN}/rabbitmq-server not found: Debian package rabbitmq-server "
                     "(./dev.sh setup installs it)")
+
+
+@pytest.fixture
+def rabbit_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    need_rabbit()
     cluster = Cluster(tmp_path / "rabbit").start()
     try:
         yield cluster

@@ -25,7 +25,7 @@ from fleet.stack import BackendProc, keypair, query, stored_count, stored_seqs
 from fleet.traffic import Mix
 from fleet.unit import SimUnit
 from gateway.contract import event_payload, iso_utc
-from rabbit import rabbit_cluster  # noqa: F401 - the fixture
+from rabbit import need_rabbit, rabbit_cluster  # noqa: F401 - the fixture
 
 UNITS = 50
 
@@ -138,9 +138,7 @@ def test_a_blank_node_whose_port_another_process_took_moves(tmp_path: Path) -> N
     accepting port passed for the node's, so nodes 2 and 3 came up without it)."""
     import socket
 
-    from fleet.cluster import RABBIT_BIN
-    if not (RABBIT_BIN / "rabbitmq-server").exists():
-        pytest.fail(f"{RABBIT_BIN}/rabbitmq-server not found (./dev.sh setup installs it)")
+    need_rabbit()
     cluster = Cluster(tmp_path / "rabbit")
     taken = cluster.mqtt_port(1)
     thief = socket.create_server(("127.0.0.1", taken))  # accepts, as a stranger would
