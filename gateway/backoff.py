@@ -15,6 +15,7 @@ timed by the injected clock (tests move a FakeClock instead of sleeping).
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,18 @@ Errors = type[BaseException] | tuple[type[BaseException], ...]
 
 
 LOG_EVERY_S = 10.0  # the same failure again sooner than this is counted, not logged
+
+# A lost MQTT connection is tried again after 1-1.5 s, not at once: a CONNECT that reaches a
+# surviving RabbitMQ 3.10 node about 0.2-0.8 s after another node of its cluster died is
+# never read (docs/fleet.md, "A CONNECT never answered"), and costs a CONNACK timeout; the
+# jitter spreads a fleet's reconnects. A broker that merely restarted costs ~1 s more.
+RECONNECT_AFTER_LOSS_S = 1.0
+RECONNECT_JITTER_S = 0.5
+
+
+def after_loss(rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after a lost connection before its first reconnect."""
+    return RECONNECT_AFTER_LOSS_S + rand() * RECONNECT_JITTER_S
 
 
 def doubling(attempt: int, first: float, cap: float) -> float:

@@ -252,7 +252,10 @@ class Publisher:
                 except Exception:  # closing a dead connection may fail in any way
                     pass
             if not stop.is_set():
-                log.warning("broker connection lost; %d events buffered", self.outbox.depth())
+                delay = backoff.after_loss()
+                log.warning("broker connection lost; %d events buffered; reconnecting in "
+                            "%.1f s", self.outbox.depth(), delay)
+                self.clock.wait(stop, delay)
 
     def _new_client(self, v5: bool) -> mqtt.Client:
         b = self.cfg.broker

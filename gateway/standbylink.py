@@ -117,10 +117,11 @@ class StandbyLink:
                     client.disconnect()
             if not stop.is_set():
                 log.warning("standby broker %s:%d connection lost", self.host, self.port)
-                # Not urgent (it matters only if the main fails too): the first try waits the
-                # initial back-off with jitter, so a node's death does not set every standby
-                # on it reconnecting at once, beside the mains that must.
-                self.clock.wait(stop, 0.5 + random.random() * 0.5)
+                # Not urgent (it matters only if the main fails too): the first try waits
+                # the main's pause after a loss (backoff.after_loss) plus up to a second,
+                # so a node's death does not set every standby on it reconnecting at once,
+                # beside the mains that must.
+                self.clock.wait(stop, backoff.after_loss() + random.random())
 
     def _connect(self) -> mqtt.Client:
         b = self.cfg.broker

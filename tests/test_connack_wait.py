@@ -2,12 +2,13 @@
 timeout: after a node of a RabbitMQ 3.10 cluster dies, a CONNECT sent to a surviving
 node in the next second is sometimes never answered while the next one is at once
 (docs/fleet.md, "A CONNECT never answered"). Real mosquitto behind a proxy that mutes
-the first connection(s)."""
+the first connection(s); a lost connection is tried again after a pause."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,38 @@ def test_an_unanswered_connect_is_given_up_early_and_tried_again(
         thread.join(10)
         proxy.cut()
         outbox.close()
+
+
+def test_a_lost_connection_is_tried_again_after_a_pause(
+        tmp_path: Path, broker: LocalBroker) -> None:
+    """Not at once: a CONNECT in the second after a cluster node's death may never be read
+    (gateway/backoff.py, after_loss)."""
+    proxy = Proxy(broker.port).restore()
+    cfg = unit_config("unit-c2", "gate-0001", proxy.port, str(tmp_path / "buf.db"),
+                      {"broker": {"reconnect_max_s": 0.5, "protocol": "3.1.1"}})
+    outbox = Outbox(cfg.buffer.path, "unit-c2", "gate-0001", reserve_mb=0)
+    pub = Publisher(cfg, outbox, SystemClock())
+    stop = threading.Event()
+    thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: pub.connects == 1, 30, "connected through the proxy")
+        cut_at = time.monotonic()
+        proxy.cut()
+        proxy.restore()  # the broker is back at once: only the pause delays the reconnect
+        wait_until(lambda: proxy.accepted == 2, 15, "the reconnect's TCP connection")
+        took = time.monotonic() - cut_at
+        assert took >= backoff.RECONNECT_AFTER_LOSS_S
+        assert took < backoff.RECONNECT_AFTER_LOSS_S + backoff.RECONNECT_JITTER_S + 5.0
+        wait_until(lambda: pub.connects == 2, 30, "connected again")
+    finally:
+        stop.set()
+        thread.join(10)
+        proxy.cut()
+        outbox.close()
+
+
+def test_the_pause_after_a_loss_is_jittered_within_its_bounds() -> None:
+    lo, hi = backoff.after_loss(lambda: 0.0), backoff.after_loss(lambda: 0.999999)
+    assert lo == backoff.RECONNECT_AFTER_LOSS_S
+    assert lo < hi < backoff.RECONNECT_AFTER_LOSS_S + backoff.RECONNECT_JITTER_S
