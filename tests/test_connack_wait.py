@@ -6,9 +6,11 @@ the first connection(s); a lost connection is tried again after a pause."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,26 @@ from harness import wait_until
 from tcpproxy import Proxy
 
 
+@contextlib.contextmanager
+def running_publisher(tmp_path: Path, proxy: Proxy, unit: str) -> Iterator[Publisher]:
+    """The gateway's publisher for ``unit``, connecting through ``proxy``, in its own
+    thread until the block ends (then stopped, the proxy cut, the buffer closed)."""
+    cfg = unit_config(unit, "gate-0001", proxy.port, str(tmp_path / "buf.db"),
+                      {"broker": {"reconnect_max_s": 0.5, "protocol": "3.1.1"}})
+    outbox = Outbox(cfg.buffer.path, unit, "gate-0001", reserve_mb=0)
+    pub = Publisher(cfg, outbox, SystemClock())
+    stop = threading.Event()
+    thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield pub
+    finally:
+        stop.set()
+        thread.join(10)
+        proxy.cut()
+        outbox.close()
+
+
 def test_the_wait_doubles_from_the_first_to_the_cap() -> None:
     waits = [backoff.doubling(a, 5.0, 10.0) for a in range(6)]
     assert waits == [5.0, 10.0, 10.0, 10.0, 10.0, 10.0]
@@ -34,15 +56,8 @@ def test_an_unanswered_connect_is_given_up_early_and_tried_again(
         tmp_path: Path, broker: LocalBroker, caplog: pytest.LogCaptureFixture,
         muted: int) -> None:
     proxy = Proxy(broker.port, mute_first=muted).restore()
-    cfg = unit_config("unit-c1", "gate-0001", proxy.port, str(tmp_path / "buf.db"),
-                      {"broker": {"reconnect_max_s": 0.5, "protocol": "3.1.1"}})
-    outbox = Outbox(cfg.buffer.path, "unit-c1", "gate-0001", reserve_mb=0)
-    pub = Publisher(cfg, outbox, SystemClock())
-    stop = threading.Event()
-    thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
     caplog.set_level(logging.WARNING, logger="gateway.mqtt")
-    thread.start()
-    try:
+    with running_publisher(tmp_path, proxy, "unit-c1") as pub:
         wait_until(lambda: pub.connects == 1, 30, "connected through the proxy")
         assert proxy.accepted == muted + 1  # the muted CONNECTs, then the answered one
         gave_up = [r.getMessage() for r in caplog.records
@@ -53,11 +68,6 @@ def test_an_unanswered_connect_is_given_up_early_and_tried_again(
         assert len(gave_up) == muted, gave_up
         for msg, wait in zip(gave_up, firsts, strict=True):
             assert f"no answer to CONNECT in {wait:g} s" in msg
-    finally:
-        stop.set()
-        thread.join(10)
-        proxy.cut()
-        outbox.close()
 
 
 def test_a_lost_connection_is_tried_again_after_a_pause(
@@ -65,14 +75,7 @@ def test_a_lost_connection_is_tried_again_after_a_pause(
     """Not at once: a CONNECT in the second after a cluster node's death may never be read
     (gateway/backoff.py, after_loss)."""
     proxy = Proxy(broker.port).restore()
-    cfg = unit_config("unit-c2", "gate-0001", proxy.port, str(tmp_path / "buf.db"),
-                      {"broker": {"reconnect_max_s": 0.5, "protocol": "3.1.1"}})
-    outbox = Outbox(cfg.buffer.path, "unit-c2", "gate-0001", reserve_mb=0)
-    pub = Publisher(cfg, outbox, SystemClock())
-    stop = threading.Event()
-    thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with running_publisher(tmp_path, proxy, "unit-c2") as pub:
         wait_until(lambda: pub.connects == 1, 30, "connected through the proxy")
         cut_at = time.monotonic()
         proxy.cut()
@@ -82,11 +85,6 @@ def test_a_lost_connection_is_tried_again_after_a_pause(
         assert took >= backoff.RECONNECT_AFTER_LOSS_S
         assert took < backoff.RECONNECT_AFTER_LOSS_S + backoff.RECONNECT_JITTER_S + 5.0
         wait_until(lambda: pub.connects == 2, 30, "connected again")
-    finally:
-        stop.set()
-        thread.join(10)
-        proxy.cut()
-        outbox.close()
 
 
 def test_the_pause_after_a_loss_is_jittered_within_its_bounds() -> None:
