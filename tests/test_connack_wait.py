@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from gateway import backoff
 from gateway.clock import SystemClock
 from gateway.outbox import Outbox
 from gateway.publisher import CONNACK_FIRST_S, Publisher
-from harness import wait_until
+from harness import driver_running, wait_until
 from tcpproxy import Proxy
 
 
@@ -33,14 +32,10 @@ def running_publisher(tmp_path: Path, proxy: Proxy, unit: str) -> Iterator[Publi
                       {"broker": {"reconnect_max_s": 0.5, "protocol": "3.1.1"}})
     outbox = Outbox(cfg.buffer.path, unit, "gate-0001", reserve_mb=0)
     pub = Publisher(cfg, outbox, SystemClock())
-    stop = threading.Event()
-    thread = threading.Thread(target=pub.run, args=(stop,), daemon=True)
-    thread.start()
     try:
-        yield pub
+        with driver_running(pub):  # its run(stop) on a thread, as the daemon does
+            yield pub
     finally:
-        stop.set()
-        thread.join(10)
         proxy.cut()
         outbox.close()
 
